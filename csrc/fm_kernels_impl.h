@@ -1,0 +1,200 @@
+/*
+ * Body of the fastmlp kernels, included twice by fm_kernels.c: once with T = float and
+ * S = _f, once with T = double and S = _d. Prototypes and contracts are in fm_kernels.h.
+ */
+#define FM_CAT_(a, b) a##b
+#define FM_CAT(a, b) FM_CAT_(a, b)
+#define FN(name) FM_CAT(name, S)
+
+void FN(fm_bias_act)(ptrdiff_t n, ptrdiff_t m, T *Z, const T *b, int act)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        T *restrict z = Z + i * m;
+        const T *restrict bb = b;
+        switch (act) {
+        case FM_RELU:
+            for (ptrdiff_t j = 0; j < m; j++) {
+                T s = z[j] + bb[j];
+                z[j] = s > 0 ? s : 0;
+            }
+            break;
+        case FM_TANH:
+            for (ptrdiff_t j = 0; j < m; j++) z[j] = TANH(z[j] + bb[j]);
+            break;
+        case FM_SIGMOID:
+            for (ptrdiff_t j = 0; j < m; j++) {
+                /* Split on the sign so exp never overflows. */
+                T s = z[j] + bb[j];
+                T e = EXP(-FABS(s));
+                z[j] = s >= 0 ? 1 / (1 + e) : e / (1 + e);
+            }
+            break;
+        default:
+            for (ptrdiff_t j = 0; j < m; j++) z[j] += bb[j];
+        }
+    }
+}
+
+void FN(fm_act_backward)(ptrdiff_t n, ptrdiff_t m, const T *A, const T *mask, T *dA, int act)
+{
+    const ptrdiff_t nm = n * m;
+    T *restrict d = dA;
+    const T *restrict a = A;
+    if (mask) {
+        const T *restrict k = mask;
+        for (ptrdiff_t i = 0; i < nm; i++) d[i] *= k[i];
+    }
+    switch (act) {
+    case FM_RELU:
+        for (ptrdiff_t i = 0; i < nm; i++) d[i] = a[i] > 0 ? d[i] : 0;
+        break;
+    case FM_TANH:
+        for (ptrdiff_t i = 0; i < nm; i++) d[i] *= 1 - a[i] * a[i];
+        break;
+    case FM_SIGMOID:
+        for (ptrdiff_t i = 0; i < nm; i++) d[i] *= a[i] * (1 - a[i]);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Softmax of one row in place; returns log(sum exp(z - max)) and stores the max. */
+static T FN(softmax_row)(ptrdiff_t k, T *restrict z, T *zmax)
+{
+    T mx = z[0];
+    for (ptrdiff_t j = 1; j < k; j++) mx = z[j] > mx ? z[j] : mx;
+    T sum = 0;
+    for (ptrdiff_t j = 0; j < k; j++) {
+        z[j] = EXP(z[j] - mx);
+        sum += z[j];
+    }
+    T inv = 1 / sum;
+    for (ptrdiff_t j = 0; j < k; j++) z[j] *= inv;
+    *zmax = mx;
+    return LOG(sum);
+}
+
+static ptrdiff_t FN(argmax_row)(ptrdiff_t k, const T *z)
+{
+    ptrdiff_t best = 0;
+    for (ptrdiff_t j = 1; j < k; j++)
+        if (z[j] > z[best]) best = j;
+    return best;
+}
+
+void FN(fm_softmax)(ptrdiff_t n, ptrdiff_t k, T *Z)
+{
+    T mx;
+    for (ptrdiff_t i = 0; i < n; i++) FN(softmax_row)(k, Z + i * k, &mx);
+}
+
+double FN(fm_softmax_xent)(ptrdiff_t n, ptrdiff_t k, T *Z, const int32_t *y, const T *w,
+                           double scale, T *dZ, int64_t *n_correct)
+{
+    double loss = 0;
+    int64_t correct = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        T *z = Z + i * k;
+        const ptrdiff_t yi = y[i];
+        const T zy = z[yi];
+        correct += FN(argmax_row)(k, z) == yi;
+        T mx;
+        /* -log p_y = log sum exp(z - max) - (z_y - max): finite even for logits of 1e4. */
+        const T lse = FN(softmax_row)(k, z, &mx);
+        const T wi = w ? w[i] : 1;
+        loss += (double)wi * (double)(lse - (zy - mx));
+        if (dZ) {
+            T *restrict d = dZ + i * k;
+            const T c = (T)scale * wi;
+            for (ptrdiff_t j = 0; j < k; j++) d[j] = c * z[j];
+            d[yi] -= c;
+        }
+    }
+    *n_correct += correct;
+    return loss;
+}
+
+double FN(fm_mse)(ptrdiff_t n, ptrdiff_t k, const T *A, const int32_t *y, const T *w,
+                  double scale, T *dA, int64_t *n_correct)
+{
+    double loss = 0;
+    int64_t correct = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *a = A + i * k;
+        const ptrdiff_t yi = y[i];
+        const T wi = w ? w[i] : 1;
+        T sq = 0;
+        for (ptrdiff_t j = 0; j < k; j++) sq += a[j] * a[j];
+        sq += 1 - 2 * a[yi]; /* |a - e_y|^2 = |a|^2 - 2 a_y + 1 */
+        loss += 0.5 * (double)wi * (double)sq;
+        correct += FN(argmax_row)(k, a) == yi;
+        if (dA) {
+            T *restrict d = dA + i * k;
+            const T c = (T)scale * wi;
+            for (ptrdiff_t j = 0; j < k; j++) d[j] = c * a[j];
+            d[yi] -= c;
+        }
+    }
+    *n_correct += correct;
+    return loss;
+}
+
+void FN(fm_col_sum)(ptrdiff_t n, ptrdiff_t m, const T *dZ, T *db)
+{
+    T *restrict out = db;
+    for (ptrdiff_t j = 0; j < m; j++) out[j] = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *restrict row = dZ + i * m;
+        for (ptrdiff_t j = 0; j < m; j++) out[j] += row[j];
+    }
+}
+
+void FN(fm_dropout)(ptrdiff_t n, ptrdiff_t m, const T *A, T *mask, T *out, double p,
+                    uint64_t seed, ptrdiff_t row0)
+{
+    const T keep_scale = (T)(1.0 / (1.0 - p));
+    /* Compare 24 random bits with p scaled to 2^24: exact enough and the same for both T. */
+    const uint32_t threshold = (uint32_t)(p * 16777216.0);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const uint64_t base = (uint64_t)(row0 + i) * (uint64_t)m;
+        for (ptrdiff_t j = 0; j < m; j++) {
+            const uint32_t r = (uint32_t)(fm_hash64(seed, base + (uint64_t)j) >> 40);
+            const T k = r >= threshold ? keep_scale : 0;
+            mask[i * m + j] = k;
+            out[i * m + j] = A[i * m + j] * k;
+        }
+    }
+}
+
+void FN(fm_adam)(ptrdiff_t n, T *p, const T *g, T *m, T *v, double lr, double beta1,
+                 double beta2, double eps, int64_t t)
+{
+    /* Fold both bias corrections into the step size and eps (Kingma & Ba, sec. 2). */
+    const double c1 = 1 - pow(beta1, (double)t), c2 = 1 - pow(beta2, (double)t);
+    const T step = (T)(lr / c1), inv_sqrt_c2 = (T)(1 / sqrt(c2));
+    const T b1 = (T)beta1, b2 = (T)beta2, e = (T)eps, one = 1;
+    T *restrict pp = p, *restrict mm = m, *restrict vv = v;
+    const T *restrict gg = g;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T gi = gg[i];
+        mm[i] = b1 * mm[i] + (one - b1) * gi;
+        vv[i] = b2 * vv[i] + (one - b2) * gi * gi;
+        pp[i] -= step * mm[i] / (SQRT(vv[i]) * inv_sqrt_c2 + e);
+    }
+}
+
+void FN(fm_sgd)(ptrdiff_t n, T *p, const T *g, T *vel, double lr, double momentum)
+{
+    const T mu = (T)momentum, eta = (T)lr;
+    T *restrict pp = p, *restrict vv = vel;
+    const T *restrict gg = g;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        vv[i] = mu * vv[i] + gg[i];
+        pp[i] -= eta * vv[i];
+    }
+}
+
+#undef FN
+#undef FM_CAT
+#undef FM_CAT_

@@ -1,0 +1,26 @@
+# cython: language_level=3
+"""Row-major GEMM over scipy's BLAS (nothing to link: SciPy ships OpenBLAS).
+
+BLAS is column-major and a row-major matrix is its column-major transpose, so the row-major
+product C = op(A) op(B) is computed as the column-major product C^T = op(B)^T op(A)^T: the
+operands swap places and nothing is copied. This is the only place that mapping lives.
+"""
+from cython cimport floating
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+
+cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+                      const floating *a, int lda, const floating *b, int ldb, floating beta,
+                      floating *c, int ldc) noexcept nogil:
+    """C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C, all row-major.
+
+    op(X) is X or X^T; lda, ldb, ldc are row strides (elements) of the stored matrices.
+    """
+    cdef char ta = b"T" if trans_a else b"N"
+    cdef char tb = b"T" if trans_b else b"N"
+    if floating is float:
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float *> b, &ldb, <float *> a, &lda, &beta,
+              c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double *> b, &ldb, <double *> a, &lda, &beta,
+              c, &ldc)

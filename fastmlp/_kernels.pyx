@@ -1,0 +1,176 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Python entry points to each C kernel and to the GEMM shim, one by one.
+
+The training loop calls the kernels directly from C; these wrappers exist so tests can
+hold every kernel to ``fastmlp.reference`` and benchmarks can time it. Each checks shapes
+before handing pointers to C, so no call from Python can reach out of bounds.
+"""
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from cython cimport floating
+
+from fastmlp._blas cimport gemm as _gemm
+from fastmlp._kernels cimport *
+
+import numpy as np
+
+_ACT = {"identity": FM_IDENTITY, "relu": FM_RELU, "tanh": FM_TANH, "sigmoid": FM_SIGMOID}
+
+
+def _check(cond, msg):
+    if not cond:
+        raise ValueError(msg)
+
+
+def bias_act(floating[:, ::1] Z, const floating[::1] b, str activation):
+    """Z = activation(Z + b) in place."""
+    _check(b.shape[0] == Z.shape[1], "b must have Z.shape[1] elements")
+    cdef int act = _ACT[activation]
+    with nogil:
+        if floating is float:
+            fm_bias_act_f(Z.shape[0], Z.shape[1], &Z[0, 0], &b[0], act)
+        else:
+            fm_bias_act_d(Z.shape[0], Z.shape[1], &Z[0, 0], &b[0], act)
+
+
+def act_backward(const floating[:, ::1] A, floating[:, ::1] dA, str activation,
+                 const floating[:, ::1] mask=None):
+    """dA *= mask * activation'(.), the derivative taken from the activation's output A."""
+    _check(A.shape[0] == dA.shape[0] and A.shape[1] == dA.shape[1], "A and dA differ")
+    cdef const floating *m = NULL
+    if mask is not None:
+        _check(mask.shape[0] == A.shape[0] and mask.shape[1] == A.shape[1],
+               "mask and A differ")
+        m = &mask[0, 0]
+    cdef int act = _ACT[activation]
+    with nogil:
+        if floating is float:
+            fm_act_backward_f(A.shape[0], A.shape[1], &A[0, 0], m, &dA[0, 0], act)
+        else:
+            fm_act_backward_d(A.shape[0], A.shape[1], &A[0, 0], m, &dA[0, 0], act)
+
+
+def softmax(floating[:, ::1] Z):
+    """Row-wise softmax of Z in place."""
+    with nogil:
+        if floating is float:
+            fm_softmax_f(Z.shape[0], Z.shape[1], &Z[0, 0])
+        else:
+            fm_softmax_d(Z.shape[0], Z.shape[1], &Z[0, 0])
+
+
+def _labels(y, Py_ssize_t n, Py_ssize_t k):
+    y = np.ascontiguousarray(y, dtype=np.int32)
+    _check(y.shape == (n,), "y must have one label per row")
+    _check(n == 0 or (y.min() >= 0 and y.max() < k), "labels must lie in [0, k)")
+    return y
+
+
+def softmax_cross_entropy(floating[:, ::1] Z, y, const floating[::1] sample_weight=None,
+                          double scale=1.0):
+    """Fused softmax + cross-entropy; Z becomes the probabilities.
+
+    Returns ``(loss_sum, n_correct, dZ)`` with dZ = scale * w * (softmax(Z) - onehot(y)).
+    """
+    cdef int32_t[::1] yy = _labels(y, Z.shape[0], Z.shape[1])
+    cdef const floating *w = NULL
+    if sample_weight is not None:
+        _check(sample_weight.shape[0] == Z.shape[0], "one weight per row")
+        w = &sample_weight[0]
+    dZ = np.empty_like(np.asarray(Z))
+    cdef floating[:, ::1] d = dZ
+    cdef int64_t correct = 0
+    cdef double loss
+    with nogil:
+        if floating is float:
+            loss = fm_softmax_xent_f(Z.shape[0], Z.shape[1], &Z[0, 0], &yy[0], w, scale,
+                                     &d[0, 0], &correct)
+        else:
+            loss = fm_softmax_xent_d(Z.shape[0], Z.shape[1], &Z[0, 0], &yy[0], w, scale,
+                                     &d[0, 0], &correct)
+    return loss, correct, dZ
+
+
+def mse(const floating[:, ::1] A, y, const floating[::1] sample_weight=None,
+        double scale=1.0):
+    """Squared error against one-hot targets: ``(loss_sum, n_correct, dA)``."""
+    cdef int32_t[::1] yy = _labels(y, A.shape[0], A.shape[1])
+    cdef const floating *w = NULL
+    if sample_weight is not None:
+        _check(sample_weight.shape[0] == A.shape[0], "one weight per row")
+        w = &sample_weight[0]
+    dA = np.empty_like(np.asarray(A))
+    cdef floating[:, ::1] d = dA
+    cdef int64_t correct = 0
+    cdef double loss
+    with nogil:
+        if floating is float:
+            loss = fm_mse_f(A.shape[0], A.shape[1], &A[0, 0], &yy[0], w, scale, &d[0, 0],
+                            &correct)
+        else:
+            loss = fm_mse_d(A.shape[0], A.shape[1], &A[0, 0], &yy[0], w, scale, &d[0, 0],
+                            &correct)
+    return loss, correct, dA
+
+
+def col_sum(const floating[:, ::1] dZ):
+    """Column sums of dZ (the bias gradient)."""
+    db = np.empty(dZ.shape[1], dtype=np.asarray(dZ).dtype)
+    cdef floating[::1] out = db
+    with nogil:
+        if floating is float:
+            fm_col_sum_f(dZ.shape[0], dZ.shape[1], &dZ[0, 0], &out[0])
+        else:
+            fm_col_sum_d(dZ.shape[0], dZ.shape[1], &dZ[0, 0], &out[0])
+    return db
+
+
+def dropout(const floating[:, ::1] A, double p, uint64_t seed, Py_ssize_t row0=0):
+    """Inverted dropout: returns ``(mask, A * mask)``."""
+    _check(0 <= p < 1, "p must lie in [0, 1)")
+    mask = np.empty_like(np.asarray(A))
+    out = np.empty_like(mask)
+    cdef floating[:, ::1] m = mask
+    cdef floating[:, ::1] o = out
+    with nogil:
+        if floating is float:
+            fm_dropout_f(A.shape[0], A.shape[1], &A[0, 0], &m[0, 0], &o[0, 0], p, seed, row0)
+        else:
+            fm_dropout_d(A.shape[0], A.shape[1], &A[0, 0], &m[0, 0], &o[0, 0], p, seed, row0)
+    return mask, out
+
+
+def adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
+         double lr, double beta1, double beta2, double eps, int64_t t):
+    """One Adam update of p (and its moments m, v) in place; t is the step, from 1."""
+    _check(g.shape[0] == p.shape[0] == m.shape[0] == v.shape[0], "sizes differ")
+    _check(t >= 1, "t counts from 1")
+    with nogil:
+        if floating is float:
+            fm_adam_f(p.shape[0], &p[0], &g[0], &m[0], &v[0], lr, beta1, beta2, eps, t)
+        else:
+            fm_adam_d(p.shape[0], &p[0], &g[0], &m[0], &v[0], lr, beta1, beta2, eps, t)
+
+
+def sgd(floating[::1] p, const floating[::1] g, floating[::1] velocity, double lr,
+        double momentum):
+    """One SGD-with-momentum update of p and its velocity in place."""
+    _check(g.shape[0] == p.shape[0] == velocity.shape[0], "sizes differ")
+    with nogil:
+        if floating is float:
+            fm_sgd_f(p.shape[0], &p[0], &g[0], &velocity[0], lr, momentum)
+        else:
+            fm_sgd_d(p.shape[0], &p[0], &g[0], &velocity[0], lr, momentum)
+
+
+def gemm(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
+         bint trans_a=False, bint trans_b=False, floating alpha=1, floating beta=0):
+    """C = alpha * op(A) @ op(B) + beta * C in place, through the row-major BLAS shim."""
+    cdef int m = A.shape[1] if trans_a else A.shape[0]
+    cdef int k = A.shape[0] if trans_a else A.shape[1]
+    cdef int kb = B.shape[1] if trans_b else B.shape[0]
+    cdef int n = B.shape[0] if trans_b else B.shape[1]
+    _check(k == kb and C.shape[0] == m and C.shape[1] == n, "shapes do not match")
+    _check(m > 0 and n > 0 and k > 0, "empty matrices")
+    with nogil:
+        _gemm(trans_a, trans_b, m, n, k, alpha, &A[0, 0], <int> A.shape[1], &B[0, 0],
+              <int> B.shape[1], beta, &C[0, 0], <int> C.shape[1])

@@ -1,0 +1,129 @@
+"""Checks of user input, with errors that say what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_dtype(dtype) -> np.dtype:
+    """Return ``dtype`` as a numpy float32 or float64 dtype, or raise ValueError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"dtype must be numpy.float32 or numpy.float64; got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be numpy.float32 or numpy.float64; got {dt}")
+    return dt
+
+
+def check_X(X, dtype: np.dtype, n_features: int | None = None, name: str = "X") -> np.ndarray:
+    """Validate a feature matrix and return it C-contiguous in ``dtype``.
+
+    Accepts anything array-like of real numbers, including read-only, memory-mapped,
+    Fortran-ordered and strided arrays (copied only when they must be).
+    """
+    arr = np.asarray(X)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must hold real numbers (bool, int or float); got dtype {arr.dtype}. "
+            "Convert it, e.g. X.astype(numpy.float32)."
+        )
+    if arr.ndim != 2:
+        hint = " For a single sample use X.reshape(1, -1)." if arr.ndim == 1 else ""
+        raise ValueError(
+            f"{name} must be 2-D (n_samples, n_features); got {arr.ndim}-D with shape "
+            f"{arr.shape}.{hint}"
+        )
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has 0 samples (shape {arr.shape}).")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} features per sample but the model expects {n_features}."
+        )
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has 0 features (shape {arr.shape}).")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.dtype.kind == "f" and not np.isfinite(out).all():
+        bad = np.argwhere(~np.isfinite(out))[0]
+        raise ValueError(
+            f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}); "
+            "remove or impute those values first."
+        )
+    return out
+
+
+def check_labels(y, n_samples: int, name: str = "y") -> np.ndarray:
+    """Validate a label vector of length ``n_samples`` and return it as an array."""
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D with one label per sample; got shape {arr.shape}.")
+    if arr.shape[0] != n_samples:
+        raise ValueError(
+            f"X and {name} have different lengths: {n_samples} samples but {arr.shape[0]} labels."
+        )
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must not be complex.")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity; every sample needs a label.")
+    if arr.dtype.kind == "O":
+        try:
+            np.unique(arr)
+        except TypeError as exc:
+            raise TypeError(f"{name} holds labels of mixed types that cannot be sorted.") from exc
+    return arr
+
+
+def encode_labels(y: np.ndarray, classes: np.ndarray, name: str = "y") -> np.ndarray:
+    """Map labels to their int32 index in ``classes``; unknown labels raise ValueError."""
+    idx = np.searchsorted(classes, y)
+    idx = np.clip(idx, 0, len(classes) - 1)
+    unknown = classes[idx] != y
+    if np.any(unknown):
+        bad = np.unique(y[unknown])[:5]
+        raise ValueError(
+            f"{name} has labels the model does not know: {bad.tolist()}; its classes are "
+            f"{classes.tolist()[:20]}."
+        )
+    return idx.astype(np.int32)
+
+
+def check_sample_weight(sample_weight, n_samples: int, dtype: np.dtype) -> np.ndarray | None:
+    """Validate per-sample weights: finite, non-negative, not all zero."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight)
+    if w.dtype.kind not in "biuf" or w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(
+            f"sample_weight must be a 1-D array of {n_samples} real numbers; got "
+            f"dtype {w.dtype}, shape {w.shape}."
+        )
+    w = np.ascontiguousarray(w, dtype=dtype)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and non-negative.")
+    if not w.any():
+        raise ValueError("sample_weight is zero everywhere: nothing to learn from.")
+    return w
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as an int >= minimum, or raise a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+    return int(value)
+
+
+def check_float(value, name: str, low: float, high: float, *, low_open=False, high_open=True):
+    """Return ``value`` as a float in the given interval, or raise a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value!r}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must lie in {interval}; got {value!r}")
+    return value

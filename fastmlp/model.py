@@ -1,0 +1,369 @@
+"""The model object: a trained multi-layer perceptron classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from os import PathLike
+
+import numpy as np
+
+from fastmlp import _network
+from fastmlp._threads import effective_n_threads, single_threaded_blas
+from fastmlp._validation import (
+    check_dtype,
+    check_labels,
+    check_sample_weight,
+    check_X,
+    encode_labels,
+)
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid")
+LOSSES = {"cross_entropy": _network.Loss.LOSS_CROSS_ENTROPY, "mse": _network.Loss.LOSS_MSE}
+MAX_LAYERS = 64
+# Prediction of at most this many rows runs on the calling thread: a parallel region
+# costs more than it saves there, and a server's request threads stay one core each.
+SERIAL_ROWS = 64
+
+
+class MLP:
+    """A multi-layer perceptron classifier: Linear layers with an activation between them.
+
+    Build one with :func:`fastmlp.train`, :meth:`MLP.from_weights` or :func:`fastmlp.load`.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        Inputs, hidden widths, outputs: ``(784, 128, 64, 10)``.
+    classes : array-like
+        The class labels, one per output, sorted.
+    activation : {"relu", "tanh", "sigmoid"}
+        Activation of the hidden layers.
+    loss : {"cross_entropy", "mse"}
+        Softmax + cross-entropy, or half squared error against one-hot targets.
+    output_activation : {"identity", "relu", "tanh", "sigmoid"} or None
+        Activation of the output layer; None means "identity". Cross-entropy requires
+        "identity" (the softmax is part of the loss).
+    dtype : numpy.float32 or numpy.float64
+        Precision of the parameters and of all computation.
+    params : ndarray, optional
+        The flat parameter buffer (W_1, b_1, W_2, b_2, ... row-major); zeros if omitted.
+    n_threads : int or None
+        Default thread count for prediction (None: all cores OpenMP offers).
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        Labels, in the order of the outputs.
+    history : dict of lists
+        Per epoch: ``epoch``, ``loss``, ``accuracy``, ``seconds`` and, with a validation
+        set, ``val_loss`` and ``val_accuracy``.
+    """
+
+    def __init__(
+        self,
+        layer_sizes: Sequence[int],
+        classes,
+        *,
+        activation: str = "relu",
+        loss: str = "cross_entropy",
+        output_activation: str | None = None,
+        dtype=np.float32,
+        params: np.ndarray | None = None,
+        n_threads: int | None = None,
+    ) -> None:
+        sizes = tuple(int(s) for s in layer_sizes)
+        if len(sizes) < 2 or len(sizes) > MAX_LAYERS + 1 or min(sizes) < 1:
+            raise ValueError(
+                f"layer_sizes must be 2 to {MAX_LAYERS + 1} positive ints; got {layer_sizes!r}"
+            )
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {tuple(LOSSES)}; got {loss!r}")
+        output_activation = output_activation or "identity"
+        if output_activation not in _network.ACTIVATIONS:
+            raise ValueError(
+                f"output_activation must be one of {tuple(_network.ACTIVATIONS)}; "
+                f"got {output_activation!r}"
+            )
+        if loss == "cross_entropy" and output_activation != "identity":
+            raise ValueError("cross-entropy applies its own softmax: use output_activation=None")
+        classes = np.asarray(classes)
+        if (
+            classes.ndim != 1
+            or len(classes) != sizes[-1]
+            or len(np.unique(classes)) != len(classes)
+        ):
+            raise ValueError(
+                f"classes must be {sizes[-1]} distinct labels, one per output; got {classes!r}"
+            )
+        if len(classes) < 2:
+            raise ValueError("a classifier needs at least 2 classes")
+        self.layer_sizes = sizes
+        self.activation = activation
+        self.loss = loss
+        self.output_activation = output_activation
+        self.dtype = check_dtype(dtype)
+        self.classes_ = np.sort(classes)
+        self.n_threads = n_threads
+        self._sizes = np.asarray(sizes, dtype=np.intc)
+        self._acts = np.asarray(
+            [_network.ACTIVATIONS[activation]] * (len(sizes) - 2)
+            + [_network.ACTIVATIONS[output_activation]],
+            dtype=np.intc,
+        )
+        self._layout, n_params = _network.param_layout(self._sizes)
+        if params is None:
+            params = np.zeros(n_params, dtype=self.dtype)
+        params = np.asarray(params)
+        if params.shape != (n_params,) or params.dtype != self.dtype:
+            raise ValueError(
+                f"params must be a flat {self.dtype} array of {n_params} values for layers "
+                f"{sizes}; got {params.dtype} of shape {params.shape}"
+            )
+        self.params_ = np.ascontiguousarray(params)
+        self.history: dict[str, list] = {}
+        # Optimizer memory kept between fits: {"name", "t", "state1", "state2"}.
+        self._optimizer: dict | None = None
+
+    # -- parameters -------------------------------------------------------------------
+    @property
+    def n_features_in_(self) -> int:
+        """Number of input features."""
+        return self.layer_sizes[0]
+
+    @property
+    def weights(self) -> list[np.ndarray]:
+        """Weight matrices, ``weights[i]`` of shape (fan_in, fan_out); views, not copies."""
+        s = self.layer_sizes
+        return [self.params_[w:b].reshape(s[i], s[i + 1]) for i, (w, b) in enumerate(self._layout)]
+
+    @property
+    def biases(self) -> list[np.ndarray]:
+        """Bias vectors, one per layer; views, not copies."""
+        s = self.layer_sizes
+        return [self.params_[b : b + s[i + 1]] for i, (_, b) in enumerate(self._layout)]
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: Sequence[np.ndarray],
+        biases: Sequence[np.ndarray],
+        *,
+        activation: str = "relu",
+        classes=None,
+        loss: str = "cross_entropy",
+        output_activation: str | None = None,
+        dtype=None,
+    ) -> MLP:
+        """Build a model from weight matrices and bias vectors.
+
+        Parameters
+        ----------
+        weights : sequence of ndarray
+            ``weights[i]`` of shape (fan_in, fan_out); consecutive shapes must chain.
+        biases : sequence of ndarray
+            ``biases[i]`` of shape (fan_out,).
+        activation, loss, output_activation
+            As for :class:`MLP`.
+        classes : array-like, optional
+            One label per output; default ``0 .. n_outputs - 1``.
+        dtype : numpy.float32 or numpy.float64, optional
+            Default: the dtype of ``weights[0]`` if it is one of those, else float32.
+
+        Returns
+        -------
+        MLP
+        """
+        if len(weights) == 0 or len(weights) != len(biases):
+            raise ValueError("need one bias per weight matrix, and at least one layer")
+        mats = [np.asarray(W) for W in weights]
+        vecs = [np.asarray(b) for b in biases]
+        if dtype is None:
+            dtype = mats[0].dtype if mats[0].dtype in (np.float32, np.float64) else np.float32
+        sizes = [mats[0].shape[0] if mats[0].ndim == 2 else -1]
+        for i, (W, b) in enumerate(zip(mats, vecs)):
+            if W.ndim != 2 or W.shape[0] != sizes[-1] or b.shape != (W.shape[1],):
+                raise ValueError(
+                    f"layer {i}: weights must chain as (fan_in, fan_out) with biases of "
+                    f"shape (fan_out,); got W {W.shape} after width {sizes[-1]}, b {b.shape}"
+                )
+            sizes.append(W.shape[1])
+        if classes is None:
+            classes = np.arange(sizes[-1])
+        model = cls(
+            sizes,
+            classes,
+            activation=activation,
+            loss=loss,
+            output_activation=output_activation,
+            dtype=dtype,
+        )
+        for W, b, dst_W, dst_b in zip(mats, vecs, model.weights, model.biases):
+            dst_W[...] = check_X(W, model.dtype, name="weights")
+            dst_b[...] = check_X(b[None, :], model.dtype, name="biases")[0]
+        return model
+
+    # -- prediction -------------------------------------------------------------------
+    def _outputs(self, X, n_threads: int | None, softmax: bool) -> np.ndarray:
+        X = check_X(X, self.dtype, self.layer_sizes[0])
+        out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
+        threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
+        if X.shape[0] <= SERIAL_ROWS:
+            _network.forward(
+                self.params_, X, out, self._sizes, self._acts, softmax=softmax, n_threads=1
+            )
+        else:
+            with single_threaded_blas():
+                _network.forward(
+                    self.params_,
+                    X,
+                    out,
+                    self._sizes,
+                    self._acts,
+                    softmax=softmax,
+                    n_threads=threads,
+                )
+        return out
+
+    def predict_proba(self, X, *, n_threads: int | None = None) -> np.ndarray:
+        """Class probabilities (softmax of the outputs).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            float64 input to a float32 model is converted once.
+        n_threads : int, optional
+            Threads for this call; default the model's ``n_threads``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``.
+        """
+        if self.loss != "cross_entropy":
+            raise ValueError(
+                "predict_proba needs a cross-entropy model; this one was trained with "
+                "loss='mse': use decision_function for its outputs."
+            )
+        return self._outputs(X, n_threads, softmax=True)
+
+    def decision_function(self, X, *, n_threads: int | None = None) -> np.ndarray:
+        """Raw outputs of the last layer (logits for cross-entropy models).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        return self._outputs(X, n_threads, softmax=False)
+
+    def predict(self, X, *, n_threads: int | None = None) -> np.ndarray:
+        """Predicted class labels.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
+        return self.classes_[self._outputs(X, n_threads, softmax=False).argmax(axis=1)]
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Mean accuracy on (X, y).
+
+        Labels the model does not know raise a ValueError rather than counting as wrong.
+        """
+        X = check_X(X, self.dtype, self.layer_sizes[0])
+        y = check_labels(y, X.shape[0])
+        codes = encode_labels(y, self.classes_)
+        w = check_sample_weight(sample_weight, X.shape[0], np.dtype(np.float64))
+        hits = self._outputs(X, None, softmax=False).argmax(axis=1) == codes
+        return float(np.average(hits, weights=w))
+
+    def loss_and_gradients(
+        self, X, y, *, sample_weight=None, l2: float = 0.0, n_threads: int | None = None
+    ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
+        """Objective and gradient of every parameter, computed by the fast kernels.
+
+        The objective is the weighted mean loss over (X, y) plus ``0.5 * l2 * sum W^2``
+        (weights, not biases). Use a float64 model for exact checks.
+
+        Returns
+        -------
+        loss : float
+        dW : list of ndarray
+            Same shapes as :attr:`weights`.
+        db : list of ndarray
+            Same shapes as :attr:`biases`.
+        """
+        X = check_X(X, self.dtype, self.layer_sizes[0])
+        codes = encode_labels(check_labels(y, X.shape[0]), self.classes_)
+        w = check_sample_weight(sample_weight, X.shape[0], self.dtype)
+        grads = np.zeros_like(self.params_)
+        with single_threaded_blas():
+            value = _network.loss_and_gradients(
+                self.params_,
+                grads,
+                X,
+                codes,
+                w,
+                self._sizes,
+                self._acts,
+                loss=LOSSES[self.loss],
+                l2=float(l2),
+                n_threads=effective_n_threads(n_threads or self.n_threads),
+            )
+        s = self.layer_sizes
+        dW = [grads[a:b].reshape(s[i], s[i + 1]) for i, (a, b) in enumerate(self._layout)]
+        db = [grads[b : b + s[i + 1]] for i, (_, b) in enumerate(self._layout)]
+        return float(value), dW, db
+
+    # -- training, saving -------------------------------------------------------------
+    def fit_more(self, X, y, **options) -> MLP:
+        """Continue training this model, keeping the optimizer's state (Adam's moments).
+
+        Takes the keyword arguments of :func:`fastmlp.train` except ``hidden``; the
+        history grows by the new epochs. Returns the model itself.
+        """
+        from fastmlp.training import train
+
+        return train(X, y, init=self, **options)
+
+    def save(self, path: str | PathLike) -> None:
+        """Write the model to one ``.npz`` file, atomically (see :func:`fastmlp.save`)."""
+        from fastmlp.persistence import save
+
+        save(self, path)
+
+    def __getstate__(self) -> dict:
+        # Small and pickle-free inside: the parameters and what describes them. The
+        # optimizer's moments are left out (they would triple the size).
+        return {
+            "layer_sizes": self.layer_sizes,
+            "classes": self.classes_,
+            "activation": self.activation,
+            "loss": self.loss,
+            "output_activation": self.output_activation,
+            "dtype": self.dtype.str,
+            "params": self.params_,
+            "n_threads": self.n_threads,
+            "history": self.history,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(
+            state["layer_sizes"],
+            state["classes"],
+            activation=state["activation"],
+            loss=state["loss"],
+            output_activation=state["output_activation"],
+            dtype=np.dtype(state["dtype"]),
+            params=state["params"],
+            n_threads=state["n_threads"],
+        )
+        self.history = state["history"]
+
+    def __repr__(self) -> str:
+        arch = "-".join(map(str, self.layer_sizes))
+        return (
+            f"MLP({arch}, activation={self.activation!r}, loss={self.loss!r}, dtype={self.dtype})"
+        )

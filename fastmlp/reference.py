@@ -1,0 +1,313 @@
+"""The NumPy reference: every kernel and a whole training step, written to be read.
+
+This module is the specification of fastmlp. The fast path (``csrc/`` and the Cython
+modules) is tested against these functions, and the benchmarks race them. Nothing here is
+tuned for speed; each function does the textbook computation in the order a reader would
+write it down.
+
+Conventions: a layer computes ``Z = A_prev @ W + b`` with ``W`` of shape
+``(fan_in, fan_out)``; activations are taken row-wise; labels are integers in ``[0, k)``.
+A network is a list of weights, a list of biases and one activation name per layer (the
+output layer's is ``"identity"`` for cross-entropy, whose softmax lives in the loss).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
+
+
+def activate(Z: np.ndarray, activation: str) -> np.ndarray:
+    """Apply an activation element-wise.
+
+    Parameters
+    ----------
+    Z : ndarray
+        Pre-activations.
+    activation : {"identity", "relu", "tanh", "sigmoid"}
+        The activation.
+
+    Returns
+    -------
+    ndarray
+        The activations, a new array.
+    """
+    if activation == "relu":
+        return np.maximum(Z, 0)
+    if activation == "tanh":
+        return np.tanh(Z)
+    if activation == "sigmoid":
+        with np.errstate(over="ignore"):
+            return 1 / (1 + np.exp(-Z))
+    if activation == "identity":
+        return Z.copy()
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+def activation_derivative(A: np.ndarray, activation: str) -> np.ndarray:
+    """Derivative of an activation, written in terms of its output ``A = act(Z)``.
+
+    Parameters
+    ----------
+    A : ndarray
+        Activations (outputs of the activation).
+    activation : str
+        The activation.
+
+    Returns
+    -------
+    ndarray
+        ``d act / d Z`` at each element.
+    """
+    if activation == "relu":
+        return (A > 0).astype(A.dtype)
+    if activation == "tanh":
+        return 1 - A * A
+    if activation == "sigmoid":
+        return A * (1 - A)
+    if activation == "identity":
+        return np.ones_like(A)
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+def bias_act(Z: np.ndarray, b: np.ndarray, activation: str) -> np.ndarray:
+    """``act(Z + b)``: the bias add and activation of a dense layer."""
+    return activate(Z + b, activation)
+
+
+def act_backward(
+    A: np.ndarray, dA: np.ndarray, activation: str, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Gradient with respect to the pre-activation: ``dA * mask * act'(Z)``."""
+    if mask is not None:
+        dA = dA * mask
+    return dA * activation_derivative(A, activation)
+
+
+def softmax(Z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so that exp never overflows."""
+    E = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return E / E.sum(axis=1, keepdims=True)
+
+
+def _weights(n: int, sample_weight: np.ndarray | None, dtype) -> np.ndarray:
+    return np.ones(n, dtype) if sample_weight is None else np.asarray(sample_weight, dtype)
+
+
+def softmax_cross_entropy(
+    Z: np.ndarray,
+    y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, int, np.ndarray]:
+    """Softmax + cross-entropy of logits Z against labels y.
+
+    Returns
+    -------
+    loss_sum : float
+        ``sum_i w_i * -log softmax(Z)[i, y_i]``, computed as log-sum-exp so that logits of
+        1e4 stay finite.
+    n_correct : int
+        Rows whose arg-max is the label.
+    dZ : ndarray
+        ``scale * w_i * (softmax(Z) - onehot(y))``, the gradient of ``scale * loss_sum``.
+    """
+    n = Z.shape[0]
+    w = _weights(n, sample_weight, Z.dtype)
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1))
+    rows = np.arange(n)
+    loss = float(np.sum(w.astype(np.float64) * (lse - shifted[rows, y])))
+    dZ = softmax(Z)
+    dZ[rows, y] -= 1
+    dZ *= (scale * w)[:, None]
+    return loss, int(np.sum(Z.argmax(axis=1) == y)), dZ.astype(Z.dtype)
+
+
+def mse(
+    A: np.ndarray,
+    y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, int, np.ndarray]:
+    """Half squared error of outputs A against one-hot targets.
+
+    Returns ``(sum_i w_i * 0.5 * |A_i - onehot(y_i)|^2, n_correct, scale * w * (A - T))``.
+    """
+    n, k = A.shape
+    w = _weights(n, sample_weight, A.dtype)
+    T = np.eye(k, dtype=A.dtype)[y]
+    diff = A - T
+    loss = float(np.sum(w.astype(np.float64) * 0.5 * np.sum(diff * diff, axis=1)))
+    return loss, int(np.sum(A.argmax(axis=1) == y)), (scale * w)[:, None] * diff
+
+
+def col_sum(dZ: np.ndarray) -> np.ndarray:
+    """Bias gradient: the column sums of dZ."""
+    return dZ.sum(axis=0)
+
+
+def adam(p, g, m, v, lr, beta1, beta2, eps, t):
+    """One Adam step with bias correction (Kingma & Ba 2015, Algorithm 1).
+
+    Returns the new ``(p, m, v)``; t counts steps from 1.
+    """
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat = m / (1 - beta1**t)
+    v_hat = v / (1 - beta2**t)
+    return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+
+
+def sgd(p, g, velocity, lr, momentum):
+    """One step of SGD with momentum (torch convention). Returns ``(p, velocity)``."""
+    velocity = momentum * velocity + g
+    return p - lr * velocity, velocity
+
+
+def forward(
+    weights: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+    X: np.ndarray,
+    activations: Sequence[str],
+    masks: Sequence[np.ndarray | None] | None = None,
+) -> list[np.ndarray]:
+    """Forward pass; returns ``[A_0 = X, A_1, ..., A_L]``.
+
+    ``masks[l]`` (optional) is the inverted-dropout mask multiplied into the output of
+    hidden layer ``l + 1``; the returned list holds the activations *before* dropout.
+    """
+    A = [X]
+    inp = X
+    for layer, (W, b, act) in enumerate(zip(weights, biases, activations)):
+        out = bias_act(inp @ W, b, act)
+        A.append(out)
+        mask = masks[layer] if masks is not None and layer < len(weights) - 1 else None
+        inp = out if mask is None else out * mask
+    return A
+
+
+def loss_and_gradients(
+    weights: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+    X: np.ndarray,
+    y: np.ndarray,
+    activations: Sequence[str],
+    loss: str = "cross_entropy",
+    l2: float = 0.0,
+    sample_weight: np.ndarray | None = None,
+    masks: Sequence[np.ndarray | None] | None = None,
+) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
+    """Objective and its gradient by backpropagation.
+
+    The objective is the weighted mean of the per-sample losses,
+    ``sum_i w_i L_i / sum_i w_i``, plus ``0.5 * l2 * sum ||W||^2`` over the weights (not
+    the biases).
+
+    Returns
+    -------
+    loss : float
+    dW : list of ndarray
+        Gradients of the weights, shapes as the weights.
+    db : list of ndarray
+        Gradients of the biases.
+    """
+    n = X.shape[0]
+    w = _weights(n, sample_weight, X.dtype)
+    scale = 1.0 / float(w.astype(np.float64).sum())
+    A = forward(weights, biases, X, activations, masks)
+    L = len(weights)
+    if loss == "cross_entropy":
+        total, _, dZ = softmax_cross_entropy(A[L], y, w, scale)
+    elif loss == "mse":
+        total, _, dA = mse(A[L], y, w, scale)
+        dZ = act_backward(A[L], dA, activations[L - 1])
+    else:
+        raise ValueError(f"unknown loss {loss!r}")
+    dW: list[np.ndarray] = [np.empty(0)] * L
+    db: list[np.ndarray] = [np.empty(0)] * L
+    for layer in range(L - 1, -1, -1):
+        mask = masks[layer - 1] if masks is not None and layer > 0 else None
+        inp = A[layer] if mask is None else A[layer] * mask
+        dW[layer] = inp.T @ dZ + l2 * weights[layer]
+        db[layer] = col_sum(dZ)
+        if layer > 0:
+            dZ = act_backward(A[layer], dZ @ weights[layer].T, activations[layer - 1], mask)
+    penalty = 0.5 * l2 * sum(float(np.sum(W.astype(np.float64) ** 2)) for W in weights)
+    return total * scale + penalty, dW, db
+
+
+def train_step(
+    weights: list[np.ndarray],
+    biases: list[np.ndarray],
+    state: dict,
+    X: np.ndarray,
+    y: np.ndarray,
+    activations: Sequence[str],
+    *,
+    loss: str = "cross_entropy",
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    momentum: float = 0.9,
+    l2: float = 0.0,
+    sample_weight: np.ndarray | None = None,
+    masks: Sequence[np.ndarray | None] | None = None,
+) -> float:
+    """One mini-batch step, updating ``weights``, ``biases`` and ``state`` in place.
+
+    ``state`` holds the optimizer's memory: ``{"t": steps so far, "m": [...], "v": [...]}``
+    for Adam (moments per parameter, weights then bias per layer) or
+    ``{"velocity": [...]}`` for SGD; missing entries start at zero.
+
+    Returns
+    -------
+    float
+        The mini-batch objective before the update.
+    """
+    value, dW, db = loss_and_gradients(
+        weights, biases, X, y, activations, loss, l2, sample_weight, masks
+    )
+    params = [p for pair in zip(weights, biases) for p in pair]
+    grads = [g for pair in zip(dW, db) for g in pair]
+    zeros = [np.zeros_like(p) for p in params]
+    if optimizer == "adam":
+        state["t"] = state.get("t", 0) + 1
+        m, v = state.setdefault("m", zeros), state.setdefault("v", list(zeros))
+        for i, (p, g) in enumerate(zip(params, grads)):
+            new_p, m[i], v[i] = adam(p, g, m[i], v[i], lr, betas[0], betas[1], eps, state["t"])
+            p[...] = new_p
+    elif optimizer == "sgd":
+        vel = state.setdefault("velocity", zeros)
+        for i, (p, g) in enumerate(zip(params, grads)):
+            new_p, vel[i] = sgd(p, g, vel[i], lr, momentum)
+            p[...] = new_p
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
+    return value
+
+
+def train_epoch(
+    weights: list[np.ndarray],
+    biases: list[np.ndarray],
+    state: dict,
+    X: np.ndarray,
+    y: np.ndarray,
+    activations: Sequence[str],
+    batch_size: int,
+    order: np.ndarray | None = None,
+    **step_options,
+) -> float:
+    """One epoch of mini-batch training over ``X[order]``; returns the mean batch loss."""
+    order = np.arange(X.shape[0]) if order is None else order
+    losses = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        losses.append(
+            train_step(weights, biases, state, X[idx], y[idx], activations, **step_options)
+        )
+    return float(np.mean(losses))
