@@ -61,6 +61,7 @@ extensions = [
         depends=[
             "csrc/fm_kernels.h",
             "csrc/fm_openmp.h",
+            "csrc/fm_fpu.h",
             "csrc/fm_kernels_impl.h",
             "fastmlp/_blas.pxd",
             "fastmlp/_kernels.pxd",

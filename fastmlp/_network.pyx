@@ -40,6 +40,10 @@ from fastmlp._kernels cimport *
 
 import numpy as np
 
+cdef extern from "fm_fpu.h" nogil:
+    unsigned int fm_denormals_off()
+    void fm_fpu_restore(unsigned int old)
+
 cdef extern from "fm_openmp.h":
     int fm_openmp_enabled()
     int fm_openmp_max_threads()
@@ -318,6 +322,7 @@ cdef double step(const Net *net, const Hyper *h, floating *params, floating *gra
     cdef int L = net.n_layers
     cdef Py_ssize_t r, r0, r1
     cdef double wsum = 0, total = 0
+    cdef unsigned int fpu
     if sample_weight != NULL:
         for r in range(nb):
             wsum += sample_weight[batch[r]]
@@ -328,13 +333,17 @@ cdef double step(const Net *net, const Hyper *h, floating *params, floating *gra
         r0 = b * nb // n_blocks
         r1 = (b + 1) * nb // n_blocks
         block_correct[b] = 0
+        fpu = fm_denormals_off()
         rows_step(net, h, params, ws, ybuf, X, y, sample_weight, batch, r0, r1 - r0,
                   1.0 / wsum, seed, &block_loss[b], &block_correct[b])
+        fm_fpu_restore(fpu)
     # Items go round-robin so each thread gets a share of every layer.
     for item in prange(L * n_parts, num_threads=n_threads, schedule="static",
                        chunksize=1):
+        fpu = fm_denormals_off()
         param_part(net, h, params, grads, s1, s2, ws, nb, item // n_parts + 1,
                    item % n_parts, n_parts, update)
+        fm_fpu_restore(fpu)
     for b in range(n_blocks):   # fixed order: the loss does not depend on the threads
         total += block_loss[b]
         n_correct[0] += block_correct[b]
