@@ -124,9 +124,12 @@ double FN(fm_mse)(ptrdiff_t n, ptrdiff_t k, const T *A, const int32_t *y, const 
         const T *a = A + i * k;
         const ptrdiff_t yi = y[i];
         const T wi = w ? w[i] : 1;
+        /* Summed as (a - t)^2 directly: expanding it cancels badly near the targets. */
         T sq = 0;
-        for (ptrdiff_t j = 0; j < k; j++) sq += a[j] * a[j];
-        sq += 1 - 2 * a[yi]; /* |a - e_y|^2 = |a|^2 - 2 a_y + 1 */
+        for (ptrdiff_t j = 0; j < k; j++) {
+            const T d = a[j] - (j == yi ? 1 : 0);
+            sq += d * d;
+        }
         loss += 0.5 * (double)wi * (double)sq;
         correct += FN(argmax_row)(k, a) == yi;
         if (dA) {

@@ -9,7 +9,8 @@ C kernels and Cython loops with OpenMP do the work; this package is the thin API
 
 from fastmlp import datasets, reference
 from fastmlp.model import MLP
+from fastmlp.persistence import load, save
 from fastmlp.training import train
 
-__all__ = ["MLP", "datasets", "reference", "train"]
+__all__ = ["MLP", "datasets", "load", "reference", "save", "train"]
 __version__ = "0.1.0"

@@ -78,9 +78,16 @@ def check_labels(y, n_samples: int, name: str = "y") -> np.ndarray:
 
 
 def encode_labels(y: np.ndarray, classes: np.ndarray, name: str = "y") -> np.ndarray:
-    """Map labels to their int32 index in ``classes``; unknown labels raise ValueError."""
-    idx = np.searchsorted(classes, y)
-    idx = np.clip(idx, 0, len(classes) - 1)
+    """Map labels to their int32 index in ``classes`` (any order); unknown ones raise."""
+    order = np.argsort(classes, kind="stable")
+    try:
+        pos = np.clip(np.searchsorted(classes[order], y), 0, len(classes) - 1)
+    except TypeError as exc:
+        raise TypeError(
+            f"{name} holds labels that cannot be compared with the model's classes "
+            f"{classes.tolist()[:20]}"
+        ) from exc
+    idx = order[pos]
     unknown = classes[idx] != y
     if np.any(unknown):
         bad = np.unique(y[unknown])[:5]

@@ -35,7 +35,7 @@ class MLP:
     layer_sizes : sequence of int
         Inputs, hidden widths, outputs: ``(784, 128, 64, 10)``.
     classes : array-like
-        The class labels, one per output, sorted.
+        The class labels, one per output, in the order of the outputs.
     activation : {"relu", "tanh", "sigmoid"}
         Activation of the hidden layers.
     loss : {"cross_entropy", "mse"}
@@ -89,11 +89,11 @@ class MLP:
         if loss == "cross_entropy" and output_activation != "identity":
             raise ValueError("cross-entropy applies its own softmax: use output_activation=None")
         classes = np.asarray(classes)
-        if (
-            classes.ndim != 1
-            or len(classes) != sizes[-1]
-            or len(np.unique(classes)) != len(classes)
-        ):
+        try:
+            distinct = classes.ndim == 1 and len(np.unique(classes)) == len(classes)
+        except TypeError as exc:
+            raise TypeError("classes must be labels of one sortable type") from exc
+        if not distinct or len(classes) != sizes[-1]:
             raise ValueError(
                 f"classes must be {sizes[-1]} distinct labels, one per output; got {classes!r}"
             )
@@ -104,7 +104,7 @@ class MLP:
         self.loss = loss
         self.output_activation = output_activation
         self.dtype = check_dtype(dtype)
-        self.classes_ = np.sort(classes)
+        self.classes_ = classes
         self.n_threads = n_threads
         self._sizes = np.asarray(sizes, dtype=np.intc)
         self._acts = np.asarray(
@@ -328,11 +328,11 @@ class MLP:
 
         return train(X, y, init=self, **options)
 
-    def save(self, path: str | PathLike) -> None:
+    def save(self, path: str | PathLike, *, optimizer_state: bool = True) -> None:
         """Write the model to one ``.npz`` file, atomically (see :func:`fastmlp.save`)."""
         from fastmlp.persistence import save
 
-        save(self, path)
+        save(self, path, optimizer_state=optimizer_state)
 
     def __getstate__(self) -> dict:
         # Small and pickle-free inside: the parameters and what describes them. The
