@@ -329,7 +329,7 @@ cdef double step(const Net *net, const Hyper *h, floating *params, floating *gra
     else:
         wsum = <double> nb
     weight_sum[0] += wsum
-    for b in prange(n_blocks, num_threads=n_threads, schedule="static"):
+    for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
         r0 = b * nb // n_blocks
         r1 = (b + 1) * nb // n_blocks
         block_correct[b] = 0
@@ -337,9 +337,8 @@ cdef double step(const Net *net, const Hyper *h, floating *params, floating *gra
         rows_step(net, h, params, ws, ybuf, X, y, sample_weight, batch, r0, r1 - r0,
                   1.0 / wsum, seed, &block_loss[b], &block_correct[b])
         fm_fpu_restore(fpu)
-    # Items go round-robin so each thread gets a share of every layer.
-    for item in prange(L * n_parts, num_threads=n_threads, schedule="static",
-                       chunksize=1):
+    # Dynamic scheduling: a thread the OS has paused does not hold up the others.
+    for item in prange(L * n_parts, num_threads=n_threads, schedule="dynamic"):
         fpu = fm_denormals_off()
         param_part(net, h, params, grads, s1, s2, ws, nb, item // n_parts + 1,
                    item % n_parts, n_parts, update)
