@@ -7,6 +7,15 @@ C kernels and Cython loops with OpenMP do the work; this package is the thin API
 >>> model.predict(X_test)                                     # doctest: +SKIP
 """
 
+import os
+
+# libgomp spins for ~300,000 iterations (milliseconds) at each barrier before it sleeps.
+# When other processes share the cores, a spinning thread burns the time slice its
+# partner needs, and training ran 10-40x slower in our measurements (docs/ARCHITECTURE.md).
+# libgomp reads this once, when it loads, so it is set before the extension is imported,
+# and only if the user has not chosen a value.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 from fastmlp import datasets, reference
 from fastmlp.model import MLP
 from fastmlp.persistence import load, save

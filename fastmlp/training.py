@@ -112,6 +112,7 @@ def train(
     epochs: int = 10,
     batch_size: int = 128,
     lr: float = 1e-3,
+    lr_schedule: str | Callable[[int], float] | None = None,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.9,
@@ -156,6 +157,10 @@ def train(
         of at least n_samples gives full-batch gradient descent.
     lr, betas, eps, momentum : float
         Optimizer settings, named as in ``torch.optim``.
+    lr_schedule : {"cosine"} or callable, optional
+        Per-epoch learning-rate multiplier. "cosine" anneals from ``lr`` towards 0 over
+        the ``epochs`` of this call (Loshchilov & Hutter 2017, without restarts); a
+        callable gets the epoch index of this call (0, 1, ...) and returns the multiplier.
     l2 : float
         L2 penalty ``0.5 * l2 * sum W^2`` on the weights (not the biases).
     dropout : float in [0, 1)
@@ -225,6 +230,7 @@ def train(
         raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}; got {optimizer!r}")
     if early_stopping and validation_data is None and not validation_split:
         raise ValueError("early_stopping needs validation_split > 0 or validation_data")
+    schedule = _lr_schedule(lr_schedule, epochs)
     callbacks = list(callbacks or [])
     if not all(callable(cb) for cb in callbacks):
         raise ValueError("callbacks must be a sequence of callables")
@@ -309,6 +315,7 @@ def train(
     stop_reason = None
 
     for epoch in range(first_epoch, first_epoch + epochs):
+        epoch_lr = lr * schedule(epoch - first_epoch)
         order = rng.permutation(X.shape[0]) if shuffle else np.arange(X.shape[0])
         tic = time.perf_counter()
         try:
@@ -328,7 +335,7 @@ def train(
                     model._acts,
                     loss=LOSSES[model.loss],
                     optimizer=OPTIMIZERS[optimizer],
-                    lr=lr,
+                    lr=epoch_lr,
                     beta1=beta1,
                     beta2=beta2,
                     eps=eps,
@@ -405,6 +412,21 @@ def train(
     if verbose:
         print(f"Training time: {time.perf_counter() - start_all:.2f} s")
     return model
+
+
+def _lr_schedule(lr_schedule, epochs: int) -> Callable[[int], float]:
+    """The per-epoch multiplier of the learning rate, checked."""
+    if lr_schedule is None:
+        return lambda e: 1.0
+    if lr_schedule == "cosine":
+        return lambda e: 0.5 * (1.0 + math.cos(math.pi * e / epochs))
+    if callable(lr_schedule):
+
+        def checked(e: int) -> float:
+            return check_float(lr_schedule(e), f"lr_schedule({e})", 0.0, math.inf)
+
+        return checked
+    raise ValueError(f'lr_schedule must be None, "cosine" or a callable; got {lr_schedule!r}')
 
 
 def _print_epoch(f: dict, last: int) -> None:
