@@ -29,6 +29,8 @@ uint64_t fm_hash64(uint64_t seed, uint64_t index);
        NULL).  A: IN n*m, mask: IN n*m or NULL, dA: INOUT n*m. */                          \
     void fm_act_backward##S(ptrdiff_t n, ptrdiff_t m, const T *A, const T *mask, T *dA,    \
                             int act);                                                       \
+    /* 1 if every x[i] is finite, else 0.  x: IN n. */                                     \
+    int fm_all_finite##S(ptrdiff_t n, const T *x);                                          \
     /* Row-wise softmax in place.  Z: INOUT n*k. */                                        \
     void fm_softmax##S(ptrdiff_t n, ptrdiff_t k, T *Z);                                    \
     /* Fused softmax + cross-entropy.  Z: INOUT logits in, probabilities out; y: IN        \

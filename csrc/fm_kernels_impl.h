@@ -59,6 +59,14 @@ void FN(fm_act_backward)(ptrdiff_t n, ptrdiff_t m, const T *A, const T *mask, T 
     }
 }
 
+int FN(fm_all_finite)(ptrdiff_t n, const T *x)
+{
+    /* x - x is 0 for finite x and NaN for inf or NaN; no branch, so it vectorises. */
+    int bad = 0;
+    for (ptrdiff_t i = 0; i < n; i++) bad |= !(x[i] - x[i] == 0);
+    return !bad;
+}
+
 /* Softmax of one row in place; returns log(sum exp(z - max)) and stores the max. */
 static T FN(softmax_row)(ptrdiff_t k, T *restrict z, T *zmax)
 {

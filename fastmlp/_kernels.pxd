@@ -16,6 +16,8 @@ cdef extern from "fm_kernels.h" nogil:
                            float *dA, int act)
     void fm_act_backward_d(Py_ssize_t n, Py_ssize_t m, const double *A, const double *mask,
                            double *dA, int act)
+    int fm_all_finite_f(Py_ssize_t n, const float *x)
+    int fm_all_finite_d(Py_ssize_t n, const double *x)
     void fm_softmax_f(Py_ssize_t n, Py_ssize_t k, float *Z)
     void fm_softmax_d(Py_ssize_t n, Py_ssize_t k, double *Z)
     double fm_softmax_xent_f(Py_ssize_t n, Py_ssize_t k, float *Z, const int32_t *y,

@@ -35,7 +35,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from cython cimport floating
 
-from fastmlp._blas cimport gemm
+from fastmlp._blas cimport gemm, gemv
 from fastmlp._kernels cimport *
 
 import numpy as np
@@ -200,8 +200,12 @@ cdef void forward_rows(const Net *net, const floating *params, floating *ws,
             z = out
         else:
             z = ws + net.a_off[l] + r0 * fan_out
-        gemm(False, False, <int> nr, fan_out, fan_in, <floating> 1, inp, fan_in,
-             params + net.w_off[l], fan_out, <floating> 0, z, fan_out)
+        if nr == 1:
+            gemv(fan_in, fan_out, <floating> 1, params + net.w_off[l], fan_out, inp,
+                 <floating> 0, z)
+        else:
+            gemm(False, False, <int> nr, fan_out, fan_in, <floating> 1, inp, fan_in,
+                 params + net.w_off[l], fan_out, <floating> 0, z, fan_out)
         bias_act(nr, fan_out, z, params + net.b_off[l], net.acts[l])
         inp = z
         if dropout > 0 and l < L:
@@ -512,11 +516,12 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
     """out = the network's output for X (softmax applied if `softmax`), without the GIL.
 
     Rows are processed in blocks of `block_rows` so each block's activations stay in
-    cache; a single block runs on the calling thread with no OpenMP region.
+    cache; a single block runs on the calling thread with no OpenMP region. Each block
+    of X is checked for NaN and infinity as it is read (ValueError).
     """
     cdef Net net
     cdef Py_ssize_t n = X.shape[0], n_blocks, b, r0, nr
-    cdef int L, k, tid
+    cdef int L, k, tid, bad = 0
     cdef floating *buf
     net_init(&net, sizes, acts, block_rows, False, False)
     L = net.n_layers
@@ -536,28 +541,39 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
         with nogil:
             if n_threads <= 1:
                 for b in range(n_blocks):
-                    forward_block(&net, &params[0], buf, &X[0, 0], &out[0, 0], n,
-                                  block_rows, b, softmax)
+                    bad += forward_block(&net, &params[0], buf, &X[0, 0], &out[0, 0], n,
+                                         block_rows, b, softmax)
             else:
-                for b in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
                     tid = threadid()
-                    forward_block(&net, &params[0], buf + tid * net.ws_size, &X[0, 0],
-                                  &out[0, 0], n, block_rows, b, softmax)
+                    bad += forward_block(&net, &params[0], buf + tid * net.ws_size,
+                                         &X[0, 0], &out[0, 0], n, block_rows, b, softmax)
     finally:
         free(buf)
+    if bad:
+        raise ValueError("X contains NaN or infinity; remove or impute those values first.")
 
 
-cdef void forward_block(const Net *net, const floating *params, floating *ws,
-                        const floating *X, floating *out, Py_ssize_t n,
-                        Py_ssize_t block_rows, Py_ssize_t b, bint softmax) noexcept nogil:
+cdef int forward_block(const Net *net, const floating *params, floating *ws,
+                       const floating *X, floating *out, Py_ssize_t n,
+                       Py_ssize_t block_rows, Py_ssize_t b, bint softmax) noexcept nogil:
+    """Forward pass of block b of X into out; 1 (and nothing computed) if it is not finite."""
     cdef Py_ssize_t r0 = b * block_rows, nr = min(block_rows, n - r0)
     cdef int k = net.sizes[net.n_layers]
-    forward_rows(net, params, ws, X + r0 * net.sizes[0], out + r0 * k, 0, nr, 0, 0)
+    cdef const floating *x = X + r0 * net.sizes[0]
+    if floating is float:
+        if not fm_all_finite_f(nr * net.sizes[0], x):
+            return 1
+    else:
+        if not fm_all_finite_d(nr * net.sizes[0], x):
+            return 1
+    forward_rows(net, params, ws, x, out + r0 * k, 0, nr, 0, 0)
     if softmax:
         if floating is float:
             fm_softmax_f(nr, k, out + r0 * k)
         else:
             fm_softmax_d(nr, k, out + r0 * k)
+    return 0
 
 
 def evaluate(const floating[::1] params, const floating[:, ::1] X, const int32_t[::1] y,

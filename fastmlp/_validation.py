@@ -20,11 +20,14 @@ def check_dtype(dtype) -> np.dtype:
     return dt
 
 
-def check_X(X, dtype: np.dtype, n_features: int | None = None, name: str = "X") -> np.ndarray:
+def check_X(
+    X, dtype: np.dtype, n_features: int | None = None, name: str = "X", finite: bool = True
+) -> np.ndarray:
     """Validate a feature matrix and return it C-contiguous in ``dtype``.
 
     Accepts anything array-like of real numbers, including read-only, memory-mapped,
-    Fortran-ordered and strided arrays (copied only when they must be).
+    Fortran-ordered and strided arrays (copied only when they must be). ``finite=False``
+    skips the NaN/inf scan for callers whose kernel scans as it reads.
     """
     arr = np.asarray(X)
     if arr.dtype.kind not in "biuf":
@@ -47,7 +50,7 @@ def check_X(X, dtype: np.dtype, n_features: int | None = None, name: str = "X") 
     if arr.shape[1] == 0:
         raise ValueError(f"{name} has 0 features (shape {arr.shape}).")
     out = np.ascontiguousarray(arr, dtype=dtype)
-    if arr.dtype.kind == "f" and not np.isfinite(out).all():
+    if finite and arr.dtype.kind == "f" and not np.isfinite(out).all():
         bad = np.argwhere(~np.isfinite(out))[0]
         raise ValueError(
             f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}); "

@@ -206,14 +206,24 @@ class MLP:
 
     # -- prediction -------------------------------------------------------------------
     def _outputs(self, X, n_threads: int | None, softmax: bool) -> np.ndarray:
-        X = check_X(X, self.dtype, self.layer_sizes[0])
+        # A request server's common case (an ndarray already right) skips the conversions;
+        # NaN and inf are caught by the kernel as it reads X, in every case.
+        if not (
+            type(X) is np.ndarray
+            and X.dtype == self.dtype
+            and X.ndim == 2
+            and X.shape[0] > 0
+            and X.shape[1] == self.layer_sizes[0]
+            and X.flags.c_contiguous
+        ):
+            X = check_X(X, self.dtype, self.layer_sizes[0], finite=False)
         out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
-        threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
         if X.shape[0] <= SERIAL_ROWS:
             _network.forward(
                 self.params_, X, out, self._sizes, self._acts, softmax=softmax, n_threads=1
             )
         else:
+            threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
             with single_threaded_blas():
                 _network.forward(
                     self.params_,
