@@ -16,8 +16,8 @@ Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
       inputs) into parts; each part is one GEMM over the whole batch followed at once by
       the optimizer update of exactly those parameters. No reduction across threads.
 
-   Blocks and parts are fixed by the caller, not by the thread count, so with the same
-   partition the weights are bitwise identical for any number of threads.
+   The blocks depend on the batch size alone and the parts are a fixed count, never the
+   thread count, so the weights are bitwise identical for any number of threads.
 3. Python (``training.py``, ``model.py``): validation, allocation once per fit, one call
    of ``train_epoch`` per epoch.
 
@@ -57,6 +57,10 @@ def openmp_info():
 cdef enum:
     MAX_LAYERS = 64      # Linear layers; the Python layer rejects more
     MAX_BLOCKS = 256     # row blocks per mini-batch
+    # Default partition of a step (see the design above): rows per block of the row
+    # phase and parts per weight matrix in the parameter phase. Tuned in benches/.
+    BLOCK_ROWS = 32
+    PARAM_PARTS = 8
 
 cpdef enum Loss:
     LOSS_CROSS_ENTROPY = 0
@@ -317,12 +321,14 @@ cdef void param_part(const Net *net, const Hyper *h, floating *params, floating 
 cdef double step(const Net *net, const Hyper *h, floating *params, floating *grads,
                  floating *s1, floating *s2, floating *ws, int32_t *ybuf, const floating *X,
                  const int32_t *y, const floating *sample_weight, const int64_t *batch,
-                 Py_ssize_t nb, int n_threads, int row_blocks, int n_parts, uint64_t seed,
+                 Py_ssize_t nb, int n_threads, Py_ssize_t block_rows, int n_parts, uint64_t seed,
                  bint update, double *weight_sum, int64_t *n_correct) noexcept nogil:
     """One mini-batch: both phases. Returns the batch's summed (weighted) loss."""
     cdef double block_loss[MAX_BLOCKS]
     cdef int64_t block_correct[MAX_BLOCKS]
-    cdef int n_blocks = <int> min(<Py_ssize_t> row_blocks, nb), b, item
+    # The partition depends on the batch size alone, never on the thread count.
+    cdef int n_blocks = <int> min((nb + block_rows - 1) // block_rows, <Py_ssize_t> MAX_BLOCKS)
+    cdef int b, item
     cdef int L = net.n_layers
     cdef Py_ssize_t r, r0, r1
     cdef double wsum = 0, total = 0
@@ -393,7 +399,8 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
                 const int[::1] acts, *, int loss, int optimizer, double lr, double beta1,
                 double beta2, double eps, double momentum, double l2, double dropout,
                 uint64_t seed, int64_t t, Py_ssize_t batch_size, int n_threads,
-                int row_blocks, int n_parts, double deadline=INFINITY,
+                Py_ssize_t block_rows=BLOCK_ROWS, int n_parts=PARAM_PARTS,
+                double deadline=INFINITY,
                 bint check_interrupt=False):
     """Run one epoch of mini-batch training over ``X[order]`` without the GIL.
 
@@ -419,7 +426,7 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
         raise ValueError("parameter buffer does not match the layer sizes")
     if X.shape[1] != net.sizes[0] or y.shape[0] != X.shape[0]:
         raise ValueError("X or y does not match the network")
-    if not (1 <= row_blocks <= MAX_BLOCKS and n_parts >= 1 and n_threads >= 1):
+    if not (block_rows >= 1 and n_parts >= 1 and n_threads >= 1):
         raise ValueError("bad partition")
     if state1.shape[0] != params.shape[0] or grads.shape[0] != params.shape[0] or \
             (optimizer == OPT_ADAM and state2.shape[0] != params.shape[0]):
@@ -444,7 +451,7 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
             h.t = t + 1
             batch_loss = step(&net, &h, &params[0], &grads[0], &state1[0], &state2[0],
                               &ws[0], &ybuf[0], &X[0, 0], &y[0], sw, &order[start], nb,
-                              n_threads, row_blocks, n_parts, fm_hash64(seed, h.t), True,
+                              n_threads, block_rows, n_parts, fm_hash64(seed, h.t), True,
                               &weight_sum, &n_correct)
             t += 1
             start += nb
@@ -502,7 +509,7 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
         total = step(&net, &h, &params[0], &grads[0], <floating *> NULL,
                      <floating *> NULL, &ws[0], &ybuf[0],
                      &X[0, 0], &y[0], sw, &order[0], n, n_threads,
-                     min(n_threads, MAX_BLOCKS), n_threads, 0, False, &weight_sum,
+                     BLOCK_ROWS, PARAM_PARTS, 0, False, &weight_sum,
                      &n_correct)
         for l in range(1, net.n_layers + 1):
             for i in range(<Py_ssize_t> net.sizes[l - 1] * net.sizes[l]):

@@ -27,11 +27,6 @@ from fastmlp._validation import (
 from fastmlp.model import LOSSES, MAX_LAYERS, MLP
 
 OPTIMIZERS = {"adam": _network.Optimizer.OPT_ADAM, "sgd": _network.Optimizer.OPT_SGD}
-# A mini-batch is cut into ROW_BLOCKS blocks of rows and each weight matrix into
-# PARAM_PARTS parts, whatever the thread count, so results are bitwise the same for any
-# n_threads (see _network.pyx). Both are multiples of the common core counts.
-ROW_BLOCKS = 4
-PARAM_PARTS = 8
 # Refuse workspaces larger than this before allocating them.
 MAX_WORKSPACE_BYTES = 1 << 36
 
@@ -346,8 +341,6 @@ def train(
                     t=state["t"],
                     batch_size=capacity,
                     n_threads=threads,
-                    row_blocks=ROW_BLOCKS,
-                    n_parts=PARAM_PARTS,
                     deadline=deadline,
                     check_interrupt=is_main,
                 )
