@@ -16,8 +16,8 @@ from fastmlp import _network
 
 _lock = threading.Lock()
 _users = 0
-_restore = None
-_controller = None
+_blas_libs: list | None = None  # threadpoolctl's controllers of the loaded BLAS libraries
+_saved: list[int] = []
 
 
 def openmp_enabled() -> bool:
@@ -61,17 +61,20 @@ def effective_n_threads(n_threads: int | None) -> int:
 def single_threaded_blas() -> Iterator[None]:
     """Limit BLAS to one thread for the duration; nests and is safe across threads.
 
-    The limit is process-wide (BLAS has no per-call thread count), so it is counted:
-    the first user sets it, the last one restores what was there before.
+    BLAS has no per-call thread count, so the limit is process-wide and counted: the
+    first user sets it, the last one restores what was there before. threadpoolctl finds
+    the libraries once; after that each entry and exit costs two calls per library.
     """
-    global _users, _restore, _controller
+    global _users, _blas_libs, _saved
     with _lock:
         if _users == 0:
-            if _controller is None:
+            if _blas_libs is None:
                 from threadpoolctl import ThreadpoolController
 
-                _controller = ThreadpoolController()
-            _restore = _controller.limit(limits=1, user_api="blas")
+                _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
+            _saved = [lib.get_num_threads() for lib in _blas_libs]
+            for lib in _blas_libs:
+                lib.set_num_threads(1)
         _users += 1
     try:
         yield
@@ -79,5 +82,29 @@ def single_threaded_blas() -> Iterator[None]:
         with _lock:
             _users -= 1
             if _users == 0:
-                _restore.restore_original_limits()
-                _restore = None
+                for lib, n in zip(_blas_libs, _saved):
+                    lib.set_num_threads(n)
+
+
+_cores_free: int | None = None
+
+
+@contextmanager
+def borrowed_cores(wanted: int) -> Iterator[int]:
+    """Lend up to ``wanted`` threads for one parallel call; yields how many were granted.
+
+    Concurrent callers (a server's request threads) share one budget of as many threads
+    as there are cores, so together they never start more OpenMP workers than cores.
+    A caller always gets at least its own thread.
+    """
+    global _cores_free
+    with _lock:
+        if _cores_free is None:
+            _cores_free = effective_n_threads(None)
+        granted = max(1, min(wanted, _cores_free))
+        _cores_free -= granted
+    try:
+        yield granted
+    finally:
+        with _lock:
+            _cores_free += granted

@@ -8,7 +8,7 @@ from os import PathLike
 import numpy as np
 
 from fastmlp import _network
-from fastmlp._threads import effective_n_threads, single_threaded_blas
+from fastmlp._threads import borrowed_cores, effective_n_threads, single_threaded_blas
 from fastmlp._validation import (
     check_dtype,
     check_labels,
@@ -223,8 +223,8 @@ class MLP:
                 self.params_, X, out, self._sizes, self._acts, softmax=softmax, n_threads=1
             )
         else:
-            threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
-            with single_threaded_blas():
+            wanted = effective_n_threads(self.n_threads if n_threads is None else n_threads)
+            with borrowed_cores(wanted) as threads, single_threaded_blas():
                 _network.forward(
                     self.params_,
                     X,
