@@ -389,7 +389,8 @@ def train(
             hist[key].append(value)
         if verbose:
             _print_epoch(figures, first_epoch + epochs - 1)
-        if any(cb({**figures, "model": model}) is True for cb in callbacks):
+        # Every callback sees every epoch, including the one some callback stops.
+        if any([cb({**figures, "model": model}) is True for cb in callbacks]):
             stop_reason = "callback"
             break
         if status == _network.Status.STATUS_TIME:
