@@ -26,7 +26,6 @@ then b_l (fan_out). Gradients and optimizer state use the same layout, so the op
 is one loop over a slice.
 """
 from cython.parallel cimport prange, threadid
-from cpython.exc cimport PyErr_CheckSignals
 from libc.math cimport isfinite, INFINITY
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, free
@@ -43,6 +42,11 @@ import numpy as np
 cdef extern from "fm_fpu.h" nogil:
     unsigned int fm_denormals_off()
     void fm_fpu_restore(unsigned int old)
+
+cdef extern from "Python.h":
+    # Declared here without Cython's `except -1`, so the exception a signal handler
+    # raises stays set for the caller instead of being reported and dropped.
+    int PyErr_CheckSignals()
 
 cdef extern from "fm_openmp.h":
     int fm_openmp_enabled()
@@ -321,24 +325,21 @@ cdef void param_part(const Net *net, const Hyper *h, floating *params, floating 
 cdef double step(const Net *net, const Hyper *h, floating *params, floating *grads,
                  floating *s1, floating *s2, floating *ws, int32_t *ybuf, const floating *X,
                  const int32_t *y, const floating *sample_weight, const int64_t *batch,
-                 Py_ssize_t nb, int n_threads, Py_ssize_t block_rows, int n_parts, uint64_t seed,
-                 bint update, double *weight_sum, int64_t *n_correct) noexcept nogil:
-    """One mini-batch: both phases. Returns the batch's summed (weighted) loss."""
+                 Py_ssize_t nb, double wsum, int n_threads, Py_ssize_t block_rows, int n_parts,
+                 uint64_t seed, bint update, int64_t *n_correct) noexcept nogil:
+    """One mini-batch of total sample weight wsum > 0: both phases.
+
+    Returns the batch's summed (weighted) loss.
+    """
     cdef double block_loss[MAX_BLOCKS]
     cdef int64_t block_correct[MAX_BLOCKS]
     # The partition depends on the batch size alone, never on the thread count.
     cdef int n_blocks = <int> min((nb + block_rows - 1) // block_rows, <Py_ssize_t> MAX_BLOCKS)
     cdef int b, item
     cdef int L = net.n_layers
-    cdef Py_ssize_t r, r0, r1
-    cdef double wsum = 0, total = 0
+    cdef Py_ssize_t r0, r1
+    cdef double total = 0
     cdef unsigned int fpu
-    if sample_weight != NULL:
-        for r in range(nb):
-            wsum += sample_weight[batch[r]]
-    else:
-        wsum = <double> nb
-    weight_sum[0] += wsum
     for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
         r0 = b * nb // n_blocks
         r1 = (b + 1) * nb // n_blocks
@@ -377,6 +378,17 @@ cdef int check_indices(const int32_t[::1] y, int k, const int64_t[::1] order,
     return 0
 
 
+cdef inline double batch_weight(const floating *sample_weight, const int64_t *batch,
+                                Py_ssize_t nb) noexcept nogil:
+    cdef double wsum = 0
+    cdef Py_ssize_t r
+    if sample_weight == NULL:
+        return <double> nb
+    for r in range(nb):
+        wsum += sample_weight[batch[r]]
+    return wsum
+
+
 cdef inline double monotonic() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -406,7 +418,8 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
 
     Returns ``(loss_sum, weight_sum, n_correct, n_seen, t, status)``: the summed
     (weighted) data loss, the summed sample weights and the correct predictions of the
-    mini-batches run, the samples seen, the optimizer step count after the epoch, and
+    mini-batches run, the samples in them (a batch whose weights are all zero is
+    skipped), the optimizer step count after the epoch, and
     STATUS_DONE, STATUS_TIME (the monotonic clock passed `deadline`) or STATUS_NONFINITE
     (a mini-batch loss was NaN or inf; the epoch stops after that step). An exception
     raised by a signal handler (Ctrl-C) propagates at the next mini-batch boundary, with
@@ -414,8 +427,8 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
     """
     cdef Net net
     cdef Hyper h
-    cdef Py_ssize_t n = order.shape[0], start = 0, nb
-    cdef double loss_sum = 0, weight_sum = 0, batch_loss
+    cdef Py_ssize_t n = order.shape[0], start = 0, nb, n_seen = 0
+    cdef double loss_sum = 0, weight_sum = 0, batch_loss, wsum
     cdef int64_t n_correct = 0
     cdef int status = STATUS_DONE, interrupted = 0, steps = 0
     cdef const floating *sw = NULL
@@ -448,14 +461,19 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
     with nogil:
         while start < n:
             nb = min(batch_size, n - start)
+            wsum = batch_weight(sw, &order[start], nb)
+            start += nb
+            if wsum <= 0:   # every sample weighs 0: there is nothing to learn from
+                continue
             h.t = t + 1
             batch_loss = step(&net, &h, &params[0], &grads[0], &state1[0], &state2[0],
-                              &ws[0], &ybuf[0], &X[0, 0], &y[0], sw, &order[start], nb,
-                              n_threads, block_rows, n_parts, fm_hash64(seed, h.t), True,
-                              &weight_sum, &n_correct)
+                              &ws[0], &ybuf[0], &X[0, 0], &y[0], sw, &order[start - nb],
+                              nb, wsum, n_threads, block_rows, n_parts,
+                              fm_hash64(seed, h.t), True, &n_correct)
             t += 1
-            start += nb
             loss_sum += batch_loss
+            weight_sum += wsum
+            n_seen += nb
             steps += 1
             if not isfinite(batch_loss):
                 status = STATUS_NONFINITE
@@ -468,7 +486,7 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
                 break
     if interrupted:
         reraise()
-    return loss_sum, weight_sum, n_correct, start, t, status
+    return loss_sum, weight_sum, n_correct, n_seen, t, status
 
 
 def loss_and_gradients(floating[::1] params, floating[::1] grads,
@@ -483,7 +501,7 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
     cdef Net net
     cdef Hyper h
     cdef Py_ssize_t n = X.shape[0], i, j
-    cdef double weight_sum = 0, total, penalty = 0
+    cdef double weight_sum, total, penalty = 0
     cdef int64_t n_correct = 0
     cdef int l
     cdef const floating *sw = NULL
@@ -506,10 +524,13 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
     h.l2 = l2
     h.dropout = 0
     with nogil:
+        weight_sum = batch_weight(sw, &order[0], n)
+    if not weight_sum > 0:
+        raise ValueError("the sample weights sum to zero")
+    with nogil:
         total = step(&net, &h, &params[0], &grads[0], <floating *> NULL,
-                     <floating *> NULL, &ws[0], &ybuf[0],
-                     &X[0, 0], &y[0], sw, &order[0], n, n_threads,
-                     BLOCK_ROWS, PARAM_PARTS, 0, False, &weight_sum,
+                     <floating *> NULL, &ws[0], &ybuf[0], &X[0, 0], &y[0], sw, &order[0],
+                     n, weight_sum, n_threads, BLOCK_ROWS, PARAM_PARTS, 0, False,
                      &n_correct)
         for l in range(1, net.n_layers + 1):
             for i in range(<Py_ssize_t> net.sizes[l - 1] * net.sizes[l]):

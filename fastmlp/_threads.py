@@ -7,6 +7,7 @@ training and parallel prediction the OpenMP threads each call single-threaded BL
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 from collections.abc import Iterator
@@ -41,7 +42,11 @@ def effective_n_threads(n_threads: int | None) -> int:
         1 when the extension was built without OpenMP.
     """
     if n_threads is not None and n_threads != -1:
-        if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
+        if (
+            isinstance(n_threads, bool)
+            or not isinstance(n_threads, numbers.Integral)
+            or n_threads < 1
+        ):
             raise ValueError(
                 f"n_threads must be a positive int, None or -1 (all cores); got {n_threads!r}"
             )
@@ -54,7 +59,7 @@ def effective_n_threads(n_threads: int | None) -> int:
         except AttributeError:  # not on Linux
             cpus = os.cpu_count() or 1
         return max(1, min(omp_max, cpus))
-    return n_threads
+    return int(n_threads)
 
 
 @contextmanager

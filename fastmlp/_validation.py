@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -49,7 +50,8 @@ def check_X(
         )
     if arr.shape[1] == 0:
         raise ValueError(f"{name} has 0 features (shape {arr.shape}).")
-    out = np.ascontiguousarray(arr, dtype=dtype)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+        out = np.ascontiguousarray(arr, dtype=dtype)
     if finite and arr.dtype.kind == "f" and not np.isfinite(out).all():
         bad = np.argwhere(~np.isfinite(out))[0]
         raise ValueError(
@@ -137,3 +139,16 @@ def check_float(value, name: str, low: float, high: float, *, low_open=False, hi
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ValueError(f"{name} must lie in {interval}; got {value!r}")
     return value
+
+
+def check_memory(nbytes: int, what: str) -> None:
+    """Raise MemoryError, before allocating, if ``nbytes`` exceed the machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: assume 1 TiB
+        total = 1 << 40
+    if nbytes > total:
+        raise MemoryError(
+            f"{what} would need {nbytes / 2**30:.1f} GiB, more than this machine's "
+            f"{total / 2**30:.1f} GiB of memory; use smaller layers or batches"
+        )

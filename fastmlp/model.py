@@ -11,7 +11,9 @@ from fastmlp import _network
 from fastmlp._threads import borrowed_cores, effective_n_threads, single_threaded_blas
 from fastmlp._validation import (
     check_dtype,
+    check_float,
     check_labels,
+    check_memory,
     check_sample_weight,
     check_X,
     encode_labels,
@@ -72,9 +74,10 @@ class MLP:
         n_threads: int | None = None,
     ) -> None:
         sizes = tuple(int(s) for s in layer_sizes)
-        if len(sizes) < 2 or len(sizes) > MAX_LAYERS + 1 or min(sizes) < 1:
+        if not 2 <= len(sizes) <= MAX_LAYERS + 1 or not all(1 <= s < 2**31 for s in sizes):
             raise ValueError(
-                f"layer_sizes must be 2 to {MAX_LAYERS + 1} positive ints; got {layer_sizes!r}"
+                f"layer_sizes must be 2 to {MAX_LAYERS + 1} positive ints below 2**31; got "
+                f"{layer_sizes!r}"
             )
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
@@ -113,6 +116,7 @@ class MLP:
             dtype=np.intc,
         )
         self._layout, n_params = _network.param_layout(self._sizes)
+        check_memory(n_params * self.dtype.itemsize, f"the parameters of layers {sizes}")
         if params is None:
             params = np.zeros(n_params, dtype=self.dtype)
         params = np.asarray(params)
@@ -308,6 +312,8 @@ class MLP:
         X = check_X(X, self.dtype, self.layer_sizes[0])
         codes = encode_labels(check_labels(y, X.shape[0]), self.classes_)
         w = check_sample_weight(sample_weight, X.shape[0], self.dtype)
+        l2 = check_float(l2, "l2", 0.0, float("inf"))
+        threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
         grads = np.zeros_like(self.params_)
         with single_threaded_blas():
             value = _network.loss_and_gradients(
@@ -319,8 +325,8 @@ class MLP:
                 self._sizes,
                 self._acts,
                 loss=LOSSES[self.loss],
-                l2=float(l2),
-                n_threads=effective_n_threads(n_threads or self.n_threads),
+                l2=l2,
+                n_threads=threads,
             )
         s = self.layer_sizes
         dW = [grads[a:b].reshape(s[i], s[i + 1]) for i, (a, b) in enumerate(self._layout)]

@@ -19,6 +19,7 @@ from fastmlp._validation import (
     check_dtype,
     check_float,
     check_labels,
+    check_memory,
     check_positive_int,
     check_sample_weight,
     check_X,
@@ -27,8 +28,6 @@ from fastmlp._validation import (
 from fastmlp.model import LOSSES, MAX_LAYERS, MLP
 
 OPTIMIZERS = {"adam": _network.Optimizer.OPT_ADAM, "sgd": _network.Optimizer.OPT_SGD}
-# Refuse workspaces larger than this before allocating them.
-MAX_WORKSPACE_BYTES = 1 << 36
 
 
 def init_params(model: MLP, rng: np.random.Generator) -> None:
@@ -226,6 +225,8 @@ def train(
     if early_stopping and validation_data is None and not validation_split:
         raise ValueError("early_stopping needs validation_split > 0 or validation_data")
     schedule = _lr_schedule(lr_schedule, epochs)
+    if callable(callbacks):
+        raise ValueError("callbacks must be a sequence of callables: use callbacks=[f]")
     callbacks = list(callbacks or [])
     if not all(callable(cb) for cb in callbacks):
         raise ValueError("callbacks must be a sequence of callables")
@@ -240,6 +241,10 @@ def train(
         codes = encode_labels(check_labels(y, X.shape[0]), model.classes_)
     else:
         dt = check_dtype(dtype)
+        if not isinstance(hidden, (tuple, list)):
+            raise ValueError(
+                f"hidden must be a sequence of layer widths, e.g. (128, 64); got {hidden!r}"
+            )
         hidden = tuple(hidden)
         if len(hidden) > MAX_LAYERS - 1:
             raise ValueError(f"at most {MAX_LAYERS - 1} hidden layers; got {len(hidden)}")
@@ -273,11 +278,11 @@ def train(
     # Everything the epoch loop touches is allocated here, once.
     capacity = min(batch_size, X.shape[0])
     ws_elems = _network.workspace_size(model._sizes, capacity, dropout > 0)
-    if ws_elems * model.dtype.itemsize > MAX_WORKSPACE_BYTES:
-        raise MemoryError(
-            f"the training workspace for layers {model.layer_sizes} and batch_size "
-            f"{capacity} would take {ws_elems * model.dtype.itemsize / 2**30:.1f} GiB"
-        )
+    check_memory(
+        (ws_elems + 4 * model.params_.size) * model.dtype.itemsize,
+        f"training layers {model.layer_sizes} with batch_size {capacity} (workspace, "
+        "gradients and optimizer state)",
+    )
     ws = np.empty(ws_elems, dtype=model.dtype)
     ybuf = np.empty(capacity, dtype=np.int32)
     grads = np.empty_like(model.params_)
@@ -361,8 +366,8 @@ def train(
             )
         figures = {
             "epoch": epoch,
-            "loss": loss_sum / w_sum,
-            "accuracy": correct / seen,
+            "loss": loss_sum / w_sum if w_sum else math.nan,
+            "accuracy": correct / seen if seen else math.nan,
             "seconds": seconds,
         }
         if X_val is not None:
