@@ -43,6 +43,12 @@ cdef extern from "fm_fpu.h" nogil:
     unsigned int fm_denormals_off()
     void fm_fpu_restore(unsigned int old)
 
+cdef extern from "pythread.h" nogil:
+    ctypedef void *PyThread_type_lock
+    PyThread_type_lock PyThread_allocate_lock()
+    int PyThread_acquire_lock(PyThread_type_lock lock, int waitflag)
+    void PyThread_release_lock(PyThread_type_lock lock)
+
 cdef extern from "Python.h":
     # Declared here without Cython's `except -1`, so the exception a signal handler
     # raises stays set for the caller instead of being reported and dropped.
@@ -56,6 +62,76 @@ cdef extern from "fm_openmp.h":
 def openmp_info():
     """``(built with OpenMP, OpenMP's current maximum thread count)``."""
     return bool(fm_openmp_enabled()), fm_openmp_max_threads()
+
+
+# -- BLAS threads ---------------------------------------------------------------------
+# OpenBLAS's thread count is one process-wide number. Every call below that runs GEMMs
+# holds it at 1 (OpenMP, or the calling thread alone, owns the cores), counted so that
+# concurrent calls from many threads set it once and the last one out restores it.
+# _threads.py registers the get/set functions of each loaded OpenBLAS at import.
+ctypedef int (*blas_get_t)() noexcept nogil
+ctypedef void (*blas_set_t)(int) noexcept nogil
+
+cdef enum:
+    MAX_BLAS_LIBS = 4
+
+cdef blas_get_t blas_get[MAX_BLAS_LIBS]
+cdef blas_set_t blas_set[MAX_BLAS_LIBS]
+cdef int blas_saved[MAX_BLAS_LIBS]
+cdef int n_blas_libs = 0
+cdef int blas_users = 0
+cdef PyThread_type_lock blas_lock = PyThread_allocate_lock()
+
+
+def register_blas_threads(size_t get_address, size_t set_address):
+    """Register an OpenBLAS's ``openblas_get_num_threads`` and ``..._set_num_threads``."""
+    global n_blas_libs
+    if n_blas_libs == MAX_BLAS_LIBS or get_address == 0 or set_address == 0:
+        return False
+    blas_get[n_blas_libs] = <blas_get_t> get_address
+    blas_set[n_blas_libs] = <blas_set_t> set_address
+    n_blas_libs += 1
+    return True
+
+
+def blas_threads_registered():
+    """How many BLAS libraries the calls of this module keep single-threaded."""
+    return n_blas_libs
+
+
+cdef void blas_single_enter() noexcept nogil:
+    global blas_users
+    cdef int i
+    PyThread_acquire_lock(blas_lock, 1)
+    if blas_users == 0:
+        for i in range(n_blas_libs):
+            blas_saved[i] = blas_get[i]()
+            if blas_saved[i] != 1:
+                blas_set[i](1)
+    blas_users += 1
+    PyThread_release_lock(blas_lock)
+
+
+cdef void blas_single_exit() noexcept nogil:
+    global blas_users
+    cdef int i
+    PyThread_acquire_lock(blas_lock, 1)
+    blas_users -= 1
+    if blas_users == 0:
+        for i in range(n_blas_libs):
+            if blas_saved[i] != 1:
+                blas_set[i](blas_saved[i])
+    PyThread_release_lock(blas_lock)
+
+
+def single_threaded_blas_enter():
+    """Python access to the counted BLAS limit (for benchmarks of single kernels)."""
+    blas_single_enter()
+
+
+def single_threaded_blas_exit():
+    """Undo one :func:`single_threaded_blas_enter`."""
+    blas_single_exit()
 
 
 cdef enum:
@@ -459,6 +535,7 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
     h.l2 = l2
     h.dropout = dropout
     with nogil:
+        blas_single_enter()
         while start < n:
             nb = min(batch_size, n - start)
             wsum = batch_weight(sw, &order[start], nb)
@@ -484,6 +561,7 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
             if check_interrupt and steps % 8 == 0 and check_signals():
                 interrupted = 1
                 break
+        blas_single_exit()
     if interrupted:
         reraise()
     return loss_sum, weight_sum, n_correct, n_seen, t, status
@@ -528,10 +606,12 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
     if not weight_sum > 0:
         raise ValueError("the sample weights sum to zero")
     with nogil:
+        blas_single_enter()
         total = step(&net, &h, &params[0], &grads[0], <floating *> NULL,
                      <floating *> NULL, &ws[0], &ybuf[0], &X[0, 0], &y[0], sw, &order[0],
                      n, weight_sum, n_threads, BLOCK_ROWS, PARAM_PARTS, 0, False,
                      &n_correct)
+        blas_single_exit()
         for l in range(1, net.n_layers + 1):
             for i in range(<Py_ssize_t> net.sizes[l - 1] * net.sizes[l]):
                 penalty += <double> params[net.w_off[l] + i] * params[net.w_off[l] + i]
@@ -567,6 +647,7 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
         raise MemoryError()
     try:
         with nogil:
+            blas_single_enter()
             if n_threads <= 1:
                 for b in range(n_blocks):
                     bad += forward_block(&net, &params[0], buf, &X[0, 0], &out[0, 0], n,
@@ -576,6 +657,7 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
                     tid = threadid()
                     bad += forward_block(&net, &params[0], buf + tid * net.ws_size,
                                          &X[0, 0], &out[0, 0], n, block_rows, b, softmax)
+            blas_single_exit()
     finally:
         free(buf)
     if bad:

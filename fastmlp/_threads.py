@@ -1,12 +1,16 @@
-"""Who owns the cores: the thread count, and BLAS kept single-threaded while OpenMP runs.
+"""Who owns the cores: thread counts, BLAS kept single-threaded, a budget of cores.
 
 OpenMP threads and OpenBLAS threads competing for the same cores can make training 60x
-slower (see docs/ARCHITECTURE.md). fastmlp therefore gives each phase one owner: inside
-training and parallel prediction the OpenMP threads each call single-threaded BLAS.
+slower (see docs/ARCHITECTURE.md). fastmlp gives each phase one owner: its OpenMP threads
+(or the calling thread alone) each call single-threaded BLAS. The compiled calls hold
+OpenBLAS at one thread themselves; this module finds OpenBLAS's thread functions once, at
+import, and hands them over.
 """
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import numbers
 import os
 import threading
@@ -16,9 +20,36 @@ from contextlib import contextmanager
 from fastmlp import _network
 
 _lock = threading.Lock()
-_users = 0
-_blas_libs: list | None = None  # threadpoolctl's controllers of the loaded BLAS libraries
-_saved: list[int] = []
+_fallback_users = 0
+_fallback_limiter = None
+
+
+def _register_openblas() -> None:
+    """Give _network the thread get/set functions of every loaded OpenBLAS.
+
+    threadpoolctl finds the libraries (scipy's OpenBLAS is loaded by now: _network links
+    to it). The functions are called directly rather than through threadpoolctl, whose
+    OpenBLAS controller (3.8) honours limits set from one thread only, and which costs
+    microseconds per call.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+        if getattr(lib, "threading_layer", None) == "openmp":
+            continue  # inside an OpenMP region such a build is single-threaded anyway
+        dll = ctypes.CDLL(lib.filepath)
+        for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):
+            get = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                address = ctypes.cast(get, ctypes.c_void_p).value
+                _network.register_blas_threads(
+                    address, ctypes.cast(set_, ctypes.c_void_p).value
+                )
+                break
+
+
+_register_openblas()
 
 
 def openmp_enabled() -> bool:
@@ -64,31 +95,33 @@ def effective_n_threads(n_threads: int | None) -> int:
 
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
-    """Limit BLAS to one thread for the duration; nests and is safe across threads.
+    """Hold BLAS at one thread for the duration; nests and is safe across threads.
 
-    BLAS has no per-call thread count, so the limit is process-wide and counted: the
-    first user sets it, the last one restores what was there before. threadpoolctl finds
-    the libraries once; after that each entry and exit costs two calls per library.
+    The compiled training and prediction calls do this themselves for OpenBLAS; this
+    context serves Python callers of single kernels and BLAS libraries other than
+    OpenBLAS (through threadpoolctl, process-wide and counted likewise).
     """
-    global _users, _blas_libs, _saved
+    global _fallback_users, _fallback_limiter
+    if _network.blas_threads_registered():
+        _network.single_threaded_blas_enter()
+        try:
+            yield
+        finally:
+            _network.single_threaded_blas_exit()
+        return
     with _lock:
-        if _users == 0:
-            if _blas_libs is None:
-                from threadpoolctl import ThreadpoolController
+        if _fallback_users == 0:
+            from threadpoolctl import threadpool_limits
 
-                _blas_libs = ThreadpoolController().select(user_api="blas").lib_controllers
-            _saved = [lib.get_num_threads() for lib in _blas_libs]
-            for lib in _blas_libs:
-                lib.set_num_threads(1)
-        _users += 1
+            _fallback_limiter = threadpool_limits(limits=1, user_api="blas")
+        _fallback_users += 1
     try:
         yield
     finally:
         with _lock:
-            _users -= 1
-            if _users == 0:
-                for lib, n in zip(_blas_libs, _saved):
-                    lib.set_num_threads(n)
+            _fallback_users -= 1
+            if _fallback_users == 0:
+                _fallback_limiter.restore_original_limits()
 
 
 _cores_free: int | None = None
