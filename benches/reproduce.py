@@ -8,7 +8,7 @@ Run from the repository root after ``pip install .``::
 Prints each network's test accuracy per epoch beside the source's figures, our training
 time beside the source's, and a Markdown summary table; exits with status 1 if a network
 misses the accuracy it must reach. The test set is only evaluated, never trained or tuned
-on during a run (the settings below were chosen once, on seeds 0 and 1).
+on during a run (the settings below were chosen once, on seeds 0, 1 and 2).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ NETWORKS = [
         {},
         None,
         98.0,
-        dict(hidden=(128, 64), epochs=10, batch_size=128, lr=2e-3, lr_schedule="cosine"),
+        dict(hidden=(128, 64), epochs=8, batch_size=128, lr=3e-3, lr_schedule="cosine"),
     ),
     (
         "784-256-128-10, ReLU, dropout 0.2 + L2, Adam lr 1e-3",
@@ -46,7 +46,7 @@ NETWORKS = [
         {5: 97.66},
         63.94,
         97.66,
-        dict(hidden=(128,), epochs=5, batch_size=128, lr=2e-3, lr_schedule="cosine"),
+        dict(hidden=(128,), epochs=5, batch_size=64, lr=3e-3, lr_schedule="cosine"),
     ),
     (
         "784-20-20-20-10, sigmoid, MSE, gradient descent",
