@@ -51,6 +51,7 @@ def act_backward(const floating[:, ::1] A, floating[:, ::1] dA, str activation,
 
 def softmax(floating[:, ::1] Z):
     """Row-wise softmax of Z in place."""
+    _check(Z.shape[1] >= 1, "Z needs at least one column")
     with nogil:
         if floating is float:
             fm_softmax_f(Z.shape[0], Z.shape[1], &Z[0, 0])
@@ -59,6 +60,7 @@ def softmax(floating[:, ::1] Z):
 
 
 def _labels(y, Py_ssize_t n, Py_ssize_t k):
+    _check(k >= 1, "need at least one column")
     y = np.ascontiguousarray(y, dtype=np.int32)
     _check(y.shape == (n,), "y must have one label per row")
     _check(n == 0 or (y.min() >= 0 and y.max() < k), "labels must lie in [0, k)")

@@ -523,6 +523,8 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
     if sample_weight is not None and sample_weight.shape[0] != X.shape[0]:
         raise ValueError("one sample weight per row of X")
     check_indices(y, net.sizes[net.n_layers], order, X.shape[0])
+    if not 0 <= t <= (<int64_t> 1 << 62):
+        raise ValueError(f"the optimizer step count {t} is out of range")
     if sample_weight is not None:
         sw = &sample_weight[0]
     h.loss = loss

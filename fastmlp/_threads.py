@@ -43,9 +43,7 @@ def _register_openblas() -> None:
             set_ = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}", None)
             if get is not None and set_ is not None:
                 address = ctypes.cast(get, ctypes.c_void_p).value
-                _network.register_blas_threads(
-                    address, ctypes.cast(set_, ctypes.c_void_p).value
-                )
+                _network.register_blas_threads(address, ctypes.cast(set_, ctypes.c_void_p).value)
                 break
 
 

@@ -44,6 +44,7 @@ import os
 import secrets
 import stat
 import struct
+import tokenize
 import zipfile
 import zlib
 from typing import Any
@@ -103,6 +104,7 @@ _DECODE_ERRORS = (
     SyntaxError,
     TypeError,
     ValueError,
+    tokenize.TokenError,  # numpy re-parses a header it cannot read with tokenize
 )
 
 
@@ -258,7 +260,7 @@ def _checked_optimizer(state: Any, params: np.ndarray) -> tuple[str, int, np.nda
         name not in OPTIMIZERS
         or isinstance(t, bool)
         or not isinstance(t, numbers.Integral)
-        or not 0 <= t < 2**63
+        or not 0 <= t < 2**62
         or state1.dtype != params.dtype
         or state2.dtype != params.dtype
         or state1.shape != (n,)
@@ -522,6 +524,7 @@ class _Reader:
                     (2, 0): npy_format.read_array_header_2_0,
                 }.get(version)
                 header = None if read_header is None else read_header(member)
+                header_end = member.tell()
         except _DECODE_ERRORS as exc:
             raise self.error(f"array {key!r} is damaged or not a .npy array ({exc})") from None
         except OSError as exc:
@@ -543,6 +546,14 @@ class _Reader:
             raise self.error(f"array {key!r} has dtype {got_dtype}; expected {want}")
         if tuple(got_shape) != shape:
             raise self.error(f"array {key!r} has shape {tuple(got_shape)}; expected {shape}")
+        # numpy allocates the declared shape before reading: the member must really hold
+        # that many bytes, or a small file could claim a huge array.
+        expected = header_end + int(np.prod(shape, dtype=np.int64)) * got_dtype.itemsize
+        if info.file_size != expected:
+            raise self.error(
+                f"array {key!r} holds {info.file_size - header_end} bytes of data; its "
+                f"header declares {expected - header_end}"
+            )
         try:
             arr = self.npz[key]
         except _DECODE_ERRORS as exc:
@@ -604,7 +615,7 @@ class _Reader:
             and isinstance(optimizer["name"], str)
             and optimizer["name"] in OPTIMIZERS
             and _is_int(optimizer["t"])
-            and 0 <= optimizer["t"] < 2**63
+            and 0 <= optimizer["t"] < 2**62
         ):
             raise self.error(
                 f'optimizer must be null or {{"name": "adam" or "sgd", "t": int >= 0}}; '
@@ -621,7 +632,7 @@ class _Reader:
             raise self.error("history must be a JSON object of lists of numbers")
 
     def _classes(self, meta: dict[str, Any], n_outputs: int) -> np.ndarray:
-        """The labels, checked against meta: dtype, one per output, distinct and sorted."""
+        """The labels, checked against meta: dtype, one per output, distinct."""
         kind, spec = meta["classes_kind"], meta["classes_dtype"]
         try:
             dtype = np.dtype(spec) if isinstance(spec, str) else None
@@ -645,6 +656,9 @@ class _Reader:
         classes = self._array("classes", limit, dtype.kind, (n_outputs,), dtype)
         if dtype.kind == "f" and not np.isfinite(classes).all():
             raise self.error("the classes contain NaN or infinity")
+        if dtype.kind == "U" and (classes.view(np.uint32) >= 0x110000).any():
+            # Beyond Unicode: numpy holds them, but Python cannot make str of them.
+            raise self.error("the classes hold characters that are not Unicode")
         if len(np.unique(classes)) != n_outputs:
             raise self.error("the classes contain duplicates")
         return classes

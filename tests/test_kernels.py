@@ -542,3 +542,9 @@ def test_wrong_dimensions_and_unknown_activation_raise():
         K.softmax(np.zeros((3, 4))[:, ::2])  # not C-contiguous
     with pytest.raises(KeyError):
         K.bias_act(np.zeros((2, 4)), np.zeros(4), "softplus")
+
+
+def test_softmax_of_zero_columns_is_refused():
+    # Found by AddressSanitizer: the kernel read z[0] of an empty row.
+    with pytest.raises(ValueError, match="column"):
+        K.softmax(np.empty((2, 0), np.float32))

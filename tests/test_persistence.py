@@ -685,3 +685,61 @@ def test_damaged_files_load_or_raise_valueerror(
     assert isinstance(model, MLP)
     labels = model.predict(inputs(model, n=3))
     assert labels.shape == (3,) and set(labels.tolist()) <= set(model.classes_.tolist())
+
+
+# -- regressions found by fuzz/fuzz_model.py ---------------------------------------------
+def test_an_unparsable_npy_header_is_a_clean_error(tmp_path):
+    # numpy re-parses such a header with tokenize, whose TokenError once escaped load().
+    path = tmp_path / "m.npz"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("format.npy", b"\x93NUMPY\x01\x00\x11\x00{'descr': '<f4',\n")
+    with pytest.raises(ValueError, match="cannot load"):
+        load(path)
+
+
+def test_an_array_header_larger_than_its_data_is_refused_before_allocating(saved):
+    # A few bytes that declare a huge array: numpy would allocate it all before reading.
+    big = [40_000, 40_000, 3]
+    n_params = 40_000 * 40_000 + 40_000 + 40_000 * 3 + 3
+    arrays = arrays_of(saved)
+    for key in ("opt_state1", "opt_state2"):
+        arrays.pop(key)
+    arrays["params"] = np.zeros(1, np.float32)  # replaced by a bare header below
+    meta = json.loads(str(arrays["meta"][()]))
+    meta.update(layer_sizes=big, n_params=n_params, optimizer=None)
+    arrays["meta"] = np.array(json.dumps(meta))
+    write_npz(saved, arrays)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (n_params,)}
+    )
+    forged = saved.with_name("forged.npz")
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(forged, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, header.getvalue() if name == "params.npy" else src.read(name))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="header declares"):
+            load(forged)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20
+
+
+def test_classes_beyond_unicode_are_refused(saved):
+    arrays = arrays_of(saved)
+    classes = arrays["classes"]
+    bad = classes.copy()
+    bad.view(np.uint32)[0] = 0x110000
+    arrays["classes"] = bad
+    write_npz(saved, arrays)
+    with pytest.raises(ValueError, match="not Unicode"):
+        load(saved)
+
+
+def test_a_step_count_near_overflow_is_refused(tmp_path):
+    model = trained()
+    model._optimizer["t"] = 2**62 + 1
+    with pytest.raises(ValueError):
+        save(model, tmp_path / "m.npz")
