@@ -30,7 +30,7 @@ def compiler_accepts(flags: list[str]) -> bool:
             return False
 
 
-compile_args = ["-O3", "-std=c99", "-fno-math-errno"]
+compile_args = ["-O3", "-std=c99", "-fno-math-errno", "-ffp-contract=fast"]
 link_args = []
 if sys.platform == "win32":
     compile_args = ["/O2"]

@@ -3,6 +3,16 @@
 
 #include "fm_kernels.h"
 
+/* The default build targets baseline x86-64 (SSE2). A latency-bound kernel that streams
+   a whole weight matrix per call gets a copy for AVX2 and AVX-512 too, chosen at load
+   time by the CPU it runs on (GCC/clang function multiversioning on ELF platforms). */
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) || __GNUC__ >= 8) && \
+    !defined(FM_NO_DISPATCH)
+#define FM_CPU_DISPATCH __attribute__((target_clones("avx512f", "arch=haswell", "default")))
+#else
+#define FM_CPU_DISPATCH
+#endif
+
 uint64_t fm_hash64(uint64_t seed, uint64_t index)
 {
     uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ULL;

@@ -29,6 +29,9 @@ uint64_t fm_hash64(uint64_t seed, uint64_t index);
        NULL).  A: IN n*m, mask: IN n*m or NULL, dA: INOUT n*m. */                          \
     void fm_act_backward##S(ptrdiff_t n, ptrdiff_t m, const T *A, const T *mask, T *dA,    \
                             int act);                                                       \
+    /* y = x @ W for one row x (W row-major n_in x n_out), skipping the zeros of x,      \
+       which ReLU outputs and pixel images are full of.  x: IN n_in, W: IN, y: OUT. */     \
+    void fm_vecmat##S(ptrdiff_t n_in, ptrdiff_t n_out, const T *x, const T *W, T *y);     \
     /* 1 if every x[i] is finite, else 0.  x: IN n. */                                     \
     int fm_all_finite##S(ptrdiff_t n, const T *x);                                          \
     /* Row-wise softmax in place.  Z: INOUT n*k. */                                        \

@@ -59,6 +59,37 @@ void FN(fm_act_backward)(ptrdiff_t n, ptrdiff_t m, const T *A, const T *mask, T 
     }
 }
 
+FM_CPU_DISPATCH
+void FN(fm_vecmat)(ptrdiff_t n_in, ptrdiff_t n_out, const T *x, const T *W, T *y)
+{
+    /* Row by row of W (axpy form), in column blocks of FM_VECMAT_COLS so the block of y
+       stays in registers; a zero input skips its row of W -- one sample's latency is the
+       memory W streams from, and ReLU outputs and pixel images are full of zeros. */
+    enum { FM_VECMAT_COLS = 128 };
+    ptrdiff_t j0 = 0;
+    for (; j0 + FM_VECMAT_COLS <= n_out; j0 += FM_VECMAT_COLS) {
+        T acc[FM_VECMAT_COLS] = {0};
+        for (ptrdiff_t i = 0; i < n_in; i++) {
+            const T xi = x[i];
+            if (xi == 0) continue;
+            const T *restrict w = W + i * n_out + j0;
+            for (int j = 0; j < FM_VECMAT_COLS; j++) acc[j] += xi * w[j];
+        }
+        for (int j = 0; j < FM_VECMAT_COLS; j++) y[j0 + j] = acc[j];
+    }
+    if (j0 < n_out) { /* the last, narrower block */
+        T *restrict out = y + j0;
+        const ptrdiff_t rest = n_out - j0;
+        for (ptrdiff_t j = 0; j < rest; j++) out[j] = 0;
+        for (ptrdiff_t i = 0; i < n_in; i++) {
+            const T xi = x[i];
+            if (xi == 0) continue;
+            const T *restrict w = W + i * n_out + j0;
+            for (ptrdiff_t j = 0; j < rest; j++) out[j] += xi * w[j];
+        }
+    }
+}
+
 int FN(fm_all_finite)(ptrdiff_t n, const T *x)
 {
     /* x - x is 0 for finite x and NaN for inf or NaN; no branch, so it vectorises. */

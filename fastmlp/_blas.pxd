@@ -6,7 +6,7 @@ product C = op(A) op(B) is computed as the column-major product C^T = op(B)^T op
 operands swap places and nothing is copied. This is the only place that mapping lives.
 """
 from cython cimport floating
-from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
+from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
@@ -25,16 +25,3 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double *> b, &ldb, <double *> a, &lda, &beta,
               c, &ldc)
 
-
-cdef inline void gemv(int m, int n, floating alpha, const floating *a, int lda,
-                      const floating *x, floating beta, floating *y) noexcept nogil:
-    """y[n] = alpha * x[m] @ A[m, n] + beta * y, A row-major: one row through a layer.
-
-    GEMM with one row would pack all of A first; GEMV streams it once.
-    """
-    cdef char t = b"N"   # row-major A[m, n] is column-major A^T[n, m]: y = A^T x
-    cdef int one = 1
-    if floating is float:
-        sgemv(&t, &n, &m, &alpha, <float *> a, &lda, <float *> x, &one, &beta, y, &one)
-    else:
-        dgemv(&t, &n, &m, &alpha, <double *> a, &lda, <double *> x, &one, &beta, y, &one)

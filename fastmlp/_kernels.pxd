@@ -16,6 +16,10 @@ cdef extern from "fm_kernels.h" nogil:
                            float *dA, int act)
     void fm_act_backward_d(Py_ssize_t n, Py_ssize_t m, const double *A, const double *mask,
                            double *dA, int act)
+    void fm_vecmat_f(Py_ssize_t n_in, Py_ssize_t n_out, const float *x, const float *W,
+                     float *y)
+    void fm_vecmat_d(Py_ssize_t n_in, Py_ssize_t n_out, const double *x, const double *W,
+                     double *y)
     int fm_all_finite_f(Py_ssize_t n, const float *x)
     int fm_all_finite_d(Py_ssize_t n, const double *x)
     void fm_softmax_f(Py_ssize_t n, Py_ssize_t k, float *Z)

@@ -176,3 +176,16 @@ def gemm(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
     with nogil:
         _gemm(trans_a, trans_b, m, n, k, alpha, &A[0, 0], <int> A.shape[1], &B[0, 0],
               <int> B.shape[1], beta, &C[0, 0], <int> C.shape[1])
+
+
+def vecmat(const floating[::1] x, const floating[:, ::1] W):
+    """``x @ W`` for one row x, as prediction of one sample computes it."""
+    _check(x.shape[0] == W.shape[0], "x must have W.shape[0] elements")
+    y = np.empty(W.shape[1], dtype=np.asarray(W).dtype)
+    cdef floating[::1] out = y
+    with nogil:
+        if floating is float:
+            fm_vecmat_f(W.shape[0], W.shape[1], &x[0], &W[0, 0], &out[0])
+        else:
+            fm_vecmat_d(W.shape[0], W.shape[1], &x[0], &W[0, 0], &out[0])
+    return y

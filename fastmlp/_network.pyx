@@ -34,7 +34,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from cython cimport floating
 
-from fastmlp._blas cimport gemm, gemv
+from fastmlp._blas cimport gemm
 from fastmlp._kernels cimport *
 
 import numpy as np
@@ -286,9 +286,11 @@ cdef void forward_rows(const Net *net, const floating *params, floating *ws,
             z = out
         else:
             z = ws + net.a_off[l] + r0 * fan_out
-        if nr == 1:
-            gemv(fan_in, fan_out, <floating> 1, params + net.w_off[l], fan_out, inp,
-                 <floating> 0, z)
+        if nr == 1:   # one sample: no BLAS (see fm_vecmat)
+            if floating is float:
+                fm_vecmat_f(fan_in, fan_out, inp, params + net.w_off[l], z)
+            else:
+                fm_vecmat_d(fan_in, fan_out, inp, params + net.w_off[l], z)
         else:
             gemm(False, False, <int> nr, fan_out, fan_in, <floating> 1, inp, fan_in,
                  params + net.w_off[l], fan_out, <floating> 0, z, fan_out)
@@ -651,7 +653,8 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
         raise MemoryError()
     try:
         with nogil:
-            blas_single_enter()
+            if n > 1:   # one row makes no BLAS call
+                blas_single_enter()
             if n_threads <= 1:
                 for b in range(n_blocks):
                     bad += forward_block(&net, &params[0], buf, &X[0, 0], &out[0, 0], n,
@@ -661,7 +664,8 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
                     tid = threadid()
                     bad += forward_block(&net, &params[0], buf + tid * net.ws_size,
                                          &X[0, 0], &out[0, 0], n, block_rows, b, softmax)
-            blas_single_exit()
+            if n > 1:
+                blas_single_exit()
     finally:
         free(buf)
     if bad:

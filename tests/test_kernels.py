@@ -548,3 +548,15 @@ def test_softmax_of_zero_columns_is_refused():
     # Found by AddressSanitizer: the kernel read z[0] of an empty row.
     with pytest.raises(ValueError, match="column"):
         K.softmax(np.empty((2, 0), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_in, n_out", [(1, 1), (7, 3), (784, 128), (33, 129), (10, 300)])
+def test_vecmat_matches_matmul_with_and_without_zeros(n_in, n_out, dtype):
+    rng = np.random.default_rng(n_in * 1000 + n_out)
+    W = rng.standard_normal((n_in, n_out)).astype(dtype)
+    x = rng.standard_normal(n_in).astype(dtype)
+    x[rng.random(n_in) < 0.6] = 0  # skipped rows must not change the result
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for v in (x, np.zeros_like(x), np.abs(x) + 1):
+        np.testing.assert_allclose(K.vecmat(v, W), v.astype(np.float64) @ W, rtol=tol, atol=tol)
