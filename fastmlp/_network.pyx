@@ -268,13 +268,16 @@ cdef inline const floating *layer_input(const Net *net, const floating *ws, int 
     return ws + net.a_off[l]
 
 
-cdef void forward_rows(const Net *net, const floating *params, floating *ws,
-                       const floating *x, floating *out, Py_ssize_t r0, Py_ssize_t nr,
-                       double dropout, uint64_t seed) noexcept nogil:
+cdef int forward_rows(const Net *net, const floating *params, floating *ws,
+                      const floating *x, floating *out, Py_ssize_t r0, Py_ssize_t nr,
+                      double dropout, uint64_t seed, bint check) noexcept nogil:
     """Forward pass of rows r0..r0+nr of the workspace, reading the input from `x`.
 
     The last layer writes into `out` when it is not NULL (prediction), else into A_L.
     With dropout > 0, hidden layers also write their masks and dropped activations.
+    With `check`, returns 1 (and stops) if the input holds NaN or infinity: then the
+    first layer's products are not all finite (NaN propagates, inf * w is inf or NaN),
+    a test on fan_out columns instead of fan_in, done while they are in cache.
     """
     cdef int L = net.n_layers, l, fan_in = net.sizes[0], fan_out
     cdef const floating *inp = x
@@ -294,6 +297,13 @@ cdef void forward_rows(const Net *net, const floating *params, floating *ws,
         else:
             gemm(False, False, <int> nr, fan_out, fan_in, <floating> 1, inp, fan_in,
                  params + net.w_off[l], fan_out, <floating> 0, z, fan_out)
+        if check and l == 1:
+            if floating is float:
+                if not fm_all_finite_f(nr * fan_out, z):
+                    return 1
+            else:
+                if not fm_all_finite_d(nr * fan_out, z):
+                    return 1
         bias_act(nr, fan_out, z, params + net.b_off[l], net.acts[l])
         inp = z
         if dropout > 0 and l < L:
@@ -306,6 +316,7 @@ cdef void forward_rows(const Net *net, const floating *params, floating *ws,
                              dropout, fm_hash64(seed, l), r0)
             inp = dropped
         fan_in = fan_out
+    return 0
 
 
 cdef void rows_step(const Net *net, const Hyper *h, const floating *params, floating *ws,
@@ -330,7 +341,7 @@ cdef void rows_step(const Net *net, const Hyper *h, const floating *params, floa
         if wrow != NULL:
             wrow[r] = sample_weight[src]
 
-    forward_rows(net, params, ws, a0, NULL, r0, nr, h.dropout, seed)
+    forward_rows(net, params, ws, a0, NULL, r0, nr, h.dropout, seed, False)
 
     if h.loss == LOSS_CROSS_ENTROPY:
         if floating is float:
@@ -626,12 +637,13 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
 
 def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::1] out,
             const int[::1] sizes, const int[::1] acts, *, bint softmax, int n_threads,
-            Py_ssize_t block_rows=256):
+            Py_ssize_t block_rows=1024):
     """out = the network's output for X (softmax applied if `softmax`), without the GIL.
 
     Rows are processed in blocks of `block_rows` so each block's activations stay in
-    cache; a single block runs on the calling thread with no OpenMP region. Each block
-    of X is checked for NaN and infinity as it is read (ValueError).
+    cache; a single block runs on the calling thread with no OpenMP region. NaN and
+    infinity in X raise ValueError (found in the first layer's products, see
+    forward_rows), as do finite inputs so large that the first layer overflows.
     """
     cdef Net net
     cdef Py_ssize_t n = X.shape[0], n_blocks, b, r0, nr
@@ -669,23 +681,20 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
     finally:
         free(buf)
     if bad:
-        raise ValueError("X contains NaN or infinity; remove or impute those values first.")
+        raise ValueError(
+            "X contains NaN or infinity (or values so large that the first layer "
+            "overflows); remove or impute them first."
+        )
 
 
 cdef int forward_block(const Net *net, const floating *params, floating *ws,
                        const floating *X, floating *out, Py_ssize_t n,
                        Py_ssize_t block_rows, Py_ssize_t b, bint softmax) noexcept nogil:
-    """Forward pass of block b of X into out; 1 (and nothing computed) if it is not finite."""
+    """Forward pass of block b of X into out; 1 if the block holds NaN or infinity."""
     cdef Py_ssize_t r0 = b * block_rows, nr = min(block_rows, n - r0)
     cdef int k = net.sizes[net.n_layers]
-    cdef const floating *x = X + r0 * net.sizes[0]
-    if floating is float:
-        if not fm_all_finite_f(nr * net.sizes[0], x):
-            return 1
-    else:
-        if not fm_all_finite_d(nr * net.sizes[0], x):
-            return 1
-    forward_rows(net, params, ws, x, out + r0 * k, 0, nr, 0, 0)
+    if forward_rows(net, params, ws, X + r0 * net.sizes[0], out + r0 * k, 0, nr, 0, 0, True):
+        return 1
     if softmax:
         if floating is float:
             fm_softmax_f(nr, k, out + r0 * k)

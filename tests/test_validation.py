@@ -524,3 +524,17 @@ BAD_WEIGHTS = [
 def test_bad_sample_weight(model, call, weights, match):
     with pytest.raises(ValueError, match=match):
         SAMPLE_WEIGHT_CALLS[call](model, weights)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("rows", [1, 3, 2000])
+def test_non_finite_input_is_caught_even_where_relu_would_hide_it(bad, rows):
+    # Every weight negative: +inf would become -inf and ReLU would turn it into 0, a
+    # silent wrong answer if prediction only looked at its output.
+    W1 = -np.ones((4, 3), np.float32)
+    model = fastmlp.MLP.from_weights([W1, np.ones((3, 2), np.float32)], [np.zeros(3), np.zeros(2)])
+    X = np.ones((rows, 4), np.float32)
+    X[rows // 2, 1] = bad
+    for method in (model.predict, model.predict_proba, model.decision_function):
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            method(X)
