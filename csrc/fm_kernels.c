@@ -3,9 +3,10 @@
 
 #include "fm_kernels.h"
 
-/* The default build targets baseline x86-64 (SSE2). A latency-bound kernel that streams
-   a whole weight matrix per call gets a copy for AVX2 and AVX-512 too, chosen at load
-   time by the CPU it runs on (GCC/clang function multiversioning on ELF platforms). */
+/* The default build targets baseline x86-64 (SSE2). The kernels whose loops dominate
+   (the one-row product, Adam, the element-wise passes) also get copies for AVX2 and
+   AVX-512, chosen at load time by the CPU they run on (GCC/clang function
+   multiversioning on ELF platforms); FASTMLP_NATIVE=1 builds for the build machine. */
 #if defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) || __GNUC__ >= 8) && \
     !defined(FM_NO_DISPATCH)
 #define FM_CPU_DISPATCH __attribute__((target_clones("avx512f", "arch=haswell", "default")))

@@ -6,6 +6,7 @@
 #define FM_CAT(a, b) FM_CAT_(a, b)
 #define FN(name) FM_CAT(name, S)
 
+FM_CPU_DISPATCH
 void FN(fm_bias_act)(ptrdiff_t n, ptrdiff_t m, T *Z, const T *b, int act)
 {
     for (ptrdiff_t i = 0; i < n; i++) {
@@ -35,6 +36,7 @@ void FN(fm_bias_act)(ptrdiff_t n, ptrdiff_t m, T *Z, const T *b, int act)
     }
 }
 
+FM_CPU_DISPATCH
 void FN(fm_act_backward)(ptrdiff_t n, ptrdiff_t m, const T *A, const T *mask, T *dA, int act)
 {
     const ptrdiff_t nm = n * m;
@@ -90,6 +92,7 @@ void FN(fm_vecmat)(ptrdiff_t n_in, ptrdiff_t n_out, const T *x, const T *W, T *y
     }
 }
 
+FM_CPU_DISPATCH
 int FN(fm_all_finite)(ptrdiff_t n, const T *x)
 {
     /* x - x is 0 for finite x and NaN for inf or NaN; no branch, so it vectorises. */
@@ -182,6 +185,7 @@ double FN(fm_mse)(ptrdiff_t n, ptrdiff_t k, const T *A, const int32_t *y, const 
     return loss;
 }
 
+FM_CPU_DISPATCH
 void FN(fm_col_sum)(ptrdiff_t n, ptrdiff_t m, const T *dZ, T *db)
 {
     T *restrict out = db;
@@ -209,6 +213,7 @@ void FN(fm_dropout)(ptrdiff_t n, ptrdiff_t m, const T *A, T *mask, T *out, doubl
     }
 }
 
+FM_CPU_DISPATCH
 void FN(fm_adam)(ptrdiff_t n, T *p, const T *g, T *m, T *v, double lr, double beta1,
                  double beta2, double eps, int64_t t)
 {
@@ -226,6 +231,7 @@ void FN(fm_adam)(ptrdiff_t n, T *p, const T *g, T *m, T *v, double lr, double be
     }
 }
 
+FM_CPU_DISPATCH
 void FN(fm_sgd)(ptrdiff_t n, T *p, const T *g, T *vel, double lr, double momentum)
 {
     const T mu = (T)momentum, eta = (T)lr;
