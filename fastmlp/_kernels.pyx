@@ -189,3 +189,14 @@ def vecmat(const floating[::1] x, const floating[:, ::1] W):
         else:
             fm_vecmat_d(W.shape[0], W.shape[1], &x[0], &W[0, 0], &out[0])
     return y
+
+
+def all_finite(const floating[::1] x):
+    """True if no element of x is NaN or infinite (one vectorised pass, no temporaries)."""
+    cdef int ok
+    with nogil:
+        if floating is float:
+            ok = fm_all_finite_f(x.shape[0], &x[0]) if x.shape[0] else 1
+        else:
+            ok = fm_all_finite_d(x.shape[0], &x[0]) if x.shape[0] else 1
+    return bool(ok)

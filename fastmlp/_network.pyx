@@ -637,18 +637,23 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
 
 def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::1] out,
             const int[::1] sizes, const int[::1] acts, *, bint softmax, int n_threads,
-            Py_ssize_t block_rows=1024):
+            Py_ssize_t max_block_rows=1024):
     """out = the network's output for X (softmax applied if `softmax`), without the GIL.
 
-    Rows are processed in blocks of `block_rows` so each block's activations stay in
-    cache; a single block runs on the calling thread with no OpenMP region. NaN and
+    Rows are processed in blocks of at most `max_block_rows` so each block's activations
+    stay in cache; batches of 64 rows and more are cut into at least 2 to 4 blocks of 32+
+    rows so they can run in parallel. The blocks depend on the number of rows alone, so
+    results are bitwise the same for any thread count. A single block runs on the calling
+    thread with no OpenMP region. NaN and
     infinity in X raise ValueError (found in the first layer's products, see
     forward_rows), as do finite inputs so large that the first layer overflows.
     """
     cdef Net net
-    cdef Py_ssize_t n = X.shape[0], n_blocks, b, r0, nr
+    cdef Py_ssize_t n = X.shape[0], n_blocks, block_rows, b, r0, nr
     cdef int L, k, tid, bad = 0
     cdef floating *buf
+    n_blocks = max((n + max_block_rows - 1) // max_block_rows, min(4, n // 32), 1)
+    block_rows = max((n + n_blocks - 1) // n_blocks, 1)
     net_init(&net, sizes, acts, block_rows, False, False)
     L = net.n_layers
     k = net.sizes[L]

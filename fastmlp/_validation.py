@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from fastmlp import _kernels
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -52,7 +54,7 @@ def check_X(
         raise ValueError(f"{name} has 0 features (shape {arr.shape}).")
     with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
         out = np.ascontiguousarray(arr, dtype=dtype)
-    if finite and arr.dtype.kind == "f" and not np.isfinite(out).all():
+    if finite and arr.dtype.kind == "f" and not _kernels.all_finite(out.reshape(-1)):
         bad = np.argwhere(~np.isfinite(out))[0]
         raise ValueError(
             f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}); "

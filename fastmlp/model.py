@@ -22,9 +22,9 @@ from fastmlp._validation import (
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 LOSSES = {"cross_entropy": _network.Loss.LOSS_CROSS_ENTROPY, "mse": _network.Loss.LOSS_MSE}
 MAX_LAYERS = 64
-# Prediction of at most this many rows runs on the calling thread: a parallel region
-# costs more than it saves there, and a server's request threads stay one core each.
-SERIAL_ROWS = 64
+# Fewer rows than 64 make one block in _network.forward and run on the calling thread:
+# a parallel region costs more than it saves there. This path skips the core budget.
+SERIAL_ROWS = 63
 
 
 class MLP:

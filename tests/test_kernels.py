@@ -563,3 +563,15 @@ def test_vecmat_matches_matmul_with_and_without_zeros(n_in, n_out, dtype):
         # Summation error bound: n_in * eps * sum |v_i w_ij|.
         bound = n_in * eps * (np.abs(v).astype(np.float64) @ np.abs(W)) + 1e-300
         assert np.all(np.abs(K.vecmat(v, W) - exact) <= bound)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 16, 1001])
+def test_all_finite(n, dtype):
+    x = np.arange(n, dtype=dtype)
+    assert K.all_finite(x)
+    for bad in (np.nan, np.inf, -np.inf):
+        for pos in {0, n // 2, n - 1} if n else ():
+            y = x.copy()
+            y[pos] = bad
+            assert not K.all_finite(y)

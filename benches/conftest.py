@@ -1,0 +1,240 @@
+"""Shared fixtures and settings of the fastmlp benchmark suite (pytest-benchmark).
+
+Run from the repository root::
+
+    PYTHONPATH=. python -m pytest benches/ --benchmark-only
+
+Every workload is one pytest-benchmark group, holding fastmlp beside the NumPy reference
+(``fastmlp.reference``) and the peers that are installed (PyTorch, scikit-learn, ONNX
+Runtime); a peer that is missing is skipped with the reason. All of them get the same data
+and the same number of threads: ``FASTMLP_BENCH_THREADS`` if set, else every CPU this
+process may run on. NumPy's and scikit-learn's BLAS are held to that count with threadpoolctl
+for the whole session, PyTorch through ``torch.set_num_threads`` and fastmlp through its
+``n_threads`` argument.
+
+No test asserts on wall-clock time: the figures are read from pytest-benchmark's output, or
+summarised by ``benches/report.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastmlp
+
+# The network every suite races: 784-128-64-10, ReLU, softmax + cross-entropy.
+LAYER_SIZES = (784, 128, 64, 10)
+ACTIVATIONS = ("relu", "relu", "identity")
+DTYPES = ("float32", "float64")
+THREADS_ENV = "FASTMLP_BENCH_THREADS"
+
+# Options a bare `pytest benches/ --benchmark-only` would otherwise leave at
+# pytest-benchmark's defaults; given on the command line, the command line wins.
+# max_time 0.5 s keeps the micro-benchmarks' medians stable while the whole run stays
+# within a few minutes on 2 cores.
+_DEFAULT_OPTIONS = {
+    "--benchmark-max-time": ("benchmark_max_time", 0.5),
+    "--benchmark-columns": ("benchmark_columns", ["median", "iqr", "min", "mean", "rounds"]),
+    "--benchmark-sort": ("benchmark_sort", "mean"),
+}
+
+
+def bench_threads() -> int:
+    """Thread count given to fastmlp and every peer.
+
+    Returns
+    -------
+    int
+        ``FASTMLP_BENCH_THREADS`` if set, else the number of CPUs this process may use.
+    """
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        count = int(value)
+        if count < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive int; got {value!r}")
+        return count
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_counts() -> list[int]:
+    """fastmlp thread counts raced for the scaling figures: 1, 2 and the session's count."""
+    return sorted({1, 2, bench_threads()})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # tryfirst: pytest-benchmark reads these options in its own pytest_configure.
+    given = config.invocation_params.args
+    for flag, (dest, value) in _DEFAULT_OPTIONS.items():
+        if not any(str(arg).startswith(flag) for arg in given) and hasattr(config.option, dest):
+            setattr(config.option, dest, value)
+
+
+def pytest_generate_tests(metafunc):
+    # The thread counts depend on the machine, so they are generated, not hard-coded.
+    if "fastmlp_threads" in metafunc.fixturenames:
+        metafunc.parametrize("fastmlp_threads", thread_counts(), ids=lambda t: f"{t}thr")
+
+
+def pytest_report_header(config):
+    return f"fastmlp benchmarks: {bench_threads()} threads for fastmlp and every peer"
+
+
+# -- threads -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def n_threads() -> int:
+    """Threads for fastmlp and for every peer in this session."""
+    return bench_threads()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _peers_use_the_same_threads(n_threads):
+    # NumPy's BLAS (the reference, scikit-learn) would otherwise take every core, whatever
+    # FASTMLP_BENCH_THREADS says. fastmlp sets BLAS to one thread itself while it trains.
+    with threadpool_limits(limits=n_threads, user_api="blas"):
+        yield
+
+
+# -- data and parameters -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mnist:
+    """MNIST, loaded once per session.
+
+    Attributes
+    ----------
+    X : dict of str to ndarray
+        Training images (60000, 784), pixels in [0, 1], keyed by "float32" and "float64".
+    y : ndarray
+        Training labels (60000,), int64.
+    X_test : dict of str to ndarray
+        Test images (10000, 784), keyed as ``X``.
+    y_test : ndarray
+        Test labels (10000,), int64.
+    """
+
+    X: dict
+    y: np.ndarray
+    X_test: dict
+    y_test: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def mnist() -> Mnist:
+    """The MNIST training and test sets in float32 and float64."""
+    (X, y), (X_test, y_test) = fastmlp.datasets.load_mnist(
+        Path(__file__).resolve().parent / "data" / "mnist", dtype=np.float32
+    )
+    return Mnist(
+        X={"float32": X, "float64": X.astype(np.float64)},
+        y=y,
+        X_test={"float32": X_test, "float64": X_test.astype(np.float64)},
+        y_test=y_test,
+    )
+
+
+@pytest.fixture(params=DTYPES)
+def dtype(request) -> str:
+    """Precision of the workload: "float32" or "float64"."""
+    return request.param
+
+
+def he_init(dtype: str, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Weights and biases of 784-128-64-10, He-normal as fastmlp initialises ReLU layers.
+
+    Parameters
+    ----------
+    dtype : str
+        "float32" or "float64".
+    seed : int
+        Seed of the generator, so every peer starts from the same point.
+
+    Returns
+    -------
+    weights, biases : list of ndarray
+        ``weights[i]`` of shape (fan_in, fan_out), biases zero.
+    """
+    rng = np.random.default_rng(seed)
+    weights, biases = [], []
+    for fan_in, fan_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]):
+        W = rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
+        weights.append(W.astype(dtype))
+        biases.append(np.zeros(fan_out, dtype=dtype))
+    return weights, biases
+
+
+@pytest.fixture(scope="session")
+def initial_params():
+    """``he_init`` per dtype, computed once; copy before training on them."""
+    return {name: he_init(name) for name in DTYPES}
+
+
+# -- peers: skipped with a reason when not installed -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def torch(n_threads):
+    """The torch module, limited to the session's threads; skips when not installed."""
+    module = pytest.importorskip(
+        "torch", reason="PyTorch is not installed (pip install torch==2.13.0)"
+    )
+    module.set_num_threads(n_threads)
+    return module
+
+
+@pytest.fixture(scope="session")
+def torch_mlp(torch):
+    """Factory of the PyTorch peer: ``torch_mlp(weights, biases, dtype) -> nn.Sequential``.
+
+    The plain ``Linear, ReLU, Linear, ReLU, Linear`` stack, loaded with the given weights
+    (``Linear`` stores W transposed) so it starts where fastmlp and the reference start.
+    """
+    nn = torch.nn
+
+    def build(weights, biases, dtype: str):
+        layers = []
+        for W, b in zip(weights, biases):
+            linear = nn.Linear(W.shape[0], W.shape[1], dtype=getattr(torch, dtype))
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
+                linear.bias.copy_(torch.from_numpy(b))
+            layers += [linear, nn.ReLU()]
+        return nn.Sequential(*layers[:-1])  # no ReLU after the output layer
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def mlp_classifier():
+    """scikit-learn's MLPClassifier class; skips when scikit-learn is not installed."""
+    module = pytest.importorskip(
+        "sklearn.neural_network", reason="scikit-learn is not installed (pip install scikit-learn)"
+    )
+    return module.MLPClassifier
+
+
+@pytest.fixture(scope="session")
+def onnxruntime():
+    """The onnxruntime module; skips when not installed."""
+    return pytest.importorskip(
+        "onnxruntime", reason="ONNX Runtime is not installed (pip install onnxruntime)"
+    )
+
+
+@pytest.fixture(scope="session")
+def onnx():
+    """The onnx module (its helper API builds the graph); skips when not installed."""
+    return pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx)")

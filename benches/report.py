@@ -1,0 +1,571 @@
+"""Run the fastmlp benchmarks once and print a Markdown summary ready for the README.
+
+Usage, from the repository root::
+
+    pip install '.[bench]' && python benches/report.py [--threads N]
+
+(or ``PYTHONPATH=. python benches/report.py`` after ``python setup.py build_ext
+--inplace``). The peers (PyTorch, scikit-learn, ONNX Runtime) are raced when installed.
+
+One run measures, on this machine and in this order:
+
+1. the sgemm peak: NumPy float32 matmul of 4096 x 4096 matrices at the benchmark thread
+   count (best of 3), the yardstick of the GFLOP/s figures;
+2. the three pytest-benchmark suites (``benches/test_bench_*.py``), run by pytest with
+   ``--benchmark-json`` into a temporary file; medians and ratios come from that file, so
+   fastmlp and its peers are compared within one run;
+3. the time fastmlp needs to reach 98.0% MNIST test accuracy with 784-128-64-10, trained
+   epoch by epoch with a callback that scores the test set and stops training; only the
+   training time is counted (the scoring is subtracted).
+
+It prints the tables, writes them to ``benches/results.md`` and says how much CPU other
+processes took meanwhile, since a busy machine makes every figure here meaningless.
+Absolute times drift between machines; the ratios are the figures to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import fastmlp
+
+BENCHES = Path(__file__).resolve().parent
+ROOT = BENCHES.parent
+
+LAYER_SIZES = (784, 128, 64, 10)
+N_TRAIN = 60_000
+TARGET_ACCURACY = 0.98
+TARGET_BATCH_SIZES = (32, 128)
+MAX_EPOCHS = 40
+PEERS = ("numpy", "torch", "sklearn", "onnxruntime")
+PEER_NAMES = {
+    "fastmlp": "fastmlp",
+    "numpy": "NumPy reference",
+    "torch": "PyTorch",
+    "sklearn": "scikit-learn",
+    "onnxruntime": "ONNX Runtime",
+}
+# The suites summarised here, in the order `pytest benches/` runs them: order matters (run
+# after the training suite, PyTorch's 1-sample predict_proba was once 10x slower).
+# Other files in benches/ are run by `pytest benches/` only.
+SUITES = ("test_bench_kernels.py", "test_bench_predict.py", "test_bench_training.py")
+# Above this share of the CPUs taken by other processes, the figures are flagged.
+BUSY_WARNING = 0.05
+
+
+# -- FLOP counts -------------------------------------------------------------------------
+
+
+def training_flops_per_sample(sizes=LAYER_SIZES) -> int:
+    """GEMM FLOPs of one training sample: forward, weight gradient, input gradient.
+
+    Each layer costs ``2 * fan_in * fan_out`` per GEMM: the forward product, the weight
+    gradient ``A^T dZ`` and the input gradient ``dZ W^T``. The first layer needs no input
+    gradient (nothing learns below it), so it has two GEMMs and the others three.
+    Element-wise work, the loss and the Adam update are not counted.
+    """
+    macs = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+    return 2 * (2 * sum(macs) + sum(macs[1:]))
+
+
+def forward_flops_per_sample(sizes=LAYER_SIZES) -> int:
+    """GEMM FLOPs of one forward pass: ``2 * fan_in * fan_out`` per layer."""
+    return 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+# -- the machine -------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """CPU model name and whether it has AVX-512, from /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")),
+        "unknown",
+    )
+    flags = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return model + (", AVX-512" if " avx512f" in flags else ", no AVX-512")
+
+
+def version(dist: str) -> str:
+    """Installed version of a distribution, or "not installed" (nothing is imported)."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def blas_libraries() -> list[str]:
+    """The BLAS and OpenMP libraries loaded in this process, as threadpoolctl sees them."""
+    import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS, the one fastmlp calls)
+
+    lines = []
+    for lib in threadpool_info():
+        desc = f"{lib['internal_api']} {lib.get('version') or ''}".strip()
+        extra = [f"{k} {lib[k]}" for k in ("architecture", "threading_layer") if lib.get(k)]
+        path = Path(lib["filepath"])
+        owner = {"numpy.libs": ", NumPy's", "scipy.libs": ", SciPy's (fastmlp calls it)"}
+        lines.append(
+            f"{lib['user_api']}: {desc}{owner.get(path.parent.name, '')} "
+            f"({', '.join(extra + [path.name])})"
+        )
+    return lines
+
+
+class CpuByOthers:
+    """CPU time used by other processes while this one ran, from /proc/stat.
+
+    All CPUs' busy time (steal included: a hypervisor's other guests count too) minus this
+    process's and its children's CPU time.
+    """
+
+    def __init__(self) -> None:
+        self.wall0, self.busy0, self.own0 = time.perf_counter(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except OSError:
+            return None
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, fields[:8])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def share(self) -> float | None:
+        """Share of all CPUs that other processes kept busy since construction."""
+        busy = self._busy()
+        if busy is None or self.busy0 is None:
+            return None
+        wall = time.perf_counter() - self.wall0
+        others = (busy - self.busy0) - (self._own() - self.own0)
+        return max(0.0, others) / (wall * (os.cpu_count() or 1))
+
+
+# -- measurements ------------------------------------------------------------------------
+
+
+def sgemm_peak(threads: int, n: int = 4096, repeats: int = 3) -> float:
+    """Best GFLOP/s of a float32 ``n x n`` matmul in NumPy with BLAS at `threads`."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((n, n), dtype=np.float32)
+    B = rng.standard_normal((n, n), dtype=np.float32)
+    C = np.empty_like(A)
+    best = math.inf
+    with threadpool_limits(limits=threads, user_api="blas"):
+        np.matmul(A, B, out=C)  # warm-up: page faults, thread start
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            np.matmul(A, B, out=C)
+            best = min(best, time.perf_counter() - tic)
+    return 2 * n**3 / best / 1e9
+
+
+def run_suites(
+    threads: int, max_time: float, log: Path, keep_json: Path | None
+) -> tuple[dict, float, str]:
+    """Run the SUITES with ``pytest --benchmark-only`` and a JSON report.
+
+    Returns
+    -------
+    data : dict
+        pytest-benchmark's JSON report.
+    seconds : float
+        Wall time of the pytest run.
+    summary : str
+        pytest's closing lines (pass/skip counts and skip reasons).
+    """
+    # The suites import the same fastmlp as this process: installed, or the source tree
+    # through the caller's PYTHONPATH after an in-place build.
+    env = dict(os.environ, FASTMLP_BENCH_THREADS=str(threads))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "bench.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            *(str(BENCHES / name) for name in SUITES),
+            "--benchmark-only",
+            f"--benchmark-json={out}",
+            f"--benchmark-max-time={max_time}",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+        ]
+        tic = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - tic
+        log.write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0 or not out.exists():
+            sys.exit(f"the benchmark suites failed (exit {proc.returncode}); see {log}")
+        data = json.loads(out.read_text())
+        if keep_json is not None:
+            keep_json.write_text(out.read_text())
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    closing = [ln for ln in lines if ln.startswith("SKIPPED")] + lines[-1:]
+    return data, seconds, "\n".join(closing)
+
+
+def time_to_accuracy(mnist: tuple, threads: int, batch_size: int) -> dict:
+    """Train 784-128-64-10 (float32, Adam) until the test accuracy reaches the target.
+
+    Parameters
+    ----------
+    mnist : tuple
+        ``((X, y), (X_test, y_test))`` as ``fastmlp.datasets.load_mnist`` returns it.
+    threads : int
+        fastmlp's ``n_threads``.
+    batch_size : int
+        Mini-batch size.
+
+    Returns
+    -------
+    dict
+        ``seconds`` of training (scoring excluded), ``epochs``, the last ``accuracy`` and
+        whether the target was ``reached`` within MAX_EPOCHS.
+    """
+    (X, y), (X_test, y_test) = mnist
+    scoring = 0.0
+    accuracies: list[float] = []
+
+    def check(figures: dict) -> bool:
+        nonlocal scoring
+        tic = time.perf_counter()
+        accuracies.append(figures["model"].score(X_test, y_test))
+        scoring += time.perf_counter() - tic
+        return accuracies[-1] >= TARGET_ACCURACY
+
+    tic = time.perf_counter()
+    fastmlp.train(
+        X,
+        y,
+        hidden=LAYER_SIZES[1:-1],
+        epochs=MAX_EPOCHS,
+        batch_size=batch_size,
+        dtype=np.float32,
+        seed=0,
+        n_threads=threads,
+        callbacks=[check],
+    )
+    wall = time.perf_counter() - tic
+    return {
+        "seconds": wall - scoring,
+        "epochs": len(accuracies),
+        "accuracy": accuracies[-1],
+        "reached": accuracies[-1] >= TARGET_ACCURACY,
+    }
+
+
+# -- tables ------------------------------------------------------------------------------
+
+
+def medians(data: dict) -> dict:
+    """``{(suite, workload, impl, dtype, size, threads): median seconds}`` from the JSON."""
+    table = {}
+    keys = ("suite", "workload", "impl", "dtype", "threads")
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if not all(k in info for k in keys):
+            continue  # not one of SUITES' benchmarks
+        size = info.get("batch_size", info.get("n_samples"))
+        key = (info["suite"], info["workload"], info["impl"], info["dtype"], size, info["threads"])
+        table[key] = bench["stats"]["median"]
+    return table
+
+
+def fmt_time(seconds: float | None, unit: str) -> str:
+    """A median in the given unit ("s", "ms" or "us"), or a dash when not measured."""
+    if seconds is None:
+        return "—"
+    scale = {"s": 1, "ms": 1e3, "us": 1e6}[unit]
+    value = seconds * scale
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def fmt_ratio(num: float | None, den: float | None) -> str:
+    """``num / den`` as "3.2x", or a dash when either is missing."""
+    if num is None or den is None:
+        return "—"
+    return f"{num / den:.2f}x"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def training_table(m: dict, threads: int, peak: float) -> tuple[str, dict]:
+    """One MNIST epoch per batch size and dtype, and the figures the targets need."""
+    counts = sorted({1, 2, threads})
+    flops = training_flops_per_sample() * N_TRAIN
+    header = (
+        ["dtype", "batch"]
+        + [f"fastmlp {t} thr (s)" for t in counts]
+        + [f"{PEER_NAMES[p]} (s)" for p in ("numpy", "torch", "sklearn")]
+        + [f"vs {PEER_NAMES[p]}" for p in ("numpy", "torch", "sklearn")]
+        + [f"scaling 1→{threads} thr", "GFLOP/s", "% of sgemm peak"]
+    )
+    rows, figures = [], {}
+    for dtype in ("float32", "float64"):
+        for bs in (32, 128, 512):
+
+            def get(impl, t=threads, dtype=dtype, bs=bs):
+                return m.get(("training", "epoch", impl, dtype, bs, t))
+
+            fast = get("fastmlp")
+            peers = [get(p) for p in ("numpy", "torch", "sklearn")]
+            figures[(dtype, bs)] = {"fastmlp": fast, "numpy": peers[0], "torch": peers[1]}
+            figures[(dtype, bs)].update({f"fastmlp_{t}": get("fastmlp", t) for t in counts})
+            gflops = flops / fast / 1e9 if fast else None
+            rows.append(
+                [dtype, str(bs)]
+                + [fmt_time(get("fastmlp", t), "s") for t in counts]
+                + [fmt_time(p, "s") for p in peers]
+                + [fmt_ratio(p, fast) for p in peers]
+                + [
+                    fmt_ratio(get("fastmlp", 1), fast),
+                    "—" if gflops is None else f"{gflops:.0f}",
+                    "—" if gflops is None else f"{100 * gflops / peak:.0f}%",
+                ]
+            )
+    return table(header, rows), figures
+
+
+def predict_table(m: dict, threads: int, peak: float) -> tuple[str, dict]:
+    """predict_proba medians per input size; ratios are peer time over fastmlp's."""
+    impls = ["fastmlp", *PEERS]
+    header = (
+        ["samples", "unit"]
+        + [PEER_NAMES[i] for i in impls]
+        + [f"{PEER_NAMES[p]} / fastmlp" for p in PEERS]
+    )
+    rows, figures = [], {}
+    for n in (1, 8, 64, 10_000):
+        unit = "us" if n <= 64 else "ms"
+        t = {i: m.get(("predict", "predict_proba", i, "float32", n, threads)) for i in impls}
+        figures[n] = t
+        rows.append(
+            [f"{n:,}", unit]
+            + [fmt_time(t[i], unit) for i in impls]
+            + [fmt_ratio(t[p], t["fastmlp"]) for p in PEERS]
+        )
+    floor = forward_flops_per_sample() * 10_000 / peak / 1e9
+    figures["floor_10000"] = floor
+    return table(header, rows), figures
+
+
+def kernel_table(m: dict, threads: int) -> str:
+    """Kernel medians at batch 128: fastmlp beside the NumPy reference."""
+    rows = []
+    for kernel in ("forward", "loss_and_gradients", "train_step", "softmax_xent", "adam"):
+        for dtype in ("float32", "float64"):
+            fast = m.get(("kernels", kernel, "fastmlp", dtype, 128, threads))
+            ref = m.get(("kernels", kernel, "numpy", dtype, 128, threads))
+            rows.append(
+                [kernel, dtype, fmt_time(fast, "us"), fmt_time(ref, "us"), fmt_ratio(ref, fast)]
+            )
+    return table(["kernel", "dtype", "fastmlp (us)", "NumPy reference (us)", "speed-up"], rows)
+
+
+def targets_table(train: dict, predict: dict, reach: dict, threads: int) -> str:
+    """The targets of shared/BRIEF.md against this run's figures."""
+
+    def target(name, goal, value, fmt, met):
+        if value is None:
+            return [name, goal, "—", "not measured"]
+        return [name, goal, fmt.format(value), "met" if met(value) else "**not met**"]
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    b128, b32 = train[("float32", 128)], train[("float32", 32)]
+    reached = reach.get(128, {"seconds": None, "reached": False})
+    floor = predict["floor_10000"]
+    one, big = predict[1]["fastmlp"], predict[10_000]["fastmlp"]
+    counts = sorted({1, 2, threads})
+    slower = [
+        f"{dtype} bs{bs} {t1}→{t2} thr"
+        for (dtype, bs), fig in train.items()
+        for t1, t2 in zip(counts, counts[1:])
+        if None not in (fig[f"fastmlp_{t1}"], fig[f"fastmlp_{t2}"])
+        and fig[f"fastmlp_{t2}"] > fig[f"fastmlp_{t1}"]
+    ]
+    rows = [
+        target("epoch, batch 128, float32: vs PyTorch", "≥ 3.5x",
+               ratio(b128["torch"], b128["fastmlp"]), "{:.2f}x", lambda r: r >= 3.5),
+        target("epoch, batch 128, float32: vs NumPy reference", "≥ 3.5x",
+               ratio(b128["numpy"], b128["fastmlp"]), "{:.2f}x", lambda r: r >= 3.5),
+        target("epoch, batch 128, float32", "aim 0.2 s", b128["fastmlp"], "{:.3f} s",
+               lambda s: s <= 0.2),
+        target("epoch, batch 32, float32: vs PyTorch", "≥ 5x",
+               ratio(b32["torch"], b32["fastmlp"]), "{:.2f}x", lambda r: r >= 5),
+        target("98.0% test accuracy, batch 128", "< 4 s of training", reached["seconds"],
+               "{:.2f} s", lambda s: reached["reached"] and s < 4),
+        target("predict_proba, 1 sample", "< 5 us", one and one * 1e6, "{:.1f} us",
+               lambda us: us < 5),
+        target("predict_proba, 10,000 samples", f"≤ 1.15x the GEMM floor ({floor * 1e3:.1f} ms)",
+               big and big / floor, "{:.2f}x the floor", lambda r: r <= 1.15),
+        [f"thread scaling, epochs at {', '.join(map(str, counts))} threads",
+         "never slower with more", "; ".join(slower) or "never slower",
+         "**not met**" if slower else "met"],
+    ]  # fmt: skip
+    return table(["target", "goal", "this run", "status"], rows)
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    from conftest import bench_threads  # one definition of the default thread count
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="default: all usable CPUs")
+    parser.add_argument("--output", type=Path, default=BENCHES / "results.md")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also keep pytest-benchmark's JSON"
+    )
+    parser.add_argument(
+        "--max-time",
+        type=float,
+        default=0.25,
+        help="pytest-benchmark's --benchmark-max-time for the micro-benchmarks (s)",
+    )
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        os.environ["FASTMLP_BENCH_THREADS"] = str(args.threads)
+    threads = bench_threads()
+    start = time.perf_counter()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = os.getloadavg()
+    busy = {}  # phase -> share of the CPUs other processes used meanwhile
+
+    print(f"sgemm peak at {threads} threads ...", flush=True)
+    others = CpuByOthers()
+    peak = sgemm_peak(threads)
+    busy["sgemm"] = others.share()
+    print(
+        f"benchmark suites (pytest) ... log in {tempfile.gettempdir()}/fastmlp-bench.log",
+        flush=True,
+    )
+    log = Path(tempfile.gettempdir()) / "fastmlp-bench.log"
+    others = CpuByOthers()
+    data, suite_seconds, summary = run_suites(threads, args.max_time, log, args.json)
+    busy["pytest suites"] = others.share()
+    print(f"time to {TARGET_ACCURACY:.1%} test accuracy ...", flush=True)
+    mnist = fastmlp.datasets.load_mnist(BENCHES / "data" / "mnist", dtype=np.float32)
+    others = CpuByOthers()
+    reach = {bs: time_to_accuracy(mnist, threads, bs) for bs in TARGET_BATCH_SIZES}
+    busy["time to accuracy"] = others.share()
+    total = time.perf_counter() - start
+
+    m = medians(data)
+    train_md, train_fig = training_table(m, threads, peak)
+    predict_md, predict_fig = predict_table(m, threads, peak)
+    flops = training_flops_per_sample() * N_TRAIN
+    reach_rows = [
+        [
+            str(bs),
+            str(r["epochs"]),
+            f"{r['seconds']:.2f}",
+            f"{r['seconds'] / r['epochs']:.3f}",
+            f"{r['accuracy']:.2%}",
+            "yes" if r["reached"] else f"no (stopped at {MAX_EPOCHS} epochs)",
+        ]
+        for bs, r in reach.items()
+    ]
+    shares = ", ".join(
+        f"{phase} {'unknown' if share is None else f'{share:.0%}'}"
+        for phase, share in busy.items()
+    )
+    warning = ""
+    if any(share is not None and share > BUSY_WARNING for share in busy.values()):
+        warning = (
+            f"> **Warning:** other processes kept the CPUs busy during this run ({shares} of "
+            "all CPUs; load average at start "
+            f"{', '.join(f'{x:.2f}' for x in load_before)}). The figures below are not "
+            "trustworthy: re-run on an idle machine."
+        )
+    sections = [
+        "# fastmlp benchmarks",
+        f"Generated by `python benches/report.py` on {started:%Y-%m-%d %H:%M} UTC in "
+        f"{total:.0f} s (pytest suites {suite_seconds:.0f} s). Medians; ratios are the "
+        "peer's time over fastmlp's (above 1x: fastmlp is faster), all measured in this run "
+        f"with **{threads} threads** for fastmlp and every peer.",
+        warning,
+        "## Machine",
+        "\n".join(
+            [
+                f"- CPU: {cpu_model()}; {os.cpu_count()} logical CPUs, "
+                f"{len(os.sched_getaffinity(0))} usable",
+                f"- Python {platform.python_version()}, fastmlp {fastmlp.__version__}, "
+                + ", ".join(
+                    f"{d} {version(d)}"
+                    for d in ("numpy", "scipy", "torch", "scikit-learn", "onnxruntime")
+                ),
+                *(f"- {line}" for line in blas_libraries()),
+                f"- sgemm peak (NumPy float32 4096³, {threads} threads, best of 3): "
+                f"**{peak:.0f} GFLOP/s**",
+                f"- CPU used by other processes during the run (share of all CPUs): {shares}",
+            ]
+        ),
+        "## Training: one MNIST epoch, 784-128-64-10, Adam",
+        f"Seconds per epoch over 60,000 images. fastmlp's time is the whole "
+        f"`fastmlp.train(..., epochs=1)` call. GFLOP/s counts the GEMMs only: "
+        f"{training_flops_per_sample():,} FLOP per sample (forward, weight gradient and input "
+        f"gradient of each layer, minus the first layer's input gradient, which nothing "
+        f"needs), {flops / 1e9:.2f} GFLOP per epoch; at the sgemm peak an epoch would take "
+        f"{flops / peak / 1e9:.3f} s.",
+        train_md,
+        f"## Time to {TARGET_ACCURACY:.1%} MNIST test accuracy (fastmlp, float32, "
+        f"784-128-64-10, Adam lr 1e-3, seed 0)",
+        "Training time only: the test set is scored after every epoch by a callback that "
+        "stops training, and the scoring time is subtracted.",
+        table(
+            ["batch", "epochs", "training seconds", "s per epoch", "test accuracy", "reached"],
+            reach_rows,
+        ),
+        "## predict_proba, float32 784-128-64-10",
+        "Latency of 1 to 64 samples (us) and throughput of 10,000 samples (ms), called from "
+        "Python with NumPy in and out. The GEMM floor of 10,000 samples at the sgemm peak "
+        f"is {predict_fig['floor_10000'] * 1e3:.2f} ms.",
+        predict_md,
+        "## Kernels, batch 128, 784-128-64-10",
+        "fastmlp's compiled entry points beside `fastmlp.reference` (median us).",
+        kernel_table(m, threads),
+        "## Targets (shared/BRIEF.md)",
+        targets_table(train_fig, predict_fig, reach, threads),
+        "## pytest",
+        "```\n" + summary + "\n```",
+    ]
+    text = "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
+    args.output.write_text(text)
+    print(text)
+    print(f"written to {args.output}; total {total:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""One MNIST training epoch of 784-128-64-10, fastmlp beside the reference and the peers.
+
+One group per batch size (32, 128, 512) and dtype, each holding:
+
+- fastmlp: ``fastmlp.train(X, y, hidden=(128, 64), epochs=1, ...)``, the whole public call
+  (validation, initialisation, workspace, the epoch), at 1, 2 and the session's thread
+  count, for the thread-scaling figures;
+- numpy: ``fastmlp.reference.train_epoch`` with Adam, BLAS at the session's threads;
+- torch: ``nn.Sequential(Linear, ReLU, Linear, ReLU, Linear)``, ``CrossEntropyLoss`` and
+  ``torch.optim.Adam``, mini-batches gathered from tensors already in memory;
+- sklearn: ``MLPClassifier(hidden_layer_sizes=(128, 64), solver="adam", max_iter=1)``.
+
+Every implementation shuffles once per epoch, uses Adam with lr 1e-3 and sees all 60,000
+images. The reference, PyTorch and scikit-learn take seconds per epoch, so they are timed
+with a few pedantic rounds; each round starts from fresh parameters (set-up not timed).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import reference
+
+ACTIVATIONS = ("relu", "relu", "identity")  # 784-128-64-10, as in conftest
+BATCH_SIZES = (32, 128, 512)
+# Pedantic rounds per implementation: enough for a median where an epoch is cheap, one
+# where it takes seconds.
+ROUNDS = {"fastmlp": 3, "numpy": 1, "torch": 2, "sklearn": 1}
+
+
+@pytest.fixture(params=BATCH_SIZES, ids=lambda bs: f"bs{bs}")
+def batch_size(request) -> int:
+    """Mini-batch size of the epoch."""
+    return request.param
+
+
+def _label(benchmark, impl: str, dtype: str, batch_size: int, threads: int) -> None:
+    benchmark.group = f"epoch 784-128-64-10 {dtype} batch {batch_size}"
+    benchmark.extra_info.update(
+        suite="training",
+        workload="epoch",
+        impl=impl,
+        dtype=dtype,
+        batch_size=batch_size,
+        threads=threads,
+    )
+
+
+def test_fastmlp(benchmark, mnist, dtype, batch_size, fastmlp_threads):
+    _label(benchmark, "fastmlp", dtype, batch_size, fastmlp_threads)
+    X, y = mnist.X[dtype], mnist.y
+
+    def epoch():
+        return fastmlp.train(
+            X,
+            y,
+            hidden=(128, 64),
+            epochs=1,
+            batch_size=batch_size,
+            dtype=dtype,
+            seed=0,
+            n_threads=fastmlp_threads,
+        )
+
+    model = benchmark.pedantic(epoch, rounds=ROUNDS["fastmlp"], warmup_rounds=1)
+    benchmark.extra_info["epoch_seconds"] = model.history["seconds"][-1]
+    benchmark.extra_info["train_accuracy"] = model.history["accuracy"][-1]
+
+
+def test_numpy_reference(benchmark, mnist, initial_params, dtype, batch_size, n_threads):
+    _label(benchmark, "numpy", dtype, batch_size, n_threads)
+    X, y = mnist.X[dtype], mnist.y
+    rng = np.random.default_rng(0)
+
+    def setup():
+        weights, biases = ([p.copy() for p in params] for params in initial_params[dtype])
+        return (weights, biases, {}), {}
+
+    def epoch(weights, biases, state):
+        order = rng.permutation(X.shape[0])
+        return reference.train_epoch(
+            weights, biases, state, X, y, ACTIVATIONS, batch_size, order, optimizer="adam"
+        )
+
+    benchmark.pedantic(epoch, setup=setup, rounds=ROUNDS["numpy"])
+
+
+def test_torch(benchmark, torch, torch_mlp, mnist, initial_params, dtype, batch_size, n_threads):
+    _label(benchmark, "torch", dtype, batch_size, n_threads)
+    X, y = torch.from_numpy(mnist.X[dtype]), torch.from_numpy(mnist.y)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(0)
+
+    def setup():
+        net = torch_mlp(*initial_params[dtype], dtype)
+        return (net, torch.optim.Adam(net.parameters(), lr=1e-3)), {}
+
+    def epoch(net, optimizer):
+        order = torch.randperm(X.shape[0], generator=generator)
+        for start in range(0, X.shape[0], batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(X[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+
+    benchmark.pedantic(epoch, setup=setup, rounds=ROUNDS["torch"])
+
+
+def test_sklearn(benchmark, mlp_classifier, mnist, dtype, batch_size, n_threads):
+    from sklearn.exceptions import ConvergenceWarning
+
+    _label(benchmark, "sklearn", dtype, batch_size, n_threads)
+    # float32 in, float32 all the way through (scikit-learn keeps the input's dtype).
+    X, y = mnist.X[dtype], mnist.y
+
+    def setup():
+        clf = mlp_classifier(
+            hidden_layer_sizes=(128, 64),
+            solver="adam",
+            batch_size=batch_size,
+            max_iter=1,
+            shuffle=True,
+            random_state=0,
+        )
+        return (clf,), {}
+
+    def epoch(clf):
+        with warnings.catch_warnings():
+            # max_iter=1 is the point here, not a convergence problem.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return clf.fit(X, y)
+
+    benchmark.pedantic(epoch, setup=setup, rounds=ROUNDS["sklearn"])
