@@ -3,6 +3,7 @@ that fails when the option stops doing what its documentation says."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import subprocess
@@ -519,7 +520,7 @@ SIGINT_SCRIPT = textwrap.dedent(
 )
 
 
-def test_ctrl_c_returns_the_model():
+def test_ctrl_c_returns_the_model(tmp_path):
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("MNIST files not available")
     proc = subprocess.run(
@@ -527,7 +528,18 @@ def test_ctrl_c_returns_the_model():
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).parent.parent,
+        # Not the repository root, whose fastmlp/ has no compiled modules after a
+        # non-editable install: the child imports the fastmlp this test imported.
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [
+                    str(Path(fastmlp.__file__).resolve().parent.parent),
+                    os.environ.get("PYTHONPATH", ""),
+                ]
+            ),
+        },
     )
     out = proc.stdout
     assert proc.returncode == 0, proc.stderr

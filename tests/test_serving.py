@@ -507,7 +507,10 @@ def test_command_line_serves_and_stops_on_sigint(serve, model_file, model, mnist
     port = _free_port()
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        # The fastmlp this test imported (installed, or an in-place build), not the sources.
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(fastmlp.__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
+        ),
     }
     cmd = [sys.executable, str(SERVE_PY), str(model_file), "--port", str(port)]
     log = (tmp_path / "serve.log").open("w+")
