@@ -38,7 +38,15 @@ NETWORKS = [
         {1: 92.3, 5: 97.1, 10: 98.2},
         None,
         98.2,
-        dict(hidden=(256, 128), dropout=0.2, l2=1e-5, lr=1e-3, epochs=10, batch_size=64),
+        dict(
+            hidden=(256, 128),
+            dropout=0.2,
+            l2=1e-5,
+            lr=1e-3,
+            lr_schedule="cosine",
+            epochs=10,
+            batch_size=64,
+        ),
     ),
     (
         "784-128-10, ReLU, 5 epochs",
