@@ -441,3 +441,18 @@ def test_labels_round_trip(labels):
         model.fit_more(X, unknown, epochs=1, n_threads=1)
     with pytest.raises(ValueError):
         model.score(X, unknown)
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_training_under_threadpool_limits_is_unchanged_and_restores_them(limit):
+    # Whatever BLAS/OpenMP limits a user sets, fastmlp's own partition decides the bits,
+    # and the user's BLAS setting is what remains after training.
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    reference_model = train_for_determinism(2)
+    with threadpool_limits(limits=limit):
+        before = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+        model = train_for_determinism(2)
+        after = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+    assert np.array_equal(model.params_, reference_model.params_)
+    assert after == before
