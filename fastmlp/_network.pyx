@@ -143,6 +143,7 @@ cdef enum:
     # kernels and were fastest at every batch size, by 30% at batch 32 (README).
     BLOCK_ROWS = 8
     PARAM_PARTS = 4
+    SMALL_WORKSPACE = 4096   # elements of prediction workspace kept on the stack
 
 cpdef enum Loss:
     LOSS_CROSS_ENTROPY = 0
@@ -651,6 +652,7 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
     cdef Net net
     cdef Py_ssize_t n = X.shape[0], n_blocks, block_rows, b, r0, nr
     cdef int L, k, tid, bad = 0
+    cdef floating small_ws[SMALL_WORKSPACE]
     cdef floating *buf
     n_blocks = max((n + max_block_rows - 1) // max_block_rows, min(4, n // 32), 1)
     block_rows = max((n + n_blocks - 1) // n_blocks, 1)
@@ -665,9 +667,14 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
         return
     n_blocks = (n + block_rows - 1) // block_rows
     n_threads = <int> min(<Py_ssize_t> n_threads, n_blocks)
-    buf = <floating *> malloc(max(net.ws_size, 1) * n_threads * sizeof(floating))
-    if buf == NULL:
-        raise MemoryError()
+    # A request's workspace (the hidden activations of a few rows) fits on the stack: no
+    # allocation beyond the output for small batches.
+    if net.ws_size * n_threads <= SMALL_WORKSPACE:
+        buf = small_ws
+    else:
+        buf = <floating *> malloc(max(net.ws_size, 1) * n_threads * sizeof(floating))
+        if buf == NULL:
+            raise MemoryError()
     try:
         with nogil:
             if n > 1:   # one row makes no BLAS call
@@ -684,7 +691,8 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
             if n > 1:
                 blas_single_exit()
     finally:
-        free(buf)
+        if buf != small_ws:
+            free(buf)
     if bad:
         raise ValueError(
             "X contains NaN or infinity (or values so large that the first layer "
