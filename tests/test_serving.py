@@ -42,7 +42,7 @@ N_REQUESTS = 200
 N_CLIENTS = 8
 STARTUP_SECONDS = 20.0
 # Batch sizes on both sides of model.SERIAL_ROWS (64): the calling-thread path and the
-# parallel path that borrows cores; 300 and 1000 span several 256-row blocks.
+# parallel path that borrows cores; 300 and 1000 span several blocks.
 BATCH_SIZES = (1, 7, 64, 65, 300, 1000)
 
 
@@ -99,7 +99,7 @@ def _references(model, inputs) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     for n, X in inputs.items():
         P = model.predict_proba(X, n_threads=1)
         labels = model.predict(X, n_threads=1)
-        # Rows are cut into fixed 256-row blocks whatever the thread count, so the
+        # Rows are cut into blocks set by the row count, whatever the thread count, so the
         # parallel path (the model's 2 threads) must give the same bits as one thread.
         assert np.array_equal(model.predict_proba(X), P), n
         assert np.array_equal(model.predict(X), labels), n

@@ -203,7 +203,7 @@ def test_dropout_changes_training_but_not_prediction(dtype):
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 @pytest.mark.parametrize("n", [1, 64, 65, 257, 1037])
 def test_predict_matches_reference_forward(n, n_threads, dtype):
-    """Prediction (serial below 65 rows, 256-row blocks across threads above)."""
+    """Prediction (serial below 64 rows, several blocks across threads from 64 up)."""
     rng = rng_for("predict", n, str(dtype))
     model = random_model(rng, (13, 33, 17, 5), "relu", dtype)
     X = rng.standard_normal((n, 13)).astype(dtype)
