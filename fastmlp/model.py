@@ -350,6 +350,12 @@ class MLP:
 
         save(self, path, optimizer_state=optimizer_state)
 
+    def to_onnx(self, path: str | PathLike) -> None:
+        """Write the model as an ONNX graph (see :func:`fastmlp.export.to_onnx`)."""
+        from fastmlp.export import to_onnx
+
+        to_onnx(self, path)
+
     def __getstate__(self) -> dict:
         # Small and pickle-free inside: the parameters and what describes them. The
         # optimizer's moments are left out (they would triple the size).

@@ -1,0 +1,82 @@
+"""Export of a model to ONNX, for runtimes other than fastmlp (needs the ``onnx`` extra).
+
+The graph is the standard one: per layer a ``Gemm`` (weights stored as ``(fan_in,
+fan_out)``, so no transpose) and the activation node, then ``Softmax`` over the classes for
+cross-entropy models. Input ``X`` is ``(batch, n_features)``; output ``probabilities`` (or
+``outputs`` for MSE models). Labels are not part of the graph: map the arg-max through
+``model.classes_``.
+"""
+
+from __future__ import annotations
+
+import os
+from os import PathLike
+
+import numpy as np
+
+from fastmlp.model import MLP
+
+OPSET = 13  # Softmax over one axis, as the model computes it, is defined from opset 13
+_NODES = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
+
+
+def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
+    """Write ``model`` as an ONNX graph to ``path`` (atomically).
+
+    Parameters
+    ----------
+    model : MLP
+        The model to export.
+    path : str or path-like
+        Destination file.
+
+    Raises
+    ------
+    ImportError
+        If the ``onnx`` package is missing (``pip install 'fastmlp[onnx]'``).
+    """
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError as exc:
+        raise ImportError(
+            "ONNX export needs the onnx package: pip install 'fastmlp[onnx]'"
+        ) from exc
+
+    elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
+    acts = [model.activation] * (len(model.weights) - 1) + [model.output_activation]
+    nodes, inits, current = [], [], "X"
+    for i, (W, b, act) in enumerate(zip(model.weights, model.biases, acts)):
+        inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"]))
+        current = f"z{i}"
+        if act in _NODES:
+            nodes.append(helper.make_node(_NODES[act], [current], [f"a{i}"]))
+            current = f"a{i}"
+    output = "probabilities" if model.loss == "cross_entropy" else "outputs"
+    if model.loss == "cross_entropy":
+        nodes.append(helper.make_node("Softmax", [current], [output], axis=1))
+    else:
+        nodes.append(helper.make_node("Identity", [current], [output]))
+    graph = helper.make_graph(
+        nodes,
+        "fastmlp_mlp",
+        [helper.make_tensor_value_info("X", elem, ["batch", model.layer_sizes[0]])],
+        [helper.make_tensor_value_info(output, elem, ["batch", model.layer_sizes[-1]])],
+        inits,
+    )
+    onnx_model = helper.make_model(
+        graph, producer_name="fastmlp", opset_imports=[helper.make_opsetid("", OPSET)]
+    )
+    onnx.checker.check_model(onnx_model)
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(onnx_model.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,53 @@
+"""ONNX export: ONNX Runtime runs the graph with the outputs of predict_proba."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastmlp
+
+onnx = pytest.importorskip("onnx", reason="the onnx extra is not installed")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+
+
+def _model(activation, loss, dtype, hidden):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 9)).astype(dtype)
+    y = rng.choice(np.array(["a", "b", "c"]), 120)
+    options = {"output_activation": "sigmoid"} if loss == "mse" else {}
+    model = fastmlp.train(
+        X,
+        y,
+        hidden=hidden,
+        activation=activation,
+        loss=loss,
+        epochs=2,
+        dtype=dtype,
+        seed=0,
+        n_threads=1,
+        **options,
+    )
+    return model, X
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("hidden", [(), (7,), (8, 5, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_onnx_runtime_matches_predict_proba(tmp_path, activation, hidden, dtype):
+    model, X = _model(activation, "cross_entropy", dtype, hidden)
+    path = tmp_path / "model.onnx"
+    model.to_onnx(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (probs,) = session.run(None, {"X": X})
+    np.testing.assert_allclose(probs, model.predict_proba(X), atol=1e-5)
+    assert (model.classes_[probs.argmax(axis=1)] == model.predict(X)).all()
+
+
+def test_onnx_mse_model_gives_its_outputs(tmp_path):
+    model, X = _model("sigmoid", "mse", np.float32, (6,))
+    path = tmp_path / "model.onnx"
+    model.to_onnx(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"X": X})
+    np.testing.assert_allclose(out, model.decision_function(X), atol=1e-5)
