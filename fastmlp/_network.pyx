@@ -596,7 +596,7 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
     """
     cdef Net net
     cdef Hyper h
-    cdef Py_ssize_t n = X.shape[0], i, j
+    cdef Py_ssize_t n = X.shape[0], i
     cdef double weight_sum, total, penalty = 0
     cdef int64_t n_correct = 0
     cdef int l
