@@ -1,0 +1,512 @@
+"""A scikit-learn estimator over :func:`fastmlp.train`.
+
+This module needs scikit-learn; ``import fastmlp`` does not import it. Use it as
+
+>>> from fastmlp.sklearn import MLPClassifier              # doctest: +SKIP
+>>> clf = MLPClassifier(hidden_layer_sizes=(64,)).fit(X, y)  # doctest: +SKIP
+>>> clf.predict(X_test)                                     # doctest: +SKIP
+
+The parameters carry scikit-learn's names and defaults where the two libraries share
+the idea (see :class:`sklearn.neural_network.MLPClassifier`), so the estimator works in
+pipelines, grid searches, ``clone``, pickling and ``check_estimator``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from fastmlp._validation import check_dtype
+from fastmlp.model import MLP
+from fastmlp.training import init_params, train
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+    _validate_data = None
+
+__all__ = ["MLPClassifier"]
+
+SOLVERS = ("adam", "sgd")
+
+
+def _validate(estimator, X, *y, reset: bool, dtype):
+    """``validate_data`` where scikit-learn has it, else the older estimator method.
+
+    Give ``y`` (even None, to get scikit-learn's "requires y" error) when fitting.
+    """
+    if _validate_data is not None:
+        return _validate_data(estimator, X, *y, reset=reset, dtype=dtype)
+    return estimator._validate_data(X, *y, reset=reset, dtype=dtype)  # pragma: no cover
+
+
+class MLPClassifier(ClassifierMixin, BaseEstimator):
+    """Multi-layer perceptron classifier trained by fastmlp's multi-threaded kernels.
+
+    A drop-in for :class:`sklearn.neural_network.MLPClassifier` with the "adam" and
+    "sgd" solvers. The output layer is a softmax over all classes, binary problems
+    included (two outputs, not one logistic unit).
+
+    Parameters
+    ----------
+    hidden_layer_sizes : int or tuple of int, default=(100,)
+        Width of each hidden layer; ``()`` gives softmax regression.
+    activation : {"relu", "tanh", "logistic"}, default="relu"
+        Activation of the hidden layers ("sigmoid" is accepted for "logistic").
+    alpha : float, default=0.0001
+        Strength of the L2 penalty, passed to fastmlp as ``l2``: every mini-batch
+        minimises its weighted mean cross-entropy plus ``0.5 * alpha * sum(W ** 2)``
+        over the weight matrices (not the biases). scikit-learn divides that penalty by
+        the batch's sample count, so its ``alpha=a`` corresponds here to
+        ``alpha=a / batch_size``; the same value regularises more strongly here.
+    batch_size : int or "auto", default="auto"
+        Samples per mini-batch; "auto" means ``min(200, n_samples)``. Larger values
+        are clipped to the number of samples.
+    learning_rate_init : float, default=0.001
+        Step size of Adam or SGD.
+    max_iter : int, default=200
+        Most epochs per call of :meth:`fit`.
+    shuffle : bool, default=True
+        Reshuffle the samples every epoch.
+    random_state : int, RandomState instance or None, default=None
+        Seeds initialisation, shuffling, dropout and the validation split. An int gives
+        reproducible results (whatever ``n_threads``).
+    tol : float, default=1e-4
+        Improvement of the training loss (or, with ``early_stopping``, of the validation
+        accuracy) below which an epoch counts as no progress.
+    early_stopping : bool, default=False
+        Hold out a stratified ``validation_fraction`` of the data, stop when its accuracy
+        has not improved by ``tol`` for ``n_iter_no_change`` epochs, and keep the
+        weights of the best epoch.
+    validation_fraction : float, default=0.1
+        Share of the training data held out for ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Epochs without progress (see ``tol``) tolerated before training stops.
+    beta_1, beta_2 : float, default=0.9, 0.999
+        Adam's decay rates of the first and second moment estimates.
+    epsilon : float, default=1e-8
+        Adam's numerical-stability constant.
+    solver : {"adam", "sgd"}, default="adam"
+        Optimizer ("lbfgs" is not available).
+    momentum : float, default=0.9
+        Momentum of SGD.
+    warm_start : bool, default=False
+        Make :meth:`fit` continue from the previous solution, optimizer state included,
+        instead of starting anew.
+    verbose : bool, default=False
+        Print one line per epoch.
+    dropout : float, default=0.0
+        Inverted-dropout rate of the hidden layers during training (fastmlp only).
+    dtype : numpy.float32 or numpy.float64, default=numpy.float32
+        Precision of the parameters and of all computation (fastmlp only).
+    n_threads : int or None, default=None
+        Threads for training and prediction; None uses all cores OpenMP offers.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels, in the order of the columns of :meth:`predict_proba`.
+    n_features_in_ : int
+        Number of features seen during :meth:`fit`.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features, when X had string column names.
+    model_ : fastmlp.MLP
+        The trained network; ``model_.history`` holds fastmlp's per-epoch figures.
+    loss_curve_ : list of float
+        Mean training loss (weighted by ``sample_weight``) of each epoch, all calls of
+        :meth:`fit` and :meth:`partial_fit` together; the L2 penalty is not included.
+    best_loss_ : float or None
+        Lowest training loss of the last :meth:`fit`; None with ``early_stopping``.
+    validation_scores_ : list of float or None
+        Validation accuracy of each epoch with ``early_stopping``, else None.
+    best_validation_score_ : float or None
+        Best of ``validation_scores_``, else None.
+    n_iter_ : int
+        Epochs run so far (they accumulate across warm starts and partial fits).
+
+    Notes
+    -----
+    Early stopping and convergence are decided by a callback of :func:`fastmlp.train`
+    after each epoch, as scikit-learn decides them. Pickling keeps the weights but not
+    the optimizer's moments (see ``fastmlp.MLP.__getstate__``): a warm start after
+    unpickling restarts Adam's or SGD's memory from zero.
+
+    See Also
+    --------
+    fastmlp.train : The function this estimator wraps.
+    sklearn.neural_network.MLPClassifier : scikit-learn's own implementation.
+    """
+
+    def __init__(
+        self,
+        hidden_layer_sizes: int | Sequence[int] = (100,),
+        activation: str = "relu",
+        *,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 0.001,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state=None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        dropout: float = 0.0,
+        dtype=np.float32,
+        n_threads: int | None = None,
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.dropout = dropout
+        self.dtype = dtype
+        self.n_threads = n_threads
+
+    # -- scikit-learn plumbing ----------------------------------------------------------
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.classifier_tags.multi_class = True
+        return tags
+
+    # -- parameter checks ----------------------------------------------------------------
+    def _check_params(self) -> None:
+        """Check the parameters fastmlp.train does not check itself, with sklearn names."""
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}; got {self.solver!r}")
+        if self.activation not in ("relu", "tanh", "logistic", "sigmoid"):
+            raise ValueError(
+                f'activation must be "relu", "tanh" or "logistic"; got {self.activation!r}'
+            )
+        if not (self.batch_size == "auto" or _is_int(self.batch_size, 1)):
+            raise ValueError(f'batch_size must be "auto" or an int >= 1; got {self.batch_size!r}')
+        if not _is_int(self.max_iter, 1):
+            raise ValueError(f"max_iter must be an int >= 1; got {self.max_iter!r}")
+        if not _is_int(self.n_iter_no_change, 1):
+            raise ValueError(
+                f"n_iter_no_change must be an int >= 1; got {self.n_iter_no_change!r}"
+            )
+        if not _is_real(self.tol) or self.tol < 0:
+            raise ValueError(f"tol must be a number >= 0; got {self.tol!r}")
+        if self.early_stopping and not (
+            _is_real(self.validation_fraction) and 0 < self.validation_fraction < 1
+        ):
+            raise ValueError(
+                f"validation_fraction must lie in (0, 1); got {self.validation_fraction!r}"
+            )
+        check_dtype(self.dtype)
+
+    def _hidden(self) -> tuple[int, ...]:
+        sizes = self.hidden_layer_sizes
+        sizes = (sizes,) if _is_int(sizes, 1) else sizes
+        if not isinstance(sizes, (tuple, list)) or not all(_is_int(s, 1) for s in sizes):
+            raise ValueError(
+                "hidden_layer_sizes must be an int or a sequence of ints >= 1; got "
+                f"{self.hidden_layer_sizes!r}"
+            )
+        return tuple(int(s) for s in sizes)
+
+    def _train_options(self, n_samples: int) -> dict:
+        batch = min(200, n_samples) if self.batch_size == "auto" else self.batch_size
+        return {
+            "optimizer": self.solver,
+            "batch_size": int(min(batch, n_samples)),
+            "lr": self.learning_rate_init,
+            "betas": (self.beta_1, self.beta_2),
+            "eps": self.epsilon,
+            "momentum": self.momentum,
+            "l2": self.alpha,
+            "dropout": self.dropout,
+            "shuffle": self.shuffle,
+            "n_threads": self.n_threads,
+            "verbose": bool(self.verbose),
+        }
+
+    def _new_model(self, n_features: int, classes: np.ndarray, seed: int) -> MLP:
+        activation = "sigmoid" if self.activation == "logistic" else self.activation
+        model = MLP(
+            (n_features, *self._hidden(), len(classes)),
+            classes,
+            activation=activation,
+            dtype=self.dtype,
+            n_threads=self.n_threads,
+        )
+        init_params(model, np.random.default_rng(seed))
+        return model
+
+    def _check_Xy(self, X, y, sample_weight, reset: bool):
+        X, y = _validate(self, X, y, reset=reset, dtype=check_dtype(self.dtype))
+        check_classification_targets(y)
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight)
+            if sample_weight.ndim != 1 or sample_weight.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"sample_weight must have shape ({X.shape[0]},); got {sample_weight.shape}"
+                )
+        return X, y, sample_weight
+
+    # -- fitting -----------------------------------------------------------------------
+    def fit(self, X, y, sample_weight=None) -> MLPClassifier:
+        """Train the network on (X, y) for up to ``max_iter`` epochs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample in the loss.
+
+        Returns
+        -------
+        self : MLPClassifier
+            The fitted estimator.
+        """
+        self._check_params()
+        continuing = self.warm_start and hasattr(self, "model_")
+        X, y, sample_weight = self._check_Xy(X, y, sample_weight, reset=not continuing)
+        rng = check_random_state(self.random_state)
+        if continuing:
+            if not np.isin(np.unique(y), self.classes_).all():
+                raise ValueError(
+                    "warm_start can not add classes: y has labels outside classes_ "
+                    f"{self.classes_.tolist()}"
+                )
+        else:
+            classes = np.unique(y)
+            if len(classes) < 2:
+                raise ValueError(
+                    "MLPClassifier needs samples of at least 2 classes in y; got 1 class "
+                    f"({classes[0]!r})"
+                )
+            self.model_ = self._new_model(X.shape[1], classes, rng.randint(2**31))
+            self.classes_ = self.model_.classes_
+            self.loss_curve_ = []
+            self.n_iter_ = 0
+
+        validation_data = None
+        if self.early_stopping:
+            stratify = y if np.unique(y, return_counts=True)[1].min() >= 2 else None
+            split = train_test_split(
+                X,
+                y,
+                *(() if sample_weight is None else (sample_weight,)),
+                test_size=self.validation_fraction,
+                random_state=rng.randint(2**31),
+                stratify=stratify,
+            )
+            X, X_val, y, y_val = split[:4]
+            sample_weight = split[4] if sample_weight is not None else None
+            validation_data = (X_val, y_val)
+            self.validation_scores_ = []
+            self.best_validation_score_ = -math.inf
+            self.best_loss_ = None
+        else:
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+            self.best_loss_ = math.inf
+
+        state = {"bad": 0, "best_params": None, "converged": False}
+
+        def progress(figures: dict) -> bool:
+            self.loss_curve_.append(float(figures["loss"]))
+            self.n_iter_ += 1
+            if self.early_stopping:
+                score = float(figures["val_accuracy"])
+                self.validation_scores_.append(score)
+                improved = score > self.best_validation_score_ + self.tol
+                if score > self.best_validation_score_:
+                    self.best_validation_score_ = score
+                    state["best_params"] = figures["model"].params_.copy()
+            else:
+                loss = self.loss_curve_[-1]
+                improved = loss < self.best_loss_ - self.tol
+                self.best_loss_ = min(self.best_loss_, loss)
+            state["bad"] = 0 if improved else state["bad"] + 1
+            if state["bad"] > self.n_iter_no_change:
+                state["converged"] = True
+                if self.verbose:
+                    what = "Validation score" if self.early_stopping else "Training loss"
+                    print(
+                        f"{what} did not improve more than tol={self.tol} for "
+                        f"{self.n_iter_no_change} consecutive epochs. Stopping."
+                    )
+                return True
+            return False
+
+        train(
+            X,
+            y,
+            init=self.model_,
+            epochs=self.max_iter,
+            seed=rng.randint(2**31),
+            sample_weight=sample_weight,
+            validation_data=validation_data,
+            callbacks=[progress],
+            **self._train_options(X.shape[0]),
+        )
+        if self.early_stopping and state["best_params"] is not None:
+            self.model_.params_[...] = state["best_params"]
+        if not state["converged"]:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                "the optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None) -> MLPClassifier:
+        """Train for one epoch over (X, y), continuing with the optimizer's state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A chunk of training inputs.
+        y : array-like of shape (n_samples,)
+            Its class labels.
+        classes : array-like of shape (n_classes,), default=None
+            Every class of the whole problem. Required on the first call, which may not
+            see them all; ignored (but checked) afterwards.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample in the loss.
+
+        Returns
+        -------
+        self : MLPClassifier
+            The updated estimator.
+        """
+        self._check_params()
+        first = not hasattr(self, "model_")
+        if first and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit.")
+        X, y, sample_weight = self._check_Xy(X, y, sample_weight, reset=first)
+        if first:
+            classes = np.unique(np.asarray(classes))
+            if len(classes) < 2:
+                raise ValueError(f"MLPClassifier needs at least 2 classes; got 1 class: {classes}")
+            rng = check_random_state(self.random_state)
+            self.model_ = self._new_model(X.shape[1], classes, rng.randint(2**31))
+            self.classes_ = self.model_.classes_
+            self.loss_curve_ = []
+            self.n_iter_ = 0
+            self.best_loss_ = math.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(
+                f"classes={classes!r} is not the same as on the first call to partial_fit: "
+                f"{self.classes_.tolist()}"
+            )
+        # A different seed per call, so that successive epochs shuffle differently.
+        seed = None
+        if self.random_state is not None:
+            seed = (check_random_state(self.random_state).randint(2**31) + self.n_iter_) % 2**31
+        train(
+            X,
+            y,
+            init=self.model_,
+            epochs=1,
+            seed=seed,
+            sample_weight=sample_weight,
+            **self._train_options(X.shape[0]),
+        )
+        self.loss_curve_.append(float(self.model_.history["loss"][-1]))
+        self.best_loss_ = min(self.best_loss_ or math.inf, self.loss_curve_[-1])
+        self.n_iter_ += 1
+        return self
+
+    # -- prediction --------------------------------------------------------------------
+    def _check_X(self, X) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return _validate(self, X, reset=False, dtype=self.model_.dtype)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Probability of each class.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Columns in the order of ``classes_``; in the model's dtype.
+        """
+        X = self._check_X(X)
+        return self.model_.predict_proba(X)
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """Logarithm of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
+        X = self._check_X(X)
+        return self.model_.predict(X)
+
+
+def _is_int(value, minimum: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
