@@ -1,0 +1,798 @@
+"""The ``python -m fastmlp`` command line: train, evaluate and predict.
+
+Examples
+--------
+::
+
+    python -m fastmlp train benches/data/mnist --hidden 128,64 --epochs 10 --out model.npz
+    python -m fastmlp evaluate model.npz benches/data/mnist --report report/
+    python -m fastmlp predict model.npz X.npy --proba --out predictions.csv
+
+Data (``DATA``) is an IDX directory in the MNIST layout, a ``.npz`` holding arrays ``X``
+and ``y``, or a CSV file with a header and a label column. Every expected failure (a
+missing file, a malformed one, a model that does not fit the data) is reported as one
+line on stderr with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["main", "load_data", "load_features"]
+
+EXIT_ERROR = 2
+_IDX_SPLITS = {"train": ("train",), "evaluate": ("t10k", "train")}
+# Errors that describe the user's input; anything else is a bug and keeps its traceback.
+_USER_ERRORS = (
+    OSError,
+    ValueError,
+    TypeError,
+    KeyError,
+    FloatingPointError,
+    MemoryError,
+    zipfile.BadZipFile,
+    csv.Error,
+)
+
+
+class CLIError(Exception):
+    """A problem with the user's input, reported as one line and exit status 2."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _idx_file(directory: Path, stem: str) -> Path | None:
+    """``directory/stem`` or ``directory/stem.gz``, whichever exists, else None."""
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_idx_dir(directory: Path, prefixes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of the first split in ``prefixes`` whose files are present.
+
+    Pixels are scaled by 1/255 to float32 and flattened, as in
+    :func:`fastmlp.datasets.load_mnist`.
+    """
+    from fastmlp.datasets import read_idx
+
+    for prefix in prefixes:
+        images = _idx_file(directory, f"{prefix}-images-idx3-ubyte")
+        labels = _idx_file(directory, f"{prefix}-labels-idx1-ubyte")
+        if images is not None and labels is not None:
+            break
+    else:
+        wanted = " or ".join(f"{p}-images-idx3-ubyte + {p}-labels-idx1-ubyte" for p in prefixes)
+        raise CLIError(f"{directory} holds no IDX data set: expected {wanted} (optionally .gz)")
+    X = read_idx(images)
+    y = read_idx(labels)
+    if X.ndim < 2 or y.ndim != 1:
+        raise CLIError(
+            f"{images} / {labels}: expected images of 2 or more dimensions and 1-D labels; "
+            f"got shapes {X.shape} and {y.shape}"
+        )
+    if X.shape[0] != y.shape[0]:
+        raise CLIError(f"{images} holds {X.shape[0]} images but {labels} {y.shape[0]} labels")
+    pixels = X.dtype == np.uint8
+    X = X.reshape(X.shape[0], -1).astype(np.float32)
+    if pixels:  # bytes 0-255 become [0, 1], as in load_mnist
+        X /= 255
+    return X, y.astype(np.int64)
+
+
+def _read_csv(path: Path, label_column: str | None, need_labels: bool):
+    """Features (and labels, if the label column exists) of a CSV file with a header."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise CLIError(f"{path} is empty: expected a header line and data rows")
+        header = [name.strip() for name in header]
+        rows = [row for row in reader if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise CLIError(f"{path} has a header but no data rows")
+    if label_column is not None and label_column in header:
+        li = header.index(label_column)
+    elif need_labels:
+        raise CLIError(
+            f"{path} has no column {label_column!r} (columns: {', '.join(header)}); "
+            "name the label column with --label-column"
+        )
+    else:
+        li = None
+    features = [i for i in range(len(header)) if i != li]
+    if not features:
+        raise CLIError(f"{path} has no feature columns besides the label column")
+    X = np.empty((len(rows), len(features)), dtype=np.float64)
+    labels = []
+    for r, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise CLIError(
+                f"{path}, line {r}: {len(row)} fields, but the header has {len(header)}"
+            )
+        try:
+            X[r - 2] = [float(row[i]) for i in features]
+        except ValueError:
+            bad = next(row[i] for i in features if not _is_float(row[i]))
+            raise CLIError(f"{path}, line {r}: {bad!r} is not a number") from None
+        if li is not None:
+            labels.append(row[li].strip())
+    if li is None:
+        return X, None
+    try:
+        y = np.array([int(v) for v in labels], dtype=np.int64)
+    except ValueError:
+        y = np.array(labels)
+    return X, y
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_npz(path: Path, need_labels: bool):
+    """Arrays ``X`` and ``y`` (``y`` optional unless ``need_labels``) of a .npz file."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = set(npz.files)
+            if "X" not in names:
+                raise CLIError(
+                    f"{path} has no array 'X' (arrays: {', '.join(sorted(names)) or 'none'})"
+                )
+            if need_labels and "y" not in names:
+                raise CLIError(f"{path} has no array 'y' of labels")
+            X = npz["X"]
+            y = npz["y"] if "y" in names else None
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise CLIError(f"{path} is not a valid .npz archive ({exc})") from None
+    return X, y
+
+
+def load_data(
+    path: str | Path, *, command: str = "train", label_column: str = "label"
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Read a labelled data set given on the command line.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        An IDX directory in the MNIST layout, a ``.npz`` with arrays ``X`` and ``y``, or a
+        ``.csv`` with a header line.
+    command : {"train", "evaluate"}
+        Which IDX split to read: ``train-*`` for training; for evaluation ``t10k-*`` if
+        present, else ``train-*``.
+    label_column : str
+        Name of the CSV column holding the labels; the other columns are features.
+
+    Returns
+    -------
+    X : numpy.ndarray of shape (n_samples, n_features)
+    y : numpy.ndarray of shape (n_samples,)
+    is_image : bool
+        True for IDX data (images).
+
+    Raises
+    ------
+    CLIError, OSError, ValueError
+        If the data is missing or malformed.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"{p} does not exist")
+    if p.is_dir():
+        X, y = _load_idx_dir(p, _IDX_SPLITS[command])
+        return X, y, True
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        X, y = _read_npz(p, need_labels=True)
+    elif suffix == ".csv":
+        X, y = _read_csv(p, label_column, need_labels=True)
+    else:
+        raise CLIError(
+            f"{p}: unknown data format {suffix or '(no suffix)'!r}; expected an IDX directory, "
+            "a .npz with arrays X and y, or a .csv"
+        )
+    return _check_arrays(p, X, y) + (False,)
+
+
+def _check_arrays(p: Path, X: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    X = np.asarray(X)
+    if X.ndim == 1:
+        X = X.reshape(-1, 1)
+    elif X.ndim > 2:
+        X = X.reshape(X.shape[0], -1)
+    if X.dtype.kind not in "biuf":
+        raise CLIError(f"{p}: X must hold numbers; got dtype {X.dtype}")
+    if X.shape[0] == 0:
+        raise CLIError(f"{p}: X has no samples")
+    if y is None:
+        return (X,)
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise CLIError(f"{p}: y has shape {y.shape}; expected ({X.shape[0]},), one label per row")
+    return X, y
+
+
+def load_features(path: str | Path, *, label_column: str = "label") -> np.ndarray:
+    """Read the inputs of ``predict``: a .npy array, a .npz with ``X``, or a CSV.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The input file. A CSV's label column, if present, is ignored.
+    label_column : str
+        Name of a CSV column to leave out of the features.
+
+    Returns
+    -------
+    numpy.ndarray of shape (n_samples, n_features)
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{p} does not exist" if not p.exists() else f"{p} is not a file")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        try:
+            X = np.load(p, allow_pickle=False)
+        except ValueError as exc:
+            raise CLIError(f"{p} is not a valid .npy array ({exc})") from None
+    elif suffix == ".npz":
+        X, _ = _read_npz(p, need_labels=False)
+    elif suffix == ".csv":
+        X, _ = _read_csv(p, label_column, need_labels=False)
+    else:
+        raise CLIError(f"{p}: unknown input format {suffix!r}; expected .npy, .npz or .csv")
+    return _check_arrays(p, X, None)[0]
+
+
+def _check_features(model: Any, X: np.ndarray, source: str) -> None:
+    if X.shape[1] != model.n_features_in_:
+        raise CLIError(
+            f"the model expects {model.n_features_in_} features per sample, but {source} has "
+            f"{X.shape[1]}"
+        )
+
+
+def _load_model(path: str) -> Any:
+    import fastmlp
+
+    if not Path(path).exists():
+        raise CLIError(f"model file {path} does not exist")
+    return fastmlp.load(path)
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot with the Agg backend, or a CLIError saying how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CLIError(
+            "--report needs matplotlib, which is not installed: pip install matplotlib"
+        ) from None
+    return plt
+
+
+def _report_dir(path: str) -> Path:
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise CLIError(f"--report {directory}: exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def plot_learning_curves(plt: Any, history: dict, out: Path) -> None:
+    """Write loss and accuracy per epoch (train and, if any, validation) to ``out``."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = history["epoch"]
+    ax_loss.plot(epochs, history["loss"], "o-", label="train")
+    ax_acc.plot(epochs, history["accuracy"], "o-", label="train")
+    if history.get("val_loss"):
+        ax_loss.plot(epochs, history["val_loss"], "s--", label="validation")
+        ax_acc.plot(epochs, history["val_accuracy"], "s--", label="validation")
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.set_title(name.capitalize())
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(plt: Any, cm: np.ndarray, classes: np.ndarray, out: Path) -> None:
+    """Write the confusion matrix (rows: true class, columns: predicted) to ``out``."""
+    k = len(classes)
+    size = max(4.0, min(12.0, 0.6 * k + 2))
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    names = [str(c) for c in classes]
+    ax.set_xticks(range(k), names, rotation=90 if k > 10 else 0)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix")
+    if k <= 20:
+        threshold = cm.max() / 2 if cm.size else 0
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > threshold else "black",
+                )
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def plot_confident_errors(
+    plt: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    pred: np.ndarray,
+    confidence: np.ndarray,
+    out: Path,
+    n: int = 16,
+) -> None:
+    """Write a grid of the most confidently misclassified images to ``out``."""
+    side = math.isqrt(X.shape[1])
+    wrong = np.flatnonzero(pred != y)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:n]
+    cols = 4
+    rows = max(1, math.ceil(len(wrong) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(X[i].reshape(side, side), cmap="gray_r")
+        ax.set_title(f"{y[i]} → {pred[i]} ({confidence[i]:.2f})", fontsize=9)
+    if len(wrong) == 0:
+        axes[0, 0].text(0, 0.5, "no misclassified samples", fontsize=12)
+    fig.suptitle("Most confident errors: true → predicted (p)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _print_epoch(figures: dict, total: int, n_train: int) -> None:
+    line = (
+        f"epoch {figures['epoch']}/{total}  loss {figures['loss']:.4f}  "
+        f"accuracy {100 * figures['accuracy']:.2f}%"
+    )
+    if "val_accuracy" in figures:
+        line += f"  val_accuracy {100 * figures['val_accuracy']:.2f}%"
+    seconds = figures["seconds"]
+    rate = n_train / seconds if seconds > 0 else math.inf
+    print(line + f"  {rate:,.0f} samples/s", flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``train``: fit a model on DATA and save it to ``--out``."""
+    import fastmlp
+
+    plt = _pyplot() if args.report else None  # fail before training, not after
+    report = _report_dir(args.report) if args.report else None
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise CLIError(f"--out {out}: directory {out.parent} does not exist")
+    X, y, _ = load_data(args.data, command="train", label_column=args.label_column)
+    n_val = int(round(args.validation_split * X.shape[0])) if args.validation_split else 0
+    n_train = X.shape[0] - n_val
+    print(
+        f"training on {n_train} samples ({n_val} for validation), {X.shape[1]} features, "
+        f"{len(np.unique(y))} classes; layers {X.shape[1]}-"
+        + "".join(f"{h}-" for h in args.hidden)
+        + f"{len(np.unique(y))}",
+        flush=True,
+    )
+
+    def progress(figures: dict) -> None:
+        _print_epoch(figures, args.epochs, n_train)
+
+    tic = time.perf_counter()
+    model = fastmlp.train(
+        X,
+        y,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        dropout=args.dropout,
+        l2=args.l2,
+        seed=args.seed,
+        n_threads=args.threads,
+        validation_split=args.validation_split,
+        callbacks=[progress],
+    )
+    elapsed = time.perf_counter() - tic
+    fastmlp.save(model, out)
+    h = model.history
+    final = f"final: loss {h['loss'][-1]:.4f}  accuracy {100 * h['accuracy'][-1]:.2f}%"
+    if h.get("val_accuracy"):
+        final += (
+            f"  val_loss {h['val_loss'][-1]:.4f}  val_accuracy {100 * h['val_accuracy'][-1]:.2f}%"
+        )
+    print(final + f"  time {elapsed:.2f} s")
+    print(f"model saved to {out}")
+    if report is not None:
+        target = report / "learning_curves.png"
+        plot_learning_curves(plt, h, target)
+        print(f"learning curves written to {target}")
+    return 0
+
+
+def confusion_matrix(codes_true: np.ndarray, codes_pred: np.ndarray, k: int) -> np.ndarray:
+    """Counts ``cm[i, j]`` of samples of class i predicted as class j."""
+    return np.bincount(codes_true * k + codes_pred, minlength=k * k).reshape(k, k)
+
+
+def format_table(cm: np.ndarray, classes: np.ndarray) -> str:
+    """The confusion matrix as a text table: rows true classes, columns predictions."""
+    names = [str(c) for c in classes]
+    width = max(max(len(n) for n in names), len(str(int(cm.max()))) if cm.size else 1, 4)
+    corner = "true\\pred"
+    first = max(len(corner), width)
+    lines = [corner.rjust(first) + " " + " ".join(n.rjust(width) for n in names)]
+    for name, row in zip(names, cm):
+        lines.append(name.rjust(first) + " " + " ".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines)
+
+
+def _encode(labels: np.ndarray, classes: np.ndarray, source: str) -> np.ndarray:
+    """Positions of ``labels`` in ``classes``; unknown labels are a CLIError.
+
+    Labels are matched by value, or by their text when one side is numeric and the other
+    text (a CSV of "3"s against a model trained on the integer 3).
+    """
+    uniques, inverse = np.unique(labels, return_inverse=True)
+    by_value = {c.item(): i for i, c in enumerate(classes)}
+    by_text = {str(c): i for i, c in enumerate(classes)}
+    positions = []
+    for u in uniques:
+        hit = by_value.get(u.item(), by_text.get(str(u)))
+        if hit is None:
+            known = ", ".join(map(str, classes[:10]))
+            raise CLIError(
+                f"{source} has label {u!s}, which the model does not know (classes: {known})"
+            )
+        positions.append(hit)
+    return np.asarray(positions, dtype=np.intp)[inverse.reshape(-1)]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate``: accuracy, per-class accuracy and confusion matrix of a model on DATA."""
+    plt = _pyplot() if args.report else None
+    report = _report_dir(args.report) if args.report else None
+    model = _load_model(args.model)
+    X, y, is_image = load_data(args.data, command="evaluate", label_column=args.label_column)
+    _check_features(model, X, args.data)
+    classes = model.classes_
+    codes = _encode(y, classes, args.data)
+    scores = model.decision_function(X, n_threads=args.threads)
+    pred_codes = scores.argmax(axis=1)
+    k = len(classes)
+    cm = confusion_matrix(codes, pred_codes, k)
+    accuracy = float(np.mean(pred_codes == codes))
+    print(f"samples: {X.shape[0]}")
+    print(f"accuracy: {100 * accuracy:.2f}%")
+    print("per-class accuracy:")
+    support = cm.sum(axis=1)
+    for c, name in enumerate(classes):
+        if support[c]:
+            print(f"  {str(name):>8}: {100 * cm[c, c] / support[c]:6.2f}%  ({support[c]} samples)")
+        else:
+            print(f"  {str(name):>8}:    n/a  (0 samples)")
+    print("confusion matrix (rows: true, columns: predicted):")
+    print(format_table(cm, classes))
+    if report is not None:
+        target = report / "confusion_matrix.png"
+        plot_confusion_matrix(plt, cm, classes, target)
+        print(f"confusion matrix written to {target}")
+        side = math.isqrt(X.shape[1])
+        if side * side == X.shape[1] and (is_image or side >= 8):
+            if model.loss == "cross_entropy":
+                proba = model.predict_proba(X, n_threads=args.threads)
+            else:
+                proba = scores
+            confidence = proba[np.arange(X.shape[0]), pred_codes]
+            target = report / "most_confident_errors.png"
+            plot_confident_errors(plt, X, classes[codes], classes[pred_codes], confidence, target)
+            print(f"most confident errors written to {target}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``predict``: one label (and optionally the class probabilities) per input row."""
+    model = _load_model(args.model)
+    X = load_features(args.input, label_column=args.label_column)
+    _check_features(model, X, args.input)
+    labels = model.predict(X, n_threads=args.threads)
+    proba = model.predict_proba(X, n_threads=args.threads) if args.proba else None
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    header = ["label"]
+    if proba is not None:
+        header += [f"p_{c}" for c in model.classes_]
+    writer.writerow(header)
+    for i, label in enumerate(labels):
+        row = [str(label)]
+        if proba is not None:
+            row += [f"{p:.6g}" for p in proba[i]]
+        writer.writerow(row)
+    if args.out:
+        out = Path(args.out)
+        if not out.parent.is_dir():
+            raise CLIError(f"--out {out}: directory {out.parent} does not exist")
+        out.write_text(buf.getvalue(), encoding="utf-8")
+        print(f"{len(labels)} predictions written to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(buf.getvalue())
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    """Parse ``--hidden 128,64`` (an empty string or "none" means no hidden layer)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer widths such as 128,64; got {text!r}"
+        ) from None
+    if any(w <= 0 for w in widths):
+        raise argparse.ArgumentTypeError(f"layer widths must be positive; got {text!r}")
+    return widths
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1); got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1); got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+    if not value >= 0.0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0; got {text!r}")
+    return value
+
+
+_DATA_HELP = (
+    "an IDX directory in the MNIST layout ({split} files), a .npz with arrays X and y, "
+    "or a CSV file with a header line and a label column"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m fastmlp``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fastmlp",
+        description="Train, evaluate and apply fastmlp multi-layer perceptrons.",
+    )
+    from fastmlp import __version__
+
+    parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="threads to use (default: all the cores OpenMP offers)",
+    )
+    common.add_argument(
+        "--label-column",
+        default="label",
+        metavar="NAME",
+        help="name of the CSV column holding the labels; the other columns are features "
+        "(default: %(default)s)",
+    )
+
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a model and save it",
+        description="Train an MLP classifier on DATA, printing one line per epoch, and save it.",
+    )
+    train.add_argument("data", metavar="DATA", help=_DATA_HELP.format(split="train-*"))
+    train.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=(128, 64),
+        metavar="W1,W2,...",
+        help='hidden layer widths, comma-separated; "none" for no hidden layer (default: 128,64)',
+    )
+    train.add_argument(
+        "--epochs", type=_positive_int, default=10, help="passes over the data (default: 10)"
+    )
+    train.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=128,
+        metavar="N",
+        help="samples per mini-batch (default: 128)",
+    )
+    train.add_argument(
+        "--lr", type=float, default=1e-3, help="learning rate of Adam (default: 1e-3)"
+    )
+    train.add_argument(
+        "--lr-schedule",
+        choices=["cosine"],
+        default=None,
+        help="learning-rate schedule: cosine anneals from --lr towards 0 (default: constant)",
+    )
+    train.add_argument(
+        "--dropout",
+        type=_fraction,
+        default=0.0,
+        metavar="RATE",
+        help="dropout rate of the hidden layers during training, in [0, 1) (default: 0)",
+    )
+    train.add_argument(
+        "--l2",
+        type=_non_negative,
+        default=0.0,
+        metavar="LAMBDA",
+        help="L2 penalty 0.5*LAMBDA*sum(W^2) on the weights (default: 0)",
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed, for reproducible training (default: unseeded)",
+    )
+    train.add_argument(
+        "--validation-split",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of DATA held out to validate on after each epoch (default: 0)",
+    )
+    train.add_argument(
+        "--out",
+        required=True,
+        metavar="MODEL.npz",
+        help="where to save the trained model (fastmlp.save format)",
+    )
+    train.add_argument(
+        "--report",
+        metavar="DIR",
+        default=None,
+        help="write DIR/learning_curves.png (needs matplotlib)",
+    )
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="accuracy and confusion matrix of a model on labelled data",
+        description="Print the accuracy, per-class accuracy and confusion matrix of a model.",
+    )
+    evaluate.add_argument("model", metavar="MODEL.npz", help="a model saved by train")
+    evaluate.add_argument(
+        "data", metavar="DATA", help=_DATA_HELP.format(split="t10k-* if present, else train-*")
+    )
+    evaluate.add_argument(
+        "--report",
+        metavar="DIR",
+        default=None,
+        help="write DIR/confusion_matrix.png and, for square images, "
+        "DIR/most_confident_errors.png (needs matplotlib)",
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="predict the label of each input row",
+        description="Print (or write as CSV) the predicted label of each row of INPUT.",
+    )
+    predict.add_argument("model", metavar="MODEL.npz", help="a model saved by train")
+    predict.add_argument(
+        "input",
+        metavar="INPUT",
+        help="features: a .npy array, a .npz with an array X, or a CSV with a header "
+        "(its label column, if any, is ignored)",
+    )
+    predict.add_argument(
+        "--proba", action="store_true", help="also give the probability of every class"
+    )
+    predict.add_argument(
+        "--out",
+        metavar="FILE.csv",
+        default=None,
+        help="write the predictions to this CSV file instead of standard output",
+    )
+    predict.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 on a usage or input error (with a one-line
+        message on stderr), 130 if interrupted.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        message = str(exc)
+    except _USER_ERRORS as exc:
+        message = str(exc) or type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and exc.filename:
+            message = f"{exc.filename} does not exist"
+    except KeyboardInterrupt:
+        print("fastmlp: interrupted", file=sys.stderr)
+        return 130
+    message = " ".join(message.split())  # one line
+    print(f"fastmlp {args.command}: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
