@@ -16,6 +16,15 @@ import os
 # and only if the user has not chosen a value.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
+try:
+    from fastmlp import _kernels, _network  # noqa: F401  (the compiled extension)
+except ImportError as exc:  # a source tree without an in-place build, most often
+    raise ImportError(
+        f"fastmlp's compiled extension is missing from {os.path.dirname(__file__)}. If that "
+        "is a source checkout, run `python setup.py build_ext --inplace` there, or run from "
+        "another directory so that the installed fastmlp (pip install .) is imported."
+    ) from exc
+
 from fastmlp import datasets, reference
 from fastmlp.model import MLP
 from fastmlp.persistence import load, save
