@@ -13,7 +13,7 @@ from fastmlp._kernels cimport *
 
 import numpy as np
 
-_ACT = {"identity": FM_IDENTITY, "relu": FM_RELU, "tanh": FM_TANH, "sigmoid": FM_SIGMOID}
+from fastmlp._network import ACTIVATIONS as _ACT
 
 
 def _check(cond, msg):

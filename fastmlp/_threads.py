@@ -15,7 +15,7 @@ import numbers
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from fastmlp import _network
 
@@ -120,6 +120,17 @@ def single_threaded_blas() -> Iterator[None]:
             _fallback_users -= 1
             if _fallback_users == 0:
                 _fallback_limiter.restore_original_limits()
+
+
+def blas_guard():
+    """The BLAS limit a compiled call needs from Python around it.
+
+    The compiled calls hold OpenBLAS at one thread themselves, so for OpenBLAS this is a
+    no-op; other BLAS libraries (found by threadpoolctl) get the process-wide limit.
+    """
+    if _network.blas_threads_registered():
+        return nullcontext()
+    return single_threaded_blas()
 
 
 _cores_free: int | None = None

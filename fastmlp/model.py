@@ -8,7 +8,7 @@ from os import PathLike
 import numpy as np
 
 from fastmlp import _network
-from fastmlp._threads import borrowed_cores, effective_n_threads, single_threaded_blas
+from fastmlp._threads import blas_guard, borrowed_cores, effective_n_threads
 from fastmlp._validation import (
     check_dtype,
     check_float,
@@ -228,7 +228,7 @@ class MLP:
             )
         else:
             wanted = effective_n_threads(self.n_threads if n_threads is None else n_threads)
-            with borrowed_cores(wanted) as threads, single_threaded_blas():
+            with borrowed_cores(wanted) as threads, blas_guard():
                 _network.forward(
                     self.params_,
                     X,
@@ -315,7 +315,7 @@ class MLP:
         l2 = check_float(l2, "l2", 0.0, float("inf"))
         threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
         grads = np.zeros_like(self.params_)
-        with single_threaded_blas():
+        with blas_guard():
             value = _network.loss_and_gradients(
                 self.params_,
                 grads,

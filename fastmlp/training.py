@@ -7,6 +7,7 @@ module visits Python once per epoch (history, validation, callbacks, early stopp
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -14,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from fastmlp import _network
-from fastmlp._threads import effective_n_threads, single_threaded_blas
+from fastmlp._threads import blas_guard, effective_n_threads
 from fastmlp._validation import (
     check_dtype,
     check_float,
@@ -319,7 +320,7 @@ def train(
         order = rng.permutation(X.shape[0]) if shuffle else np.arange(X.shape[0])
         tic = time.perf_counter()
         try:
-            with single_threaded_blas():
+            with blas_guard():
                 loss_sum, w_sum, correct, seen, state["t"], status = _network.train_epoch(
                     model.params_,
                     grads,
@@ -371,7 +372,7 @@ def train(
             "seconds": seconds,
         }
         if X_val is not None:
-            with single_threaded_blas():
+            with blas_guard():
                 vloss, vcorrect = _network.evaluate(
                     model.params_,
                     X_val,
@@ -439,6 +440,4 @@ def _print_epoch(f: dict, last: int) -> None:
 
 
 def _is_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

@@ -456,3 +456,23 @@ def test_training_under_threadpool_limits_is_unchanged_and_restores_them(limit):
         after = [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
     assert np.array_equal(model.params_, reference_model.params_)
     assert after == before
+
+
+def test_blas_guard_falls_back_to_threadpoolctl_without_openblas_control(monkeypatch):
+    # With a BLAS that fastmlp cannot hold itself (MKL, BLIS, ...), the Python guard limits
+    # it process-wide through threadpoolctl and restores it afterwards.
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fastmlp import _network, _threads
+
+    def blas_threads():
+        return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+
+    monkeypatch.setattr(_network, "blas_threads_registered", lambda: 0)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        with _threads.blas_guard():
+            assert set(blas_threads()) == {1}
+            model = train_for_determinism(2)
+        assert blas_threads() == before
+    assert np.array_equal(model.params_, train_for_determinism(2).params_)
