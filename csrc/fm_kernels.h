@@ -46,6 +46,11 @@ uint64_t fm_hash64(uint64_t seed, uint64_t index);
        dA (OUT or NULL) = scale * w_i * (a - t).  A: IN n*k. */                            \
     double fm_mse##S(ptrdiff_t n, ptrdiff_t k, const T *A, const int32_t *y, const T *w,   \
                      double scale, T *dA, int64_t *n_correct);                              \
+    /* Squared error against real targets, averaged over the k outputs (regression):     \
+       returns sum_i w_i * 0.5 * |a_i - y_i|^2 / k, dA (OUT or NULL) =                     \
+       scale * w_i * (a_i - y_i) / k.  A, Y: IN n*k. */                                    \
+    double fm_squared_error##S(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y,           \
+                               const T *w, double scale, T *dA);                            \
     /* db[j] = sum_i dZ[i,j].  dZ: IN n*m, db: OUT m. */                                   \
     void fm_col_sum##S(ptrdiff_t n, ptrdiff_t m, const T *dZ, T *db);                      \
     /* Inverted dropout: mask = 0 with probability p, else 1/(1-p); out = A * mask.        \

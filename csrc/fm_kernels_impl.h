@@ -185,6 +185,29 @@ double FN(fm_mse)(ptrdiff_t n, ptrdiff_t k, const T *A, const int32_t *y, const 
     return loss;
 }
 
+double FN(fm_squared_error)(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y, const T *w,
+                            double scale, T *dA)
+{
+    double loss = 0;
+    const T inv_k = (T)1 / (T)k;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *a = A + i * k, *t = Y + i * k;
+        const T wi = w ? w[i] : 1;
+        T sq = 0;
+        for (ptrdiff_t j = 0; j < k; j++) {
+            const T d = a[j] - t[j];
+            sq += d * d;
+        }
+        loss += 0.5 * (double)wi * (double)(sq * inv_k);
+        if (dA) {
+            T *restrict d = dA + i * k;
+            const T c = (T)scale * wi * inv_k;
+            for (ptrdiff_t j = 0; j < k; j++) d[j] = c * (a[j] - t[j]);
+        }
+    }
+    return loss;
+}
+
 FM_CPU_DISPATCH
 void FN(fm_col_sum)(ptrdiff_t n, ptrdiff_t m, const T *dZ, T *db)
 {

@@ -14,7 +14,8 @@ Endpoints
     ``{"labels": [...], "probabilities": [[...], ...]}``: one label (a JSON value taken from
     the model's classes) and one row of class probabilities per instance, the columns in
     the order of ``model.classes_`` (``"probabilities"`` is ``null`` for a model trained with
-    ``loss="mse"``, which has none).
+    ``loss="mse"``, which has none). A regressor answers ``{"predictions": [...]}``: one
+    number (or one list, with several outputs) per instance.
 
 Bad input never gives a 500: malformed JSON is a 400; a missing key, a row of the wrong
 length, a value that is not a number or not finite (``NaN``, ``Infinity``, a number outside
@@ -156,6 +157,9 @@ def parse_instances(body: bytes, model: MLP, max_rows: int) -> np.ndarray:
 def _predict(model: MLP, body: bytes, max_rows: int) -> bytes:
     """Parse, predict and encode the answer: the blocking part of a request."""
     X = parse_instances(body, model, max_rows)
+    if model.is_regressor:
+        answer = {"predictions": model.predict(X).tolist()}
+        return json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
     # Labels come from predict, not from the argmax of the probabilities, so they are
     # exactly model.predict's: softmax in float32 can round nearly tied logits to equal
     # probabilities. The second pass costs a fraction of the JSON decoding above.
@@ -233,7 +237,7 @@ def create_app(
         "output_activation": model.output_activation,
         "loss": model.loss,
         "dtype": str(model.dtype),
-        "classes": model.classes_.tolist(),
+        "classes": None if model.is_regressor else model.classes_.tolist(),
     }
     limits = {"max_rows": max_rows, "max_body_bytes": max_body_bytes}
 

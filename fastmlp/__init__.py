@@ -30,5 +30,27 @@ from fastmlp.model import MLP
 from fastmlp.persistence import load, save
 from fastmlp.training import train
 
-__all__ = ["MLP", "datasets", "load", "reference", "save", "train"]
+__all__ = [
+    "MLP",
+    "MLPClassifier",
+    "MLPRegressor",
+    "datasets",
+    "load",
+    "reference",
+    "save",
+    "train",
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The scikit-learn estimators load on first use: scikit-learn is an optional extra.
+    if name in ("MLPClassifier", "MLPRegressor"):
+        try:
+            from fastmlp import sklearn
+        except ImportError as exc:
+            raise ImportError(
+                f"fastmlp.{name} needs scikit-learn: pip install 'fastmlp[sklearn]'"
+            ) from exc
+        return getattr(sklearn, name)
+    raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")

@@ -32,6 +32,10 @@ cdef extern from "fm_kernels.h" nogil:
                     const float *w, double scale, float *dA, int64_t *n_correct)
     double fm_mse_d(Py_ssize_t n, Py_ssize_t k, const double *A, const int32_t *y,
                     const double *w, double scale, double *dA, int64_t *n_correct)
+    double fm_squared_error_f(Py_ssize_t n, Py_ssize_t k, const float *A, const float *Y,
+                              const float *w, double scale, float *dA)
+    double fm_squared_error_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
+                              const double *w, double scale, double *dA)
     void fm_col_sum_f(Py_ssize_t n, Py_ssize_t m, const float *dZ, float *db)
     void fm_col_sum_d(Py_ssize_t n, Py_ssize_t m, const double *dZ, double *db)
     void fm_dropout_f(Py_ssize_t n, Py_ssize_t m, const float *A, float *mask, float *out,

@@ -148,6 +148,7 @@ cdef enum:
 cpdef enum Loss:
     LOSS_CROSS_ENTROPY = 0
     LOSS_MSE = 1
+    LOSS_SQUARED_ERROR = 2   # regression: real targets instead of labels
 
 cpdef enum Optimizer:
     OPT_ADAM = 0
@@ -175,6 +176,7 @@ cdef struct Net:
     Py_ssize_t m_off[MAX_LAYERS + 1]
     Py_ssize_t ad_off[MAX_LAYERS + 1]
     Py_ssize_t w_buf_off                # per-row sample weights (capacity)
+    Py_ssize_t t_off                    # gathered regression targets (capacity x sizes[L])
     Py_ssize_t ws_size
     bint dropout
 
@@ -187,8 +189,11 @@ cdef struct Hyper:
 
 
 cdef int net_init(Net *net, const int[::1] sizes, const int[::1] acts, Py_ssize_t capacity,
-                  bint training, bint dropout) except -1:
-    """Fill the layout of parameters and workspace for `capacity` rows."""
+                  bint training, bint dropout, bint targets=False) except -1:
+    """Fill the layout of parameters and workspace for `capacity` rows.
+
+    `targets`: training gathers real-valued target rows (regression) into the workspace.
+    """
     cdef int L = sizes.shape[0] - 1, l
     cdef Py_ssize_t p = 0, w = 0
     if L < 1 or L > MAX_LAYERS or acts.shape[0] != L:
@@ -222,6 +227,9 @@ cdef int net_init(Net *net, const int[::1] sizes, const int[::1] acts, Py_ssize_
     net.w_buf_off = w
     if training:
         w += capacity
+    net.t_off = w
+    if training and targets:
+        w += capacity * sizes[L]
     net.ws_size = w
     return 0
 
@@ -238,11 +246,15 @@ def param_layout(const int[::1] sizes):
     return [(net.w_off[l], net.b_off[l]) for l in range(1, net.n_layers + 1)], total
 
 
-def workspace_size(const int[::1] sizes, Py_ssize_t capacity, bint dropout):
-    """Number of elements of the training workspace for mini-batches of `capacity` rows."""
+def workspace_size(const int[::1] sizes, Py_ssize_t capacity, bint dropout,
+                   bint targets=False):
+    """Number of elements of the training workspace for mini-batches of `capacity` rows.
+
+    `targets`: the network is trained on real-valued targets (regression).
+    """
     cdef Net net
     cdef int[::1] acts = np.zeros(sizes.shape[0] - 1, dtype=np.intc)
-    net_init(&net, sizes, acts, capacity, True, dropout)
+    net_init(&net, sizes, acts, capacity, True, dropout, targets)
     return net.ws_size
 
 
@@ -322,23 +334,30 @@ cdef int forward_rows(const Net *net, const floating *params, floating *ws,
 
 cdef void rows_step(const Net *net, const Hyper *h, const floating *params, floating *ws,
                     int32_t *ybuf, const floating *X, const int32_t *y,
-                    const floating *sample_weight, const int64_t *batch, Py_ssize_t r0,
-                    Py_ssize_t nr, double scale, uint64_t seed, double *loss,
-                    int64_t *n_correct) noexcept nogil:
-    """Row phase of a step: gather rows, forward, loss and dZ, backward chain of deltas."""
+                    const floating *targets, const floating *sample_weight,
+                    const int64_t *batch, Py_ssize_t r0, Py_ssize_t nr, double scale,
+                    uint64_t seed, double *loss, int64_t *n_correct) noexcept nogil:
+    """Row phase of a step: gather rows, forward, loss and dZ, backward chain of deltas.
+
+    Classification reads labels `y`; regression (LOSS_SQUARED_ERROR) reads `targets`.
+    """
     cdef int L = net.n_layers, l, d0 = net.sizes[0], k = net.sizes[L]
     cdef Py_ssize_t r, src
     cdef floating *a0 = ws + net.a_off[0] + r0 * d0
     cdef floating *wrow = NULL
     cdef floating *zL = ws + net.a_off[L] + r0 * k
     cdef floating *dL = ws + net.d_off[L] + r0 * k
+    cdef floating *trow = ws + net.t_off + r0 * k
     cdef const floating *mask
     if sample_weight != NULL:
         wrow = ws + net.w_buf_off + r0
     for r in range(nr):
         src = batch[r0 + r]
         memcpy(a0 + r * d0, X + src * d0, d0 * sizeof(floating))
-        ybuf[r0 + r] = y[src]
+        if targets != NULL:
+            memcpy(trow + r * k, targets + src * k, k * sizeof(floating))
+        else:
+            ybuf[r0 + r] = y[src]
         if wrow != NULL:
             wrow[r] = sample_weight[src]
 
@@ -350,10 +369,15 @@ cdef void rows_step(const Net *net, const Hyper *h, const floating *params, floa
         else:
             loss[0] = fm_softmax_xent_d(nr, k, zL, ybuf + r0, wrow, scale, dL, n_correct)
     else:
-        if floating is float:
-            loss[0] = fm_mse_f(nr, k, zL, ybuf + r0, wrow, scale, dL, n_correct)
+        if h.loss == LOSS_MSE:
+            if floating is float:
+                loss[0] = fm_mse_f(nr, k, zL, ybuf + r0, wrow, scale, dL, n_correct)
+            else:
+                loss[0] = fm_mse_d(nr, k, zL, ybuf + r0, wrow, scale, dL, n_correct)
+        elif floating is float:
+            loss[0] = fm_squared_error_f(nr, k, zL, trow, wrow, scale, dL)
         else:
-            loss[0] = fm_mse_d(nr, k, zL, ybuf + r0, wrow, scale, dL, n_correct)
+            loss[0] = fm_squared_error_d(nr, k, zL, trow, wrow, scale, dL)
         act_backward(nr, k, zL, <floating *> NULL, dL, net.acts[L])
 
     for l in range(L, 1, -1):
@@ -416,7 +440,8 @@ cdef void param_part(const Net *net, const Hyper *h, floating *params, floating 
 
 cdef double step(const Net *net, const Hyper *h, floating *params, floating *grads,
                  floating *s1, floating *s2, floating *ws, int32_t *ybuf, const floating *X,
-                 const int32_t *y, const floating *sample_weight, const int64_t *batch,
+                 const int32_t *y, const floating *targets, const floating *sample_weight,
+                 const int64_t *batch,
                  Py_ssize_t nb, double wsum, int n_threads, Py_ssize_t block_rows, int n_parts,
                  uint64_t seed, bint update, int64_t *n_correct) noexcept nogil:
     """One mini-batch of total sample weight wsum > 0: both phases.
@@ -437,7 +462,7 @@ cdef double step(const Net *net, const Hyper *h, floating *params, floating *gra
         r1 = (b + 1) * nb // n_blocks
         block_correct[b] = 0
         fpu = fm_denormals_off()
-        rows_step(net, h, params, ws, ybuf, X, y, sample_weight, batch, r0, r1 - r0,
+        rows_step(net, h, params, ws, ybuf, X, y, targets, sample_weight, batch, r0, r1 - r0,
                   1.0 / wsum, seed, &block_loss[b], &block_correct[b])
         fm_fpu_restore(fpu)
     # Dynamic scheduling: a thread the OS has paused does not hold up the others.
@@ -458,8 +483,9 @@ cdef int check_indices(const int32_t[::1] y, int k, const int64_t[::1] order,
     cdef Py_ssize_t i
     cdef bint bad_y = False, bad_order = False
     with nogil:
-        for i in range(y.shape[0]):
-            bad_y |= y[i] < 0 or y[i] >= k
+        if y is not None:
+            for i in range(y.shape[0]):
+                bad_y |= y[i] < 0 or y[i] >= k
         if order is not None:
             for i in range(order.shape[0]):
                 bad_order |= order[i] < 0 or order[i] >= n
@@ -468,6 +494,25 @@ cdef int check_indices(const int32_t[::1] y, int k, const int64_t[::1] order,
     if bad_order:
         raise ValueError(f"sample indices must lie in [0, {n})")
     return 0
+
+
+cdef int check_targets(int loss, const int32_t[::1] y, const floating[:, ::1] targets,
+                       Py_ssize_t n, int k) except -1:
+    """Classification needs n labels in [0, k); regression an (n x k) target matrix."""
+    if loss == LOSS_SQUARED_ERROR:
+        if targets is None or targets.shape[0] != n or targets.shape[1] != k:
+            raise ValueError(f"regression needs targets of shape ({n}, {k})")
+    elif y is None or y.shape[0] != n:
+        raise ValueError(f"classification needs {n} labels")
+    return check_indices(y if loss != LOSS_SQUARED_ERROR else None, k, None, n)
+
+
+cdef inline const int32_t *labels_ptr(const int32_t[::1] y) noexcept:
+    return &y[0] if y is not None and y.shape[0] > 0 else NULL
+
+
+cdef inline const floating *targets_ptr(const floating[:, ::1] t) noexcept:
+    return &t[0, 0] if t is not None and t.shape[0] > 0 else NULL
 
 
 cdef inline double batch_weight(const floating *sample_weight, const int64_t *batch,
@@ -503,10 +548,14 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
                 const int[::1] acts, *, int loss, int optimizer, double lr, double beta1,
                 double beta2, double eps, double momentum, double l2, double dropout,
                 uint64_t seed, int64_t t, Py_ssize_t batch_size, int n_threads,
+                const floating[:, ::1] targets=None,
                 Py_ssize_t block_rows=BLOCK_ROWS, int n_parts=PARAM_PARTS,
                 double deadline=INFINITY,
                 bint check_interrupt=False):
     """Run one epoch of mini-batch training over ``X[order]`` without the GIL.
+
+    Classification reads the labels `y`; regression (loss LOSS_SQUARED_ERROR) reads
+    `targets` (one row of outputs per row of X) and may pass None for `y`.
 
     Returns ``(loss_sum, weight_sum, n_correct, n_seen, t, status)``: the summed
     (weighted) data loss, the summed sample weights and the correct predictions of the
@@ -524,13 +573,16 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
     cdef int64_t n_correct = 0
     cdef int status = STATUS_DONE, interrupted = 0, steps = 0
     cdef const floating *sw = NULL
-    net_init(&net, sizes, acts, batch_size, True, dropout > 0)
+    cdef const int32_t *yp = labels_ptr(y)
+    cdef const floating *tp = targets_ptr(targets)
+    net_init(&net, sizes, acts, batch_size, True, dropout > 0, loss == LOSS_SQUARED_ERROR)
     if ws.shape[0] < net.ws_size or ybuf.shape[0] < batch_size:
         raise ValueError("workspace too small")
     if params.shape[0] != net.b_off[net.n_layers] + net.sizes[net.n_layers]:
         raise ValueError("parameter buffer does not match the layer sizes")
-    if X.shape[1] != net.sizes[0] or y.shape[0] != X.shape[0]:
-        raise ValueError("X or y does not match the network")
+    if X.shape[1] != net.sizes[0]:
+        raise ValueError("X does not match the network")
+    check_targets(loss, y, targets, X.shape[0], net.sizes[net.n_layers])
     if not (block_rows >= 1 and n_parts >= 1 and n_threads >= 1):
         raise ValueError("bad partition")
     if state1.shape[0] != params.shape[0] or grads.shape[0] != params.shape[0] or \
@@ -538,7 +590,7 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
         raise ValueError("gradient or optimizer state does not match the parameters")
     if sample_weight is not None and sample_weight.shape[0] != X.shape[0]:
         raise ValueError("one sample weight per row of X")
-    check_indices(y, net.sizes[net.n_layers], order, X.shape[0])
+    check_indices(None, 0, order, X.shape[0])
     if not 0 <= t <= (<int64_t> 1 << 62):
         raise ValueError(f"the optimizer step count {t} is out of range")
     if sample_weight is not None:
@@ -562,7 +614,7 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
                 continue
             h.t = t + 1
             batch_loss = step(&net, &h, &params[0], &grads[0], &state1[0], &state2[0],
-                              &ws[0], &ybuf[0], &X[0, 0], &y[0], sw, &order[start - nb],
+                              &ws[0], &ybuf[0], &X[0, 0], yp, tp, sw, &order[start - nb],
                               nb, wsum, n_threads, block_rows, n_parts,
                               fm_hash64(seed, h.t), True, &n_correct)
             t += 1
@@ -588,8 +640,11 @@ def train_epoch(floating[::1] params, floating[::1] grads, floating[::1] state1,
 def loss_and_gradients(floating[::1] params, floating[::1] grads,
                        const floating[:, ::1] X, const int32_t[::1] y,
                        const floating[::1] sample_weight, const int[::1] sizes,
-                       const int[::1] acts, *, int loss, double l2, int n_threads):
+                       const int[::1] acts, *, int loss, double l2, int n_threads,
+                       const floating[:, ::1] targets=None):
     """Weighted mean loss over all of X (plus 0.5 * l2 * sum W^2) and its gradient.
+
+    Labels `y` for classification, `targets` for regression (as in train_epoch).
 
     The gradient of every parameter is written into `grads` (the flat layout). Runs the
     same code as a training step, with the whole data as one batch and no update.
@@ -601,15 +656,17 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
     cdef int64_t n_correct = 0
     cdef int l
     cdef const floating *sw = NULL
-    net_init(&net, sizes, acts, n, True, False)
+    cdef const int32_t *yp = labels_ptr(y)
+    cdef const floating *tp = targets_ptr(targets)
+    net_init(&net, sizes, acts, n, True, False, loss == LOSS_SQUARED_ERROR)
     if params.shape[0] != grads.shape[0] or \
             params.shape[0] != net.b_off[net.n_layers] + net.sizes[net.n_layers]:
         raise ValueError("parameter buffer does not match the layer sizes")
-    if X.shape[1] != net.sizes[0] or y.shape[0] != n or n == 0:
-        raise ValueError("X or y does not match the network")
+    if X.shape[1] != net.sizes[0] or n == 0:
+        raise ValueError("X does not match the network")
     if sample_weight is not None and sample_weight.shape[0] != n:
         raise ValueError("one sample weight per row of X")
-    check_indices(y, net.sizes[net.n_layers], None, n)
+    check_targets(loss, y, targets, n, net.sizes[net.n_layers])
     dtype = np.float32 if floating is float else np.float64
     cdef floating[::1] ws = np.empty(net.ws_size, dtype=dtype)
     cdef int32_t[::1] ybuf = np.empty(n, dtype=np.int32)
@@ -626,7 +683,7 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
     with nogil:
         blas_single_enter()
         total = step(&net, &h, &params[0], &grads[0], <floating *> NULL,
-                     <floating *> NULL, &ws[0], &ybuf[0], &X[0, 0], &y[0], sw, &order[0],
+                     <floating *> NULL, &ws[0], &ybuf[0], &X[0, 0], yp, tp, sw, &order[0],
                      n, weight_sum, n_threads, BLOCK_ROWS, PARAM_PARTS, 0, False,
                      &n_correct)
         blas_single_exit()
@@ -718,24 +775,33 @@ cdef int forward_block(const Net *net, const floating *params, floating *ws,
 
 def evaluate(const floating[::1] params, const floating[:, ::1] X, const int32_t[::1] y,
              const floating[::1] sample_weight, floating[:, ::1] out, const int[::1] sizes,
-             const int[::1] acts, *, int loss, int n_threads):
+             const int[::1] acts, *, int loss, int n_threads,
+             const floating[:, ::1] targets=None):
     """Summed (weighted) loss and correct predictions of the network on (X, y).
 
     `out` (n x k) receives the softmax probabilities (cross-entropy) or outputs (MSE).
+    Regression reads `targets` instead of `y` and counts no correct predictions.
     """
     cdef int64_t n_correct = 0
     cdef double total
     cdef const floating *sw = NULL
-    if y.shape[0] != X.shape[0] or X.shape[0] == 0:
-        raise ValueError("X and y differ in length or are empty")
+    if X.shape[0] == 0:
+        raise ValueError("X is empty")
     if sample_weight is not None and sample_weight.shape[0] != X.shape[0]:
         raise ValueError("one sample weight per row of X")
-    check_indices(y, sizes[sizes.shape[0] - 1], None, X.shape[0])
+    check_targets(loss, y, targets, X.shape[0], sizes[sizes.shape[0] - 1])
     forward(params, X, out, sizes, acts, softmax=False, n_threads=n_threads)
     if sample_weight is not None:
         sw = &sample_weight[0]
     with nogil:
-        if loss == LOSS_CROSS_ENTROPY:
+        if loss == LOSS_SQUARED_ERROR:
+            if floating is float:
+                total = fm_squared_error_f(out.shape[0], out.shape[1], &out[0, 0],
+                                           &targets[0, 0], sw, 0, NULL)
+            else:
+                total = fm_squared_error_d(out.shape[0], out.shape[1], &out[0, 0],
+                                           &targets[0, 0], sw, 0, NULL)
+        elif loss == LOSS_CROSS_ENTROPY:
             if floating is float:
                 total = fm_softmax_xent_f(out.shape[0], out.shape[1], &out[0, 0], &y[0], sw,
                                           0, NULL, &n_correct)

@@ -84,6 +84,45 @@ def check_labels(y, n_samples: int, name: str = "y") -> np.ndarray:
     return arr
 
 
+def check_targets(
+    y, n_samples: int, dtype: np.dtype, n_outputs: int | None = None, name: str = "y"
+) -> np.ndarray:
+    """Validate regression targets and return them as a C-contiguous (n, k) array.
+
+    ``y`` is 1-D (one output) or 2-D (one column per output) and holds finite real numbers.
+    """
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must hold real numbers for regression; got dtype {arr.dtype}. For class "
+            "labels train a classifier (loss 'cross_entropy' or 'mse')."
+        )
+    if arr.ndim not in (1, 2):
+        raise ValueError(
+            f"{name} must be 1-D (one target per sample) or 2-D (n_samples, n_outputs); got "
+            f"shape {arr.shape}."
+        )
+    if arr.shape[0] != n_samples:
+        raise ValueError(
+            f"X and {name} have different lengths: {n_samples} samples but {arr.shape[0]} targets."
+        )
+    arr = arr.reshape(n_samples, -1)
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has 0 outputs (shape {np.shape(y)}).")
+    if n_outputs is not None and arr.shape[1] != n_outputs:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} outputs per sample but the model has {n_outputs}."
+        )
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.isfinite(out).all():
+        raise ValueError(
+            f"{name} contains NaN or infinity (or values beyond {dtype}); every sample needs "
+            "finite targets."
+        )
+    return out
+
+
 def encode_labels(y: np.ndarray, classes: np.ndarray, name: str = "y") -> np.ndarray:
     """Map labels to their int32 index in ``classes`` (any order); unknown ones raise."""
     order = np.argsort(classes, kind="stable")

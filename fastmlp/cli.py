@@ -275,7 +275,13 @@ def _load_model(path: str) -> Any:
 
     if not Path(path).exists():
         raise CLIError(f"model file {path} does not exist")
-    return fastmlp.load(path)
+    model = fastmlp.load(path)
+    if model.is_regressor:
+        raise CLIError(
+            f"{path} holds a regressor; the command line evaluates and predicts with "
+            "classifiers. Use fastmlp.load(path).predict(X) from Python."
+        )
+    return model
 
 
 # --------------------------------------------------------------------------- reports

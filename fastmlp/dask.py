@@ -8,7 +8,8 @@ its functions is called, and ``import fastmlp`` never imports it. Use it as
 >>> X = da.from_zarr("features.zarr")                         # doctest: +SKIP
 >>> labels = predict(model, X).compute()                      # doctest: +SKIP
 
-The model is a :class:`fastmlp.MLP` or a fitted :class:`fastmlp.sklearn.MLPClassifier`.
+The model is a :class:`fastmlp.MLP` or a fitted :class:`fastmlp.sklearn.MLPClassifier`
+or :class:`fastmlp.sklearn.MLPRegressor`.
 It enters the task graph once, as a single key every block depends on, so a distributed
 scheduler sends it to each worker once rather than with every block.
 
@@ -32,19 +33,20 @@ __all__ = ["predict", "predict_proba"]
 
 
 def predict(model: Any, X: dask.array.Array) -> dask.array.Array:
-    """Predicted class labels of a dask array, computed block by block.
+    """Predicted class labels (or a regressor's targets) of a dask array, block by block.
 
     Parameters
     ----------
-    model : fastmlp.MLP or fitted fastmlp.sklearn.MLPClassifier
+    model : fastmlp.MLP or fitted fastmlp.sklearn.MLPClassifier or MLPRegressor
         The trained network.
     X : dask.array.Array of shape (n_samples, n_features)
         Inputs, chunked along the rows. Chunks that split the columns are merged first.
 
     Returns
     -------
-    dask.array.Array of shape (n_samples,)
-        Lazy labels from ``model.classes_``, one chunk per row chunk of ``X``.
+    dask.array.Array of shape (n_samples,) or (n_samples, n_outputs)
+        Lazy labels from ``model.classes_``, one chunk per row chunk of ``X``; for a
+        regressor its outputs, 1-D when it has one output (as ``model.predict``).
 
     Raises
     ------
@@ -53,14 +55,24 @@ def predict(model: Any, X: dask.array.Array) -> dask.array.Array:
     ValueError
         If ``X`` is not 2-D with ``model.n_features_in_`` columns.
     """
-    X, classes = _prepare(model, X, proba=False)
+    X, network = _prepare(model, X, proba=False)
+    k = network.layer_sizes[-1]
+    if network.is_regressor and k > 1:
+        return X.map_blocks(
+            _predict_block,
+            _shipped(model),
+            dtype=network.dtype,
+            chunks=(X.chunks[0], (k,)),
+            meta=np.empty((0, 0), dtype=network.dtype),
+        )
+    dtype = network.dtype if network.is_regressor else np.asarray(network.classes_).dtype
     return X.map_blocks(
         _predict_block,
         _shipped(model),
-        dtype=classes.dtype,
+        dtype=dtype,
         chunks=(X.chunks[0],),
         drop_axis=1,
-        meta=np.empty((0,), dtype=classes.dtype),
+        meta=np.empty((0,), dtype=dtype),
     )
 
 
@@ -88,13 +100,13 @@ def predict_proba(model: Any, X: dask.array.Array) -> dask.array.Array:
         If ``X`` is not 2-D with ``model.n_features_in_`` columns, or if the model was
         not trained with the cross-entropy loss.
     """
-    X, classes = _prepare(model, X, proba=True)
-    dtype = _network_of(model).dtype
+    X, network = _prepare(model, X, proba=True)
+    dtype = network.dtype
     return X.map_blocks(
         _predict_proba_block,
         _shipped(model),
         dtype=dtype,
-        chunks=(X.chunks[0], (len(classes),)),
+        chunks=(X.chunks[0], (len(network.classes_),)),
         meta=np.empty((0, 0), dtype=dtype),
     )
 
@@ -115,13 +127,13 @@ def _network_of(model: Any) -> MLP:
             "predicting with fastmlp.dask."
         )
     raise TypeError(
-        "model must be a fastmlp.MLP or a fitted fastmlp.sklearn.MLPClassifier; got "
-        f"{type(model).__name__}"
+        "model must be a fastmlp.MLP or a fitted fastmlp.sklearn.MLPClassifier or "
+        f"MLPRegressor; got {type(model).__name__}"
     )
 
 
-def _prepare(model: Any, X: Any, *, proba: bool) -> tuple[dask.array.Array, np.ndarray]:
-    """Check the model and X; return X with whole rows in each block, and the classes."""
+def _prepare(model: Any, X: Any, *, proba: bool) -> tuple[dask.array.Array, MLP]:
+    """Check the model and X; return X with whole rows in each block, and the network."""
     import dask.array as da
 
     network = _network_of(model)
@@ -142,7 +154,7 @@ def _prepare(model: Any, X: Any, *, proba: bool) -> tuple[dask.array.Array, np.n
         # The network needs every feature of a row at once: a block holding only some of
         # the columns can not be predicted. Merge the column chunks, keep the row chunks.
         X = X.rechunk({1: -1})
-    return X, np.asarray(network.classes_)
+    return X, network
 
 
 def _shipped(model: Any):
@@ -156,7 +168,11 @@ def _shipped(model: Any):
 
 def _predict_block(block: np.ndarray, model: Any) -> np.ndarray:
     if block.shape[0] == 0:  # an empty chunk, e.g. after filtering rows
-        return np.empty((0,), dtype=np.asarray(model.classes_).dtype)
+        network = _network_of(model)
+        k = network.layer_sizes[-1]
+        if network.is_regressor:
+            return np.empty((0, k) if k > 1 else (0,), dtype=network.dtype)
+        return np.empty((0,), dtype=np.asarray(network.classes_).dtype)
     return model.predict(block)
 
 

@@ -1,4 +1,4 @@
-"""The model object: a trained multi-layer perceptron classifier."""
+"""The model object: a trained multi-layer perceptron, classifier or regressor."""
 
 from __future__ import annotations
 
@@ -15,12 +15,19 @@ from fastmlp._validation import (
     check_labels,
     check_memory,
     check_sample_weight,
+    check_targets,
     check_X,
     encode_labels,
 )
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
-LOSSES = {"cross_entropy": _network.Loss.LOSS_CROSS_ENTROPY, "mse": _network.Loss.LOSS_MSE}
+LOSSES = {
+    "cross_entropy": _network.Loss.LOSS_CROSS_ENTROPY,
+    "mse": _network.Loss.LOSS_MSE,
+    "squared_error": _network.Loss.LOSS_SQUARED_ERROR,
+}
+# The loss that makes a regressor: real-valued targets, no classes.
+REGRESSION_LOSS = "squared_error"
 MAX_LAYERS = 64
 # Fewer rows than 64 make one block in _network.forward and run on the calling thread:
 # a parallel region costs more than it saves there. This path skips the core budget.
@@ -28,20 +35,24 @@ SERIAL_ROWS = 63
 
 
 class MLP:
-    """A multi-layer perceptron classifier: Linear layers with an activation between them.
+    """A multi-layer perceptron: Linear layers with an activation between them.
 
+    A classifier, or with ``loss="squared_error"`` a regressor of real-valued targets.
     Build one with :func:`fastmlp.train`, :meth:`MLP.from_weights` or :func:`fastmlp.load`.
 
     Parameters
     ----------
     layer_sizes : sequence of int
         Inputs, hidden widths, outputs: ``(784, 128, 64, 10)``.
-    classes : array-like
-        The class labels, one per output, in the order of the outputs.
+    classes : array-like or None
+        The class labels, one per output, in the order of the outputs; None for a
+        regressor.
     activation : {"relu", "tanh", "sigmoid"}
         Activation of the hidden layers.
-    loss : {"cross_entropy", "mse"}
-        Softmax + cross-entropy, or half squared error against one-hot targets.
+    loss : {"cross_entropy", "mse", "squared_error"}
+        Classifiers: softmax + cross-entropy, or half squared error against one-hot
+        targets. Regressors: "squared_error", half the squared error against real
+        targets averaged over the outputs (scikit-learn's MLPRegressor loss).
     output_activation : {"identity", "relu", "tanh", "sigmoid"} or None
         Activation of the output layer; None means "identity". Cross-entropy requires
         "identity" (the softmax is part of the loss).
@@ -54,17 +65,17 @@ class MLP:
 
     Attributes
     ----------
-    classes_ : ndarray
-        Labels, in the order of the outputs.
+    classes_ : ndarray or None
+        Labels, in the order of the outputs; None for a regressor.
     history : dict of lists
-        Per epoch: ``epoch``, ``loss``, ``accuracy``, ``seconds`` and, with a validation
-        set, ``val_loss`` and ``val_accuracy``.
+        Per epoch: ``epoch``, ``loss``, ``accuracy`` (classifiers), ``seconds`` and, with a
+        validation set, ``val_loss`` and ``val_accuracy`` (classifiers).
     """
 
     def __init__(
         self,
         layer_sizes: Sequence[int],
-        classes,
+        classes=None,
         *,
         activation: str = "relu",
         loss: str = "cross_entropy",
@@ -91,17 +102,28 @@ class MLP:
             )
         if loss == "cross_entropy" and output_activation != "identity":
             raise ValueError("cross-entropy applies its own softmax: use output_activation=None")
-        classes = np.asarray(classes)
-        try:
-            distinct = classes.ndim == 1 and len(np.unique(classes)) == len(classes)
-        except TypeError as exc:
-            raise TypeError("classes must be labels of one sortable type") from exc
-        if not distinct or len(classes) != sizes[-1]:
+        if loss == REGRESSION_LOSS:
+            if classes is not None:
+                raise ValueError(
+                    f"a regressor (loss={REGRESSION_LOSS!r}) has no classes: pass classes=None"
+                )
+        elif classes is None:
             raise ValueError(
-                f"classes must be {sizes[-1]} distinct labels, one per output; got {classes!r}"
+                f"a classifier needs its classes, one label per output; for a regressor use "
+                f"loss={REGRESSION_LOSS!r}"
             )
-        if len(classes) < 2:
-            raise ValueError("a classifier needs at least 2 classes")
+        else:
+            classes = np.asarray(classes)
+            try:
+                distinct = classes.ndim == 1 and len(np.unique(classes)) == len(classes)
+            except TypeError as exc:
+                raise TypeError("classes must be labels of one sortable type") from exc
+            if not distinct or len(classes) != sizes[-1]:
+                raise ValueError(
+                    f"classes must be {sizes[-1]} distinct labels, one per output; got {classes!r}"
+                )
+            if len(classes) < 2:
+                raise ValueError("a classifier needs at least 2 classes")
         self.layer_sizes = sizes
         self.activation = activation
         self.loss = loss
@@ -135,6 +157,11 @@ class MLP:
     def n_features_in_(self) -> int:
         """Number of input features."""
         return self.layer_sizes[0]
+
+    @property
+    def is_regressor(self) -> bool:
+        """True for a regressor (``loss="squared_error"``), False for a classifier."""
+        return self.loss == REGRESSION_LOSS
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -171,7 +198,7 @@ class MLP:
         activation, loss, output_activation
             As for :class:`MLP`.
         classes : array-like, optional
-            One label per output; default ``0 .. n_outputs - 1``.
+            One label per output; default ``0 .. n_outputs - 1`` (None for a regressor).
         dtype : numpy.float32 or numpy.float64, optional
             Default: the dtype of ``weights[0]`` if it is one of those, else float32.
 
@@ -193,7 +220,7 @@ class MLP:
                     f"shape (fan_out,); got W {W.shape} after width {sizes[-1]}, b {b.shape}"
                 )
             sizes.append(W.shape[1])
-        if classes is None:
+        if classes is None and loss != REGRESSION_LOSS:
             classes = np.arange(sizes[-1])
         model = cls(
             sizes,
@@ -256,9 +283,10 @@ class MLP:
             Columns in the order of ``classes_``.
         """
         if self.loss != "cross_entropy":
+            instead = "predict" if self.is_regressor else "decision_function"
             raise ValueError(
-                "predict_proba needs a cross-entropy model; this one was trained with "
-                "loss='mse': use decision_function for its outputs."
+                "predict_proba needs a cross-entropy classifier; this model was trained with "
+                f"loss={self.loss!r}: use {instead} for its outputs."
             )
         return self._outputs(X, n_threads, softmax=True)
 
@@ -267,31 +295,38 @@ class MLP:
 
         Returns
         -------
-        ndarray of shape (n_samples, n_classes)
+        ndarray of shape (n_samples, n_outputs)
         """
         return self._outputs(X, n_threads, softmax=False)
 
     def predict(self, X, *, n_threads: int | None = None) -> np.ndarray:
-        """Predicted class labels.
+        """Predicted class labels, or for a regressor the predicted targets.
 
         Returns
         -------
-        ndarray of shape (n_samples,)
-            Labels from ``classes_``.
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Labels from ``classes_``. A regressor returns its outputs, 1-D when it has
+            one output (as scikit-learn does).
         """
-        return self.classes_[self._outputs(X, n_threads, softmax=False).argmax(axis=1)]
+        out = self._outputs(X, n_threads, softmax=False)
+        if self.is_regressor:
+            return out.ravel() if out.shape[1] == 1 else out
+        return self.classes_[out.argmax(axis=1)]
 
     def score(self, X, y, sample_weight=None) -> float:
-        """Mean accuracy on (X, y).
+        """Mean accuracy on (X, y); for a regressor the coefficient of determination R^2.
 
         Labels the model does not know raise a ValueError rather than counting as wrong.
+        R^2 is averaged over the outputs with equal weight, as scikit-learn's ``r2_score``.
         """
         X = check_X(X, self.dtype, self.layer_sizes[0])
-        y = check_labels(y, X.shape[0])
-        codes = encode_labels(y, self.classes_)
         w = check_sample_weight(sample_weight, X.shape[0], np.dtype(np.float64))
-        hits = self._outputs(X, None, softmax=False).argmax(axis=1) == codes
-        return float(np.average(hits, weights=w))
+        out = self._outputs(X, None, softmax=False)
+        if self.is_regressor:
+            Y = check_targets(y, X.shape[0], np.dtype(np.float64), out.shape[1])
+            return r2_score(Y, out, w)
+        codes = encode_labels(check_labels(y, X.shape[0]), self.classes_)
+        return float(np.average(out.argmax(axis=1) == codes, weights=w))
 
     def loss_and_gradients(
         self, X, y, *, sample_weight=None, l2: float = 0.0, n_threads: int | None = None
@@ -299,7 +334,8 @@ class MLP:
         """Objective and gradient of every parameter, computed by the fast kernels.
 
         The objective is the weighted mean loss over (X, y) plus ``0.5 * l2 * sum W^2``
-        (weights, not biases). Use a float64 model for exact checks.
+        (weights, not biases). Use a float64 model for exact checks. ``y`` holds labels,
+        or a regressor's targets.
 
         Returns
         -------
@@ -310,7 +346,7 @@ class MLP:
             Same shapes as :attr:`biases`.
         """
         X = check_X(X, self.dtype, self.layer_sizes[0])
-        codes = encode_labels(check_labels(y, X.shape[0]), self.classes_)
+        codes, targets = self._encode_y(y, X.shape[0])
         w = check_sample_weight(sample_weight, X.shape[0], self.dtype)
         l2 = check_float(l2, "l2", 0.0, float("inf"))
         threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
@@ -327,11 +363,18 @@ class MLP:
                 loss=LOSSES[self.loss],
                 l2=l2,
                 n_threads=threads,
+                targets=targets,
             )
         s = self.layer_sizes
         dW = [grads[a:b].reshape(s[i], s[i + 1]) for i, (a, b) in enumerate(self._layout)]
         db = [grads[b : b + s[i + 1]] for i, (_, b) in enumerate(self._layout)]
         return float(value), dW, db
+
+    def _encode_y(self, y, n_samples: int, name: str = "y"):
+        """``(label codes, None)`` for a classifier, ``(None, targets)`` for a regressor."""
+        if self.is_regressor:
+            return None, check_targets(y, n_samples, self.dtype, self.layer_sizes[-1], name)
+        return encode_labels(check_labels(y, n_samples, name), self.classes_, name), None
 
     # -- training, saving -------------------------------------------------------------
     def fit_more(self, X, y, **options) -> MLP:
@@ -389,3 +432,17 @@ class MLP:
         return (
             f"MLP({arch}, activation={self.activation!r}, loss={self.loss!r}, dtype={self.dtype})"
         )
+
+
+def r2_score(Y: np.ndarray, pred: np.ndarray, sample_weight: np.ndarray | None) -> float:
+    """Coefficient of determination, averaged over outputs (scikit-learn's convention).
+
+    An output whose targets are constant scores 1 if predicted exactly, else 0.
+    """
+    w = np.ones(Y.shape[0]) if sample_weight is None else sample_weight
+    mean = np.average(Y, axis=0, weights=w)
+    residual = w @ (Y - pred) ** 2
+    total = w @ (Y - mean) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_output = np.where(total > 0, 1 - residual / total, np.where(residual > 0, 0.0, 1.0))
+    return float(per_output.mean())

@@ -1,6 +1,6 @@
 """Saving and loading models: one ``.npz`` file, written atomically, read without pickle.
 
-File format, version 1
+File format, version 2
 ----------------------
 A zip archive of ``.npy`` arrays as :func:`numpy.savez` writes it (members stored, not
 compressed). No array holds Python objects, so loading never unpickles anything.
@@ -9,12 +9,12 @@ compressed). No array holds Python objects, so loading never unpickles anything.
 array           dtype, shape                content
 ==============  ==========================  =================================================
 ``format``      unicode, ()                 the marker ``"fastmlp-model"``
-``version``     int64, ()                   the format version, 1
+``version``     int64, ()                   the format version: 1, or 2 for a regressor
 ``meta``        unicode, ()                 a JSON object, keys below
 ``params``      float32 or float64,         the flat parameter buffer: W_1, b_1, W_2, b_2, ...
                 (n_params,)                 row-major, W_i of shape (fan_in, fan_out)
 ``classes``     bool, int, uint, float or   the labels of the outputs, distinct, in output order
-                unicode, (n_outputs,)
+                unicode, (n_outputs,)       (a regressor: float64, empty, shape (0,))
 ``opt_state1``  as ``params``, (n_params,)  optimizer memory: Adam's first moment, SGD's
                                             velocity (only with saved optimizer state)
 ``opt_state2``  as ``params``, (n_params,)  Adam's second moment; empty, shape (0,), for SGD
@@ -23,11 +23,15 @@ array           dtype, shape                content
 
 ``meta`` keys: ``layer_sizes`` (list of int, inputs to outputs), ``activation``,
 ``loss``, ``output_activation``, ``dtype`` (``"float32"`` or ``"float64"``), ``n_params``,
-``classes_kind`` (``"bool"``, ``"int"``, ``"uint"``, ``"float"`` or ``"str"``),
+``classes_kind`` (``"bool"``, ``"int"``, ``"uint"``, ``"float"`` or ``"str"``; ``"none"``
+for a regressor),
 ``classes_dtype`` (the numpy dtype string of ``classes``, e.g. ``"<i8"`` or ``"<U7"``),
 ``history`` (``{name: [number, ...]}``; NaN and infinities as Python's :mod:`json`
 writes them), ``optimizer`` (null, or ``{"name": "adam" | "sgd", "t": steps taken}``)
 and ``fastmlp_version`` (the writer's version, for information only).
+
+Version 2 added regressors (``loss`` ``"squared_error"``, no classes). A classifier is
+still written as version 1, so fastmlp releases that read only version 1 load it.
 
 A reader refuses files of a newer format version rather than guess at them, and checks
 every array against ``meta`` before it decompresses or allocates anything, so a damaged or
@@ -53,12 +57,13 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from fastmlp import _network
-from fastmlp.model import ACTIVATIONS, LOSSES, MAX_LAYERS, MLP
+from fastmlp.model import ACTIVATIONS, LOSSES, MAX_LAYERS, MLP, REGRESSION_LOSS
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
 FORMAT_MARKER = "fastmlp-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+NO_CLASSES = "none"  # classes_kind of a regressor
 # Slack for the .npy header in front of each array's data: numpy itself refuses headers
 # over 10000 bytes, and its own are about 128.
 HEADER_ALLOWANCE = 1 << 14
@@ -153,7 +158,8 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
             "the model's parameters contain NaN or infinity; refusing to save a model that "
             "load() would reject (did training diverge?)"
         )
-    classes = _storable_classes(model.classes_)
+    regressor = model.is_regressor
+    classes = np.zeros(0) if regressor else _storable_classes(model.classes_)
     import fastmlp  # here, not at the top: fastmlp/__init__ imports this module
 
     meta: dict[str, Any] = {
@@ -163,7 +169,7 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
         "output_activation": model.output_activation,
         "dtype": model.dtype.name,
         "n_params": int(params.size),
-        "classes_kind": CLASS_KINDS[classes.dtype.kind],
+        "classes_kind": NO_CLASSES if regressor else CLASS_KINDS[classes.dtype.kind],
         "classes_dtype": classes.dtype.str,
         "history": _history_to_json(model.history),
         "optimizer": None,
@@ -171,7 +177,7 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
     }
     arrays = {
         "format": np.array(FORMAT_MARKER),
-        "version": np.array(FORMAT_VERSION, dtype=np.int64),
+        "version": np.array(2 if regressor else 1, dtype=np.int64),
         "params": params,
         "classes": classes,
     }
@@ -430,6 +436,7 @@ class _Reader:
             )
         if version < 1:
             raise self.error(f"invalid format version {version}")
+        self.version = version
         expected = {f"{key}.npy" for key in REQUIRED_ARRAYS + OPTIMIZER_ARRAYS}
         extra = sorted(set(names) - expected)
         if extra:
@@ -600,6 +607,8 @@ class _Reader:
                 raise self.error(f"{key} must be one of {allowed}; got {meta[key]!r:.200}")
         if meta["loss"] == "cross_entropy" and meta["output_activation"] != "identity":
             raise self.error("a cross-entropy model must have output_activation 'identity'")
+        if meta["loss"] == REGRESSION_LOSS and self.version < 2:
+            raise self.error(f"format version {self.version} holds no regressors")
         n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
         if not _is_int(meta["n_params"]) or meta["n_params"] != n_params:
             raise self.error(
@@ -631,9 +640,18 @@ class _Reader:
         ):
             raise self.error("history must be a JSON object of lists of numbers")
 
-    def _classes(self, meta: dict[str, Any], n_outputs: int) -> np.ndarray:
-        """The labels, checked against meta: dtype, one per output, distinct."""
+    def _classes(self, meta: dict[str, Any], n_outputs: int) -> np.ndarray | None:
+        """The labels, checked against meta: dtype, one per output, distinct; a regressor's
+        None."""
         kind, spec = meta["classes_kind"], meta["classes_dtype"]
+        if (meta["loss"] == REGRESSION_LOSS) != (kind == NO_CLASSES):
+            raise self.error(
+                f"classes_kind {kind!r:.50} does not fit loss {meta['loss']!r}: a regressor "
+                f"(and only a regressor) has classes_kind {NO_CLASSES!r}"
+            )
+        if kind == NO_CLASSES:
+            self._array("classes", HEADER_ALLOWANCE, "f", (0,))
+            return None
         try:
             dtype = np.dtype(spec) if isinstance(spec, str) else None
         except (TypeError, ValueError, SyntaxError):

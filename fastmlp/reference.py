@@ -145,6 +145,24 @@ def mse(
     return loss, int(np.sum(A.argmax(axis=1) == y)), (scale * w)[:, None] * diff
 
 
+def squared_error(
+    A: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, np.ndarray]:
+    """Half squared error of outputs A against real targets Y, averaged over the k outputs.
+
+    Returns ``(sum_i w_i * 0.5 * |A_i - Y_i|^2 / k, scale * w * (A - Y) / k)``: the loss of
+    a regression network (scikit-learn's ``squared_error``) and its gradient.
+    """
+    n, k = A.shape
+    w = _weights(n, sample_weight, A.dtype)
+    diff = A - Y
+    loss = float(np.sum(w.astype(np.float64) * 0.5 * np.sum(diff * diff, axis=1) / k))
+    return loss, (scale * w / k)[:, None] * diff
+
+
 def col_sum(dZ: np.ndarray) -> np.ndarray:
     """Bias gradient: the column sums of dZ."""
     return dZ.sum(axis=0)
@@ -206,6 +224,8 @@ def loss_and_gradients(
     The objective is the weighted mean of the per-sample losses,
     ``sum_i w_i L_i / sum_i w_i``, plus ``0.5 * l2 * sum ||W||^2`` over the weights (not
     the biases).
+    ``y`` holds integer labels in [0, k), or with ``loss="squared_error"`` the real
+    targets, shape (n, k).
 
     Returns
     -------
@@ -224,6 +244,9 @@ def loss_and_gradients(
         total, _, dZ = softmax_cross_entropy(A[L], y, w, scale)
     elif loss == "mse":
         total, _, dA = mse(A[L], y, w, scale)
+        dZ = act_backward(A[L], dA, activations[L - 1])
+    elif loss == "squared_error":
+        total, dA = squared_error(A[L], y, w, scale)
         dZ = act_backward(A[L], dA, activations[L - 1])
     else:
         raise ValueError(f"unknown loss {loss!r}")

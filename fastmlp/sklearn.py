@@ -1,4 +1,4 @@
-"""A scikit-learn estimator over :func:`fastmlp.train`.
+"""scikit-learn estimators over :func:`fastmlp.train`: MLPClassifier and MLPRegressor.
 
 This module needs scikit-learn; ``import fastmlp`` does not import it. Use it as
 
@@ -6,9 +6,10 @@ This module needs scikit-learn; ``import fastmlp`` does not import it. Use it as
 >>> clf = MLPClassifier(hidden_layer_sizes=(64,)).fit(X, y)  # doctest: +SKIP
 >>> clf.predict(X_test)                                     # doctest: +SKIP
 
-The parameters carry scikit-learn's names and defaults where the two libraries share
-the idea (see :class:`sklearn.neural_network.MLPClassifier`), so the estimator works in
-pipelines, grid searches, ``clone``, pickling and ``check_estimator``.
+(also reachable as ``fastmlp.MLPClassifier`` and ``fastmlp.MLPRegressor``). The
+parameters carry scikit-learn's names and defaults where the two libraries share the idea
+(see :class:`sklearn.neural_network.MLPClassifier`), so the estimators work in pipelines,
+grid searches, ``clone``, pickling and ``check_estimator``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
@@ -27,7 +28,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from fastmlp._validation import check_dtype
-from fastmlp.model import MLP
+from fastmlp.model import MLP, REGRESSION_LOSS
 from fastmlp.training import init_params, train
 
 try:  # scikit-learn >= 1.6
@@ -35,39 +36,33 @@ try:  # scikit-learn >= 1.6
 except ImportError:  # pragma: no cover - older scikit-learn
     _validate_data = None
 
-__all__ = ["MLPClassifier"]
+__all__ = ["MLPClassifier", "MLPRegressor"]
 
 SOLVERS = ("adam", "sgd")
 
 
-def _validate(estimator, X, *y, reset: bool, dtype):
+def _validate(estimator, X, *y, reset: bool, dtype, **options):
     """``validate_data`` where scikit-learn has it, else the older estimator method.
 
     Give ``y`` (even None, to get scikit-learn's "requires y" error) when fitting.
     """
     if _validate_data is not None:
-        return _validate_data(estimator, X, *y, reset=reset, dtype=dtype)
-    return estimator._validate_data(X, *y, reset=reset, dtype=dtype)  # pragma: no cover
+        return _validate_data(estimator, X, *y, reset=reset, dtype=dtype, **options)
+    return estimator._validate_data(  # pragma: no cover
+        X, *y, reset=reset, dtype=dtype, **options
+    )
 
 
-class MLPClassifier(ClassifierMixin, BaseEstimator):
-    """Multi-layer perceptron classifier trained by fastmlp's multi-threaded kernels.
-
-    A drop-in for :class:`sklearn.neural_network.MLPClassifier` with the "adam" and
-    "sgd" solvers. The output layer is a softmax over all classes, binary problems
-    included (two outputs, not one logistic unit).
-
-    Parameters
-    ----------
-    hidden_layer_sizes : int or tuple of int, default=(100,)
-        Width of each hidden layer; ``()`` gives softmax regression.
+# The parameters both estimators share, spliced into their docstrings below.
+_SHARED_PARAMETERS = """hidden_layer_sizes : int or tuple of int, default=(100,)
+        Width of each hidden layer; ``()`` gives a linear model.
     activation : {"relu", "tanh", "logistic"}, default="relu"
         Activation of the hidden layers ("sigmoid" is accepted for "logistic").
     alpha : float, default=0.0001
         Strength of the L2 penalty, passed to fastmlp as ``l2``: every mini-batch
-        minimises its weighted mean cross-entropy plus ``0.5 * alpha * sum(W ** 2)``
-        over the weight matrices (not the biases). scikit-learn divides that penalty by
-        the batch's sample count, so its ``alpha=a`` corresponds here to
+        minimises its weighted mean loss plus ``0.5 * alpha * sum(W ** 2)`` over the
+        weight matrices (not the biases). scikit-learn divides that penalty by the
+        batch's sample count, so its ``alpha=a`` corresponds here to
         ``alpha=a / batch_size``; the same value regularises more strongly here.
     batch_size : int or "auto", default="auto"
         Samples per mini-batch; "auto" means ``min(200, n_samples)``. Larger values
@@ -83,11 +78,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         reproducible results (whatever ``n_threads``).
     tol : float, default=1e-4
         Improvement of the training loss (or, with ``early_stopping``, of the validation
-        accuracy) below which an epoch counts as no progress.
+        score) below which an epoch counts as no progress.
     early_stopping : bool, default=False
-        Hold out a stratified ``validation_fraction`` of the data, stop when its accuracy
-        has not improved by ``tol`` for ``n_iter_no_change`` epochs, and keep the
-        weights of the best epoch.
+        Hold out ``validation_fraction`` of the data, stop when its score has not
+        improved by ``tol`` for ``n_iter_no_change`` epochs, and keep the weights of the
+        best epoch.
     validation_fraction : float, default=0.1
         Share of the training data held out for ``early_stopping``.
     n_iter_no_change : int, default=10
@@ -110,13 +105,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     dtype : numpy.float32 or numpy.float64, default=numpy.float32
         Precision of the parameters and of all computation (fastmlp only).
     n_threads : int or None, default=None
-        Threads for training and prediction; None uses all cores OpenMP offers.
+        Threads for training and prediction; None uses all cores OpenMP offers."""
 
-    Attributes
-    ----------
-    classes_ : ndarray of shape (n_classes,)
-        Class labels, in the order of the columns of :meth:`predict_proba`.
-    n_features_in_ : int
+_SHARED_ATTRIBUTES = """n_features_in_ : int
         Number of features seen during :meth:`fit`.
     feature_names_in_ : ndarray of shape (n_features_in_,)
         Names of the features, when X had string column names.
@@ -128,23 +119,33 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     best_loss_ : float or None
         Lowest training loss of the last :meth:`fit`; None with ``early_stopping``.
     validation_scores_ : list of float or None
-        Validation accuracy of each epoch with ``early_stopping``, else None.
+        Validation score of each epoch with ``early_stopping``, else None.
     best_validation_score_ : float or None
         Best of ``validation_scores_``, else None.
     n_iter_ : int
-        Epochs run so far (they accumulate across warm starts and partial fits).
+        Epochs run so far (they accumulate across warm starts and partial fits)."""
 
-    Notes
-    -----
-    Early stopping and convergence are decided by a callback of :func:`fastmlp.train`
-    after each epoch, as scikit-learn decides them. Pickling keeps the weights but not
-    the optimizer's moments (see ``fastmlp.MLP.__getstate__``): a warm start after
-    unpickling restarts Adam's or SGD's memory from zero.
+_SHARED_NOTES = """Early stopping and convergence are decided by a callback of
+    :func:`fastmlp.train` after each epoch, as scikit-learn decides them. Pickling keeps
+    the weights but not the optimizer's moments (see ``fastmlp.MLP.__getstate__``): a
+    warm start after unpickling restarts Adam's or SGD's memory from zero."""
 
-    See Also
-    --------
-    fastmlp.train : The function this estimator wraps.
-    sklearn.neural_network.MLPClassifier : scikit-learn's own implementation.
+
+def _with_shared_docs(cls):
+    cls.__doc__ = (
+        cls.__doc__.replace("%(parameters)s", _SHARED_PARAMETERS)
+        .replace("%(attributes)s", _SHARED_ATTRIBUTES)
+        .replace("%(notes)s", _SHARED_NOTES)
+    )
+    return cls
+
+
+class _BaseMLP(BaseEstimator):
+    """What MLPClassifier and MLPRegressor share: parameters, checks and the fit loop.
+
+    Subclasses say how targets are checked, which network they build and how a
+    validation set is scored (``_check_targets``, ``_new_model``, ``_split``,
+    ``_validation_score``).
     """
 
     def __init__(
@@ -200,7 +201,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
-        tags.classifier_tags.multi_class = True
         return tags
 
     # -- parameter checks ----------------------------------------------------------------
@@ -256,21 +256,21 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             "verbose": bool(self.verbose),
         }
 
-    def _new_model(self, n_features: int, classes: np.ndarray, seed: int) -> MLP:
+    def _network(self, n_inputs: int, n_outputs: int, classes, seed: int, **options) -> MLP:
         activation = "sigmoid" if self.activation == "logistic" else self.activation
         model = MLP(
-            (n_features, *self._hidden(), len(classes)),
+            (n_inputs, *self._hidden(), n_outputs),
             classes,
             activation=activation,
             dtype=self.dtype,
             n_threads=self.n_threads,
+            **options,
         )
         init_params(model, np.random.default_rng(seed))
         return model
 
     def _check_Xy(self, X, y, sample_weight, reset: bool):
-        X, y = _validate(self, X, y, reset=reset, dtype=check_dtype(self.dtype))
-        check_classification_targets(y)
+        X, y = self._validate_Xy(X, y, reset)
         if sample_weight is not None:
             sample_weight = np.asarray(sample_weight)
             if sample_weight.ndim != 1 or sample_weight.shape[0] != X.shape[0]:
@@ -279,56 +279,32 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 )
         return X, y, sample_weight
 
+    def _start(self, X, y, seed: int, classes=None) -> None:
+        """A new network and fresh bookkeeping, as the first fit or partial_fit does."""
+        self.model_ = self._new_model(X, y, seed, classes)
+        self.loss_curve_ = []
+        self.n_iter_ = 0
+
     # -- fitting -----------------------------------------------------------------------
-    def fit(self, X, y, sample_weight=None) -> MLPClassifier:
-        """Train the network on (X, y) for up to ``max_iter`` epochs.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training inputs.
-        y : array-like of shape (n_samples,)
-            Class labels.
-        sample_weight : array-like of shape (n_samples,), default=None
-            Weight of each sample in the loss.
-
-        Returns
-        -------
-        self : MLPClassifier
-            The fitted estimator.
-        """
+    def _fit(self, X, y, sample_weight):
         self._check_params()
         continuing = self.warm_start and hasattr(self, "model_")
         X, y, sample_weight = self._check_Xy(X, y, sample_weight, reset=not continuing)
         rng = check_random_state(self.random_state)
         if continuing:
-            if not np.isin(np.unique(y), self.classes_).all():
-                raise ValueError(
-                    "warm_start can not add classes: y has labels outside classes_ "
-                    f"{self.classes_.tolist()}"
-                )
+            self._check_continuation(y)
         else:
-            classes = np.unique(y)
-            if len(classes) < 2:
-                raise ValueError(
-                    "MLPClassifier needs samples of at least 2 classes in y; got 1 class "
-                    f"({classes[0]!r})"
-                )
-            self.model_ = self._new_model(X.shape[1], classes, rng.randint(2**31))
-            self.classes_ = self.model_.classes_
-            self.loss_curve_ = []
-            self.n_iter_ = 0
+            self._start(X, y, rng.randint(2**31))
 
         validation_data = None
         if self.early_stopping:
-            stratify = y if np.unique(y, return_counts=True)[1].min() >= 2 else None
             split = train_test_split(
                 X,
                 y,
                 *(() if sample_weight is None else (sample_weight,)),
                 test_size=self.validation_fraction,
                 random_state=rng.randint(2**31),
-                stratify=stratify,
+                stratify=self._stratify(y),
             )
             X, X_val, y, y_val = split[:4]
             sample_weight = split[4] if sample_weight is not None else None
@@ -347,7 +323,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             self.loss_curve_.append(float(figures["loss"]))
             self.n_iter_ += 1
             if self.early_stopping:
-                score = float(figures["val_accuracy"])
+                score = self._validation_score(figures, X_val, y_val)
                 self.validation_scores_.append(score)
                 improved = score > self.best_validation_score_ + self.tol
                 if score > self.best_validation_score_:
@@ -387,9 +363,132 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
                 "the optimization hasn't converged yet.",
                 ConvergenceWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         return self
+
+    def _partial_fit(self, X, y, sample_weight, classes=None):
+        self._check_params()
+        first = not hasattr(self, "model_")
+        X, y, sample_weight = self._check_Xy(X, y, sample_weight, reset=first)
+        if first:
+            self._start(X, y, check_random_state(self.random_state).randint(2**31), classes)
+            self.best_loss_ = math.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+        else:
+            self._check_continuation(y)
+        # A different seed per call, so that successive epochs shuffle differently.
+        seed = None
+        if self.random_state is not None:
+            seed = (check_random_state(self.random_state).randint(2**31) + self.n_iter_) % 2**31
+        train(
+            X,
+            y,
+            init=self.model_,
+            epochs=1,
+            seed=seed,
+            sample_weight=sample_weight,
+            **self._train_options(X.shape[0]),
+        )
+        self.loss_curve_.append(float(self.model_.history["loss"][-1]))
+        self.best_loss_ = min(self.best_loss_ or math.inf, self.loss_curve_[-1])
+        self.n_iter_ += 1
+        return self
+
+    def _check_continuation(self, y) -> None:
+        """Raise if ``y`` does not fit the network a warm start or partial fit continues."""
+
+    def _stratify(self, y):
+        return None
+
+    # -- prediction --------------------------------------------------------------------
+    def _check_X(self, X) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return _validate(self, X, reset=False, dtype=self.model_.dtype)
+
+
+@_with_shared_docs
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier trained by fastmlp's multi-threaded kernels.
+
+    A drop-in for :class:`sklearn.neural_network.MLPClassifier` with the "adam" and
+    "sgd" solvers. The output layer is a softmax over all classes, binary problems
+    included (two outputs, not one logistic unit); the loss is cross-entropy.
+
+    Parameters
+    ----------
+    %(parameters)s
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Class labels, in the order of the columns of :meth:`predict_proba`.
+    %(attributes)s
+
+    Notes
+    -----
+    The validation score of ``early_stopping`` is the accuracy (held out stratified).
+    %(notes)s
+
+    See Also
+    --------
+    fastmlp.train : The function this estimator wraps.
+    sklearn.neural_network.MLPClassifier : scikit-learn's own implementation.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = True
+        return tags
+
+    def _validate_Xy(self, X, y, reset: bool):
+        X, y = _validate(self, X, y, reset=reset, dtype=check_dtype(self.dtype))
+        check_classification_targets(y)
+        return X, y
+
+    def _new_model(self, X, y, seed: int, classes=None) -> MLP:
+        classes = np.unique(y if classes is None else np.asarray(classes))
+        if len(classes) < 2:
+            raise ValueError(
+                "MLPClassifier needs samples of at least 2 classes in y; got 1 class "
+                f"({classes[0]!r})"
+            )
+        model = self._network(X.shape[1], len(classes), classes, seed)
+        self.classes_ = model.classes_
+        return model
+
+    def _check_continuation(self, y) -> None:
+        if not np.isin(np.unique(y), self.classes_).all():
+            raise ValueError(
+                "warm_start and partial_fit can not add classes: y has labels outside "
+                f"classes_ {self.classes_.tolist()}"
+            )
+
+    def _stratify(self, y):
+        return y if np.unique(y, return_counts=True)[1].min() >= 2 else None
+
+    def _validation_score(self, figures: dict, X_val, y_val) -> float:
+        return float(figures["val_accuracy"])
+
+    def fit(self, X, y, sample_weight=None) -> MLPClassifier:
+        """Train the network on (X, y) for up to ``max_iter`` epochs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs.
+        y : array-like of shape (n_samples,)
+            Class labels.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample in the loss.
+
+        Returns
+        -------
+        self : MLPClassifier
+            The fitted estimator.
+        """
+        return self._fit(X, y, sample_weight)
 
     def partial_fit(self, X, y, classes=None, sample_weight=None) -> MLPClassifier:
         """Train for one epoch over (X, y), continuing with the optimizer's state.
@@ -411,50 +510,18 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self : MLPClassifier
             The updated estimator.
         """
-        self._check_params()
-        first = not hasattr(self, "model_")
-        if first and classes is None:
+        if not hasattr(self, "model_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
-        X, y, sample_weight = self._check_Xy(X, y, sample_weight, reset=first)
-        if first:
-            classes = np.unique(np.asarray(classes))
-            if len(classes) < 2:
-                raise ValueError(f"MLPClassifier needs at least 2 classes; got 1 class: {classes}")
-            rng = check_random_state(self.random_state)
-            self.model_ = self._new_model(X.shape[1], classes, rng.randint(2**31))
-            self.classes_ = self.model_.classes_
-            self.loss_curve_ = []
-            self.n_iter_ = 0
-            self.best_loss_ = math.inf
-            self.validation_scores_ = None
-            self.best_validation_score_ = None
-        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+        if (
+            hasattr(self, "model_")
+            and classes is not None
+            and not np.array_equal(np.unique(classes), self.classes_)
+        ):
             raise ValueError(
                 f"classes={classes!r} is not the same as on the first call to partial_fit: "
                 f"{self.classes_.tolist()}"
             )
-        # A different seed per call, so that successive epochs shuffle differently.
-        seed = None
-        if self.random_state is not None:
-            seed = (check_random_state(self.random_state).randint(2**31) + self.n_iter_) % 2**31
-        train(
-            X,
-            y,
-            init=self.model_,
-            epochs=1,
-            seed=seed,
-            sample_weight=sample_weight,
-            **self._train_options(X.shape[0]),
-        )
-        self.loss_curve_.append(float(self.model_.history["loss"][-1]))
-        self.best_loss_ = min(self.best_loss_ or math.inf, self.loss_curve_[-1])
-        self.n_iter_ += 1
-        return self
-
-    # -- prediction --------------------------------------------------------------------
-    def _check_X(self, X) -> np.ndarray:
-        check_is_fitted(self, "model_")
-        return _validate(self, X, reset=False, dtype=self.model_.dtype)
+        return self._partial_fit(X, y, sample_weight, classes)
 
     def predict_proba(self, X) -> np.ndarray:
         """Probability of each class.
@@ -499,6 +566,122 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         -------
         ndarray of shape (n_samples,)
             Labels from ``classes_``.
+        """
+        X = self._check_X(X)
+        return self.model_.predict(X)
+
+
+@_with_shared_docs
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor trained by fastmlp's multi-threaded kernels.
+
+    A drop-in for :class:`sklearn.neural_network.MLPRegressor` with the "adam" and
+    "sgd" solvers: identity output layer, one unit per target, trained on half the
+    squared error averaged over the outputs (scikit-learn's ``squared_error``).
+    Targets are fitted as given: standardise them (e.g. with
+    :class:`sklearn.compose.TransformedTargetRegressor`) when they are far from unit scale.
+
+    Parameters
+    ----------
+    %(parameters)s
+
+    Attributes
+    ----------
+    n_outputs_ : int
+        Number of targets.
+    %(attributes)s
+
+    Notes
+    -----
+    The validation score of ``early_stopping`` is R^2, as :meth:`score` computes it.
+    %(notes)s
+
+    See Also
+    --------
+    fastmlp.train : The function this estimator wraps (with ``loss="squared_error"``).
+    sklearn.neural_network.MLPRegressor : scikit-learn's own implementation.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _validate_Xy(self, X, y, reset: bool):
+        return _validate(
+            self,
+            X,
+            y,
+            reset=reset,
+            dtype=check_dtype(self.dtype),
+            multi_output=True,
+            y_numeric=True,
+        )
+
+    def _new_model(self, X, y, seed: int, classes=None) -> MLP:
+        self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
+        return self._network(X.shape[1], self.n_outputs_, None, seed, loss=REGRESSION_LOSS)
+
+    def _check_continuation(self, y) -> None:
+        n_outputs = 1 if y.ndim == 1 else y.shape[1]
+        if n_outputs != self.n_outputs_:
+            raise ValueError(
+                f"y has {n_outputs} outputs but the network was fitted with {self.n_outputs_}"
+            )
+
+    def _validation_score(self, figures: dict, X_val, y_val) -> float:
+        return figures["model"].score(X_val, y_val)
+
+    def fit(self, X, y, sample_weight=None) -> MLPRegressor:
+        """Train the network on (X, y) for up to ``max_iter`` epochs.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training inputs.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample in the loss.
+
+        Returns
+        -------
+        self : MLPRegressor
+            The fitted estimator.
+        """
+        return self._fit(X, y, sample_weight)
+
+    def partial_fit(self, X, y, sample_weight=None) -> MLPRegressor:
+        """Train for one epoch over (X, y), continuing with the optimizer's state.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            A chunk of training inputs.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Its targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Weight of each sample in the loss.
+
+        Returns
+        -------
+        self : MLPRegressor
+            The updated estimator.
+        """
+        return self._partial_fit(X, y, sample_weight)
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted targets.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Inputs.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            1-D when the network has one output, as scikit-learn's; in the model's dtype.
         """
         X = self._check_X(X)
         return self.model_.predict(X)

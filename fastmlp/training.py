@@ -23,10 +23,10 @@ from fastmlp._validation import (
     check_memory,
     check_positive_int,
     check_sample_weight,
+    check_targets,
     check_X,
-    encode_labels,
 )
-from fastmlp.model import LOSSES, MAX_LAYERS, MLP
+from fastmlp.model import LOSSES, MAX_LAYERS, MLP, REGRESSION_LOSS
 
 OPTIMIZERS = {"adam": _network.Optimizer.OPT_ADAM, "sgd": _network.Optimizer.OPT_SGD}
 
@@ -72,17 +72,18 @@ def class_weights(class_weight, classes: np.ndarray, codes: np.ndarray) -> np.nd
 
 
 def _split(X, codes, w, validation_split, validation_data, model, rng):
-    """Carve out the validation set: given, or a random fraction of the training data."""
+    """Carve out the validation set: given, or a random fraction of the training data.
+
+    ``codes`` are label codes (classifier) or target rows (regressor).
+    """
     if validation_data is not None:
         if validation_split:
             raise ValueError("give validation_data or validation_split, not both")
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a tuple (X_val, y_val)")
         Xv = check_X(validation_data[0], model.dtype, model.layer_sizes[0], name="X_val")
-        yv = encode_labels(
-            check_labels(validation_data[1], Xv.shape[0], "y_val"), model.classes_, "y_val"
-        )
-        return X, codes, w, Xv, yv
+        labels, targets = model._encode_y(validation_data[1], Xv.shape[0], "y_val")
+        return X, codes, w, Xv, labels if targets is None else targets
     if not validation_split:
         return X, codes, w, None, None
     n_val = int(round(validation_split * X.shape[0]))
@@ -129,20 +130,24 @@ def train(
     init: MLP | None = None,
     output_activation: str | None = None,
 ) -> MLP:
-    """Train a multi-layer perceptron classifier with mini-batch gradient descent.
+    """Train a multi-layer perceptron classifier or regressor with mini-batch gradient descent.
 
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features)
         Training inputs (e.g. pixels scaled to [0, 1]).
-    y : array-like of shape (n_samples,)
-        Class labels of any sortable type (ints, strings, ...).
+    y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        Class labels of any sortable type (ints, strings, ...); for a regressor
+        (``loss="squared_error"``) real-valued targets, one column per output.
     hidden : sequence of int
         Widths of the hidden layers; ``()`` gives a linear (softmax regression) model.
     activation : {"relu", "tanh", "sigmoid"}
         Activation of the hidden layers.
-    loss : {"cross_entropy", "mse"}
-        Softmax + cross-entropy, or half squared error against one-hot targets.
+    loss : {"cross_entropy", "mse", "squared_error"}
+        Classifiers: softmax + cross-entropy, or half squared error against one-hot
+        targets. "squared_error" trains a regressor: half the squared error against
+        real targets, averaged over the outputs (as scikit-learn's MLPRegressor).
+        Targets are used as given; standardising them helps, as it does X.
     optimizer : {"adam", "sgd"}
         Adam (``lr``, ``betas``, ``eps``) or SGD with ``momentum``.
     epochs : int
@@ -186,7 +191,7 @@ def train(
     sample_weight : array-like of shape (n_samples,), optional
         Weight of each sample in the loss and its gradient.
     class_weight : "balanced" or dict, optional
-        Weight of each class (multiplies ``sample_weight``).
+        Weight of each class (multiplies ``sample_weight``); classifiers only.
     max_time : float, optional
         Time budget in seconds: training stops at the first mini-batch boundary past it
         and keeps the best weights so far.
@@ -199,7 +204,8 @@ def train(
     Returns
     -------
     MLP
-        The trained model; ``model.history`` holds the per-epoch figures.
+        The trained model; ``model.history`` holds the per-epoch figures (a regressor's
+        have no accuracy).
 
     Raises
     ------
@@ -239,7 +245,8 @@ def train(
             raise ValueError(f"init must be a fastmlp.MLP; got {type(init).__name__}")
         model = init
         X = check_X(X, model.dtype, model.layer_sizes[0])
-        codes = encode_labels(check_labels(y, X.shape[0]), model.classes_)
+        labels, targets = model._encode_y(y, X.shape[0])
+        codes = labels if targets is None else targets
     else:
         dt = check_dtype(dtype)
         if not isinstance(hidden, (tuple, list)):
@@ -252,12 +259,21 @@ def train(
         for width in hidden:
             check_positive_int(width, "every hidden layer size")
         X = check_X(X, dt)
-        labels = check_labels(y, X.shape[0])
-        classes = np.unique(labels)
-        if len(classes) < 2:
-            raise ValueError(f"y has a single class ({classes[0]!r}); a classifier needs two")
+        if loss == REGRESSION_LOSS:
+            classes = None
+            codes = check_targets(y, X.shape[0], dt)
+            n_outputs = codes.shape[1]
+        else:
+            labels = check_labels(y, X.shape[0])
+            classes = np.unique(labels)
+            if len(classes) < 2:
+                raise ValueError(
+                    f"y has a single class ({classes[0]!r}); a classifier needs two (for "
+                    f"real-valued targets use loss={REGRESSION_LOSS!r})"
+                )
+            n_outputs = len(classes)
         model = MLP(
-            (X.shape[1], *hidden, len(classes)),
+            (X.shape[1], *hidden, n_outputs),
             classes,
             activation=activation,
             loss=loss,
@@ -266,9 +282,13 @@ def train(
             n_threads=n_threads,
         )
         init_params(model, rng)
-        codes = encode_labels(labels, model.classes_)
+        if classes is not None:
+            codes, _ = model._encode_y(labels, X.shape[0])
 
     w = check_sample_weight(sample_weight, X.shape[0], model.dtype)
+    regressor = model.is_regressor
+    if regressor and class_weight is not None:
+        raise ValueError("class_weight is for classifiers; weight samples with sample_weight")
     cw = class_weights(class_weight, model.classes_, codes)
     if cw is not None:
         w = (np.ones(X.shape[0], model.dtype) if w is None else w) * cw[codes].astype(model.dtype)
@@ -278,7 +298,7 @@ def train(
 
     # Everything the epoch loop touches is allocated here, once.
     capacity = min(batch_size, X.shape[0])
-    ws_elems = _network.workspace_size(model._sizes, capacity, dropout > 0)
+    ws_elems = _network.workspace_size(model._sizes, capacity, dropout > 0, regressor)
     check_memory(
         (ws_elems + 4 * model.params_.size) * model.dtype.itemsize,
         f"training layers {model.layer_sizes} with batch_size {capacity} (workspace, "
@@ -303,9 +323,10 @@ def train(
     )
     seed_bits = int(rng.integers(0, 2**63))
     hist = model.history
-    for key in ("epoch", "loss", "accuracy", "seconds") + (
-        ("val_loss", "val_accuracy") if X_val is not None else ()
-    ):
+    keys = ("epoch", "loss", "seconds") + (("val_loss",) if X_val is not None else ())
+    if not regressor:
+        keys += ("accuracy",) + (("val_accuracy",) if X_val is not None else ())
+    for key in keys:
         hist.setdefault(key, [])
     first_epoch = len(hist["epoch"]) + 1
     best = (math.inf, None)  # validation loss and parameters of the best epoch
@@ -327,7 +348,7 @@ def train(
                     state["state1"],
                     state["state2"],
                     X,
-                    codes,
+                    None if regressor else codes,
                     w,
                     order,
                     ws,
@@ -347,6 +368,7 @@ def train(
                     t=state["t"],
                     batch_size=capacity,
                     n_threads=threads,
+                    targets=codes if regressor else None,
                     deadline=deadline,
                     check_interrupt=is_main,
                 )
@@ -368,24 +390,27 @@ def train(
         figures = {
             "epoch": epoch,
             "loss": loss_sum / w_sum if w_sum else math.nan,
-            "accuracy": correct / seen if seen else math.nan,
             "seconds": seconds,
         }
+        if not regressor:
+            figures["accuracy"] = correct / seen if seen else math.nan
         if X_val is not None:
             with blas_guard():
                 vloss, vcorrect = _network.evaluate(
                     model.params_,
                     X_val,
-                    y_val,
+                    None if regressor else y_val,
                     None,
                     val_out,
                     model._sizes,
                     model._acts,
                     loss=LOSSES[model.loss],
                     n_threads=threads,
+                    targets=y_val if regressor else None,
                 )
             figures["val_loss"] = vloss / X_val.shape[0]
-            figures["val_accuracy"] = vcorrect / X_val.shape[0]
+            if not regressor:
+                figures["val_accuracy"] = vcorrect / X_val.shape[0]
             if figures["val_loss"] < best[0]:
                 best = (figures["val_loss"], model.params_.copy())
                 bad_epochs = 0
@@ -430,12 +455,13 @@ def _lr_schedule(lr_schedule, epochs: int) -> Callable[[int], float]:
 
 
 def _print_epoch(f: dict, last: int) -> None:
-    line = (
-        f"Epoch [{f['epoch']}/{last}], Train Loss: {f['loss']:.4f}, "
-        f"Train Accuracy: {100 * f['accuracy']:.2f}%"
-    )
+    line = f"Epoch [{f['epoch']}/{last}], Train Loss: {f['loss']:.4f}"
+    if "accuracy" in f:
+        line += f", Train Accuracy: {100 * f['accuracy']:.2f}%"
+    if "val_loss" in f:
+        line += f", Val Loss: {f['val_loss']:.4f}"
     if "val_accuracy" in f:
-        line += f", Val Loss: {f['val_loss']:.4f}, Val Accuracy: {100 * f['val_accuracy']:.2f}%"
+        line += f", Val Accuracy: {100 * f['val_accuracy']:.2f}%"
     print(line + f", Time: {f['seconds']:.2f} s", flush=True)
 
 

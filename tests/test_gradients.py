@@ -19,7 +19,13 @@ N_CLASSES = 3
 HIDDEN = [(), (5,), (7, 3), (5, 4, 3, 6)]
 ACTIVATIONS = ["relu", "tanh", "sigmoid"]
 # (loss, output_activation)
-LOSSES = [("cross_entropy", None), ("mse", "sigmoid"), ("mse", None)]
+LOSSES = [
+    ("cross_entropy", None),
+    ("mse", "sigmoid"),
+    ("mse", None),
+    ("squared_error", None),  # regression: real targets
+    ("squared_error", "tanh"),
+]
 FD_STEP = 1e-6
 FD_RTOL = 1e-6
 RELU_MARGIN = 1e-4  # no ReLU pre-activation this close to 0 (FD would straddle the kink)
@@ -67,7 +73,8 @@ def kink_safe_rows(weights, biases, X, acts, margin=RELU_MARGIN):
 
 
 def make_problem(hidden, activation, loss, output_activation, n, seed_key, dtype=np.float64):
-    """A model and n kink-free input rows with labels; returns (model, X, y).
+    """A model and n kink-free input rows with labels (regression: targets); returns
+    (model, X, y).
 
     Nets are redrawn (deterministically) until enough candidate rows are kink-free.
     """
@@ -90,6 +97,8 @@ def make_problem(hidden, activation, loss, output_activation, n, seed_key, dtype
         dtype=dtype,
     )
     assert activations_of(model) == acts
+    if loss == "squared_error":
+        return model, X, rng.standard_normal((n, N_CLASSES))
     y = rng.integers(0, N_CLASSES, n)
     y[: min(n, N_CLASSES)] = np.arange(min(n, N_CLASSES))  # every class present if n >= k
     return model, X, y
@@ -278,10 +287,11 @@ def test_fast_equals_reference(hidden, activation, loss, output_activation, opti
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
 @pytest.mark.parametrize("n", [1, 2, 3, 130])
-def test_fast_equals_reference_threads(n, dtype):
+def test_fast_equals_reference_threads(n, loss, dtype):
     """Any thread count (row blocks and parameter parts) gives the same gradient."""
-    model, X, y = make_problem((7, 3), "tanh", "cross_entropy", None, n, ("thr", n), dtype)
+    model, X, y = make_problem((7, 3), "tanh", loss, None, n, ("thr", n), dtype)
     w = rng_for("thr_w", n).uniform(0.5, 2.0, n)
     results = [
         model.loss_and_gradients(X, y, sample_weight=w, l2=0.01, n_threads=t) for t in (1, 2, 3)
@@ -292,7 +302,7 @@ def test_fast_equals_reference_threads(n, dtype):
         X.astype(np.float64),
         y,
         activations_of(model),
-        "cross_entropy",
+        loss,
         0.01,
         w,
     )

@@ -279,6 +279,49 @@ def test_mse_loss_accurate_near_targets(noise, dtype):
     assert loss == pytest.approx(loss_ref, rel=10 * tol(dtype), abs=0)
 
 
+# -- squared_error (regression) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted,scale", [(False, 1.0), (True, 1.0), (True, 0.13)])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_squared_error(n, k, weighted, scale, dtype):
+    rng = rng_for("squared_error", n, k, weighted, scale, dtype)
+    A = readonly(randn(rng, (n, k), dtype))
+    Y = readonly(randn(rng, (n, k), dtype, scale=2.0))
+    w = rng.uniform(0.0, 3.0, n).astype(dtype) if weighted else None
+    loss_ref, dA_ref = R.squared_error(A.astype(np.float64), Y.astype(np.float64), w, scale)
+    loss, dA = K.squared_error(A, Y, w, scale)
+    assert loss > 0
+    assert loss == pytest.approx(loss_ref, rel=tol(dtype), abs=0)
+    assert dA.dtype == np.dtype(dtype)
+    assert_close(dA, dA_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("noise", [1e-2, 1e-4, 1e-6])
+def test_squared_error_accurate_near_targets(noise, dtype):
+    """A well-fitted regressor's loss is tiny and must not cancel away."""
+    rng = rng_for("se_near", noise, dtype)
+    Y = randn(rng, (33, 3), dtype, scale=100.0)
+    A = (Y + noise * rng.standard_normal(Y.shape)).astype(dtype)
+    loss_ref = R.squared_error(A.astype(np.float64), Y.astype(np.float64))[0]
+    loss = K.squared_error(A, Y)[0]
+    assert loss > 0
+    assert loss == pytest.approx(loss_ref, rel=10 * tol(dtype), abs=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_squared_error_shape_mismatches_raise(dtype):
+    A = np.zeros((3, 4), dtype)
+    with pytest.raises(ValueError, match="Y must match A"):
+        K.squared_error(A, np.zeros((3, 5), dtype))
+    with pytest.raises(ValueError, match="Y must match A"):
+        K.squared_error(A, np.zeros((2, 4), dtype))
+    with pytest.raises(ValueError, match="one weight per row"):
+        K.squared_error(A, A, np.ones(4, dtype))
+
+
 # -- col_sum ----------------------------------------------------------------------------
 
 

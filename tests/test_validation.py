@@ -301,7 +301,7 @@ BAD_OPTIONS = [
     (dict(dtype="no such type"), r"dtype must be numpy.float32 or numpy.float64"),
     (dict(activation="gelu"), r"activation must be one of \('relu', 'tanh', 'sigmoid'\)"),
     (dict(activation="ReLU"), r"activation must be one of .*got 'ReLU'"),
-    (dict(loss="hinge"), r"loss must be one of \('cross_entropy', 'mse'\); got 'hinge'"),
+    (dict(loss="hinge"), r"loss must be one of \('cross_entropy', 'mse', 'squared_error'\)"),
     (dict(optimizer="rmsprop"), r"optimizer must be one of \('adam', 'sgd'\); got 'rmsprop'"),
     (dict(output_activation="softplus", loss="mse"), r"output_activation must be one of"),
     (dict(output_activation="sigmoid"), r"cross-entropy applies its own softmax"),
