@@ -242,6 +242,7 @@ def test_errors_exit_2_with_one_line(work, npz_model, tmp_path):
     np.savez(tmp_path / "noX.npz", Z=np.zeros(3))
     np.save(tmp_path / "wide.npy", np.zeros((4, 7)))
     np.savez(tmp_path / "wide.npz", X=np.zeros((4, 7)), y=np.zeros(4, dtype=int))
+    fastmlp.MLP((7, 1), loss="squared_error").save(tmp_path / "regressor.npz")
     cases = [
         (("train", "missing.npz", "--out", "m.npz"), ("missing.npz", "does not exist")),
         (("train", "notes.txt", "--out", "m.npz"), ("unknown data format",)),
@@ -254,6 +255,8 @@ def test_errors_exit_2_with_one_line(work, npz_model, tmp_path):
         (("evaluate", path, "wide.npz"), ("expects 5 features", "has 7")),
         (("predict", path, "wide.npy"), ("expects 5 features", "has 7")),
         (("predict", path, "missing.npy"), ("does not exist",)),
+        (("predict", "regressor.npz", "wide.npy"), ("holds a regressor", ".predict(X)")),
+        (("evaluate", "regressor.npz", "wide.npz"), ("holds a regressor",)),
     ]
     for args, fragments in cases:
         assert_user_error(run(tmp_path, *args), *fragments)

@@ -82,6 +82,29 @@ def test_string_labels_and_estimator(X_local):
     )
 
 
+@pytest.mark.parametrize("n_outputs", [1, 2])
+@pytest.mark.parametrize("chunks", CHUNKINGS[1:3] + CHUNKINGS[4:])
+def test_regressor_predict_matches_local(X_local, chunks, n_outputs):
+    X_train, _ = make_data(300)
+    targets = np.c_[X_train[:, 0] - X_train[:, 1], X_train[:, 2]][:, :n_outputs]
+    reg = fastmlp.train(X_train, targets, loss="squared_error", hidden=(8,), epochs=2, seed=0)
+    X = da.from_array(X_local, chunks=chunks)
+    out = predict(reg, X)
+    want = reg.predict(X_local)
+    assert out.shape == want.shape and out.dtype == reg.dtype
+    assert out.chunks[0] == X.chunks[0]
+    # Blocks are predicted separately, and a one-row block takes the one-row kernel.
+    np.testing.assert_allclose(out.compute(scheduler="threads"), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="cross-entropy"):
+        predict_proba(reg, X)
+
+
+def test_empty_blocks_keep_the_shape():
+    reg = fastmlp.MLP((N_FEATURES, 2), loss="squared_error")
+    X = da.zeros((0, N_FEATURES), chunks=(5, N_FEATURES), dtype=np.float32)
+    assert predict(reg, X).compute().shape == (0, 2)
+
+
 def test_model_is_one_key_not_copied_per_block():
     # Blocks refer to the model by key: each block's task stays far smaller than the model.
     big = fastmlp.MLP((N_FEATURES, 2000, N_CLASSES), [0, 1, 2])

@@ -51,3 +51,18 @@ def test_onnx_mse_model_gives_its_outputs(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"X": X})
     np.testing.assert_allclose(out, model.decision_function(X), atol=1e-5)
+
+
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_onnx_regressor_gives_its_predictions(tmp_path, n_outputs):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((80, 5)).astype(np.float32)
+    y = rng.standard_normal((80, n_outputs))
+    model = fastmlp.train(X, y, loss="squared_error", hidden=(6,), epochs=2, seed=0)
+    path = tmp_path / "regressor.onnx"
+    model.to_onnx(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["outputs"]
+    (out,) = session.run(None, {"X": X})
+    assert out.shape == (80, n_outputs)
+    np.testing.assert_allclose(out.reshape(model.predict(X).shape), model.predict(X), atol=1e-5)

@@ -495,6 +495,26 @@ def test_app_without_a_port_and_a_model_without_probabilities(serve, mnist):
         serve.create_app(mse, max_rows=0)
 
 
+def test_app_answers_a_regressor_with_its_predictions(serve, mnist):
+    import httpx
+
+    X = mnist[0][:300]
+    targets = np.c_[X.mean(axis=1), X.std(axis=1)]
+    reg = fastmlp.train(X, targets, hidden=(8,), loss="squared_error", epochs=1, seed=0)
+    app = serve.create_app(reg)
+
+    async def ask():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            health = await http.get("/health")
+            return health, await http.post("/predict", json={"instances": X[:3].tolist()})
+
+    health, r = asyncio.run(ask())
+    assert health.json()["model"]["classes"] is None
+    assert r.status_code == 200
+    assert r.json() == {"predictions": reg.predict(X[:3]).tolist()}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

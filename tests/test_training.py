@@ -68,6 +68,9 @@ STEP_CASES = [
     ((5, 4, 3, 6), "relu", "cross_entropy", None, 33),
     ((9,), "tanh", "mse", "sigmoid", 17),
     ((9,), "relu", "mse", None, 10),
+    ((7, 3), "tanh", "squared_error", None, 17),  # regression on real targets
+    ((5, 4, 3, 6), "relu", "squared_error", None, 1),
+    ((), "relu", "squared_error", "tanh", 33),
 ]
 
 
@@ -79,7 +82,7 @@ def run_both(case, optimizer, options, dtype, seed_key):
     model = random_model(rng, (n_features, *hidden, k), activation, dtype, loss, out_act)
     n = 3 * B
     X = rng.standard_normal((n, n_features)).astype(dtype)
-    y = rng.integers(0, k, n)
+    y = rng.standard_normal((n, k)) if loss == "squared_error" else rng.integers(0, k, n)
     weighted = options in ("weighted", "both")
     l2 = 0.03 if options in ("l2", "both") else 0.0
     w = rng.uniform(0.2, 3.0, n).astype(dtype) if weighted else None
@@ -144,7 +147,9 @@ def test_three_steps_match_reference_float64(case, optimizer, options):
 
 @pytest.mark.parametrize("options", ["plain", "both"])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-@pytest.mark.parametrize("case", STEP_CASES[:2] + STEP_CASES[3:4] + STEP_CASES[5:6], ids=str)
+@pytest.mark.parametrize(
+    "case", STEP_CASES[:2] + STEP_CASES[3:4] + STEP_CASES[5:6] + STEP_CASES[7:9], ids=str
+)
 def test_three_steps_match_reference_float32(case, optimizer, options):
     model, ref_w, ref_b = run_both(
         case, optimizer, options, np.float32, ("f32", case, optimizer, options)
