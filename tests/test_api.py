@@ -646,3 +646,30 @@ def test_float64_input_to_a_float32_model(data):
     assert P64.dtype == np.float32
     assert np.array_equal(P64, model.predict_proba(Xt))
     assert np.array_equal(model.predict(Xt.astype(np.float64)), model.predict(Xt))
+
+
+def test_estimators_load_only_when_asked_and_say_what_is_missing(tmp_path):
+    """``import fastmlp`` works without scikit-learn; the estimators then explain."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import fastmlp
+        assert "sklearn" not in sys.modules
+
+        class NoSklearn:  # as if scikit-learn were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "sklearn":
+                    raise ImportError("No module named 'sklearn'")
+
+        sys.meta_path.insert(0, NoSklearn())
+        try:
+            fastmlp.MLPRegressor
+        except ImportError as exc:
+            assert "pip install 'fastmlp[sklearn]'" in str(exc), exc
+        else:
+            raise AssertionError("no ImportError")
+        """
+    )
+    root = str(Path(fastmlp.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60, cwd=tmp_path)
