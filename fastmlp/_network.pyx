@@ -4,7 +4,8 @@
 
 Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
 
-1. ``csrc/fm_kernels.c``: element-wise and row-wise C kernels on a block of rows.
+1. ``csrc/fm_kernels.c``: element-wise and row-wise C kernels on a block of rows;
+   ``csrc/fm_dense.c``: the dense layer (GEMM + bias + activation) of prediction.
 2. This file: GEMM calls (``_blas.pxd``) and OpenMP loops. A mini-batch step runs in two
    parallel phases, so the cores have one owner (OpenMP) and BLAS runs single-threaded
    inside each task:
@@ -144,7 +145,9 @@ cdef enum:
     BLOCK_ROWS = 8
     PARAM_PARTS = 4
     SMALL_WORKSPACE = 4096   # elements of prediction workspace kept on the stack
-    # Rows per prediction block (fm_dense): see PREDICT_BLOCK_ROWS in docs/ARCHITECTURE.md.
+    # Rows per prediction block: fm_dense gives the same bits for any split, so this is
+    # for speed alone; 48 to 1024 measured within noise for MNIST at 1 and 2 threads
+    # (issue 5), 256 keeps a block's activations (256 x 192 floats) in L2.
     PREDICT_BLOCK_ROWS = 256
 
 cpdef enum Loss:
@@ -276,7 +279,8 @@ cdef int forward_rows(const Net *net, const floating *params, floating *ws,
                       double dropout, uint64_t seed, bint check) noexcept nogil:
     """Forward pass of rows r0..r0+nr of the workspace, reading the input from `x`.
 
-    The last layer writes into `out` when it is not NULL (prediction), else into A_L.
+    The last layer writes into `out` when it is not NULL (one-row prediction), else into
+    A_L.
     With dropout > 0, hidden layers also write their masks and dropped activations.
     With `check`, returns 1 (and stops) if the input holds NaN or infinity: then the
     first layer's products are not all finite (NaN propagates, inf * w is inf or NaN),

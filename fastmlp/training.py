@@ -372,18 +372,18 @@ def train(
             "seconds": seconds,
         }
         if X_val is not None:
-            with blas_guard():
-                vloss, vcorrect = _network.evaluate(
-                    model.params_,
-                    X_val,
-                    y_val,
-                    None,
-                    val_out,
-                    model._sizes,
-                    model._acts,
-                    loss=LOSSES[model.loss],
-                    n_threads=threads,
-                )
+            # Prediction runs fm_dense, no BLAS: no BLAS limit needed here.
+            vloss, vcorrect = _network.evaluate(
+                model.params_,
+                X_val,
+                y_val,
+                None,
+                val_out,
+                model._sizes,
+                model._acts,
+                loss=LOSSES[model.loss],
+                n_threads=threads,
+            )
             figures["val_loss"] = vloss / X_val.shape[0]
             figures["val_accuracy"] = vcorrect / X_val.shape[0]
             if figures["val_loss"] < best[0]:
