@@ -10,7 +10,15 @@
 #define FM_CAT(a, b) FM_CAT_(a, b)
 #define FN(name) FM_CAT(name, S)
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(FM_NO_DISPATCH)
+/* FM_DENSE_NO_VECTOR builds the plain-C fallback that compilers without GCC's vector
+   extensions get (to test it with GCC). */
+#if defined(__GNUC__) && !defined(FM_DENSE_NO_VECTOR)
+#define FM_DENSE_VECTOR 1
+#else
+#define FM_DENSE_VECTOR 0
+#endif
+
+#if FM_DENSE_VECTOR && (defined(__x86_64__) || defined(__i386__)) && !defined(FM_NO_DISPATCH)
 #define FM_DENSE_X86 1
 #else
 #define FM_DENSE_X86 0
@@ -21,7 +29,7 @@
    ymm registers; AVX-512 an 8-row x 2-panel tile in 16 of its 32 zmm. "wide" is the
    AVX-512 tile shape compiled for AVX2: it exists so that the tests run that shape's code
    on machines without AVX-512. */
-#if defined(__GNUC__)
+#if FM_DENSE_VECTOR
 #define T float
 #define S _f
 #define IT int32_t
@@ -121,13 +129,14 @@
         int ok = 1;                                                                        \
         (void)tail;                                                                        \
         for (ptrdiff_t i = 0; i < m; i++) {                                                \
-            T *z = Z + i * ldz;                                                            \
-            for (ptrdiff_t j = 0; j < n; j++) {                                            \
-                T s = 0;                                                                   \
-                for (ptrdiff_t p = 0; p < k; p++) s += A[i * lda + p] * W[p * n + j];      \
-                ok &= s - s == 0;                                                          \
-                z[j] = s;                                                                  \
+            T *restrict z = Z + i * ldz;                                                   \
+            for (ptrdiff_t j = 0; j < n; j++) z[j] = 0;                                    \
+            for (ptrdiff_t p = 0; p < k; p++) { /* axpy form: the j loop vectorises */     \
+                const T s = A[i * lda + p];                                                \
+                const T *restrict w = W + p * n;                                           \
+                for (ptrdiff_t j = 0; j < n; j++) z[j] += s * w[j];                        \
             }                                                                              \
+            for (ptrdiff_t j = 0; j < n; j++) ok &= z[j] - z[j] == 0;                      \
             fm_bias_act##S(1, n, z, b, act);                                               \
         }                                                                                  \
         return ok;                                                                         \
