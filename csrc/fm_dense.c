@@ -147,6 +147,9 @@ FM_DENSE_PLAIN(double, _d)
 
 int fm_dense_isa_available(int isa)
 {
+#if FM_DENSE_X86
+    __builtin_cpu_init(); /* idempotent; needed if called before constructors have run */
+#endif
     switch (isa) {
     case FM_ISA_BASE:
         return 1;
