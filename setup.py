@@ -56,13 +56,14 @@ else:
 extensions = [
     Extension(
         f"fastmlp.{name}",
-        [f"fastmlp/{name}.pyx", "csrc/fm_kernels.c"],
+        [f"fastmlp/{name}.pyx", "csrc/fm_kernels.c", "csrc/fm_dense.c"],
         include_dirs=["csrc"],
         depends=[
             "csrc/fm_kernels.h",
             "csrc/fm_openmp.h",
             "csrc/fm_fpu.h",
             "csrc/fm_kernels_impl.h",
+            "csrc/fm_dense_impl.h",
             "fastmlp/_blas.pxd",
             "fastmlp/_kernels.pxd",
         ],

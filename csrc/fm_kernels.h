@@ -71,4 +71,35 @@ FM_DECLARE(double, _d)
 
 #undef FM_DECLARE
 
+/* fm_dense (fm_dense.c): a dense layer Z = act(A @ W + b) for prediction, by our own
+   register-blocked GEMM (W row-major, used in place). Variants per instruction set;
+   FM_ISA_AUTO picks the best this CPU runs, the others exist for tests. */
+enum fm_isa { FM_ISA_AUTO = -1, FM_ISA_BASE = 0, FM_ISA_AVX2 = 1, FM_ISA_WIDE = 2,
+              FM_ISA_AVX512 = 3 };
+/* 1 if this CPU (and build) can run variant isa. */
+int fm_dense_isa_available(int isa);
+/* The variant FM_ISA_AUTO stands for. */
+int fm_dense_isa_best(void);
+/* Elements of the tail buffer for a k x n W of elem-byte elements: the last n % panel
+   columns and bias, zero-padded to a 64-byte panel (0 when n is a multiple of it). */
+ptrdiff_t fm_dense_tail_size(ptrdiff_t k, ptrdiff_t n, size_t elem);
+
+#define FM_DECLARE_DENSE(T, S)                                                              \
+    /* Fill tail (OUT, fm_dense_tail_size elements) from W (IN k x n) and b (IN n). */     \
+    void fm_dense_pack_tail##S(ptrdiff_t k, ptrdiff_t n, const T *W, const T *b, T *tail);  \
+    /* Z = act(A @ W + b): A IN m x k (rows lda apart), W IN k x n, b IN n, tail IN from   \
+       fm_dense_pack_tail (NULL if n is a multiple of the panel), Z OUT m x n (rows ldz    \
+       apart, not overlapping A). Returns 0 if A @ W holds NaN or inf (before the bias:    \
+       NaN in A survives into it where ReLU would hide it), else 1. Each element sums     \
+       over k in order with the same instructions for any m, so rows do not depend on    \
+       how the caller splits them. */                                                     \
+    int fm_dense##S(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,       \
+                    const T *W, const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz,    \
+                    int isa);
+
+FM_DECLARE_DENSE(float, _f)
+FM_DECLARE_DENSE(double, _d)
+
+#undef FM_DECLARE_DENSE
+
 #endif

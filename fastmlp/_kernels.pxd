@@ -52,3 +52,23 @@ cdef extern from "fm_kernels.h" nogil:
                   double momentum)
 
     uint64_t fm_hash64(uint64_t seed, uint64_t index)
+
+    enum:
+        FM_ISA_AUTO
+        FM_ISA_BASE
+        FM_ISA_AVX2
+        FM_ISA_WIDE
+        FM_ISA_AVX512
+    int fm_dense_isa_available(int isa)
+    int fm_dense_isa_best()
+    Py_ssize_t fm_dense_tail_size(Py_ssize_t k, Py_ssize_t n, size_t elem)
+    void fm_dense_pack_tail_f(Py_ssize_t k, Py_ssize_t n, const float *W, const float *b,
+                              float *tail)
+    void fm_dense_pack_tail_d(Py_ssize_t k, Py_ssize_t n, const double *W, const double *b,
+                              double *tail)
+    int fm_dense_f(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *A, Py_ssize_t lda,
+                   const float *W, const float *b, const float *tail, int act, float *Z,
+                   Py_ssize_t ldz, int isa)
+    int fm_dense_d(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *A,
+                   Py_ssize_t lda, const double *W, const double *b, const double *tail,
+                   int act, double *Z, Py_ssize_t ldz, int isa)

@@ -224,3 +224,50 @@ def all_finite(const floating[::1] x):
         else:
             ok = fm_all_finite_d(x.shape[0], &x[0]) if x.shape[0] else 1
     return bool(ok)
+
+
+DENSE_ISAS = {"base": FM_ISA_BASE, "avx2": FM_ISA_AVX2, "wide": FM_ISA_WIDE,
+              "avx512": FM_ISA_AVX512}
+
+
+def dense_isas():
+    """Names of the fm_dense variants this CPU runs."""
+    return [name for name, isa in DENSE_ISAS.items() if fm_dense_isa_available(isa)]
+
+
+def dense_isa_best():
+    """Name of the fm_dense variant prediction uses on this CPU."""
+    best = fm_dense_isa_best()
+    return next(name for name, isa in DENSE_ISAS.items() if isa == best)
+
+
+def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
+          str activation, str isa=None):
+    """``(activation(A @ W + b), A @ W is all finite)`` by fm_dense, as prediction does.
+
+    `isa` names a variant from :func:`dense_isas`; None means the best one.
+    """
+    cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[1]
+    _check(W.shape[0] == k and b.shape[0] == n, "shapes do not match")
+    _check(k > 0 and n > 0, "empty matrices")
+    cdef int code = FM_ISA_AUTO if isa is None else DENSE_ISAS[isa]
+    _check(isa is None or fm_dense_isa_available(code), f"this CPU cannot run {isa}")
+    cdef int act = _ACT[activation]
+    dtype = np.asarray(W).dtype
+    Z = np.empty((m, n), dtype=dtype)
+    tail = np.zeros(fm_dense_tail_size(k, n, sizeof(floating)) + 1, dtype=dtype)
+    cdef floating[:, ::1] z = Z
+    cdef floating[::1] t = tail
+    cdef int ok = 1
+    if m == 0:
+        return Z, True
+    with nogil:
+        if floating is float:
+            fm_dense_pack_tail_f(k, n, &W[0, 0], &b[0], &t[0])
+            ok = fm_dense_f(m, k, n, &A[0, 0], k, &W[0, 0], &b[0], &t[0], act, &z[0, 0], n,
+                            code)
+        else:
+            fm_dense_pack_tail_d(k, n, &W[0, 0], &b[0], &t[0])
+            ok = fm_dense_d(m, k, n, &A[0, 0], k, &W[0, 0], &b[0], &t[0], act, &z[0, 0], n,
+                            code)
+    return Z, bool(ok)

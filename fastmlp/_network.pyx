@@ -4,7 +4,8 @@
 
 Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
 
-1. ``csrc/fm_kernels.c``: element-wise and row-wise C kernels on a block of rows.
+1. ``csrc/fm_kernels.c``: element-wise and row-wise C kernels on a block of rows;
+   ``csrc/fm_dense.c``: the dense layer (GEMM + bias + activation) of prediction.
 2. This file: GEMM calls (``_blas.pxd``) and OpenMP loops. A mini-batch step runs in two
    parallel phases, so the cores have one owner (OpenMP) and BLAS runs single-threaded
    inside each task:
@@ -144,6 +145,10 @@ cdef enum:
     BLOCK_ROWS = 8
     PARAM_PARTS = 4
     SMALL_WORKSPACE = 4096   # elements of prediction workspace kept on the stack
+    # Rows per prediction block: fm_dense gives the same bits for any split, so this is
+    # for speed alone; 48 to 1024 measured within noise for MNIST at 1 and 2 threads
+    # (issue 5), 256 keeps a block's activations (256 x 192 floats) in L2.
+    PREDICT_BLOCK_ROWS = 256
 
 cpdef enum Loss:
     LOSS_CROSS_ENTROPY = 0
@@ -286,7 +291,8 @@ cdef int forward_rows(const Net *net, const floating *params, floating *ws,
                       double dropout, uint64_t seed, bint check) noexcept nogil:
     """Forward pass of rows r0..r0+nr of the workspace, reading the input from `x`.
 
-    The last layer writes into `out` when it is not NULL (prediction), else into A_L.
+    The last layer writes into `out` when it is not NULL (one-row prediction), else into
+    A_L.
     With dropout > 0, hidden layers also write their masks and dropped activations.
     With `check`, returns 1 (and stops) if the input holds NaN or infinity: then the
     first layer's products are not all finite (NaN propagates, inf * w is inf or NaN),
@@ -695,22 +701,31 @@ def loss_and_gradients(floating[::1] params, floating[::1] grads,
 
 def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::1] out,
             const int[::1] sizes, const int[::1] acts, *, bint softmax, int n_threads,
-            Py_ssize_t max_block_rows=1024):
+            Py_ssize_t max_block_rows=PREDICT_BLOCK_ROWS, int isa=FM_ISA_AUTO):
     """out = the network's output for X (softmax applied if `softmax`), without the GIL.
 
-    Rows are processed in blocks of at most `max_block_rows` so each block's activations
-    stay in cache; batches of 64 rows and more are cut into at least 2 to 4 blocks of 32+
-    rows so they can run in parallel. The blocks depend on the number of rows alone, so
-    results are bitwise the same for any thread count. A single block runs on the calling
-    thread with no OpenMP region. NaN and
-    infinity in X raise ValueError (found in the first layer's products, see
-    forward_rows), as do finite inputs so large that the first layer overflows.
+    Each layer is one fm_dense call per block of rows (our own GEMM with bias and
+    activation fused; no BLAS). Rows go in blocks of at most `max_block_rows`, so a
+    block's activations stay in cache; batches of 64 rows and more make at least 2 to 4
+    blocks so they can run in parallel. fm_dense computes every row the same way wherever
+    it falls, so results are bitwise the same for any thread count (and block size). A
+    single block runs on the calling thread with no OpenMP region; one row takes
+    fm_vecmat instead. `isa` picks an fm_dense variant (tests); the default is the best
+    this CPU runs. NaN and infinity in X raise ValueError (found in the first layer's
+    products, see fm_dense), as do finite inputs so large that the first layer
+    overflows.
     """
     cdef Net net
-    cdef Py_ssize_t n = X.shape[0], n_blocks, block_rows, b, r0, nr
-    cdef int L, k, tid, bad = 0
+    cdef Py_ssize_t n = X.shape[0], n_blocks, block_rows, b, tails_size = 0, need
+    cdef Py_ssize_t t_off[MAX_LAYERS + 1]
+    cdef int L, k, l, tid, bad = 0
     cdef floating small_ws[SMALL_WORKSPACE]
     cdef floating *buf
+    cdef floating *tails
+    if max_block_rows < 1:
+        raise ValueError("max_block_rows must be at least 1")
+    if isa != FM_ISA_AUTO and not fm_dense_isa_available(isa):
+        raise ValueError(f"this CPU cannot run fm_dense variant {isa}")
     n_blocks = max((n + max_block_rows - 1) // max_block_rows, min(4, n // 32), 1)
     block_rows = max((n + n_blocks - 1) // n_blocks, 1)
     net_init(&net, sizes, acts, block_rows, False, False)
@@ -724,32 +739,48 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
         return
     n_blocks = (n + block_rows - 1) // block_rows
     n_threads = <int> min(<Py_ssize_t> n_threads, n_blocks)
+    # Zero-padded last columns of each W whose width is not a multiple of fm_dense's
+    # panel (e.g. the 10 outputs): packed once here, read by every block.
+    if n > 1:
+        for l in range(1, L + 1):
+            t_off[l] = tails_size
+            tails_size += fm_dense_tail_size(net.sizes[l - 1], net.sizes[l], sizeof(floating))
     # A request's workspace (the hidden activations of a few rows) fits on the stack: no
     # allocation beyond the output for small batches.
-    if net.ws_size * n_threads <= SMALL_WORKSPACE:
+    need = tails_size + net.ws_size * n_threads
+    if need <= SMALL_WORKSPACE:
         buf = small_ws
     else:
-        buf = <floating *> malloc(max(net.ws_size, 1) * n_threads * sizeof(floating))
+        buf = <floating *> malloc(max(need, 1) * sizeof(floating))
         if buf == NULL:
             raise MemoryError()
+    tails = buf
+    buf = buf + tails_size
     try:
         with nogil:
-            if n > 1:   # one row makes no BLAS call
-                blas_single_enter()
+            if n > 1:
+                for l in range(1, L + 1):
+                    if floating is float:
+                        fm_dense_pack_tail_f(net.sizes[l - 1], net.sizes[l],
+                                             &params[net.w_off[l]], &params[net.b_off[l]],
+                                             tails + t_off[l])
+                    else:
+                        fm_dense_pack_tail_d(net.sizes[l - 1], net.sizes[l],
+                                             &params[net.w_off[l]], &params[net.b_off[l]],
+                                             tails + t_off[l])
             if n_threads <= 1:
                 for b in range(n_blocks):
-                    bad += forward_block(&net, &params[0], buf, &X[0, 0], &out[0, 0], n,
-                                         block_rows, b, softmax)
+                    bad += forward_block(&net, &params[0], tails, t_off, buf, &X[0, 0],
+                                         &out[0, 0], n, block_rows, b, softmax, isa)
             else:
                 for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
                     tid = threadid()
-                    bad += forward_block(&net, &params[0], buf + tid * net.ws_size,
-                                         &X[0, 0], &out[0, 0], n, block_rows, b, softmax)
-            if n > 1:
-                blas_single_exit()
+                    bad += forward_block(&net, &params[0], tails, t_off,
+                                         buf + tid * net.ws_size, &X[0, 0], &out[0, 0], n,
+                                         block_rows, b, softmax, isa)
     finally:
-        if buf != small_ws:
-            free(buf)
+        if tails != small_ws:
+            free(tails)
     if bad:
         raise ValueError(
             "X contains NaN or infinity (or values so large that the first layer "
@@ -757,14 +788,34 @@ def forward(const floating[::1] params, const floating[:, ::1] X, floating[:, ::
         )
 
 
-cdef int forward_block(const Net *net, const floating *params, floating *ws,
-                       const floating *X, floating *out, Py_ssize_t n,
-                       Py_ssize_t block_rows, Py_ssize_t b, bint softmax) noexcept nogil:
+cdef int forward_block(const Net *net, const floating *params, const floating *tails,
+                       const Py_ssize_t *t_off, floating *ws, const floating *X,
+                       floating *out, Py_ssize_t n, Py_ssize_t block_rows, Py_ssize_t b,
+                       bint softmax, int isa) noexcept nogil:
     """Forward pass of block b of X into out; 1 if the block holds NaN or infinity."""
     cdef Py_ssize_t r0 = b * block_rows, nr = min(block_rows, n - r0)
-    cdef int k = net.sizes[net.n_layers]
-    if forward_rows(net, params, ws, X + r0 * net.sizes[0], out + r0 * k, 0, nr, 0, 0, True):
-        return 1
+    cdef int L = net.n_layers, k = net.sizes[L], l, fan_in, fan_out, ok
+    cdef const floating *inp = X + r0 * net.sizes[0]
+    cdef floating *z
+    if n == 1:   # one sample: no GEMM (see fm_vecmat)
+        if forward_rows(net, params, ws, inp, out + r0 * k, 0, 1, 0, 0, True):
+            return 1
+    else:
+        for l in range(1, L + 1):
+            fan_in = net.sizes[l - 1]
+            fan_out = net.sizes[l]
+            z = out + r0 * k if l == L else ws + net.a_off[l]
+            if floating is float:
+                ok = fm_dense_f(nr, fan_in, fan_out, inp, fan_in, params + net.w_off[l],
+                                params + net.b_off[l], tails + t_off[l], net.acts[l], z,
+                                fan_out, isa)
+            else:
+                ok = fm_dense_d(nr, fan_in, fan_out, inp, fan_in, params + net.w_off[l],
+                                params + net.b_off[l], tails + t_off[l], net.acts[l], z,
+                                fan_out, isa)
+            if l == 1 and not ok:
+                return 1
+            inp = z
     if softmax:
         if floating is float:
             fm_softmax_f(nr, k, out + r0 * k)

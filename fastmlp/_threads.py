@@ -95,7 +95,7 @@ def effective_n_threads(n_threads: int | None) -> int:
 def single_threaded_blas() -> Iterator[None]:
     """Hold BLAS at one thread for the duration; nests and is safe across threads.
 
-    The compiled training and prediction calls do this themselves for OpenBLAS; this
+    The compiled training and gradient calls do this themselves for OpenBLAS; this
     context serves Python callers of single kernels and BLAS libraries other than
     OpenBLAS (through threadpoolctl, process-wide and counted likewise).
     """

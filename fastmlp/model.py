@@ -255,7 +255,8 @@ class MLP:
             )
         else:
             wanted = effective_n_threads(self.n_threads if n_threads is None else n_threads)
-            with borrowed_cores(wanted) as threads, blas_guard():
+            # No BLAS limit: prediction runs fm_dense (csrc/fm_dense.c), not BLAS.
+            with borrowed_cores(wanted) as threads:
                 _network.forward(
                     self.params_,
                     X,

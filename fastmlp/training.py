@@ -395,19 +395,19 @@ def train(
         if not regressor:
             figures["accuracy"] = correct / seen if seen else math.nan
         if X_val is not None:
-            with blas_guard():
-                vloss, vcorrect = _network.evaluate(
-                    model.params_,
-                    X_val,
-                    None if regressor else y_val,
-                    None,
-                    val_out,
-                    model._sizes,
-                    model._acts,
-                    loss=LOSSES[model.loss],
-                    n_threads=threads,
-                    targets=y_val if regressor else None,
-                )
+            # Prediction runs fm_dense, no BLAS: no BLAS limit needed here.
+            vloss, vcorrect = _network.evaluate(
+                model.params_,
+                X_val,
+                None if regressor else y_val,
+                None,
+                val_out,
+                model._sizes,
+                model._acts,
+                loss=LOSSES[model.loss],
+                n_threads=threads,
+                targets=y_val if regressor else None,
+            )
             figures["val_loss"] = vloss / X_val.shape[0]
             if not regressor:
                 figures["val_accuracy"] = vcorrect / X_val.shape[0]

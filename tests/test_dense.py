@@ -1,0 +1,230 @@
+"""fm_dense, prediction's own GEMM with bias and activation fused, against the reference.
+
+Every variant this CPU runs is tested ("wide" is the AVX-512 tile shape compiled for
+AVX2, so that shape's code runs here even without AVX-512). Shapes are odd on purpose:
+row counts around the tile heights (3, 6, 8 rows), widths around the 64-byte panel
+(16 floats, 8 doubles), 1 to 4 hidden layers.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from fastmlp import MLP, _network
+from fastmlp import _kernels as K
+from fastmlp import reference as R
+
+DTYPES = [np.float32, np.float64]
+TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+ISAS = K.dense_isas()
+ACTS = ["identity", "relu", "tanh", "sigmoid"]
+ROWS = [1, 2, 5, 6, 7, 8, 9, 17, 130]
+# (fan_in, fan_out): widths 1 .. 129, multiples of the panel and not, MNIST's 784 -> 10.
+LAYERS = [(1, 1), (3, 10), (17, 16), (8, 24), (64, 33), (129, 129), (784, 10)]
+
+
+def rng_for(*key) -> np.random.Generator:
+    return np.random.default_rng([zlib.crc32(repr(key).encode()), 777])
+
+
+def layer(rng, k, n, dtype):
+    W = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(dtype)
+    b = (0.3 * rng.standard_normal(n)).astype(dtype)
+    return W, b
+
+
+def test_auto_variant_is_available():
+    assert "base" in ISAS
+    assert K.dense_isa_best() in ISAS
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("k,n", LAYERS)
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_matches_reference(isa, k, n, act, dtype):
+    rng = rng_for("dense", isa, k, n, act, str(dtype))
+    W, b = layer(rng, k, n, dtype)
+    for m in ROWS:
+        A = rng.standard_normal((m, k)).astype(dtype)
+        A[rng.random((m, k)) < 0.3] = 0  # zeros, as pixels and ReLU outputs have
+        Z, ok = K.dense(A, W, b, act, isa)
+        assert ok
+        expected = R.bias_act(A.astype(np.float64) @ W.astype(np.float64), b, act)
+        t = TOL[np.dtype(dtype)]
+        scale = max(float(np.abs(expected).max()), 1.0)
+        np.testing.assert_allclose(Z, expected, rtol=t, atol=t * scale)
+        assert Z.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_rows_do_not_depend_on_the_split(isa, dtype):
+    """A row's bits are the same whichever tile (full or last rows) computes it."""
+    rng = rng_for("split", isa, str(dtype))
+    W, b = layer(rng, 37, 41, dtype)
+    A = rng.standard_normal((29, 37)).astype(dtype)
+    Z, _ = K.dense(A, W, b, "relu", isa)
+    for start, stop in [(0, 1), (3, 4), (28, 29), (0, 7), (5, 13), (11, 29), (1, 28)]:
+        part, _ = K.dense(np.ascontiguousarray(A[start:stop]), W, b, "relu", isa)
+        assert np.array_equal(part, Z[start:stop]), (start, stop)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_reports_nonfinite_products(isa, dtype):
+    rng = rng_for("nonfinite", isa, str(dtype))
+    W, b = layer(rng, 19, 21, dtype)
+    for m in (1, 7, 9):
+        A = rng.standard_normal((m, 19)).astype(dtype)
+        assert K.dense(A, W, b, "relu", isa)[1]
+        for bad in (np.nan, np.inf, -np.inf):
+            for i, j in [(0, 0), (m - 1, 18), (m // 2, 9)]:
+                B = A.copy()
+                B[i, j] = bad
+                # ReLU would turn NaN into 0: the flag must see the products before it.
+                assert not K.dense(B, W, b, "relu", isa)[1], (m, i, j, bad)
+        huge = np.full((m, 19), np.finfo(dtype).max / 4, dtype=dtype)
+        assert not K.dense(huge, np.abs(W), b, "identity", isa)[1]  # the sum overflows
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_variants_agree(dtype):
+    rng = rng_for("variants", str(dtype))
+    W, b = layer(rng, 100, 70, dtype)
+    A = rng.standard_normal((23, 100)).astype(dtype)
+    results = [K.dense(A, W, b, "tanh", isa)[0] for isa in ISAS]
+    for Z in results[1:]:
+        np.testing.assert_allclose(Z, results[0], rtol=TOL[np.dtype(dtype)], atol=1e-6)
+
+
+def test_dense_rejects_bad_arguments():
+    W = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError):
+        K.dense(np.ones((2, 5), np.float32), W, np.ones(4, np.float32), "relu")
+    with pytest.raises(ValueError):
+        K.dense(np.ones((2, 3), np.float32), W, np.ones(3, np.float32), "relu")
+    with pytest.raises(KeyError):
+        K.dense(np.ones((2, 3), np.float32), W, np.ones(4, np.float32), "relu", "mmx")
+
+
+# -- whole networks through _network.forward --------------------------------------------
+
+NETWORKS = [(13, 5), (13, 33, 5), (20, 16, 7, 17, 9, 3), (784, 128, 64, 10)]
+
+
+def random_model(rng, sizes, activation, dtype):
+    weights = [
+        (rng.standard_normal((a, b)) / np.sqrt(a)).astype(dtype) for a, b in zip(sizes, sizes[1:])
+    ]
+    biases = [(0.1 * rng.standard_normal(b)).astype(dtype) for b in sizes[1:]]
+    return MLP.from_weights(weights, biases, activation=activation, dtype=dtype)
+
+
+def reference_logits(model, X):
+    acts = [model.activation] * (len(model.layer_sizes) - 2) + [model.output_activation]
+    weights = [W.astype(np.float64) for W in model.weights]
+    biases = [b.astype(np.float64) for b in model.biases]
+    return R.forward(weights, biases, X.astype(np.float64), acts)[-1]
+
+
+def forward(model, X, *, n_threads=1, max_block_rows=256, isa=None, softmax=True):
+    out = np.empty((X.shape[0], model.layer_sizes[-1]), dtype=model.params_.dtype)
+    _network.forward(
+        model.params_,
+        X,
+        out,
+        model._sizes,
+        model._acts,
+        softmax=softmax,
+        n_threads=n_threads,
+        max_block_rows=max_block_rows,
+        isa=-1 if isa is None else K.DENSE_ISAS[isa],
+    )
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", NETWORKS, ids=lambda s: "-".join(map(str, s)))
+@pytest.mark.parametrize("isa", ISAS)
+def test_network_forward_matches_reference(isa, sizes, dtype):
+    """1, 2 and 4 hidden layers (and none); every variant; several block sizes."""
+    rng = rng_for("network", isa, sizes, str(dtype))
+    model = random_model(rng, sizes, "relu", dtype)
+    X = rng.random((75, sizes[0])).astype(dtype)
+    expected = reference_logits(model, X)
+    t = TOL[np.dtype(dtype)]
+    scale = max(float(np.abs(expected).max()), 1.0)
+    for block in (7, 32, 256):
+        Z = forward(model, X, max_block_rows=block, isa=isa, softmax=False)
+        np.testing.assert_allclose(Z, expected, rtol=t, atol=t * scale)
+        P = forward(model, X, max_block_rows=block, isa=isa)
+        np.testing.assert_allclose(P, R.softmax(expected), rtol=t, atol=t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_network_forward_other_activations(activation, dtype):
+    rng = rng_for("acts", activation, str(dtype))
+    model = random_model(rng, (30, 19, 17, 4), activation, dtype)
+    X = rng.standard_normal((67, 30)).astype(dtype)
+    expected = reference_logits(model, X)
+    t = TOL[np.dtype(dtype)]
+    np.testing.assert_allclose(
+        model.decision_function(X), expected, rtol=t, atol=t * np.abs(expected).max()
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_network_forward_same_bits_for_any_threads_and_blocks(dtype):
+    rng = rng_for("bits", str(dtype))
+    model = random_model(rng, (50, 40, 20, 10), "relu", dtype)
+    X = rng.random((1001, 50)).astype(dtype)
+    first = forward(model, X)
+    for n_threads in (1, 2, 3):
+        for block in (1, 5, 64, 1024, 5000):
+            assert np.array_equal(
+                forward(model, X, n_threads=n_threads, max_block_rows=block), first
+            )
+        assert np.array_equal(model.predict_proba(X, n_threads=n_threads), first)
+    # A row gives the same bits alone in a small batch as within the big one.
+    assert np.array_equal(model.predict_proba(X[500:502]), first[500:502])
+
+
+def test_prediction_follows_writes_into_params():
+    """params_ is a public buffer: prediction reads it on every call (nothing cached)."""
+    rng = rng_for("params")
+    model = random_model(rng, (12, 20, 3), "relu", np.float32)
+    X = rng.random((100, 12)).astype(np.float32)
+    before = model.decision_function(X)
+    model.params_[-3:] += 1.0  # the output bias
+    np.testing.assert_allclose(model.decision_function(X), before + 1.0, rtol=1e-6, atol=1e-6)
+    model.weights[-1][:, 2] = 0  # the tail panel (3 < 16 columns) of the last layer
+    after = model.decision_function(X)
+    np.testing.assert_allclose(after[:, 2], model.biases[-1][2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_network_forward_rejects_nan_in_any_block(isa):
+    rng = rng_for("nan", isa)
+    model = random_model(rng, (10, 9, 3), "relu", np.float32)
+    X = rng.random((300, 10)).astype(np.float32)
+    for row in (0, 131, 299):
+        Y = X.copy()
+        Y[row, 4] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            forward(model, Y, n_threads=2, max_block_rows=64, isa=isa)
+
+
+def test_network_forward_rejects_unavailable_variant():
+    missing = [name for name in K.DENSE_ISAS if name not in ISAS]
+    model = random_model(rng_for("isa"), (4, 3), "relu", np.float32)
+    X = np.ones((5, 4), np.float32)
+    for name in missing:
+        with pytest.raises(ValueError):
+            forward(model, X, isa=name)
+    with pytest.raises(ValueError):
+        forward(model, X, max_block_rows=0)
