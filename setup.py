@@ -64,6 +64,7 @@ extensions = [
             "csrc/fm_fpu.h",
             "csrc/fm_kernels_impl.h",
             "csrc/fm_dense_impl.h",
+            "csrc/fm_dense_variants.h",
             "fastmlp/_blas.pxd",
             "fastmlp/_kernels.pxd",
         ],
