@@ -143,9 +143,10 @@ def _with_shared_docs(cls):
 class _BaseMLP(BaseEstimator):
     """What MLPClassifier and MLPRegressor share: parameters, checks and the fit loop.
 
-    Subclasses say how targets are checked, which network they build and how a
-    validation set is scored (``_check_targets``, ``_new_model``, ``_split``,
-    ``_validation_score``).
+    Subclasses say how X and y are validated (``_validate_Xy``), which network they build
+    (``_new_model``), what a warm start or later partial fit must refuse
+    (``_check_continuation``), how the early-stopping split is stratified (``_stratify``)
+    and how a validation set is scored (``_validation_score``).
     """
 
     def __init__(
@@ -395,9 +396,6 @@ class _BaseMLP(BaseEstimator):
         self.best_loss_ = min(self.best_loss_ or math.inf, self.loss_curve_[-1])
         self.n_iter_ += 1
         return self
-
-    def _check_continuation(self, y) -> None:
-        """Raise if ``y`` does not fit the network a warm start or partial fit continues."""
 
     def _stratify(self, y):
         return None
