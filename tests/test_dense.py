@@ -22,8 +22,9 @@ TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 ISAS = K.dense_isas()
 ACTS = ["identity", "relu", "tanh", "sigmoid"]
 ROWS = [1, 2, 5, 6, 7, 8, 9, 17, 130]
-# (fan_in, fan_out): widths 1 .. 129, multiples of the panel and not, MNIST's 784 -> 10.
-LAYERS = [(1, 1), (3, 10), (17, 16), (8, 24), (64, 33), (129, 129), (784, 10)]
+# (fan_in, fan_out): widths 1 .. 130, multiples of the panel and not, MNIST's 784 -> 10,
+# and a W of several k blocks (700 x 130: 4 in float32, 7 in float64) with a tail panel.
+LAYERS = [(1, 1), (3, 10), (17, 16), (8, 24), (64, 33), (129, 129), (784, 10), (700, 130)]
 
 
 def rng_for(*key) -> np.random.Generator:
@@ -71,6 +72,31 @@ def test_dense_rows_do_not_depend_on_the_split(isa, dtype):
     for start, stop in [(0, 1), (3, 4), (28, 29), (0, 7), (5, 13), (11, 29), (1, 28)]:
         part, _ = K.dense(np.ascontiguousarray(A[start:stop]), W, b, "relu", isa)
         assert np.array_equal(part, Z[start:stop]), (start, stop)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_k_blocks_keep_the_sum_in_order(isa, dtype):
+    """A W of several k blocks gives the bits of one sum over p = 0..k-1.
+
+    Zeros in A add exact zeros, so A = [0, B] against W = [U; V] must give the bits of
+    B @ V alone, and A = [B, 0] those of B @ U (shorter k: other block edges). This holds
+    only if every block resumes exactly from the previous block's sums, at the right rows
+    of W and of the tail panel.
+    """
+    rng = rng_for("kblocks", isa, str(dtype))
+    k, n, split = 700, 130, 333  # the split falls inside a block, not on its edge
+    W, b = layer(rng, k, n, dtype)
+    B = rng.standard_normal((9, k)).astype(dtype)
+    zeros = np.zeros_like(B)
+    for act in ("identity", "relu"):
+        head = np.hstack([B[:, :split], zeros[:, split:]])
+        tail = np.hstack([zeros[:, :split], B[:, split:]])
+        expected_head, _ = K.dense(np.ascontiguousarray(B[:, :split]), W[:split], b, act, isa)
+        expected_tail, _ = K.dense(np.ascontiguousarray(B[:, split:]),
+                                   np.ascontiguousarray(W[split:]), b, act, isa)
+        assert np.array_equal(K.dense(head, W, b, act, isa)[0], expected_head)
+        assert np.array_equal(K.dense(tail, W, b, act, isa)[0], expected_tail)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
