@@ -71,6 +71,24 @@
             fm_bias_act##S(1, n, z, b, act);                                               \
         }                                                                                  \
         return ok;                                                                         \
+    }                                                                                      \
+    static int fm_dense_at##S##_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,     \
+                                     ptrdiff_t lda, const T *B, T *C, ptrdiff_t ldc,        \
+                                     int accumulate)                                       \
+    {                                                                                      \
+        int ok = 1;                                                                        \
+        for (ptrdiff_t i = 0; i < m; i++) {                                                \
+            T *restrict c = C + i * ldc;                                                   \
+            if (!accumulate)                                                               \
+                for (ptrdiff_t j = 0; j < n; j++) c[j] = 0;                                \
+            for (ptrdiff_t p = 0; p < k; p++) {                                            \
+                const T s = A[p * lda + i];                                                \
+                const T *restrict bp = B + p * n;                                          \
+                for (ptrdiff_t j = 0; j < n; j++) c[j] += s * bp[j];                       \
+            }                                                                              \
+            for (ptrdiff_t j = 0; j < n; j++) ok &= c[j] - c[j] == 0;                      \
+        }                                                                                  \
+        return ok;                                                                         \
     }
 FM_DENSE_PLAIN(float, _f)
 FM_DENSE_PLAIN(double, _d)
@@ -127,22 +145,32 @@ ptrdiff_t fm_dense_tail_size(ptrdiff_t k, ptrdiff_t n, size_t elem)
     {                                                                                     \
         if (isa < 0) isa = fm_dense_isa_best();                                           \
         switch (FM_DENSE_X86 ? isa : FM_ISA_BASE) {                                       \
-        FM_DENSE_CASES(S)                                                                 \
+        FM_DENSE_CASES(S, fm_dense, (m, k, n, A, lda, W, b, tail, act, Z, ldz))           \
         default:                                                                          \
             return fm_dense##S##_base(m, k, n, A, lda, W, b, tail, act, Z, ldz);          \
+        }                                                                                 \
+    }                                                                                     \
+    int fm_dense_at##S(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,   \
+                       const T *B, T *C, ptrdiff_t ldc, int accumulate, int isa)          \
+    {                                                                                     \
+        if (isa < 0) isa = fm_dense_isa_best();                                           \
+        switch (FM_DENSE_X86 ? isa : FM_ISA_BASE) {                                       \
+        FM_DENSE_CASES(S, fm_dense_at, (m, k, n, A, lda, B, C, ldc, accumulate))          \
+        default:                                                                          \
+            return fm_dense_at##S##_base(m, k, n, A, lda, B, C, ldc, accumulate);         \
         }                                                                                 \
     }
 
 #if FM_DENSE_X86
-#define FM_DENSE_CASES(S)                                                                 \
+#define FM_DENSE_CASES(S, f, args)                                                        \
     case FM_ISA_AVX2:                                                                     \
-        return fm_dense##S##_avx2(m, k, n, A, lda, W, b, tail, act, Z, ldz);              \
+        return f##S##_avx2 args;                                                          \
     case FM_ISA_WIDE:                                                                     \
-        return fm_dense##S##_wide(m, k, n, A, lda, W, b, tail, act, Z, ldz);              \
+        return f##S##_wide args;                                                          \
     case FM_ISA_AVX512:                                                                   \
-        return fm_dense##S##_avx512(m, k, n, A, lda, W, b, tail, act, Z, ldz);
+        return f##S##_avx512 args;
 #else
-#define FM_DENSE_CASES(S)
+#define FM_DENSE_CASES(S, f, args)
 #endif
 
 FM_DENSE_DEFINE(float, _f)

@@ -43,18 +43,19 @@
 typedef T DN(vec) __attribute__((vector_size(VB), aligned(sizeof(T))));
 typedef IT DN(ivec) __attribute__((vector_size(VB)));
 
-/* One register tile: Z[0:rows, 0:ncols] = epilogue(A[0:rows, :] @ B[:, 0:np*PANEL]).
-   rows and np are constants after inlining, so each shape compiles to its own
-   straight-line loop with the accumulators in registers. */
+/* One register tile: Z[0:rows, 0:ncols] = epilogue(A[0:rows, :] @ B[:, 0:np*PANEL]), or
+   with `at` (A^T @ B for the weight gradient) the rows of the tile are columns of A.
+   rows, np, at and partial are constants after inlining, so each shape compiles to its
+   own straight-line loop with the accumulators in registers. `partial`: B has only ncols
+   columns here (read element by element), else B is a full panel (the zero-padded tail
+   of fm_dense_pack_tail or W's own columns). */
 static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
-    ptrdiff_t k, const T *a0, ptrdiff_t lda, const int rows, const T *b, ptrdiff_t ldb,
-    const int np, const T *bias, int act, T *z, ptrdiff_t ldz, ptrdiff_t ncols,
-    int first, int last, DN(ivec) * bad)
+    ptrdiff_t k, const T *a0, ptrdiff_t lda, const int at, const int rows, const T *b,
+    ptrdiff_t ldb, const int np, const int partial, const T *bias, int act, T *z,
+    ptrdiff_t ldz, ptrdiff_t ncols, int first, int last, DN(ivec) * bad)
 {
     DN(vec) acc[MR][NP * VPP];
-    const T *a[MR];
     for (int i = 0; i < rows; i++) {
-        a[i] = a0 + i * lda;
         for (int v = 0; v < np * VPP; v++) {
             acc[i][v] = (DN(vec)){0};
             if (first) continue;
@@ -70,25 +71,36 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
     for (ptrdiff_t p = 0; p < k; p++) {
         const T *bp = b + p * ldb;
         DN(vec) bv[NP * VPP];
-        for (int v = 0; v < np * VPP; v++) bv[v] = *(const DN(vec) *)(bp + v * VL);
+        for (int v = 0; v < np * VPP; v++) {
+            if (!partial) {
+                bv[v] = *(const DN(vec) *)(bp + v * VL);
+            } else {
+                bv[v] = (DN(vec)){0};
+                for (ptrdiff_t j = v * VL; j < ncols && j < (v + 1) * VL; j++)
+                    bv[v][j - v * VL] = bp[j];
+            }
+        }
         for (int i = 0; i < rows; i++) {
-            const T s = a[i][p];
+            const T s = at ? a0[p * lda + i] : a0[i * lda + p];
             for (int v = 0; v < np * VPP; v++) acc[i][v] += s * bv[v];
         }
     }
     /* Epilogue. The NaN/inf test looks at A @ W before the bias: x - x is 0 exactly for
        finite x. tanh and sigmoid are applied by the caller (scalar, fm_bias_act). */
-    const int add_bias = act == FM_IDENTITY || act == FM_RELU;
+    const int add_bias = bias != NULL && (act == FM_IDENTITY || act == FM_RELU);
     for (int i = 0; i < rows; i++) {
         T *zi = z + i * ldz;
         for (int v = 0; v < np * VPP; v++) {
             DN(vec) s = acc[i][v];
+            const int whole = (v + 1) * VL <= ncols;
             if (last) {
                 *bad |= (s - s) != 0;
-                if (add_bias) s += *(const DN(vec) *)(bias + v * VL);
+                if (add_bias && whole) s += *(const DN(vec) *)(bias + v * VL);
+                if (add_bias && !whole)
+                    for (ptrdiff_t j = v * VL; j < ncols; j++) s[j - v * VL] += bias[j];
                 if (act == FM_RELU) s = (DN(vec))((DN(ivec))s & (s > 0));
             }
-            if ((v + 1) * VL <= ncols) {
+            if (whole) {
                 *(DN(vec) *)(zi + v * VL) = s;
             } else {
                 for (ptrdiff_t j = v * VL; j < ncols; j++) zi[j] = s[j - v * VL];
@@ -97,36 +109,44 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
     }
 }
 
-/* MR (or fewer) rows of Z, rows p0..p0+kc-1 of W: the full panels of W in groups of NP,
-   then the zero-padded tail panel of the last n % PANEL columns. */
+/* MR (or fewer) rows of Z against rows p0..p0+kc-1 of B (n columns, rows n apart): the
+   full panels in groups of NP, then the last n % PANEL columns, from the zero-padded
+   `tail` if there is one, else from B itself. */
 static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_strip)(
     ptrdiff_t k, ptrdiff_t p0, ptrdiff_t kc, ptrdiff_t n, const T *a, ptrdiff_t lda,
-    const int rows, const T *W, const T *b, const T *tail, int act, T *z, ptrdiff_t ldz,
-    DN(ivec) * bad)
+    const int at, const int rows, const T *B, const T *bias, const T *tail, int act, T *z,
+    ptrdiff_t ldz, int accumulate, DN(ivec) * bad)
 {
     const ptrdiff_t full = n / PANEL;
-    const int first = p0 == 0, last = p0 + kc == k;
-    const T *w = W + p0 * n;
-    a += p0;
+    const int first = p0 == 0 && !accumulate, last = p0 + kc == k;
+    const T *bp = B + p0 * n;
+    const T *bj = bias; /* the bias of panel j (NULL: none) */
+    a += at ? p0 * lda : p0;
     ptrdiff_t j = 0;
-    for (; j + NP <= full; j += NP)
-        DN(fm_dense_tile)(kc, a, lda, rows, w + j * PANEL, n, NP, b + j * PANEL, act,
+    for (; j + NP <= full; j += NP, bj = bj ? bj + NP * PANEL : NULL)
+        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, n, NP, 0, bj, act,
                           z + j * PANEL, ldz, NP * PANEL, first, last, bad);
     if (NP > 1)
-        for (; j < full; j++)
-            DN(fm_dense_tile)(kc, a, lda, rows, w + j * PANEL, n, 1, b + j * PANEL, act,
+        for (; j < full; j++, bj = bj ? bj + PANEL : NULL)
+            DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, n, 1, 0, bj, act,
                               z + j * PANEL, ldz, PANEL, first, last, bad);
-    if (full * PANEL < n)
-        DN(fm_dense_tile)(kc, a, lda, rows, tail + p0 * PANEL, PANEL, 1, tail + k * PANEL, act,
+    if (full * PANEL == n) return;
+    if (tail)
+        DN(fm_dense_tile)(kc, a, lda, at, rows, tail + p0 * PANEL, PANEL, 1, 0,
+                          bias ? tail + k * PANEL : NULL, act, z + full * PANEL, ldz,
+                          n - full * PANEL, first, last, bad);
+    else
+        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + full * PANEL, n, 1, 1, bj, act,
                           z + full * PANEL, ldz, n - full * PANEL, first, last, bad);
 }
 
-static FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
-                                  ptrdiff_t lda, const T *W, const T *b, const T *tail,
-                                  int act, T *Z, ptrdiff_t ldz)
+/* Z (+)= A @ B (at = 0; A is m x k) or A^T @ B (at = 1; A is k x m), in equal k blocks of
+   at most FM_DENSE_KBLOCK_BYTES of B (see the top), then the epilogue of `act`. */
+static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
+    ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const int at,
+    const T *B, const T *bias, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate)
 {
     DN(ivec) bad = {0};
-    /* Equal k blocks of at most FM_DENSE_KBLOCK_BYTES of W (see the top). */
     const ptrdiff_t row_bytes = (n + PANEL - 1) / PANEL * FM_PANEL_BYTES;
     ptrdiff_t nkb = (k * row_bytes + FM_DENSE_KBLOCK_BYTES - 1) / FM_DENSE_KBLOCK_BYTES;
     if (nkb < 1) nkb = 1;
@@ -135,14 +155,14 @@ static FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T
     do { /* at least once: k = 0 gives Z = act(b) */
         const ptrdiff_t kb = k - p0 < kc ? k - p0 : kc;
         for (ptrdiff_t i = 0; i < m; i += MR) {
-            const T *a = A + i * lda;
+            const T *a = at ? A + i : A + i * lda;
             T *z = Z + i * ldz;
             /* One compiled shape per row count: full strips, then the last few rows. */
             switch (m - i < MR ? m - i : MR) {
 #define DN_ROWS(r)                                                                       \
     case r:                                                                              \
-        DN(fm_dense_strip)(k, p0, kb, n, a, lda, r <= MR ? r : MR, W, b, tail, act, z, ldz, \
-                           &bad);                                                        \
+        DN(fm_dense_strip)(k, p0, kb, n, a, lda, at, r <= MR ? r : MR, B, bias, tail, act, \
+                           z, ldz, accumulate, &bad);                                    \
         break;
                 DN_ROWS(1)
                 DN_ROWS(2)
@@ -162,10 +182,24 @@ static FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T
         p0 += kb;
     } while (p0 < k);
     if (act == FM_TANH || act == FM_SIGMOID)
-        for (ptrdiff_t i = 0; i < m; i++) FN(fm_bias_act)(1, n, Z + i * ldz, b, act);
+        for (ptrdiff_t i = 0; i < m; i++) FN(fm_bias_act)(1, n, Z + i * ldz, bias, act);
     int any = 0;
     for (int v = 0; v < VL; v++) any |= bad[v] != 0;
     return !any;
+}
+
+static FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
+                                  ptrdiff_t lda, const T *W, const T *b, const T *tail,
+                                  int act, T *Z, ptrdiff_t ldz)
+{
+    return DN(fm_dense_run)(m, k, n, A, lda, 0, W, b, tail, act, Z, ldz, 0);
+}
+
+static FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
+                                     ptrdiff_t lda, const T *B, T *C, ptrdiff_t ldc,
+                                     int accumulate)
+{
+    return DN(fm_dense_run)(m, k, n, A, lda, 1, B, NULL, NULL, FM_IDENTITY, C, ldc, accumulate);
 }
 
 #undef VL

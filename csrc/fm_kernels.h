@@ -95,7 +95,13 @@ ptrdiff_t fm_dense_tail_size(ptrdiff_t k, ptrdiff_t n, size_t elem);
        how the caller splits them. */                                                     \
     int fm_dense##S(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,       \
                     const T *W, const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz,    \
-                    int isa);
+                    int isa);                                                               \
+    /* C (+)= A^T @ B, the weight gradient of a layer: A IN k x m (rows lda apart), B IN   \
+       k x n (rows n apart), C IN/OUT m x n (rows ldc apart); `accumulate` adds to C.     \
+       Same tiles, k blocks and order of sums as fm_dense; returns 0 if C then holds NaN   \
+       or inf, else 1. */                                                                  \
+    int fm_dense_at##S(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,    \
+                       const T *B, T *C, ptrdiff_t ldc, int accumulate, int isa);
 
 FM_DECLARE_DENSE(float, _f)
 FM_DECLARE_DENSE(double, _d)

@@ -72,3 +72,9 @@ cdef extern from "fm_kernels.h" nogil:
     int fm_dense_d(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *A,
                    Py_ssize_t lda, const double *W, const double *b, const double *tail,
                    int act, double *Z, Py_ssize_t ldz, int isa)
+    int fm_dense_at_f(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *A,
+                      Py_ssize_t lda, const float *B, float *C, Py_ssize_t ldc,
+                      int accumulate, int isa)
+    int fm_dense_at_d(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *A,
+                      Py_ssize_t lda, const double *B, double *C, Py_ssize_t ldc,
+                      int accumulate, int isa)

@@ -271,3 +271,31 @@ def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1
             ok = fm_dense_d(m, k, n, &A[0, 0], k, &W[0, 0], &b[0], &t[0], act, &z[0, 0], n,
                             code)
     return Z, bool(ok)
+
+
+def dense_at(const floating[:, ::1] A, const floating[:, ::1] B, Py_ssize_t i0=0,
+             i1=None, C0=None, str isa=None):
+    """``(C0 + A[:, i0:i1].T @ B, all finite)`` by fm_dense_at, as a weight gradient is.
+
+    Without `C0` the sum starts from zero. `isa` as in :func:`dense`.
+    """
+    cdef Py_ssize_t k = A.shape[0], n = B.shape[1]
+    cdef Py_ssize_t stop = A.shape[1] if i1 is None else i1
+    _check(B.shape[0] == k and 0 <= i0 <= stop <= A.shape[1], "shapes do not match")
+    cdef int code = FM_ISA_AUTO if isa is None else DENSE_ISAS[isa]
+    _check(isa is None or fm_dense_isa_available(code), f"this CPU cannot run {isa}")
+    dtype = np.asarray(B).dtype
+    C = np.zeros((stop - i0, n), dtype=dtype) if C0 is None else np.array(C0, dtype=dtype)
+    _check(C.shape == (stop - i0, n), "C0 does not match")
+    cdef floating[:, ::1] c = C
+    cdef int ok = 1, accumulate = C0 is not None
+    if C.size == 0:
+        return C, True
+    with nogil:
+        if floating is float:
+            ok = fm_dense_at_f(stop - i0, k, n, &A[0, i0], A.shape[1], &B[0, 0], &c[0, 0], n,
+                               accumulate, code)
+        else:
+            ok = fm_dense_at_d(stop - i0, k, n, &A[0, i0], A.shape[1], &B[0, 0], &c[0, 0], n,
+                               accumulate, code)
+    return C, bool(ok)

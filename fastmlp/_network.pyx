@@ -429,7 +429,7 @@ cdef void param_part(const Net *net, const Hyper *h, floating *params, floating 
     cdef Py_ssize_t i0 = <Py_ssize_t> part * fan_in // n_parts
     cdef Py_ssize_t i1 = <Py_ssize_t> (part + 1) * fan_in // n_parts
     cdef Py_ssize_t off = net.w_off[l] + i0 * fan_out, cnt = (i1 - i0) * fan_out, i
-    cdef floating beta = 0
+    cdef int accumulate = 0
     cdef floating l2 = <floating> h.l2
     cdef const floating *dz = ws + net.d_off[l]
     if i1 > i0:
@@ -438,10 +438,14 @@ cdef void param_part(const Net *net, const Hyper *h, floating *params, floating 
             # loss_and_gradients see the same objective.
             for i in range(cnt):
                 grads[off + i] = l2 * params[off + i]
-            beta = 1
-        gemm(True, False, <int> (i1 - i0), fan_out, <int> nb, <floating> 1,
-             layer_input(net, ws, l - 1) + i0, fan_in, dz, fan_out, beta, grads + off,
-             fan_out)
+            accumulate = 1
+        # dW_l[i0:i1] (+)= A_{l-1}[:, i0:i1]^T @ D_l, by fm_dense's tiles (no repacking).
+        if floating is float:
+            fm_dense_at_f(i1 - i0, nb, fan_out, layer_input(net, ws, l - 1) + i0, fan_in, dz,
+                          grads + off, fan_out, accumulate, FM_ISA_AUTO)
+        else:
+            fm_dense_at_d(i1 - i0, nb, fan_out, layer_input(net, ws, l - 1) + i0, fan_in, dz,
+                          grads + off, fan_out, accumulate, FM_ISA_AUTO)
         if update:
             optimizer_update(h, cnt, params + off, grads + off, s1 + off, s2 + off)
     if part == 0:

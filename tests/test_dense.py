@@ -1,4 +1,5 @@
-"""fm_dense, prediction's own GEMM with bias and activation fused, against the reference.
+"""fm_dense (our own GEMM with bias and activation fused: prediction and the training
+forward pass) and fm_dense_at (the weight gradient), against the reference.
 
 Every variant this CPU runs is tested ("wide" is the AVX-512 tile shape compiled for
 AVX2, so that shape's code runs here even without AVX-512). Shapes are odd on purpose:
@@ -135,6 +136,61 @@ def test_dense_rejects_bad_arguments():
         K.dense(np.ones((2, 3), np.float32), W, np.ones(3, np.float32), "relu")
     with pytest.raises(KeyError):
         K.dense(np.ones((2, 3), np.float32), W, np.ones(4, np.float32), "relu", "mmx")
+
+
+# -- fm_dense_at: the weight gradient C (+)= A[:, i0:i1]^T @ D of training ----------------
+
+# (k batch rows, columns of A, n columns of D): batch 1, odd widths, tails, several k blocks.
+AT_SHAPES = [(1, 1, 1), (1, 13, 10), (7, 5, 16), (9, 33, 24), (32, 20, 33), (128, 64, 10),
+             (700, 19, 130)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,m,n", AT_SHAPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_at_matches_reference(isa, k, m, n, dtype):
+    rng = rng_for("dense_at", isa, k, m, n, str(dtype))
+    A = rng.standard_normal((k, m + 3)).astype(dtype)  # rows longer than the part used
+    A[rng.random(A.shape) < 0.3] = 0
+    D = rng.standard_normal((k, n)).astype(dtype)
+    C0 = rng.standard_normal((m, n)).astype(dtype)
+    t = TOL[np.dtype(dtype)]
+    exact = A[:, 2:2 + m].astype(np.float64).T @ D.astype(np.float64)
+    scale = max(float(np.abs(exact).max()), 1.0)
+    for start in (None, C0):
+        C, ok = K.dense_at(A, D, 2, 2 + m, start, isa)
+        assert ok and C.dtype == dtype and C.shape == (m, n)
+        expected = exact if start is None else exact + C0
+        np.testing.assert_allclose(C, expected, rtol=t, atol=t * scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_at_rows_do_not_depend_on_the_split(isa, dtype):
+    """A row of the gradient has the same bits whichever part of the columns computes it."""
+    rng = rng_for("at_split", isa, str(dtype))
+    A = rng.standard_normal((300, 29)).astype(dtype)
+    D = rng.standard_normal((300, 41)).astype(dtype)
+    C, _ = K.dense_at(A, D, isa=isa)
+    for start, stop in [(0, 1), (3, 4), (28, 29), (0, 7), (5, 13), (11, 29), (1, 28)]:
+        part, _ = K.dense_at(A, D, start, stop, None, isa)
+        assert np.array_equal(part, C[start:stop]), (start, stop)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_at_reports_nonfinite_results(isa, dtype):
+    rng = rng_for("at_nonfinite", isa, str(dtype))
+    A = rng.standard_normal((40, 9)).astype(dtype)
+    D = rng.standard_normal((40, 21)).astype(dtype)
+    assert K.dense_at(A, D, isa=isa)[1]
+    for bad in (np.nan, np.inf):
+        B = D.copy()
+        B[17, 20] = bad  # in the tail columns
+        assert not K.dense_at(A, B, isa=isa)[1]
+        C0 = np.zeros((9, 21), dtype)
+        C0[4, 3] = bad  # already in C: accumulate keeps it
+        assert not K.dense_at(A, D, 0, 9, C0, isa)[1]
 
 
 # -- whole networks through _network.forward --------------------------------------------
