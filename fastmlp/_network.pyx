@@ -5,8 +5,10 @@
 Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
 
 1. ``csrc/fm_kernels.c``: element-wise and row-wise C kernels on a block of rows;
-   ``csrc/fm_dense.c``: the dense layer (GEMM + bias + activation) of prediction.
-2. This file: GEMM calls (``_blas.pxd``) and OpenMP loops. A mini-batch step runs in two
+   ``csrc/fm_dense.c``: our own GEMM tiles: the dense layer (GEMM + bias + activation)
+   of prediction and of the training forward pass, and the weight gradient A^T dZ.
+2. This file: the OpenMP loops, those GEMMs and one BLAS GEMM (``_blas.pxd``: the
+   backward dZ @ W^T, a small share of the work). A mini-batch step runs in two
    parallel phases, so the cores have one owner (OpenMP) and BLAS runs single-threaded
    inside each task:
 
@@ -14,7 +16,7 @@ Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
       backward chain of deltas (dZ @ W^T) on its own. Rows never interact, so no barrier
       is needed between layers.
    b. Parameter phase. Each weight gradient dW = A^T dZ is cut by its rows (the layer's
-      inputs) into parts; each part is one GEMM over the whole batch followed at once by
+      inputs) into parts; each part is one fm_dense_at over the whole batch followed by
       the optimizer update of exactly those parameters. No reduction across threads.
 
    The blocks depend on the batch size alone and the parts are a fixed count, never the
@@ -139,9 +141,10 @@ cdef enum:
     MAX_LAYERS = 64      # Linear layers; the Python layer rejects more
     MAX_BLOCKS = 256     # row blocks per mini-batch
     # Default partition of a step (see the design above): rows per block of the row
-    # phase and parts per weight matrix in the parameter phase. Measured on MNIST at
-    # batch 32, 128 and 512: 8-row blocks let OpenBLAS use its unpacked small-matrix
-    # kernels and were fastest at every batch size, by 30% at batch 32 (README).
+    # phase and parts per weight matrix in the parameter phase. 8-row blocks were the
+    # fastest with OpenBLAS doing the forward GEMMs; with fm_dense, 8 to 64 rows measured
+    # within noise at batch 32, 128 and 512 (AMD EPYC, 2 threads), and 8 leaves the most
+    # blocks for machines with more cores.
     BLOCK_ROWS = 8
     PARAM_PARTS = 4
     SMALL_WORKSPACE = 4096   # elements of prediction workspace kept on the stack
