@@ -6,10 +6,14 @@
  *   FM_TARGET  the function attribute that compiles it for that instruction set;
  *   VB         bytes per vector (16, 32, 64); MR rows and NP panels per register tile.
  *
- * Why our own GEMM for prediction: OpenBLAS repacks W on every call, and its Haswell
- * kernel software-prefetches into pages of its 32 MB buffer that the call never touches;
- * each such prefetch is a page walk, on every call (2x slower first-layer GEMM measured
- * on AMD Zen until a large GEMM happens to touch the buffer; issue 5). Prediction is
+ * Entry points: fm_dense (Z = act(A @ W + b): prediction and the training forward pass)
+ * and fm_dense_at (C (+)= A^T @ B: training's weight gradients), one body, fm_dense_run.
+ *
+ * Why our own GEMM: OpenBLAS repacks W on every call (for training's 8-row blocks, all of
+ * W for every block: 28% of an epoch on AMD EPYC), and its Haswell kernel
+ * software-prefetches into pages of its 32 MB buffer that the call never touches; each
+ * such prefetch is a page walk, on every call (2x slower first-layer GEMM measured on AMD
+ * Zen until a large GEMM happens to touch the buffer; issue 5). Prediction is
  * three GEMMs of fixed small widths, where a plain register-blocked kernel on the
  * row-major W reaches the sgemm peak (measured: 38 of 37-38 GF/s for 9996x784 @ 784x128
  * on one Zen core).
