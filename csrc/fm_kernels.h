@@ -88,11 +88,11 @@ ptrdiff_t fm_dense_tail_size(ptrdiff_t k, ptrdiff_t n, size_t elem);
     /* Fill tail (OUT, fm_dense_tail_size elements) from W (IN k x n) and b (IN n). */     \
     void fm_dense_pack_tail##S(ptrdiff_t k, ptrdiff_t n, const T *W, const T *b, T *tail);  \
     /* Z = act(A @ W + b): A IN m x k (rows lda apart), W IN k x n, b IN n, tail IN from   \
-       fm_dense_pack_tail (NULL if n is a multiple of the panel), Z OUT m x n (rows ldz    \
-       apart, not overlapping A). Returns 0 if A @ W holds NaN or inf (before the bias:    \
-       NaN in A survives into it where ReLU would hide it), else 1. Each element sums     \
-       over k in order with the same instructions for any m, so rows do not depend on    \
-       how the caller splits them. */                                                     \
+       fm_dense_pack_tail or NULL (then the last n % panel columns are read from W and b   \
+       element by element: slower), Z OUT m x n (rows ldz apart, not overlapping A).      \
+       Returns 0 if A @ W holds NaN or inf (before the bias: NaN in A survives into it     \
+       where ReLU would hide it), else 1. Each element sums over k in order with the      \
+       same instructions for any m, so rows do not depend on how the caller splits them. */\
     int fm_dense##S(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,       \
                     const T *W, const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz,    \
                     int isa);                                                               \

@@ -185,8 +185,6 @@ cdef struct Net:
     Py_ssize_t ad_off[MAX_LAYERS + 1]
     Py_ssize_t w_buf_off                # per-row sample weights (capacity)
     Py_ssize_t t_off                    # gathered regression targets (capacity x sizes[L])
-    # fm_dense's zero-padded tail of W_l and b_l (training), repacked every step.
-    Py_ssize_t tail_off[MAX_LAYERS + 1]
     Py_ssize_t ws_size
     bint dropout
 
@@ -240,10 +238,6 @@ cdef int net_init(Net *net, const int[::1] sizes, const int[::1] acts, Py_ssize_
     net.t_off = w
     if training and targets:
         w += capacity * sizes[L]
-    for l in range(1, L + 1):
-        net.tail_off[l] = w
-        if training:   # float32's tail is the larger count of elements (16-wide panels)
-            w += fm_dense_tail_size(sizes[l - 1], sizes[l], sizeof(float))
     net.ws_size = w
     return 0
 
@@ -306,8 +300,9 @@ cdef int forward_rows(const Net *net, const floating *params, floating *ws,
     With `check`, returns 1 (and stops) if the input holds NaN or infinity: then the
     first layer's products are not all finite (NaN propagates, inf * w is inf or NaN),
     a test on fan_out columns instead of fan_in, done while they are in cache.
-    Several rows (training) go through fm_dense, reading the tails `step` packed into
-    the workspace: unlike OpenBLAS it does not repack W for each block of a few rows.
+    Several rows (training) go through fm_dense: unlike OpenBLAS it does not repack W
+    for each block of a few rows. It reads W's last n % 16 columns in place (no padded
+    tail: W changes every step, and those columns are a tiny share of the work).
     """
     cdef int L = net.n_layers, l, fan_in = net.sizes[0], fan_out, ok
     cdef const floating *inp = x
@@ -329,11 +324,11 @@ cdef int forward_rows(const Net *net, const floating *params, floating *ws,
             bias_act(1, fan_out, z, params + net.b_off[l], net.acts[l])
         elif floating is float:   # bias and activation fused
             ok = fm_dense_f(nr, fan_in, fan_out, inp, fan_in, params + net.w_off[l],
-                            params + net.b_off[l], ws + net.tail_off[l], net.acts[l], z,
+                            params + net.b_off[l], NULL, net.acts[l], z,
                             fan_out, FM_ISA_AUTO)
         else:
             ok = fm_dense_d(nr, fan_in, fan_out, inp, fan_in, params + net.w_off[l],
-                            params + net.b_off[l], ws + net.tail_off[l], net.acts[l], z,
+                            params + net.b_off[l], NULL, net.acts[l], z,
                             fan_out, FM_ISA_AUTO)
         if check and l == 1 and not ok:
             return 1
@@ -475,18 +470,11 @@ cdef double step(const Net *net, const Hyper *h, floating *params, floating *gra
     cdef int64_t block_correct[MAX_BLOCKS]
     # The partition depends on the batch size alone, never on the thread count.
     cdef int n_blocks = <int> min((nb + block_rows - 1) // block_rows, <Py_ssize_t> MAX_BLOCKS)
-    cdef int b, item, l
+    cdef int b, item
     cdef int L = net.n_layers
     cdef Py_ssize_t r0, r1
     cdef double total = 0
     cdef unsigned int fpu
-    for l in range(1, L + 1):   # fm_dense's padded copy of the last columns of W_l, b_l
-        if floating is float:
-            fm_dense_pack_tail_f(net.sizes[l - 1], net.sizes[l], params + net.w_off[l],
-                                 params + net.b_off[l], ws + net.tail_off[l])
-        else:
-            fm_dense_pack_tail_d(net.sizes[l - 1], net.sizes[l], params + net.w_off[l],
-                                 params + net.b_off[l], ws + net.tail_off[l])
     for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
         r0 = b * nb // n_blocks
         r1 = (b + 1) * nb // n_blocks
