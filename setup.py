@@ -53,28 +53,37 @@ else:
         file=sys.stderr,
     )
 
+# The C kernels are compiled once, into a static library that every extension links.
+kernels = (
+    "fastmlp_kernels",
+    {
+        "sources": ["csrc/fm_kernels.c", "csrc/fm_dense.c"],
+        "include_dirs": ["csrc"],
+        "cflags": compile_args,
+    },
+)
+headers = [
+    "csrc/fm_kernels.h",
+    "csrc/fm_openmp.h",
+    "csrc/fm_fpu.h",
+    "csrc/fm_kernels_impl.h",
+    "csrc/fm_dense_impl.h",
+    "csrc/fm_dense_variants.h",
+]
 extensions = [
     Extension(
         f"fastmlp.{name}",
-        [f"fastmlp/{name}.pyx", "csrc/fm_kernels.c", "csrc/fm_dense.c"],
+        [f"fastmlp/{name}.pyx"],
         include_dirs=["csrc"],
-        depends=[
-            "csrc/fm_kernels.h",
-            "csrc/fm_openmp.h",
-            "csrc/fm_fpu.h",
-            "csrc/fm_kernels_impl.h",
-            "csrc/fm_dense_impl.h",
-            "csrc/fm_dense_variants.h",
-            "fastmlp/_blas.pxd",
-            "fastmlp/_kernels.pxd",
-        ],
+        depends=headers + ["fastmlp/_blas.pxd", "fastmlp/_ckernels.pxd", "fastmlp/_network.pxd"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
-    for name in ("_kernels", "_network")
+    for name in ("_blas", "_network", "_trainer", "_kernels")
 ]
 
 setup(
+    libraries=[kernels],
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": 3},

@@ -17,7 +17,7 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 try:
-    from fastmlp import _kernels, _network  # noqa: F401  (the compiled extension)
+    from fastmlp import _network, _trainer  # noqa: F401  (the compiled extension)
 except ImportError as exc:  # a source tree without an in-place build, most often
     raise ImportError(
         f"fastmlp's compiled extension is missing from {os.path.dirname(__file__)}. If that "

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Row-major GEMM over scipy's BLAS (nothing to link: SciPy ships OpenBLAS).
+"""Row-major GEMM over scipy's BLAS (nothing to link: SciPy ships OpenBLAS), and the
+counted limit that keeps that BLAS single-threaded while fastmlp's threads own the cores.
 
 BLAS is column-major and a row-major matrix is its column-major transpose, so the row-major
 product C = op(A) op(B) is computed as the column-major product C^T = op(B)^T op(A)^T: the
@@ -25,3 +26,8 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k, floating 
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double *> b, &ldb, <double *> a, &lda, &beta,
               c, &ldc)
 
+
+# Hold every registered OpenBLAS at one thread from enter to the matching exit (counted
+# across threads: the first caller in sets it, the last one out restores it).
+cdef void single_thread_enter() noexcept nogil
+cdef void single_thread_exit() noexcept nogil

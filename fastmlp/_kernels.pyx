@@ -1,19 +1,24 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Python entry points to each C kernel and to the GEMM shim, one by one.
+"""Python entry points to each C kernel and to the GEMM shim, one by one: for tests and
+benchmarks only (product code calls the kernels from Cython).
 
-The training loop calls the kernels directly from C; these wrappers exist so tests can
-hold every kernel to ``fastmlp.reference`` and benchmarks can time it. Each checks shapes
-before handing pointers to C, so no call from Python can reach out of bounds.
+Tests hold every kernel to ``fastmlp.reference`` through these, and benchmarks time them.
+Each checks shapes before handing pointers to C, so no call from Python can reach out of
+bounds.
 """
 from libc.stdint cimport int32_t, int64_t, uint64_t
 from cython cimport floating
 
+from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm as _gemm
-from fastmlp._kernels cimport *
+from fastmlp._ckernels cimport (FM_ISA_AUTO, FM_ISA_AVX2, FM_ISA_AVX512, FM_ISA_BASE,
+                                FM_ISA_WIDE, fm_dense_isa_available, fm_dense_isa_best,
+                                fm_dense_tail_size)
 
 import numpy as np
 
 from fastmlp._network import ACTIVATIONS as _ACT
+from fastmlp._network import all_finite  # noqa: F401  (the product's own check)
 
 
 def _check(cond, msg):
@@ -26,10 +31,7 @@ def bias_act(floating[:, ::1] Z, const floating[::1] b, str activation):
     _check(b.shape[0] == Z.shape[1], "b must have Z.shape[1] elements")
     cdef int act = _ACT[activation]
     with nogil:
-        if floating is float:
-            fm_bias_act_f(Z.shape[0], Z.shape[1], &Z[0, 0], &b[0], act)
-        else:
-            fm_bias_act_d(Z.shape[0], Z.shape[1], &Z[0, 0], &b[0], act)
+        fm.bias_act(Z.shape[0], Z.shape[1], &Z[0, 0], &b[0], act)
 
 
 def act_backward(const floating[:, ::1] A, floating[:, ::1] dA, str activation,
@@ -43,20 +45,14 @@ def act_backward(const floating[:, ::1] A, floating[:, ::1] dA, str activation,
         m = &mask[0, 0]
     cdef int act = _ACT[activation]
     with nogil:
-        if floating is float:
-            fm_act_backward_f(A.shape[0], A.shape[1], &A[0, 0], m, &dA[0, 0], act)
-        else:
-            fm_act_backward_d(A.shape[0], A.shape[1], &A[0, 0], m, &dA[0, 0], act)
+        fm.act_backward(A.shape[0], A.shape[1], &A[0, 0], m, &dA[0, 0], act)
 
 
 def softmax(floating[:, ::1] Z):
     """Row-wise softmax of Z in place."""
     _check(Z.shape[1] >= 1, "Z needs at least one column")
     with nogil:
-        if floating is float:
-            fm_softmax_f(Z.shape[0], Z.shape[1], &Z[0, 0])
-        else:
-            fm_softmax_d(Z.shape[0], Z.shape[1], &Z[0, 0])
+        fm.softmax(Z.shape[0], Z.shape[1], &Z[0, 0])
 
 
 def _labels(y, Py_ssize_t n, Py_ssize_t k):
@@ -83,12 +79,8 @@ def softmax_cross_entropy(floating[:, ::1] Z, y, const floating[::1] sample_weig
     cdef int64_t correct = 0
     cdef double loss
     with nogil:
-        if floating is float:
-            loss = fm_softmax_xent_f(Z.shape[0], Z.shape[1], &Z[0, 0], &yy[0], w, scale,
-                                     &d[0, 0], &correct)
-        else:
-            loss = fm_softmax_xent_d(Z.shape[0], Z.shape[1], &Z[0, 0], &yy[0], w, scale,
-                                     &d[0, 0], &correct)
+        loss = fm.softmax_xent(Z.shape[0], Z.shape[1], &Z[0, 0], &yy[0], w, scale,
+                               &d[0, 0], &correct)
     return loss, correct, dZ
 
 
@@ -105,12 +97,8 @@ def mse(const floating[:, ::1] A, y, const floating[::1] sample_weight=None,
     cdef int64_t correct = 0
     cdef double loss
     with nogil:
-        if floating is float:
-            loss = fm_mse_f(A.shape[0], A.shape[1], &A[0, 0], &yy[0], w, scale, &d[0, 0],
-                            &correct)
-        else:
-            loss = fm_mse_d(A.shape[0], A.shape[1], &A[0, 0], &yy[0], w, scale, &d[0, 0],
-                            &correct)
+        loss = fm.mse(A.shape[0], A.shape[1], &A[0, 0], &yy[0], w, scale, &d[0, 0],
+                      &correct)
     return loss, correct, dA
 
 
@@ -129,12 +117,8 @@ def squared_error(const floating[:, ::1] A, const floating[:, ::1] Y,
     if A.shape[0] == 0:
         return loss, dA
     with nogil:
-        if floating is float:
-            loss = fm_squared_error_f(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w, scale,
-                                      &d[0, 0])
-        else:
-            loss = fm_squared_error_d(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w, scale,
-                                      &d[0, 0])
+        loss = fm.squared_error(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w, scale,
+                                &d[0, 0])
     return loss, dA
 
 
@@ -143,10 +127,7 @@ def col_sum(const floating[:, ::1] dZ):
     db = np.empty(dZ.shape[1], dtype=np.asarray(dZ).dtype)
     cdef floating[::1] out = db
     with nogil:
-        if floating is float:
-            fm_col_sum_f(dZ.shape[0], dZ.shape[1], &dZ[0, 0], &out[0])
-        else:
-            fm_col_sum_d(dZ.shape[0], dZ.shape[1], &dZ[0, 0], &out[0])
+        fm.col_sum(dZ.shape[0], dZ.shape[1], &dZ[0, 0], &out[0])
     return db
 
 
@@ -158,10 +139,7 @@ def dropout(const floating[:, ::1] A, double p, uint64_t seed, Py_ssize_t row0=0
     cdef floating[:, ::1] m = mask
     cdef floating[:, ::1] o = out
     with nogil:
-        if floating is float:
-            fm_dropout_f(A.shape[0], A.shape[1], &A[0, 0], &m[0, 0], &o[0, 0], p, seed, row0)
-        else:
-            fm_dropout_d(A.shape[0], A.shape[1], &A[0, 0], &m[0, 0], &o[0, 0], p, seed, row0)
+        fm.dropout(A.shape[0], A.shape[1], &A[0, 0], &m[0, 0], &o[0, 0], p, seed, row0)
     return mask, out
 
 
@@ -171,10 +149,7 @@ def adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] 
     _check(g.shape[0] == p.shape[0] == m.shape[0] == v.shape[0], "sizes differ")
     _check(t >= 1, "t counts from 1")
     with nogil:
-        if floating is float:
-            fm_adam_f(p.shape[0], &p[0], &g[0], &m[0], &v[0], lr, beta1, beta2, eps, t)
-        else:
-            fm_adam_d(p.shape[0], &p[0], &g[0], &m[0], &v[0], lr, beta1, beta2, eps, t)
+        fm.adam(p.shape[0], &p[0], &g[0], &m[0], &v[0], lr, beta1, beta2, eps, t)
 
 
 def sgd(floating[::1] p, const floating[::1] g, floating[::1] velocity, double lr,
@@ -182,10 +157,7 @@ def sgd(floating[::1] p, const floating[::1] g, floating[::1] velocity, double l
     """One SGD-with-momentum update of p and its velocity in place."""
     _check(g.shape[0] == p.shape[0] == velocity.shape[0], "sizes differ")
     with nogil:
-        if floating is float:
-            fm_sgd_f(p.shape[0], &p[0], &g[0], &velocity[0], lr, momentum)
-        else:
-            fm_sgd_d(p.shape[0], &p[0], &g[0], &velocity[0], lr, momentum)
+        fm.sgd(p.shape[0], &p[0], &g[0], &velocity[0], lr, momentum)
 
 
 def gemm(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
@@ -208,22 +180,8 @@ def vecmat(const floating[::1] x, const floating[:, ::1] W):
     y = np.empty(W.shape[1], dtype=np.asarray(W).dtype)
     cdef floating[::1] out = y
     with nogil:
-        if floating is float:
-            fm_vecmat_f(W.shape[0], W.shape[1], &x[0], &W[0, 0], &out[0])
-        else:
-            fm_vecmat_d(W.shape[0], W.shape[1], &x[0], &W[0, 0], &out[0])
+        fm.vecmat(W.shape[0], W.shape[1], &x[0], &W[0, 0], &out[0])
     return y
-
-
-def all_finite(const floating[::1] x):
-    """True if no element of x is NaN or infinite (one vectorised pass, no temporaries)."""
-    cdef int ok
-    with nogil:
-        if floating is float:
-            ok = fm_all_finite_f(x.shape[0], &x[0]) if x.shape[0] else 1
-        else:
-            ok = fm_all_finite_d(x.shape[0], &x[0]) if x.shape[0] else 1
-    return bool(ok)
 
 
 DENSE_ISAS = {"base": FM_ISA_BASE, "avx2": FM_ISA_AVX2, "wide": FM_ISA_WIDE,
@@ -242,10 +200,12 @@ def dense_isa_best():
 
 
 def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
-          str activation, str isa=None):
-    """``(activation(A @ W + b), A @ W is all finite)`` by fm_dense, as prediction does.
+          str activation, str isa=None, bint pack_tail=True):
+    """``(activation(A @ W + b), A @ W is all finite)`` by fm_dense.
 
-    `isa` names a variant from :func:`dense_isas`; None means the best one.
+    `isa` names a variant from :func:`dense_isas`; None means the best one. With
+    `pack_tail` the last columns go through a zero-padded copy, as prediction does;
+    without, fm_dense reads them from W in place (tail NULL), as training does.
     """
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[1]
     _check(W.shape[0] == k and b.shape[0] == n, "shapes do not match")
@@ -262,14 +222,9 @@ def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1
     if m == 0:
         return Z, True
     with nogil:
-        if floating is float:
-            fm_dense_pack_tail_f(k, n, &W[0, 0], &b[0], &t[0])
-            ok = fm_dense_f(m, k, n, &A[0, 0], k, &W[0, 0], &b[0], &t[0], act, &z[0, 0], n,
-                            code)
-        else:
-            fm_dense_pack_tail_d(k, n, &W[0, 0], &b[0], &t[0])
-            ok = fm_dense_d(m, k, n, &A[0, 0], k, &W[0, 0], &b[0], &t[0], act, &z[0, 0], n,
-                            code)
+        fm.dense_pack_tail(k, n, &W[0, 0], &b[0], &t[0])
+        ok = fm.dense(m, k, n, &A[0, 0], k, &W[0, 0], &b[0],
+                      &t[0] if pack_tail else NULL, act, &z[0, 0], n, code)
     return Z, bool(ok)
 
 
@@ -292,10 +247,6 @@ def dense_at(const floating[:, ::1] A, const floating[:, ::1] B, Py_ssize_t i0=0
     if C.size == 0:
         return C, True
     with nogil:
-        if floating is float:
-            ok = fm_dense_at_f(stop - i0, k, n, &A[0, i0], A.shape[1], &B[0, 0], &c[0, 0], n,
-                               accumulate, code)
-        else:
-            ok = fm_dense_at_d(stop - i0, k, n, &A[0, i0], A.shape[1], &B[0, 0], &c[0, 0], n,
-                               accumulate, code)
+        ok = fm.dense_at(stop - i0, k, n, &A[0, i0], A.shape[1], &B[0, 0], &c[0, 0], n,
+                         accumulate, code)
     return C, bool(ok)

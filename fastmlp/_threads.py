@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
-from fastmlp import _network
+from fastmlp import _blas, _network
 
 _lock = threading.Lock()
 _fallback_users = 0
@@ -25,9 +25,9 @@ _fallback_limiter = None
 
 
 def _register_openblas() -> None:
-    """Give _network the thread get/set functions of every loaded OpenBLAS.
+    """Give _blas the thread get/set functions of every loaded OpenBLAS.
 
-    threadpoolctl finds the libraries (scipy's OpenBLAS is loaded by now: _network links
+    threadpoolctl finds the libraries (scipy's OpenBLAS is loaded by now: _blas links
     to it). The functions are called directly rather than through threadpoolctl, whose
     OpenBLAS controller (3.8) honours limits set from one thread only, and which costs
     microseconds per call.
@@ -43,7 +43,7 @@ def _register_openblas() -> None:
             set_ = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}", None)
             if get is not None and set_ is not None:
                 address = ctypes.cast(get, ctypes.c_void_p).value
-                _network.register_blas_threads(address, ctypes.cast(set_, ctypes.c_void_p).value)
+                _blas.register_threads(address, ctypes.cast(set_, ctypes.c_void_p).value)
                 break
 
 
@@ -100,12 +100,12 @@ def single_threaded_blas() -> Iterator[None]:
     OpenBLAS (through threadpoolctl, process-wide and counted likewise).
     """
     global _fallback_users, _fallback_limiter
-    if _network.blas_threads_registered():
-        _network.single_threaded_blas_enter()
+    if _blas.threads_registered():
+        _blas.enter_single_thread()
         try:
             yield
         finally:
-            _network.single_threaded_blas_exit()
+            _blas.exit_single_thread()
         return
     with _lock:
         if _fallback_users == 0:
@@ -128,7 +128,7 @@ def blas_guard():
     The compiled calls hold OpenBLAS at one thread themselves, so for OpenBLAS this is a
     no-op; other BLAS libraries (found by threadpoolctl) get the process-wide limit.
     """
-    if _network.blas_threads_registered():
+    if _blas.threads_registered():
         return nullcontext()
     return single_threaded_blas()
 

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from fastmlp import _kernels
+from fastmlp._network import all_finite
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -53,8 +53,10 @@ def check_X(
     if arr.shape[1] == 0:
         raise ValueError(f"{name} has 0 features (shape {arr.shape}).")
     with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
-        out = np.ascontiguousarray(arr, dtype=dtype)
-    if finite and arr.dtype.kind == "f" and not _kernels.all_finite(out.reshape(-1)):
+        # Aligned too: unaligned buffers (a Dask transfer, a protocol-5 pickle) are copied
+        # here, since the kernels read whole elements with aligned loads.
+        out = np.require(arr, dtype, ["C", "A"])
+    if finite and arr.dtype.kind == "f" and not all_finite(out):
         bad = np.argwhere(~np.isfinite(out))[0]
         raise ValueError(
             f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}); "
@@ -114,7 +116,7 @@ def check_targets(
             f"{name} has {arr.shape[1]} outputs per sample but the model has {n_outputs}."
         )
     with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(arr, dtype=dtype)
+        out = np.require(arr, dtype, ["C", "A"])
     if not np.isfinite(out).all():
         raise ValueError(
             f"{name} contains NaN or infinity (or values beyond {dtype}); every sample needs "
@@ -154,7 +156,7 @@ def check_sample_weight(sample_weight, n_samples: int, dtype: np.dtype) -> np.nd
             f"sample_weight must be a 1-D array of {n_samples} real numbers; got "
             f"dtype {w.dtype}, shape {w.shape}."
         )
-    w = np.ascontiguousarray(w, dtype=dtype)
+    w = np.require(w, dtype, ["C", "A"])
     if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError("sample_weight must be finite and non-negative.")
     if not w.any():

@@ -7,8 +7,17 @@ from os import PathLike
 
 import numpy as np
 
-from fastmlp import _network
+from fastmlp._network import (
+    ACTIVATIONS,
+    HIDDEN_ACTIVATIONS,
+    LAYERS_LIMIT,
+    LOSSES,
+    REGRESSION_LOSS,
+    WIDTH_LIMIT,
+    Network,
+)
 from fastmlp._threads import blas_guard, borrowed_cores, effective_n_threads
+from fastmlp._trainer import Trainer
 from fastmlp._validation import (
     check_dtype,
     check_float,
@@ -19,19 +28,6 @@ from fastmlp._validation import (
     check_X,
     encode_labels,
 )
-
-ACTIVATIONS = ("relu", "tanh", "sigmoid")
-LOSSES = {
-    "cross_entropy": _network.Loss.LOSS_CROSS_ENTROPY,
-    "mse": _network.Loss.LOSS_MSE,
-    "squared_error": _network.Loss.LOSS_SQUARED_ERROR,
-}
-# The loss that makes a regressor: real-valued targets, no classes.
-REGRESSION_LOSS = "squared_error"
-MAX_LAYERS = 64
-# Fewer rows than 64 make one block in _network.forward and run on the calling thread:
-# a parallel region costs more than it saves there. This path skips the core budget.
-SERIAL_ROWS = 63
 
 
 class MLP:
@@ -85,19 +81,23 @@ class MLP:
         n_threads: int | None = None,
     ) -> None:
         sizes = tuple(int(s) for s in layer_sizes)
-        if not 2 <= len(sizes) <= MAX_LAYERS + 1 or not all(1 <= s < 2**31 for s in sizes):
+        if not 2 <= len(sizes) <= LAYERS_LIMIT + 1 or not all(
+            1 <= s <= WIDTH_LIMIT for s in sizes
+        ):
             raise ValueError(
-                f"layer_sizes must be 2 to {MAX_LAYERS + 1} positive ints below 2**31; got "
+                f"layer_sizes must be 2 to {LAYERS_LIMIT + 1} positive ints below 2**31; got "
                 f"{layer_sizes!r}"
             )
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
+        if activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {HIDDEN_ACTIVATIONS}; got {activation!r}"
+            )
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {tuple(LOSSES)}; got {loss!r}")
         output_activation = output_activation or "identity"
-        if output_activation not in _network.ACTIVATIONS:
+        if output_activation not in ACTIVATIONS:
             raise ValueError(
-                f"output_activation must be one of {tuple(_network.ACTIVATIONS)}; "
+                f"output_activation must be one of {tuple(ACTIVATIONS)}; "
                 f"got {output_activation!r}"
             )
         if loss == "cross_entropy" and output_activation != "identity":
@@ -131,28 +131,28 @@ class MLP:
         self.dtype = check_dtype(dtype)
         self.classes_ = classes
         self.n_threads = n_threads
-        self._sizes = np.asarray(sizes, dtype=np.intc)
-        self._acts = np.asarray(
-            [_network.ACTIVATIONS[activation]] * (len(sizes) - 2)
-            + [_network.ACTIVATIONS[output_activation]],
-            dtype=np.intc,
-        )
-        self._layout, n_params = _network.param_layout(self._sizes)
+        n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
         check_memory(n_params * self.dtype.itemsize, f"the parameters of layers {sizes}")
-        if params is None:
-            params = np.zeros(n_params, dtype=self.dtype)
-        params = np.asarray(params)
-        if params.shape != (n_params,) or params.dtype != self.dtype:
-            raise ValueError(
-                f"params must be a flat {self.dtype} array of {n_params} values for layers "
-                f"{sizes}; got {params.dtype} of shape {params.shape}"
-            )
-        self.params_ = np.ascontiguousarray(params)
+        self.params_ = params
         self.history: dict[str, list] = {}
         # Optimizer memory kept between fits: {"name", "t", "state1", "state2"}.
         self._optimizer: dict | None = None
 
     # -- parameters -------------------------------------------------------------------
+    @property
+    def params_(self) -> np.ndarray:
+        """All parameters in one flat buffer: W_1, b_1, W_2, b_2, ... (W row-major)."""
+        return self._network.params
+
+    @params_.setter
+    def params_(self, params: np.ndarray | None) -> None:
+        # A new compiled network around the new buffer (zeros for None): it checks the
+        # size and dtype, and copies only a buffer C cannot use in place.
+        acts = [self.activation] * (len(self.layer_sizes) - 2) + [self.output_activation]
+        if params is not None:
+            params = np.asarray(params)
+        self._network = Network(self.layer_sizes, acts, self.loss, self.dtype, params)
+
     @property
     def n_features_in_(self) -> int:
         """Number of input features."""
@@ -167,13 +167,14 @@ class MLP:
     def weights(self) -> list[np.ndarray]:
         """Weight matrices, ``weights[i]`` of shape (fan_in, fan_out); views, not copies."""
         s = self.layer_sizes
-        return [self.params_[w:b].reshape(s[i], s[i + 1]) for i, (w, b) in enumerate(self._layout)]
+        slices = self._network.slices()
+        return [self.params_[w:b].reshape(s[i], s[i + 1]) for i, (w, b) in enumerate(slices)]
 
     @property
     def biases(self) -> list[np.ndarray]:
         """Bias vectors, one per layer; views, not copies."""
         s = self.layer_sizes
-        return [self.params_[b : b + s[i + 1]] for i, (_, b) in enumerate(self._layout)]
+        return [self.params_[b : b + s[i + 1]] for i, (_, b) in enumerate(self._network.slices())]
 
     @classmethod
     def from_weights(
@@ -246,26 +247,18 @@ class MLP:
             and X.shape[0] > 0
             and X.shape[1] == self.layer_sizes[0]
             and X.flags.c_contiguous
+            and X.flags.aligned
         ):
             X = check_X(X, self.dtype, self.layer_sizes[0], finite=False)
         out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
-        if X.shape[0] <= SERIAL_ROWS:
-            _network.forward(
-                self.params_, X, out, self._sizes, self._acts, softmax=softmax, n_threads=1
-            )
+        network = self._network
+        if network.parallel_blocks(X.shape[0]) == 1:
+            # One block runs on the calling thread: no parallel region, no core budget.
+            network.forward(X, out, softmax=softmax, n_threads=1)
         else:
             wanted = effective_n_threads(self.n_threads if n_threads is None else n_threads)
-            # No BLAS limit: prediction runs fm_dense (csrc/fm_dense.c), not BLAS.
             with borrowed_cores(wanted) as threads:
-                _network.forward(
-                    self.params_,
-                    X,
-                    out,
-                    self._sizes,
-                    self._acts,
-                    softmax=softmax,
-                    n_threads=threads,
-                )
+                network.forward(X, out, softmax=softmax, n_threads=threads)
         return out
 
     def predict_proba(self, X, *, n_threads: int | None = None) -> np.ndarray:
@@ -351,24 +344,22 @@ class MLP:
         w = check_sample_weight(sample_weight, X.shape[0], self.dtype)
         l2 = check_float(l2, "l2", 0.0, float("inf"))
         threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
-        grads = np.zeros_like(self.params_)
+        trainer = Trainer(
+            self._network,
+            X,
+            codes if targets is None else targets,
+            w,
+            batch_size=X.shape[0],
+            n_threads=threads,
+            l2=l2,
+        )
         with blas_guard():
-            value = _network.loss_and_gradients(
-                self.params_,
-                grads,
-                X,
-                codes,
-                w,
-                self._sizes,
-                self._acts,
-                loss=LOSSES[self.loss],
-                l2=l2,
-                n_threads=threads,
-                targets=targets,
-            )
+            value = trainer.gradient()
+        grads = trainer.grads
         s = self.layer_sizes
-        dW = [grads[a:b].reshape(s[i], s[i + 1]) for i, (a, b) in enumerate(self._layout)]
-        db = [grads[b : b + s[i + 1]] for i, (_, b) in enumerate(self._layout)]
+        slices = self._network.slices()
+        dW = [grads[a:b].reshape(s[i], s[i + 1]) for i, (a, b) in enumerate(slices)]
+        db = [grads[b : b + s[i + 1]] for i, (_, b) in enumerate(slices)]
         return float(value), dW, db
 
     def _encode_y(self, y, n_samples: int, name: str = "y"):

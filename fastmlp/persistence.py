@@ -56,8 +56,16 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from fastmlp import _network
-from fastmlp.model import ACTIVATIONS, LOSSES, MAX_LAYERS, MLP, REGRESSION_LOSS
+from fastmlp._network import (
+    ACTIVATIONS,
+    HIDDEN_ACTIVATIONS,
+    LAYERS_LIMIT,
+    LOSSES,
+    REGRESSION_LOSS,
+    WIDTH_LIMIT,
+)
+from fastmlp._trainer import OPTIMIZERS
+from fastmlp.model import MLP
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
@@ -71,11 +79,8 @@ HEADER_ALLOWANCE = 1 << 14
 # file cannot make the reader decompress or allocate more than a few hundred MiB for them.
 MAX_META_CHARS = 1 << 24
 MAX_LABEL_CHARS = 1 << 12
-# Layer widths are passed to C as int.
-MAX_WIDTH = 2**31 - 1
 FLOAT_NAMES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 CLASS_KINDS = {"b": "bool", "i": "int", "u": "uint", "f": "float", "U": "str"}
-OPTIMIZERS = ("adam", "sgd")
 REQUIRED_ARRAYS = ("format", "version", "meta", "params", "classes")
 OPTIMIZER_ARRAYS = ("opt_state1", "opt_state2")
 META_KEYS = frozenset(
@@ -590,16 +595,16 @@ class _Reader:
         sizes = meta["layer_sizes"]
         if (
             not isinstance(sizes, list)
-            or not 2 <= len(sizes) <= MAX_LAYERS + 1
-            or not all(_is_int(s) and 1 <= s <= MAX_WIDTH for s in sizes)
+            or not 2 <= len(sizes) <= LAYERS_LIMIT + 1
+            or not all(_is_int(s) and 1 <= s <= WIDTH_LIMIT for s in sizes)
         ):
             raise self.error(
-                f"layer_sizes must be 2 to {MAX_LAYERS + 1} positive ints; got {sizes!r:.200}"
+                f"layer_sizes must be 2 to {LAYERS_LIMIT + 1} positive ints; got {sizes!r:.200}"
             )
         for key, allowed in (
-            ("activation", ACTIVATIONS),
+            ("activation", HIDDEN_ACTIVATIONS),
             ("loss", tuple(LOSSES)),
-            ("output_activation", tuple(_network.ACTIVATIONS)),
+            ("output_activation", tuple(ACTIVATIONS)),
             ("dtype", tuple(FLOAT_NAMES)),
         ):
             # isinstance first: `in` on a dict would raise TypeError for a JSON list.

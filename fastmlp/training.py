@@ -1,7 +1,8 @@
-"""``fastmlp.train``: argument checks, initialisation and the epoch loop.
+"""``fastmlp.train``: check, build, allocate, loop.
 
-The arithmetic of an epoch happens in ``_network.train_epoch`` without the GIL; this
-module visits Python once per epoch (history, validation, callbacks, early stopping).
+The arithmetic of an epoch happens in ``Trainer.epoch`` (``_trainer.pyx``) without the
+GIL; this module visits Python once per epoch (history, validation, callbacks, early
+stopping).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastmlp import _network
+from fastmlp._network import LAYERS_LIMIT, REGRESSION_LOSS
 from fastmlp._threads import blas_guard, effective_n_threads
+from fastmlp._trainer import OPTIMIZERS, Status, Trainer
 from fastmlp._validation import (
     check_dtype,
     check_float,
@@ -26,9 +30,7 @@ from fastmlp._validation import (
     check_targets,
     check_X,
 )
-from fastmlp.model import LOSSES, MAX_LAYERS, MLP, REGRESSION_LOSS
-
-OPTIMIZERS = {"adam": _network.Optimizer.OPT_ADAM, "sgd": _network.Optimizer.OPT_SGD}
+from fastmlp.model import MLP
 
 
 def init_params(model: MLP, rng: np.random.Generator) -> None:
@@ -212,205 +214,256 @@ def train(
     FloatingPointError
         If the loss becomes NaN or infinite (usually a learning rate that is too high).
     """
-    epochs = check_positive_int(epochs, "epochs")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    patience = check_positive_int(patience, "patience")
-    lr = check_float(lr, "lr", 0.0, math.inf, low_open=True)
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2); got {betas!r}")
-    beta1 = check_float(betas[0], "betas[0]", 0.0, 1.0)
-    beta2 = check_float(betas[1], "betas[1]", 0.0, 1.0)
-    eps = check_float(eps, "eps", 0.0, math.inf, low_open=True)
-    momentum = check_float(momentum, "momentum", 0.0, 1.0)
-    l2 = check_float(l2, "l2", 0.0, math.inf)
-    dropout = check_float(dropout, "dropout", 0.0, 1.0)
-    validation_split = check_float(validation_split, "validation_split", 0.0, 1.0)
-    if max_time is not None:
-        max_time = check_float(max_time, "max_time", 0.0, math.inf, low_open=True)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}; got {optimizer!r}")
-    if early_stopping and validation_data is None and not validation_split:
-        raise ValueError("early_stopping needs validation_split > 0 or validation_data")
-    schedule = _lr_schedule(lr_schedule, epochs)
-    if callable(callbacks):
-        raise ValueError("callbacks must be a sequence of callables: use callbacks=[f]")
-    callbacks = list(callbacks or [])
-    if not all(callable(cb) for cb in callbacks):
-        raise ValueError("callbacks must be a sequence of callables")
-    threads = effective_n_threads(n_threads)
-    rng = np.random.default_rng(seed)
+    # Every keyword argument, checked in one place (first, before anything is bound).
+    opts = _Options(**{k: v for k, v in locals().items() if k not in ("X", "y")})
+    rng = np.random.default_rng(opts.seed)
+    model, X, codes = _build(X, y, opts, rng)
+    data = _prepare(model, X, codes, opts, rng)
+    trainer = _allocate(model, data, opts)
+    return _loop(model, trainer, data, opts, rng)
 
-    if init is not None:
-        if not isinstance(init, MLP):
-            raise ValueError(f"init must be a fastmlp.MLP; got {type(init).__name__}")
-        model = init
+
+@dataclass
+class _Options:
+    """The keyword arguments of :func:`train`, checked and normalised on creation."""
+
+    hidden: Sequence[int]
+    activation: str
+    loss: str
+    optimizer: str
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_schedule: Any
+    betas: tuple[float, float]
+    eps: float
+    momentum: float
+    l2: float
+    dropout: float
+    validation_split: float
+    validation_data: tuple | None
+    early_stopping: bool
+    patience: int
+    shuffle: bool
+    seed: int | None
+    dtype: Any
+    n_threads: int | None
+    verbose: bool
+    callbacks: Any
+    sample_weight: Any
+    class_weight: Any
+    max_time: float | None
+    init: MLP | None
+    output_activation: str | None
+    threads: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.epochs = check_positive_int(self.epochs, "epochs")
+        self.batch_size = check_positive_int(self.batch_size, "batch_size")
+        self.patience = check_positive_int(self.patience, "patience")
+        self.lr = check_float(self.lr, "lr", 0.0, math.inf, low_open=True)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2); got {self.betas!r}")
+        self.betas = (
+            check_float(self.betas[0], "betas[0]", 0.0, 1.0),
+            check_float(self.betas[1], "betas[1]", 0.0, 1.0),
+        )
+        self.eps = check_float(self.eps, "eps", 0.0, math.inf, low_open=True)
+        self.momentum = check_float(self.momentum, "momentum", 0.0, 1.0)
+        self.l2 = check_float(self.l2, "l2", 0.0, math.inf)
+        self.dropout = check_float(self.dropout, "dropout", 0.0, 1.0)
+        self.validation_split = check_float(
+            self.validation_split, "validation_split", 0.0, 1.0
+        )
+        if self.max_time is not None:
+            self.max_time = check_float(self.max_time, "max_time", 0.0, math.inf, low_open=True)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {tuple(OPTIMIZERS)}; got {self.optimizer!r}"
+            )
+        if self.early_stopping and self.validation_data is None and not self.validation_split:
+            raise ValueError("early_stopping needs validation_split > 0 or validation_data")
+        self.lr_schedule = _lr_schedule(self.lr_schedule, self.epochs)
+        if callable(self.callbacks):
+            raise ValueError("callbacks must be a sequence of callables: use callbacks=[f]")
+        self.callbacks = list(self.callbacks or [])
+        if not all(callable(cb) for cb in self.callbacks):
+            raise ValueError("callbacks must be a sequence of callables")
+        self.threads = effective_n_threads(self.n_threads)  # resolved; the model keeps n_threads
+        if self.init is not None and not isinstance(self.init, MLP):
+            raise ValueError(f"init must be a fastmlp.MLP; got {type(self.init).__name__}")
+
+
+def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndarray, np.ndarray]:
+    """The model to train (``init``, or a new one, initialised) and X, y checked for it.
+
+    Returns the model, X and the label codes (classifier) or target rows (regressor).
+    """
+    if opts.init is not None:
+        model = opts.init
         X = check_X(X, model.dtype, model.layer_sizes[0])
         labels, targets = model._encode_y(y, X.shape[0])
-        codes = labels if targets is None else targets
-    else:
-        dt = check_dtype(dtype)
-        if not isinstance(hidden, (tuple, list)):
-            raise ValueError(
-                f"hidden must be a sequence of layer widths, e.g. (128, 64); got {hidden!r}"
-            )
-        hidden = tuple(hidden)
-        if len(hidden) > MAX_LAYERS - 1:
-            raise ValueError(f"at most {MAX_LAYERS - 1} hidden layers; got {len(hidden)}")
-        for width in hidden:
-            check_positive_int(width, "every hidden layer size")
-        X = check_X(X, dt)
-        if loss == REGRESSION_LOSS:
-            classes = None
-            codes = check_targets(y, X.shape[0], dt)
-            n_outputs = codes.shape[1]
-        else:
-            labels = check_labels(y, X.shape[0])
-            classes = np.unique(labels)
-            if len(classes) < 2:
-                raise ValueError(
-                    f"y has a single class ({classes[0]!r}); a classifier needs two (for "
-                    f"real-valued targets use loss={REGRESSION_LOSS!r})"
-                )
-            n_outputs = len(classes)
-        model = MLP(
-            (X.shape[1], *hidden, n_outputs),
-            classes,
-            activation=activation,
-            loss=loss,
-            output_activation=output_activation,
-            dtype=dt,
-            n_threads=n_threads,
+        return model, X, labels if targets is None else targets
+    dt = check_dtype(opts.dtype)
+    hidden = opts.hidden
+    if not isinstance(hidden, (tuple, list)):
+        raise ValueError(
+            f"hidden must be a sequence of layer widths, e.g. (128, 64); got {hidden!r}"
         )
-        init_params(model, rng)
-        if classes is not None:
-            codes, _ = model._encode_y(labels, X.shape[0])
+    if len(hidden) > LAYERS_LIMIT - 1:
+        raise ValueError(f"at most {LAYERS_LIMIT - 1} hidden layers; got {len(hidden)}")
+    for width in hidden:
+        check_positive_int(width, "every hidden layer size")
+    X = check_X(X, dt)
+    if opts.loss == REGRESSION_LOSS:
+        classes = None
+        targets = check_targets(y, X.shape[0], dt)
+        n_outputs = targets.shape[1]
+    else:
+        labels = check_labels(y, X.shape[0])
+        classes = np.unique(labels)
+        if len(classes) < 2:
+            raise ValueError(
+                f"y has a single class ({classes[0]!r}); a classifier needs two (for "
+                f"real-valued targets use loss={REGRESSION_LOSS!r})"
+            )
+        n_outputs = len(classes)
+    model = MLP(
+        (X.shape[1], *hidden, n_outputs),
+        classes,
+        activation=opts.activation,
+        loss=opts.loss,
+        output_activation=opts.output_activation,
+        dtype=dt,
+        n_threads=opts.n_threads,
+    )
+    init_params(model, rng)
+    if classes is None:
+        return model, X, targets
+    return model, X, model._encode_y(labels, X.shape[0])[0]
 
-    w = check_sample_weight(sample_weight, X.shape[0], model.dtype)
-    regressor = model.is_regressor
-    if regressor and class_weight is not None:
+
+class _Data(NamedTuple):
+    """Training rows, their codes (labels or targets) and weights; the validation set."""
+
+    X: np.ndarray
+    codes: np.ndarray
+    weights: np.ndarray | None
+    X_val: np.ndarray | None
+    y_val: np.ndarray | None
+
+
+def _prepare(model: MLP, X, codes, opts: _Options, rng: np.random.Generator) -> _Data:
+    """Sample and class weights, then the validation set carved out or checked."""
+    w = check_sample_weight(opts.sample_weight, X.shape[0], model.dtype)
+    if model.is_regressor and opts.class_weight is not None:
         raise ValueError("class_weight is for classifiers; weight samples with sample_weight")
-    cw = class_weights(class_weight, model.classes_, codes)
+    cw = class_weights(opts.class_weight, model.classes_, codes)
     if cw is not None:
         w = (np.ones(X.shape[0], model.dtype) if w is None else w) * cw[codes].astype(model.dtype)
         if not w.any():
             raise ValueError("class_weight gives every sample a weight of zero")
-    X, codes, w, X_val, y_val = _split(X, codes, w, validation_split, validation_data, model, rng)
+    return _Data(*_split(X, codes, w, opts.validation_split, opts.validation_data, model, rng))
 
-    # Everything the epoch loop touches is allocated here, once.
-    capacity = min(batch_size, X.shape[0])
-    ws_elems = _network.workspace_size(model._sizes, capacity, dropout > 0, regressor)
+
+def _allocate(model: MLP, data: _Data, opts: _Options) -> Trainer:
+    """The Trainer (workspace and gradients, allocated here once) and optimizer state."""
+    capacity = min(opts.batch_size, data.X.shape[0])
+    nbytes = Trainer.workspace_bytes(model._network, capacity, opts.dropout)
     check_memory(
-        (ws_elems + 4 * model.params_.size) * model.dtype.itemsize,
+        nbytes + 3 * model.params_.nbytes,
         f"training layers {model.layer_sizes} with batch_size {capacity} (workspace, "
         "gradients and optimizer state)",
     )
-    ws = np.empty(ws_elems, dtype=model.dtype)
-    ybuf = np.empty(capacity, dtype=np.int32)
-    grads = np.empty_like(model.params_)
+    trainer = Trainer(
+        model._network,
+        data.X,
+        data.codes,
+        data.weights,
+        batch_size=capacity,
+        n_threads=opts.threads,
+        l2=opts.l2,
+        dropout=opts.dropout,
+    )
     state = model._optimizer
-    if state is None or state["name"] != optimizer:
+    if state is None or state["name"] != opts.optimizer:
+        adam = opts.optimizer == "adam"
         state = {
-            "name": optimizer,
+            "name": opts.optimizer,
             "t": 0,
             "state1": np.zeros_like(model.params_),
-            "state2": np.zeros_like(model.params_) if optimizer == "adam" else model.params_[:0],
+            "state2": np.zeros_like(model.params_) if adam else model.params_[:0],
         }
         model._optimizer = state
-    val_out = (
-        None
-        if X_val is None
-        else np.empty((X_val.shape[0], model.layer_sizes[-1]), dtype=model.dtype)
+    trainer.set_optimizer(
+        opts.optimizer, state, betas=opts.betas, eps=opts.eps, momentum=opts.momentum
     )
+    return trainer
+
+
+def _loop(model: MLP, trainer: Trainer, data: _Data, opts: _Options, rng) -> MLP:
+    """The epochs: one compiled call each, then history, validation and the stop rules."""
+    val_out = None
+    if data.X_val is not None:
+        val_out = np.empty((data.X_val.shape[0], model.layer_sizes[-1]), dtype=model.dtype)
     seed_bits = int(rng.integers(0, 2**63))
     hist = model.history
-    keys = ("epoch", "loss", "seconds") + (("val_loss",) if X_val is not None else ())
-    if not regressor:
-        keys += ("accuracy",) + (("val_accuracy",) if X_val is not None else ())
+    keys = ("epoch", "loss", "seconds") + (("val_loss",) if val_out is not None else ())
+    if not model.is_regressor:
+        keys += ("accuracy",) + (("val_accuracy",) if val_out is not None else ())
     for key in keys:
         hist.setdefault(key, [])
-    first_epoch = len(hist["epoch"]) + 1
+    first = len(hist["epoch"]) + 1
     best = (math.inf, None)  # validation loss and parameters of the best epoch
     bad_epochs = 0
-    deadline = math.inf if max_time is None else time.monotonic() + max_time
-    is_main = _is_main_thread()
+    deadline = math.inf if opts.max_time is None else time.monotonic() + opts.max_time
+    is_main = threading.current_thread() is threading.main_thread()
     start_all = time.perf_counter()
     stop_reason = None
+    n = data.X.shape[0]
 
-    for epoch in range(first_epoch, first_epoch + epochs):
-        epoch_lr = lr * schedule(epoch - first_epoch)
-        order = rng.permutation(X.shape[0]) if shuffle else np.arange(X.shape[0])
+    for epoch in range(first, first + opts.epochs):
+        order = rng.permutation(n) if opts.shuffle else np.arange(n)
         tic = time.perf_counter()
         try:
             with blas_guard():
-                loss_sum, w_sum, correct, seen, state["t"], status = _network.train_epoch(
-                    model.params_,
-                    grads,
-                    state["state1"],
-                    state["state2"],
-                    X,
-                    None if regressor else codes,
-                    w,
+                loss_sum, w_sum, correct, seen, status = trainer.epoch(
                     order,
-                    ws,
-                    ybuf,
-                    model._sizes,
-                    model._acts,
-                    loss=LOSSES[model.loss],
-                    optimizer=OPTIMIZERS[optimizer],
-                    lr=epoch_lr,
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=eps,
-                    momentum=momentum,
-                    l2=l2,
-                    dropout=dropout,
-                    seed=(seed_bits + epoch) % 2**64,
-                    t=state["t"],
-                    batch_size=capacity,
-                    n_threads=threads,
-                    targets=codes if regressor else None,
-                    deadline=deadline,
-                    check_interrupt=is_main,
+                    opts.lr * opts.lr_schedule(epoch - first),
+                    (seed_bits + epoch) % 2**64,
+                    deadline,
+                    is_main,
                 )
         except KeyboardInterrupt:
             warnings.warn(
                 f"training interrupted in epoch {epoch}; returning the model with the "
                 "weights of the last completed mini-batch",
-                stacklevel=2,
+                stacklevel=3,
             )
             stop_reason = "interrupted"
             break
-        seconds = time.perf_counter() - tic
-        if status == _network.Status.STATUS_NONFINITE:
-            raise FloatingPointError(
-                f"training diverged in epoch {epoch}: the loss became {loss_sum}. The "
-                f"learning rate lr={lr:g} is likely too high (try lr={lr / 10:g}); "
-                "unscaled inputs can do this too."
-            )
+        finally:
+            model._optimizer["t"] = trainer.t
         figures = {
             "epoch": epoch,
             "loss": loss_sum / w_sum if w_sum else math.nan,
-            "seconds": seconds,
+            "seconds": time.perf_counter() - tic,
         }
-        if not regressor:
-            figures["accuracy"] = correct / seen if seen else math.nan
-        if X_val is not None:
-            # Prediction runs fm_dense, no BLAS: no BLAS limit needed here.
-            vloss, vcorrect = _network.evaluate(
-                model.params_,
-                X_val,
-                None if regressor else y_val,
-                None,
-                val_out,
-                model._sizes,
-                model._acts,
-                loss=LOSSES[model.loss],
-                n_threads=threads,
-                targets=y_val if regressor else None,
+        if status == Status.STATUS_NONFINITE:
+            raise FloatingPointError(
+                f"training diverged in epoch {epoch}: the loss became {loss_sum}. The "
+                f"learning rate lr={opts.lr:g} is likely too high (try lr={opts.lr / 10:g}); "
+                "unscaled inputs can do this too."
             )
-            figures["val_loss"] = vloss / X_val.shape[0]
-            if not regressor:
-                figures["val_accuracy"] = vcorrect / X_val.shape[0]
+        if not model.is_regressor:
+            figures["accuracy"] = correct / seen if seen else math.nan
+        if val_out is not None:
+            vloss, vcorrect = model._network.evaluate(
+                data.X_val, data.y_val, None, val_out, n_threads=opts.threads
+            )
+            figures["val_loss"] = vloss / data.X_val.shape[0]
+            if not model.is_regressor:
+                figures["val_accuracy"] = vcorrect / data.X_val.shape[0]
             if figures["val_loss"] < best[0]:
                 best = (figures["val_loss"], model.params_.copy())
                 bad_epochs = 0
@@ -418,23 +471,23 @@ def train(
                 bad_epochs += 1
         for key, value in figures.items():
             hist[key].append(value)
-        if verbose:
-            _print_epoch(figures, first_epoch + epochs - 1)
+        if opts.verbose:
+            _print_epoch(figures, first + opts.epochs - 1)
         # Every callback sees every epoch, including the one some callback stops.
-        if any([cb({**figures, "model": model}) is True for cb in callbacks]):
+        if any([cb({**figures, "model": model}) is True for cb in opts.callbacks]):
             stop_reason = "callback"
             break
-        if status == _network.Status.STATUS_TIME:
+        if status == Status.STATUS_TIME:
             stop_reason = "max_time"
             break
-        if early_stopping and bad_epochs >= patience:
+        if opts.early_stopping and bad_epochs >= opts.patience:
             stop_reason = "early_stopping"
             break
 
-    if best[1] is not None and (early_stopping or stop_reason == "max_time"):
+    if best[1] is not None and (opts.early_stopping or stop_reason == "max_time"):
         model.params_[...] = best[1]
     model.stop_reason_ = stop_reason
-    if verbose:
+    if opts.verbose:
         print(f"Training time: {time.perf_counter() - start_all:.2f} s")
     return model
 
@@ -463,7 +516,3 @@ def _print_epoch(f: dict, last: int) -> None:
     if "val_accuracy" in f:
         line += f", Val Accuracy: {100 * f['val_accuracy']:.2f}%"
     print(line + f", Time: {f['seconds']:.2f} s", flush=True)
-
-
-def _is_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()

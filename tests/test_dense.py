@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pytest
 
-from fastmlp import MLP, _network
+from fastmlp import MLP
 from fastmlp import _kernels as K
 from fastmlp import reference as R
 
@@ -193,7 +193,7 @@ def test_dense_at_reports_nonfinite_results(isa, dtype):
         assert not K.dense_at(A, D, 0, 9, C0, isa)[1]
 
 
-# -- whole networks through _network.forward --------------------------------------------
+# -- whole networks through Network.forward ---------------------------------------------
 
 NETWORKS = [(13, 5), (13, 33, 5), (20, 16, 7, 17, 9, 3), (784, 128, 64, 10)]
 
@@ -215,12 +215,9 @@ def reference_logits(model, X):
 
 def forward(model, X, *, n_threads=1, max_block_rows=256, isa=None, softmax=True):
     out = np.empty((X.shape[0], model.layer_sizes[-1]), dtype=model.params_.dtype)
-    _network.forward(
-        model.params_,
+    model._network.forward(
         X,
         out,
-        model._sizes,
-        model._acts,
         softmax=softmax,
         n_threads=n_threads,
         max_block_rows=max_block_rows,

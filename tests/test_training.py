@@ -468,12 +468,12 @@ def test_blas_guard_falls_back_to_threadpoolctl_without_openblas_control(monkeyp
     # it process-wide through threadpoolctl and restores it afterwards.
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from fastmlp import _network, _threads
+    from fastmlp import _blas, _threads
 
     def blas_threads():
         return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
 
-    monkeypatch.setattr(_network, "blas_threads_registered", lambda: 0)
+    monkeypatch.setattr(_blas, "threads_registered", lambda: 0)
     with threadpool_limits(limits=2, user_api="blas"):
         before = blas_threads()
         with _threads.blas_guard():

@@ -1,0 +1,213 @@
+# cython: language_level=3
+"""The C kernels of csrc/fm_kernels.h (contracts there) and one fused shim for each.
+
+Cython code cimports the shims (``bias_act``, ``dense``, ...), never the ``_f``/``_d``
+functions themselves.
+"""
+from cython cimport floating
+from libc.stdint cimport int32_t, int64_t, uint64_t
+
+
+cdef extern from "fm_kernels.h" nogil:
+    enum:
+        FM_IDENTITY
+        FM_RELU
+        FM_TANH
+        FM_SIGMOID
+
+    void fm_bias_act_f(Py_ssize_t n, Py_ssize_t m, float *Z, const float *b, int act)
+    void fm_bias_act_d(Py_ssize_t n, Py_ssize_t m, double *Z, const double *b, int act)
+    void fm_act_backward_f(Py_ssize_t n, Py_ssize_t m, const float *A, const float *mask,
+                           float *dA, int act)
+    void fm_act_backward_d(Py_ssize_t n, Py_ssize_t m, const double *A, const double *mask,
+                           double *dA, int act)
+    void fm_vecmat_f(Py_ssize_t n_in, Py_ssize_t n_out, const float *x, const float *W,
+                     float *y)
+    void fm_vecmat_d(Py_ssize_t n_in, Py_ssize_t n_out, const double *x, const double *W,
+                     double *y)
+    int fm_all_finite_f(Py_ssize_t n, const float *x)
+    int fm_all_finite_d(Py_ssize_t n, const double *x)
+    void fm_softmax_f(Py_ssize_t n, Py_ssize_t k, float *Z)
+    void fm_softmax_d(Py_ssize_t n, Py_ssize_t k, double *Z)
+    double fm_softmax_xent_f(Py_ssize_t n, Py_ssize_t k, float *Z, const int32_t *y,
+                             const float *w, double scale, float *dZ, int64_t *n_correct)
+    double fm_softmax_xent_d(Py_ssize_t n, Py_ssize_t k, double *Z, const int32_t *y,
+                             const double *w, double scale, double *dZ, int64_t *n_correct)
+    double fm_mse_f(Py_ssize_t n, Py_ssize_t k, const float *A, const int32_t *y,
+                    const float *w, double scale, float *dA, int64_t *n_correct)
+    double fm_mse_d(Py_ssize_t n, Py_ssize_t k, const double *A, const int32_t *y,
+                    const double *w, double scale, double *dA, int64_t *n_correct)
+    double fm_squared_error_f(Py_ssize_t n, Py_ssize_t k, const float *A, const float *Y,
+                              const float *w, double scale, float *dA)
+    double fm_squared_error_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
+                              const double *w, double scale, double *dA)
+    void fm_col_sum_f(Py_ssize_t n, Py_ssize_t m, const float *dZ, float *db)
+    void fm_col_sum_d(Py_ssize_t n, Py_ssize_t m, const double *dZ, double *db)
+    void fm_dropout_f(Py_ssize_t n, Py_ssize_t m, const float *A, float *mask, float *out,
+                      double p, uint64_t seed, Py_ssize_t row0)
+    void fm_dropout_d(Py_ssize_t n, Py_ssize_t m, const double *A, double *mask,
+                      double *out, double p, uint64_t seed, Py_ssize_t row0)
+    void fm_adam_f(Py_ssize_t n, float *p, const float *g, float *m, float *v, double lr,
+                   double beta1, double beta2, double eps, int64_t t)
+    void fm_adam_d(Py_ssize_t n, double *p, const double *g, double *m, double *v,
+                   double lr, double beta1, double beta2, double eps, int64_t t)
+    void fm_sgd_f(Py_ssize_t n, float *p, const float *g, float *vel, double lr,
+                  double momentum)
+    void fm_sgd_d(Py_ssize_t n, double *p, const double *g, double *vel, double lr,
+                  double momentum)
+
+    uint64_t fm_hash64(uint64_t seed, uint64_t index)
+
+    enum:
+        FM_ISA_AUTO
+        FM_ISA_BASE
+        FM_ISA_AVX2
+        FM_ISA_WIDE
+        FM_ISA_AVX512
+    int fm_dense_isa_available(int isa)
+    int fm_dense_isa_best()
+    Py_ssize_t fm_dense_tail_size(Py_ssize_t k, Py_ssize_t n, size_t elem)
+    void fm_dense_pack_tail_f(Py_ssize_t k, Py_ssize_t n, const float *W, const float *b,
+                              float *tail)
+    void fm_dense_pack_tail_d(Py_ssize_t k, Py_ssize_t n, const double *W, const double *b,
+                              double *tail)
+    int fm_dense_f(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *A, Py_ssize_t lda,
+                   const float *W, const float *b, const float *tail, int act, float *Z,
+                   Py_ssize_t ldz, int isa)
+    int fm_dense_d(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *A,
+                   Py_ssize_t lda, const double *W, const double *b, const double *tail,
+                   int act, double *Z, Py_ssize_t ldz, int isa)
+    int fm_dense_at_f(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *A,
+                      Py_ssize_t lda, const float *B, float *C, Py_ssize_t ldc,
+                      int accumulate, int isa)
+    int fm_dense_at_d(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *A,
+                      Py_ssize_t lda, const double *B, double *C, Py_ssize_t ldc,
+                      int accumulate, int isa)
+
+
+# -- One fused shim per kernel: call sites pass float or double pointers and never branch
+# on the dtype; the branch is here, once, resolved at compile time.
+
+cdef inline void bias_act(Py_ssize_t n, Py_ssize_t m, floating *Z, const floating *b,
+                          int act) noexcept nogil:
+    if floating is float:
+        fm_bias_act_f(n, m, Z, b, act)
+    else:
+        fm_bias_act_d(n, m, Z, b, act)
+
+
+cdef inline void act_backward(Py_ssize_t n, Py_ssize_t m, const floating *A,
+                              const floating *mask, floating *dA, int act) noexcept nogil:
+    if floating is float:
+        fm_act_backward_f(n, m, A, mask, dA, act)
+    else:
+        fm_act_backward_d(n, m, A, mask, dA, act)
+
+
+cdef inline void vecmat(Py_ssize_t n_in, Py_ssize_t n_out, const floating *x,
+                        const floating *W, floating *y) noexcept nogil:
+    if floating is float:
+        fm_vecmat_f(n_in, n_out, x, W, y)
+    else:
+        fm_vecmat_d(n_in, n_out, x, W, y)
+
+
+cdef inline int all_finite(Py_ssize_t n, const floating *x) noexcept nogil:
+    if floating is float:
+        return fm_all_finite_f(n, x)
+    else:
+        return fm_all_finite_d(n, x)
+
+
+cdef inline void softmax(Py_ssize_t n, Py_ssize_t k, floating *Z) noexcept nogil:
+    if floating is float:
+        fm_softmax_f(n, k, Z)
+    else:
+        fm_softmax_d(n, k, Z)
+
+
+cdef inline double softmax_xent(Py_ssize_t n, Py_ssize_t k, floating *Z, const int32_t *y,
+                                const floating *w, double scale, floating *dZ,
+                                int64_t *n_correct) noexcept nogil:
+    if floating is float:
+        return fm_softmax_xent_f(n, k, Z, y, w, scale, dZ, n_correct)
+    else:
+        return fm_softmax_xent_d(n, k, Z, y, w, scale, dZ, n_correct)
+
+
+cdef inline double mse(Py_ssize_t n, Py_ssize_t k, const floating *A, const int32_t *y,
+                       const floating *w, double scale, floating *dA,
+                       int64_t *n_correct) noexcept nogil:
+    if floating is float:
+        return fm_mse_f(n, k, A, y, w, scale, dA, n_correct)
+    else:
+        return fm_mse_d(n, k, A, y, w, scale, dA, n_correct)
+
+
+cdef inline double squared_error(Py_ssize_t n, Py_ssize_t k, const floating *A,
+                                 const floating *Y, const floating *w, double scale,
+                                 floating *dA) noexcept nogil:
+    if floating is float:
+        return fm_squared_error_f(n, k, A, Y, w, scale, dA)
+    else:
+        return fm_squared_error_d(n, k, A, Y, w, scale, dA)
+
+
+cdef inline void col_sum(Py_ssize_t n, Py_ssize_t m, const floating *dZ,
+                         floating *db) noexcept nogil:
+    if floating is float:
+        fm_col_sum_f(n, m, dZ, db)
+    else:
+        fm_col_sum_d(n, m, dZ, db)
+
+
+cdef inline void dropout(Py_ssize_t n, Py_ssize_t m, const floating *A, floating *mask,
+                         floating *out, double p, uint64_t seed, Py_ssize_t row0) noexcept nogil:
+    if floating is float:
+        fm_dropout_f(n, m, A, mask, out, p, seed, row0)
+    else:
+        fm_dropout_d(n, m, A, mask, out, p, seed, row0)
+
+
+cdef inline void adam(Py_ssize_t n, floating *p, const floating *g, floating *m, floating *v,
+                      double lr, double beta1, double beta2, double eps,
+                      int64_t t) noexcept nogil:
+    if floating is float:
+        fm_adam_f(n, p, g, m, v, lr, beta1, beta2, eps, t)
+    else:
+        fm_adam_d(n, p, g, m, v, lr, beta1, beta2, eps, t)
+
+
+cdef inline void sgd(Py_ssize_t n, floating *p, const floating *g, floating *vel, double lr,
+                     double momentum) noexcept nogil:
+    if floating is float:
+        fm_sgd_f(n, p, g, vel, lr, momentum)
+    else:
+        fm_sgd_d(n, p, g, vel, lr, momentum)
+
+
+cdef inline void dense_pack_tail(Py_ssize_t k, Py_ssize_t n, const floating *W,
+                                 const floating *b, floating *tail) noexcept nogil:
+    if floating is float:
+        fm_dense_pack_tail_f(k, n, W, b, tail)
+    else:
+        fm_dense_pack_tail_d(k, n, W, b, tail)
+
+
+cdef inline int dense(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floating *A,
+                      Py_ssize_t lda, const floating *W, const floating *b,
+                      const floating *tail, int act, floating *Z, Py_ssize_t ldz,
+                      int isa) noexcept nogil:
+    if floating is float:
+        return fm_dense_f(m, k, n, A, lda, W, b, tail, act, Z, ldz, isa)
+    else:
+        return fm_dense_d(m, k, n, A, lda, W, b, tail, act, Z, ldz, isa)
+
+
+cdef inline int dense_at(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floating *A,
+                         Py_ssize_t lda, const floating *B, floating *C, Py_ssize_t ldc,
+                         int accumulate, int isa) noexcept nogil:
+    if floating is float:
+        return fm_dense_at_f(m, k, n, A, lda, B, C, ldc, accumulate, isa)
+    else:
+        return fm_dense_at_d(m, k, n, A, lda, B, C, ldc, accumulate, isa)

@@ -1,0 +1,625 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""``Trainer``: mini-batch training of a ``Network`` without the GIL.
+
+Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
+
+1. ``csrc/``: the C kernels on a block of rows, and ``fm_dense``, our own GEMM tiles for
+   the forward pass and the weight gradients A^T dZ.
+2. This file: the OpenMP loops, those kernels and one BLAS GEMM (``_blas.pxd``: the
+   backward dZ @ W^T, a small share of the work). A mini-batch step runs in two
+   parallel phases, so the cores have one owner (OpenMP) and BLAS runs single-threaded
+   inside each task:
+
+   a. Row phase. The batch is cut into row blocks of BLOCK_ROWS; each block runs
+      forward, loss and the backward chain of deltas on its own. Rows never interact, so
+      no barrier is needed between layers.
+   b. Parameter phase. Each weight gradient dW = A^T dZ is cut by its rows (the layer's
+      inputs) into PARAM_PARTS parts; each part is one fm_dense_at over the whole batch
+      followed by the optimizer update of exactly those parameters. No reduction across
+      threads.
+
+   The blocks depend on the batch size alone and the parts are a fixed count, never the
+   thread count, so the weights are bitwise identical for any number of threads.
+3. Python (``training.py``): checks, one Trainer per fit, one ``epoch`` call per epoch.
+
+A Trainer is built once per fit: it checks and binds the network, the data and the
+optimizer state, and allocates the workspace and gradients; ``epoch`` then only checks
+the order of the samples (C reads memory by it).
+"""
+from cython.parallel cimport prange
+from libc.math cimport isfinite, INFINITY
+from libc.stdint cimport int32_t, int64_t, uint64_t
+from libc.string cimport memcpy
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+from cython cimport floating
+
+from fastmlp cimport _ckernels as fm
+from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
+from fastmlp._ckernels cimport FM_ISA_AUTO, fm_hash64
+from fastmlp._network cimport (LOSS_CROSS_ENTROPY, LOSS_SQUARED_ERROR, MAX_LAYERS, Layout,
+                               Network)
+
+import numpy as np
+
+from fastmlp._network import check_targets
+
+cdef extern from "fm_fpu.h" nogil:
+    unsigned int fm_denormals_off()
+    void fm_fpu_restore(unsigned int old)
+
+cdef extern from "Python.h":
+    # Declared without Cython's `except -1`, so the exception a signal handler raises
+    # stays set for the caller instead of being reported and dropped.
+    int PyErr_CheckSignals()
+
+cdef enum:
+    MAX_BLOCKS = 256     # row blocks per mini-batch
+    # The partition of a step (see the top): rows per block of the row phase, parts per
+    # weight matrix in the parameter phase. 8 to 64 rows measured within noise; 8 leaves
+    # the most blocks for machines with more cores (benches/results.md).
+    BLOCK_ROWS = 8
+    PARAM_PARTS = 4
+
+cpdef enum Optimizer:
+    OPT_ADAM = 0
+    OPT_SGD = 1
+
+cpdef enum Status:
+    STATUS_DONE = 0          # the epoch ran to its end
+    STATUS_TIME = 1          # stopped at the deadline
+    STATUS_NONFINITE = 2     # stopped on a NaN or inf mini-batch loss
+
+OPTIMIZERS = {"adam": OPT_ADAM, "sgd": OPT_SGD}
+MAX_STEPS = 1 << 62      # optimizer step counts beyond this are refused
+
+
+cdef struct Workspace:
+    # Offsets in the workspace buffer, each a (capacity x sizes[l]) block: activations
+    # A_l (A_0: the gathered input rows), deltas D_l, dropout masks M_l and dropped
+    # activations Ad_l; then per-row sample weights and regression target rows.
+    Py_ssize_t a_off[MAX_LAYERS + 1]
+    Py_ssize_t d_off[MAX_LAYERS + 1]
+    Py_ssize_t m_off[MAX_LAYERS + 1]
+    Py_ssize_t ad_off[MAX_LAYERS + 1]
+    Py_ssize_t w_off
+    Py_ssize_t t_off
+    Py_ssize_t size
+    bint dropout
+
+
+cdef struct Hyper:
+    int loss
+    int optimizer
+    double lr, beta1, beta2, eps, momentum, l2, dropout
+    int64_t t                           # optimizer step, >= 1 during an update
+
+
+cdef struct Buffers:
+    # What a step reads and writes, as `floating *` of the network's dtype (void here:
+    # a struct cannot be fused): the data, rows by sample index, and the trainer's arrays.
+    const void *X
+    const int32_t *y                    # labels (classification) or NULL
+    const void *targets                 # target rows (regression) or NULL
+    const void *sample_weight           # or NULL
+    void *params
+    void *grads
+    void *state1                        # Adam's first moment or SGD's velocity (or NULL)
+    void *state2                        # Adam's second moment (or NULL)
+    void *ws                            # the workspace (Workspace gives its layout)
+    int32_t *ybuf                       # gathered labels
+
+
+cdef struct Batch:
+    const int64_t *rows                 # sample indices of the mini-batch
+    Py_ssize_t n
+    double weight_sum                   # > 0
+    uint64_t seed                       # dropout bits of this step
+
+
+cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dropout,
+                                bint targets):
+    cdef Workspace w
+    cdef int L = lay.n_layers, l
+    cdef Py_ssize_t p = capacity * lay.sizes[0]
+    w.dropout = dropout
+    w.a_off[0] = 0
+    for l in range(1, L + 1):
+        w.a_off[l] = p
+        w.d_off[l] = p + capacity * lay.sizes[l]
+        p += 2 * capacity * lay.sizes[l]
+        if dropout and l < L:
+            w.m_off[l] = p
+            w.ad_off[l] = p + capacity * lay.sizes[l]
+            p += 2 * capacity * lay.sizes[l]
+    w.w_off = p
+    p += capacity
+    w.t_off = p
+    if targets:
+        p += capacity * lay.sizes[L]
+    w.size = p
+    return w
+
+
+cdef class Trainer:
+    """Mini-batch training of a Network: workspace, gradients, optimizer state, partition.
+
+    Parameters
+    ----------
+    network : Network
+        Trained in place (its ``params``).
+    X : ndarray of the network's dtype, (n, inputs), C-contiguous and aligned
+    y : ndarray
+        int32 labels in [0, outputs) (classifier), or (n, outputs) targets of the dtype
+        (regressor).
+    sample_weight : ndarray of the dtype, (n,), or None
+    batch_size : int
+        Rows per mini-batch (at most n; the workspace holds that many).
+    n_threads : int
+        OpenMP threads of each step; results do not depend on it.
+    l2 : float
+        L2 penalty ``0.5 * l2 * sum W^2`` (weights only), part of the gradient.
+    dropout : float in [0, 1)
+        Inverted-dropout rate of the hidden layers' outputs.
+    """
+    cdef readonly Network network
+    cdef const Layout *lay
+    cdef Workspace wsl
+    cdef Hyper h
+    cdef readonly Py_ssize_t batch_size
+    cdef readonly int n_threads
+    cdef readonly object grads
+    cdef object ws, ybuf, X, y, sample_weight, state1, state2
+    cdef int64_t n_last                 # rows of the last step (for dropout_masks)
+
+    def __init__(self, Network network, X, y, sample_weight=None, *,
+                 Py_ssize_t batch_size, int n_threads, double l2=0.0, double dropout=0.0):
+        dtype = network.dtype
+        if not (isinstance(X, np.ndarray) and X.dtype == dtype and X.ndim == 2
+                and X.flags.c_contiguous and X.flags.aligned):
+            raise ValueError(f"X must be a C-contiguous aligned 2-D {dtype} array")
+        if X.shape[1] != network.layout.sizes[0]:
+            raise ValueError("X does not match the network")
+        if batch_size < 1 or n_threads < 1:
+            raise ValueError("batch_size and n_threads must be at least 1")
+        if not (l2 >= 0 and isfinite(l2)) or not 0 <= dropout < 1:
+            raise ValueError("l2 must be >= 0 and dropout in [0, 1)")
+        check_targets(network.loss, y, X.shape[0],
+                      network.layout.sizes[network.layout.n_layers])
+        if sample_weight is not None and not (
+                isinstance(sample_weight, np.ndarray) and sample_weight.dtype == dtype
+                and sample_weight.shape == (X.shape[0],)):
+            raise ValueError(f"sample_weight must hold one {dtype} weight per row of X")
+        self.network = network
+        self.lay = &network.layout
+        self.X = X
+        self.y = np.require(y, dtype if network.loss == LOSS_SQUARED_ERROR else np.int32,
+                            ["C", "A"])
+        self.sample_weight = (None if sample_weight is None
+                              else np.require(sample_weight, requirements=["C", "A"]))
+        self.batch_size = min(batch_size, X.shape[0])
+        self.n_threads = n_threads
+        self.h.loss = network.loss
+        self.h.optimizer = -1
+        self.h.l2 = l2
+        self.h.dropout = dropout
+        self.h.t = 0
+        self.wsl = workspace_layout(self.lay, self.batch_size, dropout > 0,
+                                    network.loss == LOSS_SQUARED_ERROR)
+        self.ws = np.empty(self.wsl.size, dtype=dtype)
+        self.ybuf = np.empty(self.batch_size, dtype=np.int32)
+        self.grads = np.zeros_like(network.params)
+        self.n_last = 0
+
+    @staticmethod
+    def workspace_bytes(Network network, Py_ssize_t batch_size, double dropout):
+        """Bytes a Trainer of mini-batches of batch_size rows allocates (workspace,
+        gradients), for a memory check before it does."""
+        cdef Workspace w = workspace_layout(&network.layout, batch_size, dropout > 0,
+                                            network.loss == LOSS_SQUARED_ERROR)
+        return (w.size + network.layout.n_params) * network.dtype.itemsize
+
+    def set_optimizer(self, str name, dict state, *, betas=(0.9, 0.999), double eps=1e-8,
+                      double momentum=0.9):
+        """Use optimizer `name` ("adam" or "sgd") with its memory in `state`.
+
+        state: ``{"t": steps so far, "state1": ..., "state2": ...}``, arrays shaped like
+        the parameters (Adam's two moments, or SGD's velocity in state1), updated in
+        place; ``t`` is read here and kept in :attr:`t`.
+        """
+        if name not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}; got {name!r}")
+        s1, s2, t = state["state1"], state["state2"], state["t"]
+        shape, dtype = self.network.params.shape, self.network.dtype
+        for s in ((s1, s2) if name == "adam" else (s1,)):
+            if not (isinstance(s, np.ndarray) and s.shape == shape and s.dtype == dtype
+                    and s.flags.c_contiguous and s.flags.aligned and s.flags.writeable):
+                raise ValueError("optimizer state does not match the parameters")
+        if not 0 <= t <= MAX_STEPS:
+            raise ValueError(f"the optimizer step count {t} is out of range")
+        self.h.optimizer = OPTIMIZERS[name]
+        self.h.beta1, self.h.beta2 = betas
+        self.h.eps = eps
+        self.h.momentum = momentum
+        self.h.t = t
+        self.state1, self.state2 = s1, s2 if name == "adam" else s1
+
+    @property
+    def t(self):
+        """Optimizer steps taken so far (Adam's bias correction uses it)."""
+        return self.h.t
+
+    def epoch(self, order, double lr, uint64_t seed, double deadline=INFINITY,
+              bint check_interrupt=False):
+        """One epoch of mini-batches over ``X[order]``, without the GIL.
+
+        Returns ``(loss_sum, weight_sum, n_correct, n_seen, status)``: the summed
+        (weighted) data loss, the summed sample weights and the correct predictions of
+        the mini-batches run, the samples in them (a batch whose weights are all zero is
+        skipped), and STATUS_DONE, STATUS_TIME (the monotonic clock passed `deadline`) or
+        STATUS_NONFINITE (a mini-batch loss was NaN or inf; the epoch stops after that
+        step). With `check_interrupt`, an exception raised by a signal handler (Ctrl-C)
+        propagates at the next mini-batch boundary, with the parameters as the last
+        completed step left them.
+        """
+        self.check_ready(order)
+        if self.network.is_double:
+            return run_epoch[double](self, self.network.params, order, lr, seed, deadline,
+                                     check_interrupt)
+        return run_epoch[float](self, self.network.params, order, lr, seed, deadline,
+                                check_interrupt)
+
+    def step(self, batch, double lr, uint64_t seed):
+        """One mini-batch over the samples ``batch`` (as an epoch runs it); its mean loss."""
+        batch = np.ascontiguousarray(batch, dtype=np.int64)
+        if not 1 <= len(batch) <= self.batch_size:
+            raise ValueError(f"a batch holds 1 to {self.batch_size} samples")
+        loss_sum, weight_sum, _, _, _ = self.epoch(batch, lr, seed)
+        return loss_sum / weight_sum if weight_sum else float("nan")
+
+    def dropout_masks(self):
+        """Copies of the dropout masks of the last step, one (rows, width) per hidden layer.
+
+        Entries are 0 (dropped) or 1 / (1 - dropout); rows in the order of the batch.
+        """
+        if not self.wsl.dropout:
+            return []
+        ws = self.ws
+        return [ws[self.wsl.m_off[l]:self.wsl.m_off[l] + self.n_last * self.lay.sizes[l]]
+                .reshape(self.n_last, self.lay.sizes[l]).copy()
+                for l in range(1, self.lay.n_layers)]
+
+    def gradient(self):
+        """Objective over all the bound data as one batch, and its gradient in ``grads``.
+
+        The objective is the weighted mean loss plus ``0.5 * l2 * sum W^2``; the same
+        code as a training step runs, with no update. Needs ``batch_size`` >= the rows.
+        """
+        cdef Py_ssize_t n
+        n = self.X.shape[0]
+        if n > self.batch_size:
+            raise ValueError("gradient() takes all rows as one batch: batch_size >= rows")
+        if self.h.dropout > 0:
+            raise ValueError("the gradient is of the network without dropout")
+        if self.network.is_double:
+            return full_gradient[double](self, self.network.params)
+        return full_gradient[float](self, self.network.params)
+
+    cdef int check_ready(self, order) except -1:
+        cdef const int64_t[::1] o = order
+        cdef Py_ssize_t i, n
+        cdef bint bad = False
+        if self.h.optimizer < 0:
+            raise ValueError("choose the optimizer first (set_optimizer)")
+        n = self.X.shape[0]
+        with nogil:
+            for i in range(o.shape[0]):
+                bad |= o[i] < 0 or o[i] >= n
+        if bad:
+            raise ValueError(f"sample indices must lie in [0, {n})")
+        return 0
+
+
+# -- the fused engine: Python above, nogil below ---------------------------------------
+
+cdef Buffers buffers(Trainer tr, floating[::1] params) except *:
+    """Pointers to the trainer's arrays for one call (params selects the dtype)."""
+    cdef Buffers buf
+    cdef const floating[:, ::1] X = tr.X
+    cdef const floating[:, ::1] T
+    cdef const int32_t[::1] y
+    cdef const floating[::1] w
+    cdef floating[::1] g = tr.grads
+    cdef floating[::1] ws = tr.ws
+    cdef floating[::1] s1
+    cdef floating[::1] s2
+    cdef int32_t[::1] ybuf = tr.ybuf
+    buf.X = &X[0, 0]
+    buf.y = NULL
+    buf.targets = NULL
+    buf.sample_weight = NULL
+    buf.state1 = NULL
+    buf.state2 = NULL
+    if tr.h.loss == LOSS_SQUARED_ERROR:
+        T = tr.y
+        buf.targets = &T[0, 0]
+    else:
+        y = tr.y
+        buf.y = &y[0]
+    if tr.sample_weight is not None:
+        w = tr.sample_weight
+        buf.sample_weight = &w[0]
+    if tr.state1 is not None:
+        s1 = tr.state1
+        s2 = tr.state2
+        buf.state1 = &s1[0]
+        buf.state2 = &s2[0]
+    buf.params = &params[0]
+    buf.grads = &g[0]
+    buf.ws = &ws[0]
+    buf.ybuf = &ybuf[0]
+    return buf
+
+
+cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order, double lr,
+                     uint64_t seed, double deadline, bint check_interrupt):
+    """Trainer.epoch for one dtype."""
+    cdef Buffers buf = buffers(tr, params)
+    cdef Batch b
+    cdef Py_ssize_t n = order.shape[0], start = 0, n_seen = 0
+    cdef double loss_sum = 0, weight_sum = 0, batch_loss
+    cdef int64_t n_correct = 0
+    cdef int status = STATUS_DONE, interrupted = 0, steps = 0
+    tr.h.lr = lr
+    with nogil:
+        single_thread_enter()
+        while start < n:
+            b.rows = &order[start]
+            b.n = min(tr.batch_size, n - start)
+            b.weight_sum = batch_weight(<const floating *> buf.sample_weight, b.rows, b.n)
+            start += b.n
+            if b.weight_sum <= 0:   # every sample weighs 0: nothing to learn from
+                continue
+            tr.h.t += 1
+            b.seed = fm_hash64(seed, tr.h.t)
+            batch_loss = step(tr.lay, &tr.wsl, &tr.h, &buf, &b, <floating *> buf.ws,
+                              tr.n_threads, True, &n_correct)
+            tr.n_last = b.n
+            loss_sum += batch_loss
+            weight_sum += b.weight_sum
+            n_seen += b.n
+            steps += 1
+            if not isfinite(batch_loss):
+                status = STATUS_NONFINITE
+                break
+            if monotonic() > deadline:
+                status = STATUS_TIME
+                break
+            if check_interrupt and steps % 8 == 0 and check_signals():
+                interrupted = 1
+                break
+        single_thread_exit()
+    if interrupted:
+        reraise()
+    return loss_sum, weight_sum, n_correct, n_seen, status
+
+
+cdef double full_gradient(Trainer tr, floating[::1] params) except? -1:
+    """Trainer.gradient for one dtype."""
+    cdef Buffers buf = buffers(tr, params)
+    cdef Batch b
+    cdef const Layout *lay = tr.lay
+    cdef Py_ssize_t i, n = tr.X.shape[0]
+    cdef int64_t[::1] order = np.arange(n, dtype=np.int64)
+    cdef int64_t n_correct = 0
+    cdef double total, penalty = 0
+    cdef int l
+    cdef const floating *p = &params[0]
+    b.rows = &order[0]
+    b.n = n
+    b.seed = 0
+    with nogil:
+        b.weight_sum = batch_weight(<const floating *> buf.sample_weight, b.rows, n)
+    if not b.weight_sum > 0:
+        raise ValueError("the sample weights sum to zero")
+    with nogil:
+        single_thread_enter()
+        total = step(lay, &tr.wsl, &tr.h, &buf, &b, <floating *> buf.ws, tr.n_threads,
+                     False, &n_correct)
+        single_thread_exit()
+        for l in range(1, lay.n_layers + 1):
+            for i in range(<Py_ssize_t> lay.sizes[l - 1] * lay.sizes[l]):
+                penalty += <double> p[lay.w_off[l] + i] * p[lay.w_off[l] + i]
+    return total / b.weight_sum + 0.5 * tr.h.l2 * penalty
+
+
+cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
+                 const Buffers *buf, const Batch *b, floating *ws, int n_threads,
+                 bint update, int64_t *n_correct) noexcept nogil:
+    """One mini-batch: the row phase, then the parameter phase; its summed loss.
+
+    ws: the workspace (its layout in wsl), typed: it fixes the dtype of buf's pointers.
+    """
+    cdef double block_loss[MAX_BLOCKS]
+    cdef int64_t block_correct[MAX_BLOCKS]
+    # The partition depends on the batch size alone, never on the thread count.
+    cdef int n_blocks = <int> min((b.n + BLOCK_ROWS - 1) // BLOCK_ROWS,
+                                  <Py_ssize_t> MAX_BLOCKS)
+    cdef int i, item, L = lay.n_layers
+    cdef Py_ssize_t r0, r1
+    cdef double total = 0
+    cdef unsigned int fpu
+    for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
+        r0 = i * b.n // n_blocks
+        r1 = (i + 1) * b.n // n_blocks
+        block_correct[i] = 0
+        fpu = fm_denormals_off()   # Adam's decaying moments make denormals
+        block_loss[i] = rows_step(lay, wsl, h, buf, b, ws, r0, r1 - r0, &block_correct[i])
+        fm_fpu_restore(fpu)
+    # Dynamic scheduling: a thread the OS has paused does not hold up the others.
+    for item in prange(L * PARAM_PARTS, num_threads=n_threads, schedule="dynamic"):
+        fpu = fm_denormals_off()
+        param_part(lay, wsl, h, buf, ws, b.n, item // PARAM_PARTS + 1, item % PARAM_PARTS,
+                   update)
+        fm_fpu_restore(fpu)
+    for i in range(n_blocks):   # fixed order: the loss does not depend on the threads
+        total += block_loss[i]
+        n_correct[0] += block_correct[i]
+    return total
+
+
+cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
+                      const Buffers *buf, const Batch *b, floating *ws, Py_ssize_t r0,
+                      Py_ssize_t nr, int64_t *n_correct) noexcept nogil:
+    """Row phase for rows r0..r0+nr of the batch: gather, forward, loss and dZ, backward
+    chain of deltas. Returns the rows' summed (weighted) loss."""
+    cdef int L = lay.n_layers, l, d0 = lay.sizes[0], k = lay.sizes[L], width
+    cdef Py_ssize_t r, src
+    cdef const floating *X = <const floating *> buf.X
+    cdef const floating *targets = <const floating *> buf.targets
+    cdef const floating *sw = <const floating *> buf.sample_weight
+    cdef const floating *params = <const floating *> buf.params
+    cdef floating *a0 = (ws + wsl.a_off[0] + r0 * d0)
+    cdef floating *zL = (ws + wsl.a_off[L] + r0 * k)
+    cdef floating *dL = (ws + wsl.d_off[L] + r0 * k)
+    cdef floating *trow = (ws + wsl.t_off + r0 * k)
+    cdef floating *wrow = (ws + wsl.w_off + r0) if sw != NULL else NULL
+    cdef int32_t *yrow = buf.ybuf + r0
+    cdef const floating *mask
+    cdef double scale = 1.0 / b.weight_sum, loss
+    for r in range(nr):
+        src = b.rows[r0 + r]
+        memcpy(a0 + r * d0, X + src * d0, d0 * sizeof(floating))
+        if targets != NULL:
+            memcpy(trow + r * k, targets + src * k, k * sizeof(floating))
+        else:
+            yrow[r] = buf.y[src]
+        if wrow != NULL:
+            wrow[r] = sw[src]
+
+    forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr)
+
+    if h.loss == LOSS_SQUARED_ERROR:
+        loss = fm.squared_error(nr, k, zL, trow, wrow, scale, dL)
+    elif h.loss == LOSS_CROSS_ENTROPY:   # its softmax is part of the loss
+        loss = fm.softmax_xent(nr, k, zL, yrow, wrow, scale, dL, n_correct)
+    else:
+        loss = fm.mse(nr, k, zL, yrow, wrow, scale, dL, n_correct)
+    if h.loss != LOSS_CROSS_ENTROPY:
+        fm.act_backward(nr, k, zL, <floating *> NULL, dL, lay.acts[L])
+
+    for l in range(L, 1, -1):
+        # D_{l-1} = D_l @ W_l^T, then through dropout and the activation of layer l - 1.
+        width = lay.sizes[l - 1]
+        gemm(False, True, <int> nr, width, lay.sizes[l], <floating> 1,
+             (ws + wsl.d_off[l] + r0 * lay.sizes[l]), lay.sizes[l],
+             params + lay.w_off[l], lay.sizes[l], <floating> 0,
+             (ws + wsl.d_off[l - 1] + r0 * width), width)
+        mask = (ws + wsl.m_off[l - 1] + r0 * width) if wsl.dropout else NULL
+        fm.act_backward(nr, width, (ws + wsl.a_off[l - 1] + r0 * width), mask,
+                        (ws + wsl.d_off[l - 1] + r0 * width), lay.acts[l - 1])
+    return loss
+
+
+cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
+                       const Buffers *buf, floating *ws, uint64_t seed, Py_ssize_t r0,
+                       Py_ssize_t nr) noexcept nogil:
+    """Forward pass of rows r0..r0+nr of the workspace (A_0 gathered), into A_1..A_L;
+    with dropout, hidden layers also write their masks and dropped activations.
+
+    fm_dense reads W in place (unlike OpenBLAS, which repacks W for every block of a few
+    rows), its last n % 16 columns element by element (tail NULL: W changes every step).
+    """
+    cdef int L = lay.n_layers, l, fan_in, fan_out
+    cdef const floating *params = <const floating *> buf.params
+    cdef const floating *inp = (ws + wsl.a_off[0] + r0 * lay.sizes[0])
+    cdef floating *z
+    cdef floating *dropped
+    for l in range(1, L + 1):
+        fan_in = lay.sizes[l - 1]
+        fan_out = lay.sizes[l]
+        z = (ws + wsl.a_off[l] + r0 * fan_out)
+        fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
+                 params + lay.b_off[l], <const floating *> NULL, lay.acts[l], z, fan_out,
+                 FM_ISA_AUTO)
+        inp = z
+        if wsl.dropout and l < L:
+            dropped = (ws + wsl.ad_off[l] + r0 * fan_out)
+            fm.dropout(nr, fan_out, z, (ws + wsl.m_off[l] + r0 * fan_out),
+                       dropped, h.dropout, fm_hash64(seed, l), r0)
+            inp = dropped
+
+
+cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
+                     const Buffers *buf, floating *ws, Py_ssize_t nb, int l, int part,
+                     bint update) noexcept nogil:
+    """Parameter phase for rows [i0, i1) of W_l (and b_l with part 0): gradient, update."""
+    cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
+    cdef Py_ssize_t i0 = <Py_ssize_t> part * fan_in // PARAM_PARTS
+    cdef Py_ssize_t i1 = <Py_ssize_t> (part + 1) * fan_in // PARAM_PARTS
+    cdef Py_ssize_t off = lay.w_off[l] + i0 * fan_out, cnt = (i1 - i0) * fan_out, i
+    cdef Py_ssize_t in_off
+    cdef int accumulate = 0
+    cdef floating l2 = <floating> h.l2
+    cdef floating *params = <floating *> buf.params
+    cdef floating *grads = <floating *> buf.grads
+    cdef const floating *dz = (ws + wsl.d_off[l])
+    if i1 > i0:
+        if h.l2 > 0:
+            # L2 enters the gradient itself (dW = A^T dZ + l2 W), so every optimizer and
+            # the gradient check see the same objective.
+            for i in range(cnt):
+                grads[off + i] = l2 * params[off + i]
+            accumulate = 1
+        # The input of layer l: the dropped activations of a hidden layer with dropout.
+        in_off = wsl.ad_off[l - 1] if wsl.dropout and l > 1 else wsl.a_off[l - 1]
+        # dW_l[i0:i1] (+)= A_{l-1}[:, i0:i1]^T @ D_l, by fm_dense's tiles (no repacking).
+        fm.dense_at(i1 - i0, nb, fan_out, (ws + in_off + i0), fan_in, dz,
+                    grads + off, fan_out, accumulate, FM_ISA_AUTO)
+        if update:
+            optimizer_update(h, buf, params, off, cnt)
+    if part == 0:
+        off = lay.b_off[l]
+        fm.col_sum(nb, fan_out, dz, grads + off)
+        if update:
+            optimizer_update(h, buf, params, off, fan_out)
+
+
+cdef inline void optimizer_update(const Hyper *h, const Buffers *buf, floating *params,
+                                  Py_ssize_t off, Py_ssize_t n) noexcept nogil:
+    """Update parameters [off, off + n) from their gradient."""
+    cdef floating *p = params + off
+    cdef const floating *g = (<const floating *> buf.grads) + off
+    cdef floating *s1 = (<floating *> buf.state1) + off
+    if h.optimizer == OPT_ADAM:
+        fm.adam(n, p, g, s1, (<floating *> buf.state2) + off, h.lr, h.beta1, h.beta2, h.eps,
+                h.t)
+    else:
+        fm.sgd(n, p, g, s1, h.lr, h.momentum)
+
+
+cdef inline double batch_weight(const floating *sample_weight, const int64_t *rows,
+                                Py_ssize_t nb) noexcept nogil:
+    cdef double wsum = 0
+    cdef Py_ssize_t r
+    if sample_weight == NULL:
+        return <double> nb
+    for r in range(nb):
+        wsum += sample_weight[rows[r]]
+    return wsum
+
+
+cdef inline double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
+cdef int check_signals() noexcept with gil:
+    """1 if a signal handler raised (the exception stays set for the caller), else 0."""
+    return 1 if PyErr_CheckSignals() < 0 else 0
+
+
+cdef int reraise() except -1:
+    return -1
