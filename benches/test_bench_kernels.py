@@ -3,15 +3,14 @@
 Workload: the 784-128-64-10 network on the first 128 MNIST training images, float32 and
 float64. One group per kernel and dtype, holding "fastmlp" and "numpy" (``fastmlp.reference``):
 
-- forward: the logits of the batch (``_network.forward`` / ``reference.forward``);
-- loss_and_gradients: forward, loss and backward, no update;
-- train_step: one Adam step of the whole network (``_network.train_epoch`` over exactly one
-  mini-batch / ``reference.train_step``);
+- forward: the logits of the batch (``Network.forward`` / ``reference.forward``);
+- loss_and_gradients: forward, loss and backward, no update (``Trainer.gradient``);
+- train_step: one Adam step of the whole network (``Trainer.step`` / ``reference.train_step``);
 - softmax_xent: the fused softmax + cross-entropy and its gradient on the (128, 10) logits;
 - adam: one Adam update of all 109,386 parameters as one flat vector.
 
-fastmlp is timed through its extension's entry points, not the Python API, so the figures
-are those of the compiled code plus one Python call; the public API's overhead shows in
+fastmlp is timed through its compiled Network and Trainer, not the Python API, so the
+figures are those of the compiled code plus one Python call; the public API's overhead shows in
 ``test_bench_predict.py`` and ``test_bench_training.py``.
 """
 
@@ -23,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from fastmlp._trainer import Trainer
 
-from fastmlp import MLP, _kernels, _network, reference
+from fastmlp import MLP, _kernels, reference
 from fastmlp._threads import single_threaded_blas
-from fastmlp.model import LOSSES
 
 ACTIVATIONS = ("relu", "relu", "identity")  # 784-128-64-10, as in conftest
 N_OUTPUTS = 10
@@ -71,11 +70,9 @@ def batch(mnist, initial_params, dtype) -> Batch:
 
 
 def fast_forward(b: Batch, n_threads: int) -> Callable[[], object]:
-    m = b.model
-    out = np.empty((BATCH, N_OUTPUTS), dtype=m.dtype)
-    return lambda: _network.forward(
-        m.params_, b.X, out, m._sizes, m._acts, softmax=False, n_threads=n_threads
-    )
+    network = b.model._network
+    out = np.empty((BATCH, N_OUTPUTS), dtype=network.dtype)
+    return lambda: network.forward(b.X, out, softmax=False, n_threads=n_threads)
 
 
 def ref_forward(b: Batch, n_threads: int) -> Callable[[], object]:
@@ -83,20 +80,8 @@ def ref_forward(b: Batch, n_threads: int) -> Callable[[], object]:
 
 
 def fast_loss_and_gradients(b: Batch, n_threads: int) -> Callable[[], object]:
-    m = b.model
-    grads = np.empty_like(m.params_)
-    return lambda: _network.loss_and_gradients(
-        m.params_,
-        grads,
-        b.X,
-        b.y32,
-        None,
-        m._sizes,
-        m._acts,
-        loss=LOSSES["cross_entropy"],
-        l2=0.0,
-        n_threads=n_threads,
-    )
+    trainer = Trainer(b.model._network, b.X, b.y32, batch_size=BATCH, n_threads=n_threads)
+    return trainer.gradient
 
 
 def ref_loss_and_gradients(b: Batch, n_threads: int) -> Callable[[], object]:
@@ -104,45 +89,13 @@ def ref_loss_and_gradients(b: Batch, n_threads: int) -> Callable[[], object]:
 
 
 def fast_train_step(b: Batch, n_threads: int) -> Callable[[], object]:
-    m = b.model
-    params = m.params_
-    grads, m1, m2 = (np.zeros_like(params) for _ in range(3))
-    ws = np.empty(_network.workspace_size(m._sizes, BATCH, False), dtype=m.dtype)
-    ybuf = np.empty(BATCH, dtype=np.int32)
-    order = np.arange(BATCH, dtype=np.int64)  # one epoch of one mini-batch = one step
-
-    # The arguments fastmlp.train passes, so the partition of the work is the library's.
-
-    def step():
-        return _network.train_epoch(
-            params,
-            grads,
-            m1,
-            m2,
-            b.X,
-            b.y32,
-            None,
-            order,
-            ws,
-            ybuf,
-            m._sizes,
-            m._acts,
-            loss=LOSSES["cross_entropy"],
-            optimizer=_network.Optimizer.OPT_ADAM,
-            lr=LR,
-            beta1=BETA1,
-            beta2=BETA2,
-            eps=EPS,
-            momentum=0.9,
-            l2=0.0,
-            dropout=0.0,
-            seed=0,
-            t=ADAM_T,
-            batch_size=BATCH,
-            n_threads=n_threads,
-        )
-
-    return step
+    # The Trainer fastmlp.train builds, so the partition of the work is the library's.
+    params = b.model.params_
+    trainer = Trainer(b.model._network, b.X, b.y32, batch_size=BATCH, n_threads=n_threads)
+    state = {"t": ADAM_T, "state1": np.zeros_like(params), "state2": np.zeros_like(params)}
+    trainer.set_optimizer("adam", state, betas=(BETA1, BETA2), eps=EPS)
+    batch = np.arange(BATCH, dtype=np.int64)
+    return lambda: trainer.step(batch, LR, 0)
 
 
 def ref_train_step(b: Batch, n_threads: int) -> Callable[[], object]:

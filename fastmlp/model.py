@@ -89,16 +89,13 @@ class MLP:
                 f"{layer_sizes!r}"
             )
         if activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {HIDDEN_ACTIVATIONS}; got {activation!r}"
-            )
+            raise ValueError(f"activation must be one of {HIDDEN_ACTIVATIONS}; got {activation!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {tuple(LOSSES)}; got {loss!r}")
         output_activation = output_activation or "identity"
         if output_activation not in ACTIVATIONS:
             raise ValueError(
-                f"output_activation must be one of {tuple(ACTIVATIONS)}; "
-                f"got {output_activation!r}"
+                f"output_activation must be one of {tuple(ACTIVATIONS)}; got {output_activation!r}"
             )
         if loss == "cross_entropy" and output_activation != "identity":
             raise ValueError("cross-entropy applies its own softmax: use output_activation=None")

@@ -27,8 +27,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from fastmlp._network import HIDDEN_ACTIVATIONS, REGRESSION_LOSS
+from fastmlp._trainer import OPTIMIZERS
 from fastmlp._validation import check_dtype
-from fastmlp.model import MLP, REGRESSION_LOSS
+from fastmlp.model import MLP
 from fastmlp.training import init_params, train
 
 try:  # scikit-learn >= 1.6
@@ -38,7 +40,9 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-SOLVERS = ("adam", "sgd")
+SOLVERS = tuple(OPTIMIZERS)
+# scikit-learn's name for the sigmoid, beside fastmlp's own names.
+ACTIVATIONS = (*HIDDEN_ACTIVATIONS, "logistic")
 
 
 def _validate(estimator, X, *y, reset: bool, dtype, **options):
@@ -209,7 +213,7 @@ class _BaseMLP(BaseEstimator):
         """Check the parameters fastmlp.train does not check itself, with sklearn names."""
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}; got {self.solver!r}")
-        if self.activation not in ("relu", "tanh", "logistic", "sigmoid"):
+        if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f'activation must be "relu", "tanh" or "logistic"; got {self.activation!r}'
             )
@@ -245,7 +249,7 @@ class _BaseMLP(BaseEstimator):
         batch = min(200, n_samples) if self.batch_size == "auto" else self.batch_size
         return {
             "optimizer": self.solver,
-            "batch_size": int(min(batch, n_samples)),
+            "batch_size": int(batch),  # the Trainer caps it at n_samples
             "lr": self.learning_rate_init,
             "betas": (self.beta_1, self.beta_2),
             "eps": self.epsilon,

@@ -272,9 +272,7 @@ class _Options:
         self.momentum = check_float(self.momentum, "momentum", 0.0, 1.0)
         self.l2 = check_float(self.l2, "l2", 0.0, math.inf)
         self.dropout = check_float(self.dropout, "dropout", 0.0, 1.0)
-        self.validation_split = check_float(
-            self.validation_split, "validation_split", 0.0, 1.0
-        )
+        self.validation_split = check_float(self.validation_split, "validation_split", 0.0, 1.0)
         if self.max_time is not None:
             self.max_time = check_float(self.max_time, "max_time", 0.0, math.inf, low_open=True)
         if self.optimizer not in OPTIMIZERS:

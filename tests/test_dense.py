@@ -63,6 +63,24 @@ def test_dense_matches_reference(isa, k, n, act, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", LAYERS + [(31, 15), (33, 17), (100, 31)])
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_reading_the_tail_in_place(isa, k, n, dtype):
+    """Training's path (tail NULL: the last n % panel columns read from W in place) gives
+    the bits of the packed tail prediction uses, and so matches the reference."""
+    rng = rng_for("tail-in-place", isa, k, n, str(dtype))
+    W, b = layer(rng, k, n, dtype)
+    for m in (1, 7, 8, 33):
+        A = rng.standard_normal((m, k)).astype(dtype)
+        Z, ok = K.dense(A, W, b, "relu", isa, pack_tail=False)
+        assert ok
+        assert np.array_equal(Z, K.dense(A, W, b, "relu", isa)[0])
+        expected = R.bias_act(A.astype(np.float64) @ W.astype(np.float64), b, "relu")
+        t = TOL[np.dtype(dtype)]
+        np.testing.assert_allclose(Z, expected, rtol=t, atol=t * max(np.abs(expected).max(), 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("isa", ISAS)
 def test_dense_rows_do_not_depend_on_the_split(isa, dtype):
     """A row's bits are the same whichever tile (full or last rows) computes it."""

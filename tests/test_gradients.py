@@ -110,8 +110,9 @@ def flat_grad(dW, db):
 
 def layout_indices(model):
     """Indices into params_ in the order of flat_grad (W_1, b_1, W_2, ...)."""
+    slices = model._network.slices()
     return np.concatenate(
-        [np.arange(w, b + model.layer_sizes[i + 1]) for i, (w, b) in enumerate(model._network.slices())]
+        [np.arange(w, b + model.layer_sizes[i + 1]) for i, (w, b) in enumerate(slices)]
     )
 
 

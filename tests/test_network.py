@@ -1,0 +1,248 @@
+"""The compiled Network and Trainer: checks made once, unaligned buffers, dropout steps.
+
+The rest of the suite drives them through ``fastmlp.train`` and ``MLP``; here they are
+held to the reference directly where only they can show it: a dropout step needs the
+masks the Trainer drew.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+from fastmlp._network import Network
+from fastmlp._trainer import Trainer
+
+import fastmlp
+from fastmlp import MLP
+from fastmlp import reference as R
+
+DTYPES = [np.float32, np.float64]
+
+
+def rng_for(*key):
+    return np.random.default_rng(abs(hash(repr(key))) % 2**32)
+
+
+def unaligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `a` that starts one byte past an aligned address."""
+    raw = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    out = raw[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out
+
+
+def random_model(rng, sizes, dtype, activation="relu"):
+    weights = [
+        (rng.standard_normal((a, b)) / np.sqrt(a)).astype(dtype) for a, b in zip(sizes, sizes[1:])
+    ]
+    biases = [(0.1 * rng.standard_normal(b)).astype(dtype) for b in sizes[1:]]
+    return MLP.from_weights(weights, biases, activation=activation, dtype=dtype)
+
+
+# -- Network: built and checked once ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sizes, acts, loss, dtype, match",
+    [
+        ((4,), [], "cross_entropy", np.float32, "1 to 64 layers"),
+        ((4, 3), ["relu", "identity"], "cross_entropy", np.float32, "one activation"),
+        ((4, 0), ["identity"], "cross_entropy", np.float32, "layer sizes"),
+        ((4, 3), ["swish"], "cross_entropy", np.float32, "unknown activation"),
+        ((4, 3), ["identity"], "hinge", np.float32, "unknown activation or loss"),
+        ((4, 3), ["relu"], "cross_entropy", np.float32, "softmax"),
+        ((4, 3), ["identity"], "cross_entropy", np.float16, "float32 or float64"),
+    ],
+)
+def test_network_refuses_bad_layouts(sizes, acts, loss, dtype, match):
+    with pytest.raises(ValueError, match=match):
+        Network(sizes, acts, loss, dtype)
+
+
+def test_network_layout_and_params():
+    net = Network((5, 4, 3), ["relu", "identity"], "cross_entropy", np.float64)
+    assert net.sizes == (5, 4, 3)
+    assert net.n_params == 5 * 4 + 4 + 4 * 3 + 3
+    assert net.slices() == [(0, 20), (24, 36)]
+    assert net.params.shape == (net.n_params,) and not net.params.any()
+    with pytest.raises(ValueError, match="39 values"):
+        Network((5, 4, 3), ["relu", "identity"], "cross_entropy", np.float64, np.zeros(38))
+    with pytest.raises(ValueError, match="float64"):
+        Network((5, 4, 3), ["relu", "identity"], "cross_entropy", np.float64, np.zeros(39, "f4"))
+    # A usable buffer is taken in place (writes into it reach the network).
+    p = np.arange(39.0)
+    assert Network((5, 4, 3), ["relu", "identity"], "cross_entropy", np.float64, p).params is p
+
+
+def test_parallel_blocks_is_the_serial_rule():
+    net = Network((5, 3), ["identity"], "cross_entropy", np.float32)
+    assert [net.parallel_blocks(n) for n in (1, 63, 64, 256, 1024, 1025)] == [1, 1, 2, 4, 4, 5]
+
+
+# -- unaligned buffers are copied before they reach C ----------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compiled_calls_refuse_unaligned_arrays(dtype):
+    """The guard at the boundary: C never receives an unaligned pointer."""
+    model = random_model(rng_for("guard", dtype), (7, 5, 3), dtype)
+    X = np.ones((70, 7), dtype)
+    out = np.empty((70, 3), dtype)
+    with pytest.raises(ValueError, match="aligned"):
+        model._network.forward(unaligned(X), out, softmax=False, n_threads=1)
+    with pytest.raises(ValueError, match="aligned"):
+        model._network.forward(X, unaligned(out), softmax=False, n_threads=1)
+    with pytest.raises(ValueError, match="aligned"):
+        Trainer(model._network, unaligned(X), np.zeros(70, np.int32), batch_size=8, n_threads=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 9, 300])
+def test_public_api_copies_unaligned_input(dtype, n):
+    """Unaligned X (as a Dask worker receives it) gives the bits of an aligned copy."""
+    rng = rng_for("unaligned-x", dtype, n)
+    model = random_model(rng, (33, 17, 4), dtype)
+    X = rng.random((n, 33)).astype(dtype)
+    y = rng.integers(0, 4, n)
+    assert np.array_equal(model.predict_proba(unaligned(X)), model.predict_proba(X))
+    assert model.score(unaligned(X), y) == model.score(X, y)
+    a = model.loss_and_gradients(unaligned(X), y, sample_weight=unaligned(np.ones(n)))
+    b = model.loss_and_gradients(X, y, sample_weight=np.ones(n))
+    assert a[0] == b[0]
+    assert all(np.array_equal(p, q) for p, q in zip(a[1] + a[2], b[1] + b[2]))
+    if n > 1:  # a classifier needs two classes
+        trained = [
+            fastmlp.train(data, y % 2, hidden=(6,), epochs=2, batch_size=4, seed=0, dtype=dtype)
+            for data in (unaligned(X), X)
+        ]
+        assert np.array_equal(trained[0].params_, trained[1].params_)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unaligned_parameters_are_copied(dtype):
+    model = random_model(rng_for("unaligned-p", dtype), (20, 16, 3), dtype)
+    X = rng_for("x").random((80, 20)).astype(dtype)
+    expected = model.predict_proba(X)
+    again = MLP(model.layer_sizes, model.classes_, dtype=dtype, params=unaligned(model.params_))
+    assert again.params_.flags.aligned
+    assert np.array_equal(again.predict_proba(X), expected)
+    # Protocol-5 pickles hand numpy out-of-band buffers as they come: here one byte off.
+    buffers = []
+    data = pickle.dumps(model, protocol=5, buffer_callback=buffers.append)
+    shifted = [memoryview(bytearray(1) + bytes(b.raw()))[1:] for b in buffers]
+    back = pickle.loads(data, buffers=shifted)
+    assert back.params_.flags.aligned
+    assert np.array_equal(back.predict_proba(X), expected)
+    back.fit_more(X, np.arange(80) % 3, epochs=1)  # trains in place on the copy
+
+
+# -- Trainer ---------------------------------------------------------------------------
+
+
+def test_trainer_checks_once():
+    model = random_model(rng_for("checks"), (4, 3), np.float32)
+    net = model._network
+    X = np.zeros((10, 4), np.float32)
+    y = np.zeros(10, np.int32)
+    with pytest.raises(ValueError, match=r"labels must be encoded in \[0, 3\)"):
+        Trainer(net, X, y + 3, batch_size=4, n_threads=1)
+    with pytest.raises(ValueError, match="10 labels"):
+        Trainer(net, X, y[:9], batch_size=4, n_threads=1)
+    with pytest.raises(ValueError, match="does not match"):
+        Trainer(net, np.zeros((10, 5), np.float32), y, batch_size=4, n_threads=1)
+    with pytest.raises(ValueError, match="weight per row"):
+        Trainer(net, X, y, np.ones(9, np.float32), batch_size=4, n_threads=1)
+    with pytest.raises(ValueError, match="dropout"):
+        Trainer(net, X, y, batch_size=4, n_threads=1, dropout=1.0)
+    trainer = Trainer(net, X, y, batch_size=64, n_threads=1)
+    assert trainer.batch_size == 10  # capped at the rows
+    with pytest.raises(ValueError, match="optimizer first"):
+        trainer.epoch(np.arange(10), 0.1, 0)
+    state = {"t": 0, "state1": np.zeros_like(net.params), "state2": np.zeros(3, np.float32)}
+    with pytest.raises(ValueError, match="does not match the parameters"):
+        trainer.set_optimizer("adam", state)
+    trainer.set_optimizer("sgd", state)
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 10\)"):
+        trainer.epoch(np.array([0, 10]), 0.1, 0)
+    with pytest.raises(ValueError, match="1 to 10 samples"):
+        trainer.step(np.arange(11) % 10, 0.1, 0)
+
+
+def dropout_network(rng, sizes, dtype):
+    model = random_model(rng, sizes, dtype)
+    n = 3 * 19
+    X = rng.standard_normal((n, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], n)
+    return model, X, y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "sizes",
+    [(5, 7, 4), (6, 17, 33, 5), (9, 16, 15, 31, 130, 3)],
+    ids=lambda s: "-".join(map(str, s)),
+)
+def test_dropout_steps_match_reference(sizes, dtype):
+    """Three Adam steps with dropout and L2, the reference given the Trainer's masks.
+
+    Fails if a mask is applied in the wrong place of the backward pass, or the weight
+    gradient is taken from the activations before dropout.
+    """
+    rng = rng_for("dropout", sizes, dtype)
+    model, X, y = dropout_network(rng, sizes, dtype)
+    p, l2, B = 0.3, 0.01, 19
+    ref_w = [W.astype(np.float64) for W in model.weights]
+    ref_b = [b.astype(np.float64) for b in model.biases]
+    acts = ["relu"] * (len(sizes) - 2) + ["identity"]
+    trainer = Trainer(
+        model._network, X, y.astype(np.int32), batch_size=B, n_threads=2, l2=l2, dropout=p
+    )
+    params = model.params_
+    trainer.set_optimizer(
+        "adam", {"t": 0, "state1": np.zeros_like(params), "state2": np.zeros_like(params)}
+    )
+    state: dict = {}
+    for step in range(3):
+        batch = rng.permutation(len(y))[:B]
+        loss = trainer.step(batch, 0.01, 1234 + step)
+        masks = trainer.dropout_masks()
+        assert [m.shape for m in masks] == [(B, s) for s in sizes[1:-1]]
+        for m in masks:  # inverted dropout: 0 or 1 / (1 - p), some of each
+            assert set(np.unique(m)) == {0, np.float64(1 / (1 - p)).astype(dtype)}
+        penalty = 0.5 * l2 * sum(float(np.sum(W**2)) for W in ref_w)
+        ref_loss = R.train_step(
+            ref_w,
+            ref_b,
+            state,
+            X[batch].astype(np.float64),
+            y[batch],
+            acts,
+            lr=0.01,
+            l2=l2,
+            masks=[m.astype(np.float64) for m in masks],
+        )
+        tol = 1e-10 if dtype == np.float64 else 2e-4
+        assert loss == pytest.approx(ref_loss - penalty, rel=tol)  # step: the data loss
+        scale = max(np.max(np.abs(q)) for q in ref_w + ref_b)
+        for got, want in zip(model.weights + model.biases, ref_w + ref_b):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
+    assert trainer.t == 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_masks_do_not_depend_on_threads(dtype):
+    rng = rng_for("mask-threads", dtype)
+    model, X, y = dropout_network(rng, (6, 40, 20, 3), dtype)
+    start = model.params_.copy()
+    seen = []
+    for n_threads in (1, 2):
+        model.params_[...] = start
+        trainer = Trainer(
+            model._network, X, y.astype(np.int32), batch_size=57, n_threads=n_threads, dropout=0.5
+        )
+        trainer.set_optimizer("sgd", {"t": 0, "state1": np.zeros_like(start), "state2": None})
+        trainer.step(np.arange(57), 0.1, 99)
+        seen.append((trainer.dropout_masks(), model.params_.copy()))
+    assert all(np.array_equal(a, b) for a, b in zip(seen[0][0], seen[1][0]))
+    assert np.array_equal(seen[0][1], seen[1][1])
