@@ -388,6 +388,15 @@ class MLP:
 
         to_onnx(self, path)
 
+    def to_c(self, directory: str | PathLike, name: str = "model") -> tuple[str, str]:
+        """Write the model as standalone C99, ``name.h`` and ``name.c`` in ``directory``.
+
+        See :func:`fastmlp.export_c.to_c`; returns the two paths written.
+        """
+        from fastmlp.export_c import to_c
+
+        return to_c(self, directory, name)
+
     def __getstate__(self) -> dict:
         # Small and pickle-free inside: the parameters and what describes them. The
         # optimizer's moments are left out (they would triple the size).
