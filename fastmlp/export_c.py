@@ -154,14 +154,13 @@ def _wrap(items: Sequence[str], indent: str) -> list[str]:
 
 
 def _comment_text(text: str) -> str:
-    """``text`` safe inside a C block comment: no ``*/`` or ``/*``, no trigraph.
+    """``text`` safe inside a C block comment: no ``*/`` or ``/*``.
 
-    A backslash goes between every ``*`` and ``/`` that touch (``*/`` ends the comment,
-    ``/*`` warns under -Wall) and between two ``?`` (``??/`` is a trigraph under -std=c99).
-    Callers pass one line (``ascii()`` already escapes newlines and non-ASCII).
+    A backslash goes between every ``*`` and ``/`` that touch (``*/`` would end the comment,
+    ``/*`` warns under -Wall). Callers pass one line: ``ascii()`` has escaped newlines and
+    non-ASCII, and its closing quote keeps a backslash or trigraph ``??/`` off the line's end.
     """
-    text = re.sub(r"(?<=\*)(?=/)|(?<=/)(?=\*)", r"\\", text)
-    return re.sub(r"(?<=\?)(?=\?)", r"\\", text)
+    return re.sub(r"(?<=\*)(?=/)|(?<=/)(?=\*)", r"\\", text)
 
 
 def _comment_lines(paragraphs: Sequence[str], tail: Sequence[str] = ()) -> list[str]:
