@@ -1,4 +1,4 @@
-"""The ``python -m fastmlp`` command line: train, evaluate and predict.
+"""The ``python -m fastmlp`` command line: train, evaluate, predict and export.
 
 Examples
 --------
@@ -7,6 +7,7 @@ Examples
     python -m fastmlp train benches/data/mnist --hidden 128,64 --epochs 10 --out model.npz
     python -m fastmlp evaluate model.npz benches/data/mnist --report report/
     python -m fastmlp predict model.npz X.npy --proba --out predictions.csv
+    python -m fastmlp export model.npz --c build/ --name mnist
 
 Data (``DATA``) is an IDX directory in the MNIST layout, a ``.npz`` holding arrays ``X``
 and ``y``, or a CSV file with a header and a label column. Every expected failure (a
@@ -572,6 +573,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``export``: write a model (classifier or regressor) as standalone C to ``--c DIR``."""
+    import fastmlp
+    from fastmlp.export_c import check_c_name, to_c
+
+    check_c_name(args.name)  # before reading the model or creating DIR
+    if not Path(args.model).exists():
+        raise CLIError(f"model file {args.model} does not exist")
+    model = fastmlp.load(args.model)
+    directory = Path(args.c)
+    if directory.exists() and not directory.is_dir():
+        raise CLIError(f"--c {directory}: exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    header, source = to_c(model, directory, args.name)
+    sizes = "-".join(str(s) for s in model.layer_sizes)
+    kind = "regressor" if model.is_regressor else "classifier"
+    print(f"{sizes} {kind} written to {header} and {source}")
+    print(f"build: cc -std=c99 -O3 -march=native -c {source} (link with -lm)")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -769,6 +791,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the predictions to this CSV file instead of standard output",
     )
     predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser(
+        "export",
+        help="write a model as standalone C",
+        description="Write MODEL as C99 source with no dependencies (NAME.h and NAME.c in "
+        "DIR): the weights as constants and the prediction functions (for a classifier "
+        "NAME_predict_proba, or NAME_decision_function if trained with squared error, and "
+        "NAME_predict; for a regressor NAME_predict). Existing files are replaced atomically.",
+    )
+    export.add_argument(
+        "model", metavar="MODEL.npz", help="a model saved by train or fastmlp.save"
+    )
+    export.add_argument(
+        "--c",
+        required=True,
+        metavar="DIR",
+        help="directory to write NAME.h and NAME.c to (created if missing)",
+    )
+    export.add_argument(
+        "--name",
+        default="model",
+        help="prefix of the files, functions and macros; a C identifier (default: %(default)s)",
+    )
+    export.set_defaults(func=cmd_export)
     return parser
 
 

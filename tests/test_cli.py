@@ -342,3 +342,52 @@ def test_report_for_non_image_data_has_no_error_grid(work, npz_model, tmp_path):
     assert_ok(proc)
     _assert_png(tmp_path / "confusion_matrix.png")
     assert not (tmp_path / "most_confident_errors.png").exists()
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_writes_the_c_files(work, npz_model, tmp_path):
+    from fastmlp.export_c import generate_c
+
+    path = npz_model[0]
+    proc = run(tmp_path, "export", str(path), "--c", "out/c", "--name", "blobs")
+    assert_ok(proc)
+    header, source = tmp_path / "out" / "c" / "blobs.h", tmp_path / "out" / "c" / "blobs.c"
+    assert f"written to {Path('out/c/blobs.h')} and {Path('out/c/blobs.c')}" in proc.stdout
+    assert "cc -std=c99" in proc.stdout
+    assert (header.read_text(), source.read_text()) == generate_c(fastmlp.load(path), "blobs")
+    assert "int blobs_predict(const float *x);" in header.read_text()
+
+
+def test_export_default_name_and_regressor(tmp_path):
+    # Unlike evaluate and predict, export takes regressors too.
+    fastmlp.MLP((7, 3, 2), None, loss="squared_error").save(tmp_path / "regressor.npz")
+    assert_ok(run(tmp_path, "export", "regressor.npz", "--c", "."))
+    assert "void model_predict(const float *x, float *y);" in (tmp_path / "model.h").read_text()
+    assert (tmp_path / "model.c").is_file()
+
+
+def test_export_errors_exit_2_with_one_line(npz_model, tmp_path):
+    path = str(npz_model[0])
+    (tmp_path / "notes.txt").write_text("hello\n")
+    cases = [
+        (("export", path, "--c", "out", "--name", "1x"), ("C identifier", "'1x'")),
+        (("export", path, "--c", "out", "--name", "int"), ("C keyword",)),
+        (("export", "missing.npz", "--c", "out"), ("missing.npz", "does not exist")),
+        (("export", "notes.txt", "--c", "out"), ("not a fastmlp model file",)),
+        (("export", path, "--c", "notes.txt"), ("notes.txt", "not a directory")),
+    ]
+    for args, fragments in cases:
+        assert_user_error(run(tmp_path, *args), *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing created
+    proc = run(tmp_path, "export", path)
+    assert proc.returncode == 2 and "--c" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_help(work):
+    proc = run(work, "export", "--help")
+    assert_ok(proc)
+    for option in ("--c", "--name", "MODEL.npz"):
+        assert option in proc.stdout
+    assert "export" in run(work, "--help").stdout
