@@ -20,7 +20,8 @@ A quantized layer kind adds its class and its kernels; the rest stays.
 
 The dense kernel is the one-row axpy form of ``csrc/fm_kernels`` (``fm_vecmat``): the inner
 loop runs over the outputs of a row-major ``W``, contiguous, so ``cc -O3 -march=native``
-vectorises it; an input that is zero skips its row of ``W``.
+vectorises it. In the first layer, and in wide layers after ReLU, an input that is zero skips
+its row of ``W`` (``dense_skip``; see ``_DenseLayer`` for when that pays).
 """
 
 from __future__ import annotations
@@ -198,9 +199,28 @@ def _kernel_dense(ctx: _Ctx) -> str:
     return f"""\
 /* y = x W + b for one row. W is n_in x n_out, row-major (W[i][j] joins input i to output j).
    Axpy form: the inner loop runs over the outputs, contiguous in W and y, so the compiler
-   vectorises it; an input that is zero (pixels, ReLU outputs) skips its row of W. */
+   vectorises it. */
 static void {n}_dense(size_t n_in, size_t n_out, const {r} *restrict W, const {r} *restrict b,
     const {r} *restrict x, {r} *restrict y)
+{{
+    size_t i, j;
+    for (j = 0; j < n_out; j++) y[j] = b[j];
+    for (i = 0; i < n_in; i++) {{
+        const {r} xi = x[i];
+        const {r} *restrict w = W + i * n_out;
+        for (j = 0; j < n_out; j++) y[j] += xi * w[j];
+    }}
+}}
+"""
+
+
+def _kernel_dense_skip(ctx: _Ctx) -> str:
+    r, n = ctx.real, ctx.name
+    return f"""\
+/* The same as {n}_dense, but an input that is zero skips its row of W: inputs such as
+   pixels are mostly zeros, and a wide layer's ReLU outputs half zeros. */
+static void {n}_dense_skip(size_t n_in, size_t n_out, const {r} *restrict W,
+    const {r} *restrict b, const {r} *restrict x, {r} *restrict y)
 {{
     size_t i, j;
     for (j = 0; j < n_out; j++) y[j] = b[j];
@@ -283,6 +303,7 @@ static int {ctx.name}_argmax(size_t n, const {ctx.real} *z)
 
 _KERNELS = {
     "dense": _kernel_dense,
+    "dense_skip": _kernel_dense_skip,
     "relu": _kernel_relu,
     "tanh": _kernel_tanh,
     "sigmoid": _kernel_sigmoid,
@@ -297,16 +318,26 @@ _KERNELS = {
 class _DenseLayer:
     """A float layer: ``y = act(x W + b)`` with W and b as ``static const`` arrays."""
 
-    def __init__(self, index: int, W: np.ndarray, b: np.ndarray, activation: str) -> None:
+    def __init__(
+        self, index: int, W: np.ndarray, b: np.ndarray, activation: str, input_activation: str
+    ) -> None:
         self.index = index
         self.W = W
         self.b = b
         self.activation = activation
         self.n_in, self.n_out = W.shape
+        # Skipping a zero input costs a branch, which the CPU mispredicts on ReLU's scattered
+        # zeros (~15 cycles): worth it for the first layer (pixels: long, predictable runs of
+        # zeros; dense inputs: never taken) and for ReLU inputs to a wide layer, whose row of
+        # W costs more than a misprediction. On MNIST 784-128-64-10, skipping in the hidden
+        # layers too made a row 1.4x slower (rows never seen before; a repeated row is
+        # predicted and hides it).
+        self.skip_zeros = index == 0 or (input_activation == "relu" and self.n_out >= 256)
 
     def kernels(self) -> list[str]:
         """Keys of ``_KERNELS`` this layer calls."""
-        return ["dense"] + ([] if self.activation == "identity" else [self.activation])
+        dense = "dense_skip" if self.skip_zeros else "dense"
+        return [dense] + ([] if self.activation == "identity" else [self.activation])
 
     def arrays(self, ctx: _Ctx) -> str:
         """The definitions of the layer's weights and biases."""
@@ -335,7 +366,8 @@ class _DenseLayer:
         n, i = ctx.name, self.index
         lines = [
             f"/* layer {i + 1}: {self.n_in} -> {self.n_out}, {self.activation} */",
-            f"{n}_dense({self.n_in}, {self.n_out}, &{n}_W{i}[0][0], {n}_b{i}, {src}, {dst});",
+            f"{n}_{self.kernels()[0]}({self.n_in}, {self.n_out}, &{n}_W{i}[0][0], {n}_b{i}, "
+            f"{src}, {dst});",
         ]
         if self.activation != "identity":
             lines.append(f"{n}_{self.activation}({self.n_out}, {dst});")
@@ -351,7 +383,7 @@ def _layers(model: MLP) -> list[_DenseLayer]:
                 f"layer {i + 1} of the model holds NaN or infinite parameters; a model that "
                 "diverged cannot be exported"
             )
-        layers.append(_DenseLayer(i, W, b, act))
+        layers.append(_DenseLayer(i, W, b, act, "input" if i == 0 else model.activation))
     return layers
 
 

@@ -220,6 +220,19 @@ def test_mnist_sized_classifier_under_march_native(tmp_path):
     check_against_model(exported, X)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_zero_inputs_are_skipped_where_it_pays(tmp_path, activation):
+    # The first layer always skips zero inputs; a hidden layer only after ReLU and when
+    # wide (its row of W outweighs a mispredicted branch). Both kernels give the same sums.
+    model = random_model((9, 5, 256, 3), activation=activation)
+    check_against_model(Exported(model, tmp_path), inputs(9, n=12))
+    source = (tmp_path / "model.c").read_text()
+    assert "model_dense_skip(9, 5, " in source
+    wide = "model_dense_skip(5, 256, " if activation == "relu" else "model_dense(5, 256, "
+    assert wide in source
+    assert "model_dense(256, 3, " in source
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("output_activation", ["identity", "relu", "tanh", "sigmoid"])
 def test_mse_classifier_gives_decision_function(tmp_path, output_activation, dtype):
