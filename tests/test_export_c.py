@@ -378,6 +378,24 @@ def test_two_models_link_into_one_program(tmp_path):
     assert code == np.argmax(a.decision_function(x)) + 2 * np.argmax(b.decision_function(x))
 
 
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler (c++) on PATH")
+def test_header_is_usable_from_cpp(tmp_path):
+    # extern "C" in the header: a C++ program links against the C object.
+    model = random_model((4, 3, 2), seed=1)
+    model.to_c(tmp_path)
+    compile_c(tmp_path, ["-c", "model.c"], "model.o")
+    (tmp_path / "use.cpp").write_text(
+        '#include "model.h"\nint main()\n{\n    const float x[MODEL_N_FEATURES] = {1, 2, 3, 4};\n'
+        "    return model_predict(x);\n}\n"
+    )
+    cmd = ["c++", "-std=c++11", "-Wall", "-Wextra", "-pedantic", "-Werror", "use.cpp"]
+    cmd += ["model.o", "-o", "use", "-lm"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    code = subprocess.run([str(tmp_path / "use")], timeout=60).returncode
+    assert code == np.argmax(model.decision_function(np.array([[1, 2, 3, 4]])))
+
+
 def test_labels_cannot_break_the_header(tmp_path):
     labels = np.array(
         ["a*/b", "/*c", "line\nbreak", "cr\rret", 'q"uote', "it's", "tri??/", "back\\",
