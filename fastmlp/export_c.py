@@ -200,8 +200,8 @@ def _kernel_dense(ctx: _Ctx) -> str:
 /* y = x W + b for one row. W is n_in x n_out, row-major (W[i][j] joins input i to output j).
    Axpy form: the inner loop runs over the outputs, contiguous in W and y, so the compiler
    vectorises it. */
-static void {n}_dense(size_t n_in, size_t n_out, const {r} *restrict W, const {r} *restrict b,
-    const {r} *restrict x, {r} *restrict y)
+static void {n}_dense(size_t n_in, size_t n_out, const {r} *restrict W,
+    const {r} *restrict b, const {r} *restrict x, {r} *restrict y)
 {{
     size_t i, j;
     for (j = 0; j < n_out; j++) y[j] = b[j];
@@ -217,8 +217,9 @@ static void {n}_dense(size_t n_in, size_t n_out, const {r} *restrict W, const {r
 def _kernel_dense_skip(ctx: _Ctx) -> str:
     r, n = ctx.real, ctx.name
     return f"""\
-/* The same as {n}_dense, but an input that is zero skips its row of W: inputs such as
-   pixels are mostly zeros, and a wide layer's ReLU outputs half zeros. */
+/* y = x W + b for one row, W n_in x n_out and row-major, in axpy form (the inner loop runs
+   over the outputs, so the compiler vectorises it), skipping the row of W of every input
+   that is zero: inputs such as pixels are mostly zeros, ReLU outputs about half. */
 static void {n}_dense_skip(size_t n_in, size_t n_out, const {r} *restrict W,
     const {r} *restrict b, const {r} *restrict x, {r} *restrict y)
 {{
@@ -466,14 +467,25 @@ def _header(model: MLP, ctx: _Ctx, layers: list[_DenseLayer], kind: str) -> str:
         f"{_describe(model)}.",
         f"Build: cc -std=c99 -O3 -march=native -c {n}.c (and link with -lm).",
         "The functions allocate nothing and write no global: they are reentrant and may be "
-        "called from many threads at once. A call keeps the activations of the hidden layers "
-        f"on the stack ({stack} bytes). Inputs are not checked: NaN or infinity propagate to "
-        "the outputs. The input and output arrays of a call must not overlap.",
+        "called from many threads at once."
+        + (
+            f" A call keeps the activations of the hidden layers on the stack ({stack} bytes)."
+            if stack
+            else ""
+        )
+        + " Inputs are not checked: NaN or infinity propagate to the outputs. The input and "
+        "output arrays of a call must not overlap.",
     ]
     classes = []
     if kind != "regressor":
         classes = ["", f"   Classes (index returned by {n}_predict: label):"]
         classes += [f"     {i}: {_label_text(c)}" for i, c in enumerate(model.classes_)]
+    if kind == "regressor":
+        use = f"{ctx.real} y[{M}_N_OUTPUTS]; {n}_predict(x, y);"
+    else:
+        func, out = ("predict_proba", "proba") if kind == "proba" else ("decision_function", "s")
+        use = f"{ctx.real} {out}[{M}_N_OUTPUTS]; {n}_{func}(x, {out}); or int c = {n}_predict(x);"
+    paragraphs.insert(3, f"Use, for x of {M}_N_FEATURES values: {use}")
     lines = _comment_lines(paragraphs, classes)
     lines += [
         f"#ifndef {guard}",
@@ -498,13 +510,16 @@ def _header(model: MLP, ctx: _Ctx, layers: list[_DenseLayer], kind: str) -> str:
 def _forward(ctx: _Ctx, layers: list[_DenseLayer]) -> str:
     """The static function running every layer on one row, into the caller's ``out``."""
     n, r = ctx.name, ctx.real
-    lines = [
-        "/* The outputs of the last layer for one row (before any softmax). Two stack buffers",
-        "   take turns holding a hidden layer's activations. */",
-        f"static void {n}_forward(const {r} *x, {r} *out)",
-        "{",
-    ]
     buffers = ["h0", "h1"][: min(2, len(layers) - 1)]
+    how = {
+        0: "No hidden layer: x goes straight to out.",
+        1: "The stack buffer h0 holds the hidden layer's activations.",
+        2: "Two stack buffers take turns holding a hidden layer's activations.",
+    }[len(buffers)]
+    lines = _comment_lines(
+        [f"The outputs of the last layer for one row (before any softmax). {how}"]
+    )
+    lines += [f"static void {n}_forward(const {r} *x, {r} *out)", "{"]
     if buffers:
         lines.append(f"    {r} {', '.join(f'{h}[{ctx.macro}_MAX_WIDTH]' for h in buffers)};")
     src = "x"
