@@ -132,13 +132,21 @@ class _Ctx:
 def _literals(values: np.ndarray, suffix: str) -> list[str]:
     """Shortest decimal literals that read back to exactly ``values`` (float32 or float64).
 
-    NumPy's ``str`` of a float32 and Python's ``repr`` of a float are the shortest strings
-    that round to the same value (correctly rounded, as GCC and Clang read literals); each
-    holds a '.' or an exponent, so the ``f`` suffix is valid C.
+    NumPy's ``format_float_*(unique=True)`` for float32 and Python's ``repr`` for float64
+    give the shortest strings that round to the same value (correctly rounded, as GCC and
+    Clang read literals), positional or scientific as ``repr`` chooses; each holds a '.', so
+    the ``f`` suffix is valid C. Not ``str``: NumPy's legacy print options make it lossy.
     """
     if values.dtype == np.float32:
-        return [str(v) + suffix for v in values.ravel()]
+        return [_float32_text(v) + suffix for v in values.ravel()]
     return [f"{v!r}{suffix}" for v in values.ravel().tolist()]
+
+
+def _float32_text(value: np.float32) -> str:
+    magnitude = abs(value)
+    if magnitude != 0 and not 1e-4 <= magnitude < 1e16:
+        return np.format_float_scientific(value, unique=True, trim="0")
+    return np.format_float_positional(value, unique=True, trim="0")
 
 
 def _wrap(items: Sequence[str], indent: str) -> list[str]:

@@ -324,6 +324,15 @@ int main(void)
     np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
 
 
+def test_literals_ignore_numpy_print_options(tmp_path):
+    # NumPy's legacy printing writes float32 scalars with 6 digits: not round-trip.
+    model = random_model((5, 4, 3), dtype=np.float32)
+    expected = export_c.generate_c(model)
+    with np.printoptions(legacy="1.13", precision=3):
+        assert export_c.generate_c(model) == expected
+    assert "0.33333334f" in export_c._literals(np.array([1 / 3], np.float32), "f")
+
+
 # --------------------------------------------------------------------------- the files
 
 
