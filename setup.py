@@ -1,8 +1,10 @@
 """Build of fastmlp's C/Cython extensions.
 
-OpenMP is detected once here: a compiler without it gets a serial build and a loud
-warning. The default build targets any x86-64 (or other) CPU; set FASTMLP_NATIVE=1 to
-tune for the building machine with -march=native.
+csrc/ is compiled once, one compiler process per file and per core, into a static library
+that every extension module links. OpenMP is detected once here: a compiler without it
+gets a serial build and a loud warning (FASTMLP_NO_OPENMP=1 asks for that build). The
+default build targets any x86-64 (or other) CPU, fm_dense choosing its instruction set at
+run time; FASTMLP_NATIVE=1 tunes for the building machine with -march=native.
 """
 
 import os
@@ -10,9 +12,37 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_clib import build_clib
+from setuptools.command.build_ext import build_ext
+from setuptools.modified import newer_group
+
+# The extension modules fastmlp.<name>, each from fastmlp/<name>.pyx.
+MODULES = ["_blas", "_network", "_trainer", "_kernels"]
+
+# The C kernels, longest compile first so that the last one to start is short.
+CSRC = [
+    "csrc/fm_dense_wide.c",
+    "csrc/fm_dense_avx512.c",
+    "csrc/fm_dense_avx2.c",
+    "csrc/fm_dense_base.c",
+    "csrc/fm_kernels.c",
+    "csrc/fm_dense.c",
+]
+CSRC_HEADERS = [
+    "csrc/fm_kernels.h",
+    "csrc/fm_kernels_impl.h",
+    "csrc/fm_dense_variants.h",
+    "csrc/fm_dense_impl.h",
+    "csrc/fm_dense_dispatch_impl.h",
+]
+# The wide variant only lets tests run the AVX-512 tile shape on AVX2 machines, so its
+# speed does not matter: at -O3 GCC took 80% of fm_dense's compile time on its spilled
+# 64-byte vectors, at -O1 a tenth of that (benches/results.md).
+CSRC_FLAGS = {"csrc/fm_dense_wide.c": ["-O1"]} if sys.platform != "win32" else {}
 
 
 def compiler_accepts(flags: list[str]) -> bool:
@@ -53,40 +83,92 @@ else:
         file=sys.stderr,
     )
 
-# The C kernels are compiled once, into a static library that every extension links.
-kernels = (
-    "fastmlp_kernels",
-    {
-        "sources": ["csrc/fm_kernels.c", "csrc/fm_dense.c"],
-        "include_dirs": ["csrc"],
-        "cflags": compile_args,
-    },
-)
-headers = [
-    "csrc/fm_kernels.h",
-    "csrc/fm_openmp.h",
-    "csrc/fm_fpu.h",
-    "csrc/fm_kernels_impl.h",
-    "csrc/fm_dense_impl.h",
-    "csrc/fm_dense_variants.h",
+
+class BuildClib(build_clib):
+    """Compiles each source of a library in its own compiler process, as many at once as
+    there are cores, then archives them (setuptools' build_clib compiles one at a time)."""
+
+    def build_libraries(self, libraries):
+        for name, info in libraries:
+            sources = info["sources"]
+            objects = self.compiler.object_filenames(sources, output_dir=self.build_temp)
+
+            def compile_one(source, obj, info=info):
+                if self.force or newer_group([source, *info["depends"]], obj):
+                    self.compiler.compile(
+                        [source],
+                        output_dir=self.build_temp,
+                        include_dirs=info["include_dirs"],
+                        extra_postargs=info["cflags"] + info["source_cflags"].get(source, []),
+                        debug=self.debug,
+                    )
+
+            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+                list(pool.map(compile_one, sources, objects))
+            self.compiler.create_static_lib(
+                objects, name, output_dir=self.build_clib, debug=self.debug
+            )
+
+
+class BuildExt(build_ext):
+    """Builds the libraries first (also for `build_ext --inplace`), relinks an extension
+    when they change, and compiles the extension modules in parallel."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
+    def run(self):
+        clib = self.get_finalized_command("build_clib")
+        clib.force = clib.force or self.force
+        self.run_command("build_clib")
+        archives = [
+            os.path.join(clib.build_clib, self.compiler_library_filename(name))
+            for name in clib.get_library_names()
+        ]
+        for ext in self.extensions:
+            ext.depends = ext.depends + archives
+        super().run()
+
+    @staticmethod
+    def compiler_library_filename(name):
+        return f"{name}.lib" if sys.platform == "win32" else f"lib{name}.a"
+
+
+libraries = [
+    (
+        "fastmlp_csrc",
+        {
+            "sources": CSRC,
+            "depends": CSRC_HEADERS,
+            "include_dirs": ["csrc"],
+            "cflags": compile_args,
+            "source_cflags": CSRC_FLAGS,
+        },
+    )
 ]
+
 extensions = [
     Extension(
         f"fastmlp.{name}",
         [f"fastmlp/{name}.pyx"],
         include_dirs=["csrc"],
-        depends=headers + ["fastmlp/_blas.pxd", "fastmlp/_ckernels.pxd", "fastmlp/_network.pxd"],
+        depends=["csrc/fm_kernels.h", "csrc/fm_openmp.h", "csrc/fm_fpu.h"]
+        + [f"fastmlp/{name}.pxd" for name in ("_blas", "_ckernels", "_network")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
-    for name in ("_blas", "_network", "_trainer", "_kernels")
+    for name in MODULES
 ]
 
 setup(
-    libraries=[kernels],
+    libraries=libraries,
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": 3},
         compile_time_env={"FASTMLP_OPENMP": openmp},
+        nthreads=os.cpu_count() or 1,
     ),
+    cmdclass={"build_clib": BuildClib, "build_ext": BuildExt},
 )

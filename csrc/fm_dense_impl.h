@@ -1,34 +1,24 @@
 /*
- * Body of one variant of the dense-layer kernel fm_dense (contract in fm_kernels.h),
- * included by fm_dense.c once per (element type, instruction set). The includer defines:
+ * Body of one variant of fm_dense and fm_dense_at (contracts in fm_kernels.h), included by
+ * an fm_dense_<isa>.c file once per element type. The includer defines:
  *   T, S, IT   element type, its suffix (_f, _d), the signed integer of the same width;
- *   ISA        suffix of this variant (_base, _avx2, ...);
+ *   ISA        suffix of this variant (_base, _avx2, _wide, _avx512);
  *   FM_TARGET  the function attribute that compiles it for that instruction set;
  *   VB         bytes per vector (16, 32, 64); MR rows and NP panels per register tile.
+ * It defines fm_dense<S><ISA> and fm_dense_at<S><ISA> (prototypes in fm_dense_variants.h),
+ * one body, fm_dense_run: the forward pass (prediction and training) and training's
+ * weight gradients.
  *
- * Entry points: fm_dense (Z = act(A @ W + b): prediction and the training forward pass)
- * and fm_dense_at (C (+)= A^T @ B: training's weight gradients), one body, fm_dense_run.
- *
- * Why our own GEMM: OpenBLAS repacks W on every call (for training's 8-row blocks, all of
- * W for every block: 28% of an epoch on AMD EPYC), and its Haswell kernel
- * software-prefetches into pages of its 32 MB buffer that the call never touches; each
- * such prefetch is a page walk, on every call (2x slower first-layer GEMM measured on AMD
- * Zen until a large GEMM happens to touch the buffer; issue 5). Prediction is
- * three GEMMs of fixed small widths, where a plain register-blocked kernel on the
- * row-major W reaches the sgemm peak (measured: 38 of 37-38 GF/s for 9996x784 @ 784x128
- * on one Zen core).
+ * Why our own GEMM: OpenBLAS repacks W on every call and its kernel stalls on prefetches
+ * into pages of its buffer that these small calls never touch (issue 5).
  *
  * Tiling: k is cut into blocks whose rows of W take at most FM_DENSE_KBLOCK_BYTES, Z into
- * strips of MR rows, each strip into panels of FM_PANEL columns (64 bytes: one cache line
- * of a row of W). For each k block, every strip passes over that block's W: a strip of A
- * stays in L1, the W block in L2. A tile of MR rows x NP panels keeps its accumulators
- * in registers over the block, starting from zero or from the sums the previous block
- * left in Z; the last block adds the bias, applies ReLU/identity and stores.
- *
- * Why k blocks: a whole 784 x 128 W (400 KB) nearly fills a 512 KB L2, and which of its
- * 4 KB pages collide in L2 depends on the physical pages a process happens to get, so
- * the time varied by 20% from process to process (61-73 ms for 10,000 MNIST rows at one
- * thread); 64 KB blocks made it 57-60 ms in every process (issue 5).
+ * strips of MR rows, each strip into panels of FM_PANEL_BYTES (one cache line of a row of
+ * W). For each k block, every strip passes over that block's W: a strip of A stays in L1,
+ * the W block in L2 (a whole W made the time depend on which physical pages collided in
+ * L2). A tile of MR rows x NP panels keeps its accumulators in registers over the block,
+ * starting from zero or from the sums the previous block left in Z; the last block adds
+ * the bias, applies ReLU/identity and stores.
  *
  * Every element is the sum over p = 0..k-1 in that order, with the same instructions
  * whatever the tile shape and k blocks (a partial sum goes through Z exactly, as T), so
@@ -37,8 +27,10 @@
  */
 #define DN_CAT3_(a, b, c) a##b##c
 #define DN_CAT3(a, b, c) DN_CAT3_(a, b, c)
-#define DN(name) DN_CAT3(name, S, ISA)
+#define DN(name) DN_CAT3(name, S, ISA) /* this variant's functions */
+#define FN(name) DN_CAT3(name, S, )   /* the type's kernels (fm_kernels.h) */
 
+#if FM_DENSE_VECTOR
 #define VL ((ptrdiff_t)(VB / sizeof(T))) /* elements per vector */
 #define VPP (FM_PANEL_BYTES / VB)        /* vectors per panel row */
 #define PANEL ((ptrdiff_t)(FM_PANEL_BYTES / sizeof(T)))
@@ -192,16 +184,15 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
     return !any;
 }
 
-static FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
-                                  ptrdiff_t lda, const T *W, const T *b, const T *tail,
-                                  int act, T *Z, ptrdiff_t ldz)
+FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,
+                           const T *W, const T *b, const T *tail, int act, T *Z,
+                           ptrdiff_t ldz)
 {
     return DN(fm_dense_run)(m, k, n, A, lda, 0, W, b, tail, act, Z, ldz, 0);
 }
 
-static FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
-                                     ptrdiff_t lda, const T *B, T *C, ptrdiff_t ldc,
-                                     int accumulate)
+FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
+                              ptrdiff_t lda, const T *B, T *C, ptrdiff_t ldc, int accumulate)
 {
     return DN(fm_dense_run)(m, k, n, A, lda, 1, B, NULL, NULL, FM_IDENTITY, C, ldc, accumulate);
 }
@@ -209,6 +200,49 @@ static FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, cons
 #undef VL
 #undef VPP
 #undef PANEL
+
+#else /* no GCC vector extensions: plain loops with the same order of sums */
+
+int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const T *W,
+                 const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz)
+{
+    int ok = 1;
+    (void)tail;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        T *restrict z = Z + i * ldz;
+        for (ptrdiff_t j = 0; j < n; j++) z[j] = 0;
+        for (ptrdiff_t p = 0; p < k; p++) { /* axpy form: the j loop vectorises */
+            const T s = A[i * lda + p];
+            const T *restrict w = W + p * n;
+            for (ptrdiff_t j = 0; j < n; j++) z[j] += s * w[j];
+        }
+        for (ptrdiff_t j = 0; j < n; j++) ok &= z[j] - z[j] == 0;
+        FN(fm_bias_act)(1, n, z, b, act);
+    }
+    return ok;
+}
+
+int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,
+                    const T *B, T *C, ptrdiff_t ldc, int accumulate)
+{
+    int ok = 1;
+    for (ptrdiff_t i = 0; i < m; i++) {
+        T *restrict c = C + i * ldc;
+        if (!accumulate)
+            for (ptrdiff_t j = 0; j < n; j++) c[j] = 0;
+        for (ptrdiff_t p = 0; p < k; p++) {
+            const T s = A[p * lda + i];
+            const T *restrict bp = B + p * n;
+            for (ptrdiff_t j = 0; j < n; j++) c[j] += s * bp[j];
+        }
+        for (ptrdiff_t j = 0; j < n; j++) ok &= c[j] - c[j] == 0;
+    }
+    return ok;
+}
+
+#endif
+
 #undef DN
+#undef FN
 #undef DN_CAT3
 #undef DN_CAT3_

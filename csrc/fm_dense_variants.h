@@ -1,40 +1,96 @@
-/* The variants of fm_dense for one element type, included by fm_dense.c once per type
-   (T, S, IT defined by the includer): instruction set, vector bytes, register tile. */
-#define ISA _base
-#define FM_TARGET
-#define VB 16
-#define MR 3
-#define NP 1
-#include "fm_dense_impl.h"
-#undef ISA
-#undef FM_TARGET
-#undef VB
-#undef MR
-#undef NP
+/*
+ * Private to csrc: what fm_dense.c (the entry points) and the fm_dense_<isa>.c files (one
+ * variant each, compiled in parallel) share. Each variant is fm_dense_impl.h compiled for
+ * one element type and instruction set; fm_dense_f / fm_dense_at_f etc. pick one.
+ */
+#ifndef FM_DENSE_VARIANTS_H
+#define FM_DENSE_VARIANTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fm_kernels.h"
+
+/* One cache line of a row of W: the width of a panel. */
+#define FM_PANEL_BYTES 64
+
+/* Bytes of W per k block: small enough to stay in L2 beside the rows of A and Z in flight
+   (measurements in benches/results.md). */
+#ifndef FM_DENSE_KBLOCK_BYTES
+#define FM_DENSE_KBLOCK_BYTES (64 * 1024)
+#endif
+
+/* FM_DENSE_NO_VECTOR builds the plain-C fallback that compilers without GCC's vector
+   extensions get (to test it with GCC). */
+#if defined(__GNUC__) && !defined(FM_DENSE_NO_VECTOR)
+#define FM_DENSE_VECTOR 1
+#else
+#define FM_DENSE_VECTOR 0
+#endif
+
+/* The AVX2, wide and AVX-512 variants exist only where they can be compiled and chosen. */
+#if FM_DENSE_VECTOR && (defined(__x86_64__) || defined(__i386__)) && !defined(FM_NO_DISPATCH)
+#define FM_DENSE_X86 1
+#else
+#define FM_DENSE_X86 0
+#endif
+
+/* The variants, named fm_dense<type><isa>: arguments as fm_dense / fm_dense_at in
+   fm_kernels.h without `isa`. _base: 16-byte vectors (SSE2 on x86-64), or plain loops
+   without vector extensions; built everywhere. */
+int fm_dense_f_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
+                    const float *W, const float *b, const float *tail, int act, float *Z,
+                    ptrdiff_t ldz);
+int fm_dense_d_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
+                    const double *W, const double *b, const double *tail, int act,
+                    double *Z, ptrdiff_t ldz);
+int fm_dense_at_f_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
+                       const float *B, float *C, ptrdiff_t ldc, int accumulate);
+int fm_dense_at_d_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
+                       ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
+                       int accumulate);
+
 #if FM_DENSE_X86
-#define ISA _avx2
-#define FM_TARGET __attribute__((target("avx2,fma")))
-#define VB 32
-#define MR 6
-#define NP 1
-#include "fm_dense_impl.h"
-#undef ISA
-#undef VB
-#undef MR
-#undef NP
-#define ISA _wide
-#define VB 64
-#define MR 8
-#define NP 2
-#include "fm_dense_impl.h"
-#undef ISA
-#undef FM_TARGET
-#define ISA _avx512
-#define FM_TARGET __attribute__((target("avx512f,fma")))
-#include "fm_dense_impl.h"
-#undef ISA
-#undef FM_TARGET
-#undef VB
-#undef MR
-#undef NP
+/* _avx2: AVX2 + FMA, a 6-row x 1-panel tile in 12 of the 16 ymm registers. */
+int fm_dense_f_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
+                    const float *W, const float *b, const float *tail, int act, float *Z,
+                    ptrdiff_t ldz);
+int fm_dense_d_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
+                    const double *W, const double *b, const double *tail, int act,
+                    double *Z, ptrdiff_t ldz);
+int fm_dense_at_f_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
+                       const float *B, float *C, ptrdiff_t ldc, int accumulate);
+int fm_dense_at_d_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
+                       ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
+                       int accumulate);
+
+/* _wide: the AVX-512 tile shape compiled for AVX2, so that the tests run that shape's
+   code on machines without AVX-512; never chosen by FM_ISA_AUTO. */
+int fm_dense_f_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
+                    const float *W, const float *b, const float *tail, int act, float *Z,
+                    ptrdiff_t ldz);
+int fm_dense_d_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
+                    const double *W, const double *b, const double *tail, int act,
+                    double *Z, ptrdiff_t ldz);
+int fm_dense_at_f_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
+                       const float *B, float *C, ptrdiff_t ldc, int accumulate);
+int fm_dense_at_d_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
+                       ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
+                       int accumulate);
+
+/* _avx512: AVX-512F, an 8-row x 2-panel tile in 16 of the 32 zmm registers. */
+int fm_dense_f_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
+                      const float *W, const float *b, const float *tail, int act, float *Z,
+                      ptrdiff_t ldz);
+int fm_dense_d_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
+                      ptrdiff_t lda, const double *W, const double *b, const double *tail,
+                      int act, double *Z, ptrdiff_t ldz);
+int fm_dense_at_f_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A,
+                         ptrdiff_t lda, const float *B, float *C, ptrdiff_t ldc,
+                         int accumulate);
+int fm_dense_at_d_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
+                         ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
+                         int accumulate);
+#endif
+
 #endif

@@ -1,9 +1,8 @@
 /* Flush denormals to zero while training.
  *
- * Adam's second moments of rarely-active weights decay into the float denormal range,
- * where each operation costs ~100 cycles: an MNIST epoch got 30% slower from epoch 1 to
- * epoch 6 before this. Flushing them changes values only below 1e-38 (float) and 1e-308
- * (double). The state is per thread, so every parallel task sets it and restores it.
+ * Adam's second moments of rarely-active weights decay into the denormal range, where every
+ * operation is slow (benches/results.md); flushing changes values only below 1e-38 (float)
+ * and 1e-308 (double). The state is per thread, so every parallel task sets and restores it.
  */
 #ifndef FM_FPU_H
 #define FM_FPU_H

@@ -1,6 +1,8 @@
 /*
- * Body of the fastmlp kernels, included twice by fm_kernels.c: once with T = float and
- * S = _f, once with T = double and S = _d. Prototypes and contracts are in fm_kernels.h.
+ * Body of the element-wise and row-wise kernels (contracts in fm_kernels.h), included by
+ * fm_kernels.c once per element type. The includer defines T and S (float and _f, double
+ * and _d), the math functions of that type (EXP, LOG, TANH, FABS, SQRT) and
+ * FM_CPU_DISPATCH.
  */
 #define FM_CAT_(a, b) a##b
 #define FM_CAT(a, b) FM_CAT_(a, b)

@@ -40,13 +40,13 @@ for rt in "$asan_rt" "$ubsan_rt"; do
 done
 
 # Fresh copy of the sources. Built artefacts are left out so nothing from the caller's
-# build (its .so files, build/, or Cython's generated fastmlp/_*.c, which would be reused
-# if newer than the .pyx) can end up in, or stand in for, the sanitized build. tar rather
-# than rsync: it is on every machine.
+# build (its .so files, build/ with csrc/'s static library, or Cython's generated
+# fastmlp/*.c, which would be reused if newer than the .pyx) can end up in, or stand in
+# for, the sanitized build. tar rather than rsync: it is on every machine.
 rm -rf "${dir:?}/fastmlp" "${dir:?}/csrc" "${dir:?}/tests" "${dir:?}/build"
 tar -C "$src" \
     --exclude=.git --exclude=build --exclude='*.so' --exclude='*.o' \
-    --exclude='./fastmlp/_kernels.c' --exclude='./fastmlp/_network.c' \
+    --exclude='./fastmlp/*.c' \
     --exclude=.venv --exclude=.hypothesis --exclude=.benchmarks --exclude=.ruff_cache \
     --exclude='./benches/data' --exclude=__pycache__ \
     -cf - . | tar -C "$dir" -xf -
@@ -62,8 +62,8 @@ fi
 # run. -fno-omit-frame-pointer and -g give readable stacks. No -O level: setup.py puts
 # its -O3 after CFLAGS, and the last -O wins, so the code is checked as users run it
 # (ASan and UBSan work at any level; -g keeps inlined frames in the stacks). setuptools
-# adds CFLAGS to the compile and the link commands and LDFLAGS to the link, so both
-# extension modules link the sanitizer runtimes.
+# adds CFLAGS to every compile (csrc/'s static library too) and link command and LDFLAGS
+# to the link, so every extension module links the sanitizer runtimes.
 san="-fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all"
 san="$san -fno-omit-frame-pointer"
 export CFLAGS="$san -g"
@@ -75,7 +75,7 @@ echo "== building the sanitized extension in $dir"
     exit 1
 }
 # Proof that the flags reached the compiler and the linker.
-for so in "$dir"/fastmlp/_network*.so "$dir"/fastmlp/_kernels*.so; do
+for so in "$dir"/fastmlp/*.so; do
     if ! readelf -d "$so" | grep -q 'libasan'; then
         echo "sanitize.sh: $so is not linked against libasan; CFLAGS/LDFLAGS were lost" >&2
         exit 1
@@ -107,13 +107,17 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 cd "$dir/tests"
 # Fail early, and visibly, if the tests would import some other fastmlp build.
 "$python" - "$dir" <<'EOF'
+import glob
+import importlib
 import os
 import sys
 
-import fastmlp._kernels
 import fastmlp._network
 
-for mod in (fastmlp._network, fastmlp._kernels):
+# Every extension module of the copy: fastmlp/<name>.<abi tag>.so.
+for so in sorted(glob.glob(os.path.join(sys.argv[1], "fastmlp", "*.so"))):
+    name = os.path.basename(so).split(".")[0]
+    mod = importlib.import_module(f"fastmlp.{name}")
     print(f"== {mod.__name__} from {mod.__file__}")
     if not os.path.realpath(mod.__file__).startswith(os.path.realpath(sys.argv[1]) + os.sep):
         sys.exit(f"sanitize.sh: {mod.__name__} is not the sanitized build in {sys.argv[1]}")

@@ -1,0 +1,23 @@
+/* fm_dense's AVX2 + FMA variant: a 6-row x 1-panel tile in 12 of the 16 ymm registers. */
+#include "fm_dense_variants.h"
+
+#if FM_DENSE_X86
+#define ISA _avx2
+#define FM_TARGET __attribute__((target("avx2,fma")))
+#define VB 32
+#define MR 6
+#define NP 1
+
+#define T float
+#define S _f
+#define IT int32_t
+#include "fm_dense_impl.h"
+#undef T
+#undef S
+#undef IT
+
+#define T double
+#define S _d
+#define IT int64_t
+#include "fm_dense_impl.h"
+#endif

@@ -1,0 +1,23 @@
+/* fm_dense's AVX-512 variant: an 8-row x 2-panel tile in 16 of the 32 zmm registers. */
+#include "fm_dense_variants.h"
+
+#if FM_DENSE_X86
+#define ISA _avx512
+#define FM_TARGET __attribute__((target("avx512f,fma")))
+#define VB 64
+#define MR 8
+#define NP 2
+
+#define T float
+#define S _f
+#define IT int32_t
+#include "fm_dense_impl.h"
+#undef T
+#undef S
+#undef IT
+
+#define T double
+#define S _d
+#define IT int64_t
+#include "fm_dense_impl.h"
+#endif

@@ -1,0 +1,24 @@
+/* fm_dense's "wide" variant: the AVX-512 tile shape (8 rows x 2 panels) compiled for
+   AVX2, so that the tests run that shape's code on machines without AVX-512. */
+#include "fm_dense_variants.h"
+
+#if FM_DENSE_X86
+#define ISA _wide
+#define FM_TARGET __attribute__((target("avx2,fma")))
+#define VB 64
+#define MR 8
+#define NP 2
+
+#define T float
+#define S _f
+#define IT int32_t
+#include "fm_dense_impl.h"
+#undef T
+#undef S
+#undef IT
+
+#define T double
+#define S _d
+#define IT int64_t
+#include "fm_dense_impl.h"
+#endif
