@@ -12,13 +12,15 @@
  * Why our own GEMM: OpenBLAS repacks W on every call and its kernel stalls on prefetches
  * into pages of its buffer that these small calls never touch (issue 5).
  *
- * Tiling: k is cut into blocks whose rows of W take at most FM_DENSE_KBLOCK_BYTES, Z into
- * strips of MR rows, each strip into panels of FM_PANEL_BYTES (one cache line of a row of
- * W). For each k block, every strip passes over that block's W: a strip of A stays in L1,
- * the W block in L2 (a whole W made the time depend on which physical pages collided in
- * L2). A tile of MR rows x NP panels keeps its accumulators in registers over the block,
- * starting from zero or from the sums the previous block left in Z; the last block adds
- * the bias, applies ReLU/identity and stores.
+ * Tiling: W is cut into blocks of at most FM_DENSE_KBLOCK_BYTES: all its columns and a
+ * range of k when that range is at least FM_DENSE_MIN_KBLOCK rows long, else chunks of
+ * columns (a wide W) each taken over k in such blocks. Z is cut into strips of MR rows,
+ * each strip into panels of FM_PANEL_BYTES (one cache line of a row of W). Every strip
+ * passes over a block before the next block: a strip of A stays in L1, the W block in L2
+ * (a whole W made the time depend on which physical pages collided in L2). A tile of MR
+ * rows x NP panels keeps its accumulators in registers over the block, starting from
+ * zero or from the sums the previous block left in Z; the last block adds the bias,
+ * applies ReLU/identity and stores.
  *
  * Every element is the sum over p = 0..k-1 in that order, with the same instructions
  * whatever the tile shape and k blocks (a partial sum goes through Z exactly, as T), so
@@ -105,78 +107,107 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
     }
 }
 
-/* MR (or fewer) rows of Z against rows p0..p0+kc-1 of B (n columns, rows n apart): the
-   full panels in groups of NP, then the last n % PANEL columns, from the zero-padded
-   `tail` if there is one, else from B itself. */
+/* MR (or fewer) rows of Z, columns 0..ncols-1, against kc rows of B starting at bp (rows
+   ldb apart): the full panels in groups of NP, then the last ncols % PANEL columns, from
+   the zero-padded panel `tp` (rows tld apart, its bias `tb`) if there is one, else from
+   bp itself, element by element. */
 static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_strip)(
-    ptrdiff_t k, ptrdiff_t p0, ptrdiff_t kc, ptrdiff_t n, const T *a, ptrdiff_t lda,
-    const int at, const int rows, const T *B, const T *bias, const T *tail, int act, T *z,
-    ptrdiff_t ldz, int accumulate, DN(ivec) * bad)
+    ptrdiff_t kc, ptrdiff_t ncols, const T *a, ptrdiff_t lda, const int at, const int rows,
+    const T *bp, ptrdiff_t ldb, const T *bias, const T *tp, ptrdiff_t tld, const T *tb,
+    int act, T *z, ptrdiff_t ldz, int first, int last, DN(ivec) * bad)
 {
-    const ptrdiff_t full = n / PANEL;
-    const int first = p0 == 0 && !accumulate, last = p0 + kc == k;
-    const T *bp = B + p0 * n;
+    const ptrdiff_t full = ncols / PANEL;
     const T *bj = bias; /* the bias of panel j (NULL: none) */
-    a += at ? p0 * lda : p0;
     ptrdiff_t j = 0;
     for (; j + NP <= full; j += NP, bj = bj ? bj + NP * PANEL : NULL)
-        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, n, NP, 0, bj, act,
+        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, ldb, NP, 0, bj, act,
                           z + j * PANEL, ldz, NP * PANEL, first, last, bad);
     if (NP > 1)
         for (; j < full; j++, bj = bj ? bj + PANEL : NULL)
-            DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, n, 1, 0, bj, act,
+            DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, ldb, 1, 0, bj, act,
                               z + j * PANEL, ldz, PANEL, first, last, bad);
-    if (full * PANEL == n) return;
-    if (tail)
-        DN(fm_dense_tile)(kc, a, lda, at, rows, tail + p0 * PANEL, PANEL, 1, 0,
-                          bias ? tail + k * PANEL : NULL, act, z + full * PANEL, ldz,
-                          n - full * PANEL, first, last, bad);
+    if (full * PANEL == ncols) return;
+    if (tp)
+        DN(fm_dense_tile)(kc, a, lda, at, rows, tp, tld, 1, 0, tb, act, z + full * PANEL,
+                          ldz, ncols - full * PANEL, first, last, bad);
     else
-        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + full * PANEL, n, 1, 1, bj, act,
-                          z + full * PANEL, ldz, n - full * PANEL, first, last, bad);
+        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + full * PANEL, ldb, 1, 1, bj, act,
+                          z + full * PANEL, ldz, ncols - full * PANEL, first, last, bad);
 }
 
-/* Z (+)= A @ B (at = 0; A is m x k) or A^T @ B (at = 1; A is k x m), in equal k blocks of
-   at most FM_DENSE_KBLOCK_BYTES of B (see the top), then the epilogue of `act`. */
+/* Z (+)= A @ B (at = 0; A is m x k) or A^T @ B (at = 1; A is k x m), block by block of B
+   (see the top), then the epilogue of `act`. */
 static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
     ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const int at,
     const T *B, const T *bias, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate)
 {
     DN(ivec) bad = {0};
-    const ptrdiff_t row_bytes = (n + PANEL - 1) / PANEL * FM_PANEL_BYTES;
-    ptrdiff_t nkb = (k * row_bytes + FM_DENSE_KBLOCK_BYTES - 1) / FM_DENSE_KBLOCK_BYTES;
+    const ptrdiff_t panels = (n + PANEL - 1) / PANEL;
+    /* A wide B is packed, NP panels x FM_DENSE_PACK_K rows at a time, into a buffer that
+       stays in L1; read in place, each row of a block would sit on its own page. */
+    const int packed = n * (ptrdiff_t)sizeof(T) >= FM_DENSE_PACK_ROW_BYTES && m >= 2 * MR;
+    T pack[FM_DENSE_PACK_K * NP * PANEL] __attribute__((aligned(64)));
+    /* Columns per group and rows per block: packed, NP panels and FM_DENSE_PACK_K rows;
+       else all panels, unless FM_DENSE_MIN_KBLOCK rows of them would pass the block
+       size, then as many (in groups of NP) as fit, over rows that fill the block. */
+    ptrdiff_t chunk = FM_DENSE_KBLOCK_BYTES / (FM_DENSE_MIN_KBLOCK * FM_PANEL_BYTES);
+    chunk = packed || chunk < NP ? NP : chunk - chunk % NP;
+    if (chunk > panels) chunk = panels;
+    ptrdiff_t nkb = (k * chunk * FM_PANEL_BYTES + FM_DENSE_KBLOCK_BYTES - 1) /
+                    FM_DENSE_KBLOCK_BYTES;
+    if (packed) nkb = (k + FM_DENSE_PACK_K - 1) / FM_DENSE_PACK_K;
     if (nkb < 1) nkb = 1;
     const ptrdiff_t kc = (k + nkb - 1) / nkb;
-    ptrdiff_t p0 = 0;
-    do { /* at least once: k = 0 gives Z = act(b) */
-        const ptrdiff_t kb = k - p0 < kc ? k - p0 : kc;
-        for (ptrdiff_t i = 0; i < m; i += MR) {
-            const T *a = at ? A + i : A + i * lda;
-            T *z = Z + i * ldz;
-            /* One compiled shape per row count: full strips, then the last few rows. */
-            switch (m - i < MR ? m - i : MR) {
-#define DN_ROWS(r)                                                                       \
-    case r:                                                                              \
-        DN(fm_dense_strip)(k, p0, kb, n, a, lda, at, r <= MR ? r : MR, B, bias, tail, act, \
-                           z, ldz, accumulate, &bad);                                    \
+    for (ptrdiff_t j0 = 0; j0 < n; j0 += chunk * PANEL) {
+        const ptrdiff_t nc = n - j0 < chunk * PANEL ? n - j0 : chunk * PANEL;
+        const ptrdiff_t rem = nc - nc % PANEL; /* where the last, partial panel starts */
+        const T *bj = bias ? bias + j0 : NULL;
+        ptrdiff_t p0 = 0;
+        do { /* at least once: k = 0 gives Z = act(b) */
+            const ptrdiff_t kb = k - p0 < kc ? k - p0 : kc;
+            const int first = p0 == 0 && !accumulate, last = p0 + kb == k;
+            /* This block of B, and where its last partial panel comes from. */
+            const T *bp = B + p0 * n + j0, *tp = NULL, *tb = bj ? bj + rem : NULL;
+            ptrdiff_t ldb = n, tld = PANEL;
+            if (packed) {
+                for (ptrdiff_t p = 0; p < kb; p++)
+                    for (ptrdiff_t c = 0; c < chunk * PANEL; c++)
+                        pack[p * chunk * PANEL + c] = c < nc ? bp[p * n + c] : 0;
+                bp = pack;
+                ldb = tld = chunk * PANEL;
+                tp = pack + rem;
+            } else if (tail && j0 + nc == n) {
+                tp = tail + p0 * PANEL;
+                tb = bias ? tail + k * PANEL : NULL;
+            }
+            for (ptrdiff_t i = 0; i < m; i += MR) {
+                const T *a = at ? A + p0 * lda + i : A + i * lda + p0;
+                T *z = Z + i * ldz + j0;
+                /* One compiled shape per row count: full strips, then the last few rows. */
+                switch (m - i < MR ? m - i : MR) {
+#define DN_ROWS(r)                                                                        \
+    case r:                                                                               \
+        DN(fm_dense_strip)(kb, nc, a, lda, at, r <= MR ? r : MR, bp, ldb, bj, tp, tld, tb, \
+                           act, z, ldz, first, last, &bad);                               \
         break;
-                DN_ROWS(1)
-                DN_ROWS(2)
-                DN_ROWS(3)
-                DN_ROWS(4)
-                DN_ROWS(5)
-                DN_ROWS(6)
+                    DN_ROWS(1)
+                    DN_ROWS(2)
+                    DN_ROWS(3)
+                    DN_ROWS(4)
+                    DN_ROWS(5)
+                    DN_ROWS(6)
 #if MR > 6
-                DN_ROWS(7)
-                DN_ROWS(8)
+                    DN_ROWS(7)
+                    DN_ROWS(8)
 #endif
 #undef DN_ROWS
-            default:
-                break;
+                default:
+                    break;
+                }
             }
-        }
-        p0 += kb;
-    } while (p0 < k);
+            p0 += kb;
+        } while (p0 < k);
+    }
     if (act == FM_TANH || act == FM_SIGMOID)
         for (ptrdiff_t i = 0; i < m; i++) FN(fm_bias_act)(1, n, Z + i * ldz, bias, act);
     int any = 0;

@@ -14,10 +14,23 @@
 /* One cache line of a row of W: the width of a panel. */
 #define FM_PANEL_BYTES 64
 
-/* Bytes of W per k block: small enough to stay in L2 beside the rows of A and Z in flight
+/* Bytes of W per block: small enough to stay in L2 beside the rows of A and Z in flight
    (measurements in benches/results.md). */
 #ifndef FM_DENSE_KBLOCK_BYTES
 #define FM_DENSE_KBLOCK_BYTES (64 * 1024)
+#endif
+/* Rows of W a block keeps at least, by taking fewer columns of a wide W: each k block
+   costs a reload of the tile's sums from Z, which short blocks do not amortise. */
+#ifndef FM_DENSE_MIN_KBLOCK
+#define FM_DENSE_MIN_KBLOCK 128
+#endif
+/* B is packed from rows this many bytes apart (a page holds at most two of them), in
+   blocks of FM_DENSE_PACK_K rows (16 KB of AVX-512 panels: in L1 beside A's rows). */
+#ifndef FM_DENSE_PACK_ROW_BYTES
+#define FM_DENSE_PACK_ROW_BYTES 2048
+#endif
+#ifndef FM_DENSE_PACK_K
+#define FM_DENSE_PACK_K 128
 #endif
 
 /* FM_DENSE_NO_VECTOR builds the plain-C fallback that compilers without GCC's vector

@@ -11,9 +11,9 @@ Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
    parallel phases, so the cores have one owner (OpenMP) and BLAS runs single-threaded
    inside each task:
 
-   a. Row phase. The batch is cut into row blocks of BLOCK_ROWS; each block runs
-      forward, loss and the backward chain of deltas on its own. Rows never interact, so
-      no barrier is needed between layers.
+   a. Row phase. The batch is cut into row blocks (block_rows, see block_rows_for); each
+      block runs forward, loss and the backward chain of deltas on its own. Rows never
+      interact, so no barrier is needed between layers.
    b. Parameter phase. Each weight gradient dW = A^T dZ is cut by its rows (the layer's
       inputs) into PARAM_PARTS parts; each part is one fm_dense_at over the whole batch
       followed by the optimizer update of exactly those parameters. No reduction across
@@ -56,10 +56,11 @@ cdef extern from "Python.h":
 
 cdef enum:
     MAX_BLOCKS = 256     # row blocks per mini-batch
-    # The partition of a step (see the top): rows per block of the row phase, parts per
-    # weight matrix in the parameter phase. 8 to 64 rows measured within noise; 8 leaves
-    # the most blocks for machines with more cores (benches/results.md).
-    BLOCK_ROWS = 8
+    # The partition of a step (see the top): rows per block of the row phase (at least
+    # MIN_BLOCK_ROWS, at most MAX_BLOCK_ROWS) and parts per weight matrix in the parameter
+    # phase.
+    MIN_BLOCK_ROWS = 8
+    MAX_BLOCK_ROWS = 64
     PARAM_PARTS = 4
 
 cpdef enum Optimizer:
@@ -87,6 +88,7 @@ cdef struct Workspace:
     Py_ssize_t t_off
     Py_ssize_t size
     bint dropout
+    Py_ssize_t block_rows               # rows per block of the row phase
 
 
 cdef struct Hyper:
@@ -118,6 +120,17 @@ cdef struct Batch:
     uint64_t seed                       # dropout bits of this step
 
 
+cdef inline Py_ssize_t block_rows_for(Py_ssize_t batch_size) noexcept nogil:
+    """Rows per block of the row phase: a quarter of the batch, from 8 to 64 rows.
+
+    Every block streams all of W through its forward and backward GEMMs, so few, tall
+    blocks are what wide layers need; four blocks keep both cores busy at small batches.
+    It depends on the batch size alone, never on the threads.
+    """
+    return min(<Py_ssize_t> MAX_BLOCK_ROWS, max(<Py_ssize_t> MIN_BLOCK_ROWS,
+                                                (batch_size + 3) // 4))
+
+
 cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dropout,
                                 bint targets):
     cdef Workspace w
@@ -139,6 +152,7 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
     if targets:
         p += capacity * lay.sizes[L]
     w.size = p
+    w.block_rows = block_rows_for(capacity)
     return w
 
 
@@ -444,7 +458,7 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
     cdef double block_loss[MAX_BLOCKS]
     cdef int64_t block_correct[MAX_BLOCKS]
     # The partition depends on the batch size alone, never on the thread count.
-    cdef int n_blocks = <int> min((b.n + BLOCK_ROWS - 1) // BLOCK_ROWS,
+    cdef int n_blocks = <int> min((b.n + wsl.block_rows - 1) // wsl.block_rows,
                                   <Py_ssize_t> MAX_BLOCKS)
     cdef int i, item, L = lay.n_layers
     cdef Py_ssize_t r0, r1

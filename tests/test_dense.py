@@ -195,6 +195,37 @@ def test_dense_at_rows_do_not_depend_on_the_split(isa, dtype):
         assert np.array_equal(part, C[start:stop]), (start, stop)
 
 
+# W rows 2 KB apart or more: fm_dense packs B in blocks once 16 rows or more pass over it.
+WIDE = [(37, 530), (300, 1040), (5, 513)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", WIDE)
+@pytest.mark.parametrize("isa", ISAS)
+def test_wide_layers_packed_match_reference_and_unpacked_bits(isa, k, n, dtype):
+    """The packed path (many rows) against the reference, and bit for bit against the
+    rows computed alone (one row: read in place), for both entry points."""
+    rng = rng_for("wide", isa, k, n, str(dtype))
+    W, b = layer(rng, k, n, dtype)
+    A = rng.standard_normal((40, k)).astype(dtype)
+    t = TOL[np.dtype(dtype)]
+    for pack_tail in (True, False):
+        Z, ok = K.dense(A, W, b, "relu", isa, pack_tail)
+        assert ok
+        expected = R.bias_act(A.astype(np.float64) @ W.astype(np.float64), b, "relu")
+        np.testing.assert_allclose(Z, expected, rtol=t, atol=t * max(np.abs(expected).max(), 1))
+        for r in (0, 17, 39):
+            one, _ = K.dense(np.ascontiguousarray(A[r : r + 1]), W, b, "relu", isa, pack_tail)
+            assert np.array_equal(one, Z[r : r + 1])
+    D = rng.standard_normal((k, n)).astype(dtype)  # the weight gradient A^T D, n wide
+    Ak = rng.standard_normal((k, 40)).astype(dtype)
+    C, ok = K.dense_at(Ak, D, isa=isa)
+    exact = Ak.astype(np.float64).T @ D.astype(np.float64)
+    np.testing.assert_allclose(C, exact, rtol=t, atol=t * max(np.abs(exact).max(), 1))
+    for start, stop in [(0, 1), (5, 6), (39, 40)]:
+        assert np.array_equal(K.dense_at(Ak, D, start, stop, None, isa)[0], C[start:stop])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("isa", ISAS)
 def test_dense_at_reports_nonfinite_results(isa, dtype):
