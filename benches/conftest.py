@@ -38,8 +38,11 @@ THREADS_ENV = "FASTMLP_BENCH_THREADS"
 # Options a bare `pytest benches/ --benchmark-only` would otherwise leave at
 # pytest-benchmark's defaults; given on the command line, the command line wins.
 # max_time 0.5 s keeps the micro-benchmarks' medians stable while the whole run stays
-# within a few minutes on 2 cores.
+# within a few minutes on 2 cores. Warm-up on: every implementation's micro-benchmark first
+# runs untimed for up to max_time (pytest-benchmark leaves it off on CPython); the epoch
+# benchmarks (pedantic) give every implementation the same warm-up round themselves.
 _DEFAULT_OPTIONS = {
+    "--benchmark-warmup": ("benchmark_warmup", True),
     "--benchmark-max-time": ("benchmark_max_time", 0.5),
     "--benchmark-columns": ("benchmark_columns", ["median", "iqr", "min", "mean", "rounds"]),
     "--benchmark-sort": ("benchmark_sort", "mean"),

@@ -77,24 +77,20 @@ NETWORKS = [
 ]
 
 
-def main() -> int:
-    """Train the four networks; print per-epoch and summary results; 1 if one misses."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--data", type=Path, default=MNIST_DIR)
-    args = parser.parse_args()
-    (X, y), (X_test, y_test) = load_mnist(args.data)
-
-    rows, missed = [], 0
+def run(mnist, seed: int = 0, threads: int | None = None) -> list[tuple]:
+    """Train the four networks on ``mnist = ((X, y), (X_test, y_test))``, printing each
+    epoch's test accuracy; returns one ``(name, claim, target, final %, seconds, met)`` per
+    network (seconds: the training epochs, without the per-epoch test evaluation)."""
+    (X, y), (X_test, y_test) = mnist
+    rows = []
     for name, claim, source_epochs, source_seconds, target, options in NETWORKS:
         print(f"\n## {name}\nsource: {claim}; options: {options}")
         model = fastmlp.train(
             X,
             y,
             validation_data=(X_test, y_test),
-            seed=args.seed,
-            n_threads=args.threads,
+            seed=seed,
+            n_threads=threads,
             **options,
         )
         accuracies = [100 * a for a in model.history["val_accuracy"]]
@@ -105,14 +101,24 @@ def main() -> int:
         seconds = sum(model.history["seconds"])
         final = 100 * model.score(X_test, y_test)
         ok = final >= target
-        missed += not ok
         versus = f" (source: {source_seconds:.2f} s)" if source_seconds else ""
         print(
             f"final {final:.2f}% (must reach {target}%: {'met' if ok else 'MISSED'}); "
             f"training time {seconds:.2f} s{versus}"
         )
         rows.append((name, claim, target, final, seconds, ok))
+    return rows
 
+
+def main() -> int:
+    """Train the four networks; print per-epoch and summary results; 1 if one misses."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data", type=Path, default=MNIST_DIR)
+    args = parser.parse_args()
+    rows = run(load_mnist(args.data), args.seed, args.threads)
+    missed = sum(not ok for *_, ok in rows)
     print("\n| network | source claim | must reach | fastmlp | training time |")
     print("| --- | --- | --- | --- | --- |")
     for name, claim, target, final, seconds, ok in rows:

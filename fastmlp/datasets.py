@@ -224,10 +224,13 @@ def _resolve_mnist_dir(path: StrPath | None) -> Path:
         return directory
     if _DEFAULT_MNIST_DIR.is_dir():
         return _DEFAULT_MNIST_DIR
+    # An installed fastmlp (site-packages) has no data beside it: say where the files are.
     raise FileNotFoundError(
-        f"MNIST data not found: {_MNIST_ENV} is not set and {_DEFAULT_MNIST_DIR} "
-        f"does not exist; pass path= to load_mnist or set {_MNIST_ENV} to the "
-        f"directory holding the MNIST files"
+        f"MNIST data not found: {_MNIST_ENV} is not set and {_DEFAULT_MNIST_DIR} does not "
+        f"exist (the default works only when fastmlp runs from its source checkout); pass "
+        f"path= to load_mnist or set {_MNIST_ENV} to the directory holding the four MNIST "
+        f"files (train-images-idx3-ubyte[.gz], ...), e.g. benches/data/mnist of the "
+        f"fastmlp repository"
     )
 
 
@@ -267,7 +270,9 @@ def load_mnist(
         ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte`` and
         ``t10k-labels-idx1-ubyte``, each raw or with a ``.gz`` suffix. By
         default, the directory named by the ``FASTMLP_MNIST`` environment
-        variable, else ``benches/data/mnist`` of the fastmlp source tree.
+        variable, else ``benches/data/mnist`` of the fastmlp source tree when fastmlp
+        is imported from its source checkout (an installed fastmlp has no data beside
+        it: pass `path`).
     dtype : {numpy.float32, numpy.float64}, optional
         Element type of the images.
     verify : bool, optional

@@ -272,6 +272,7 @@ def test_new_files_get_the_umask_default_mode(tmp_path):
     assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o640
 
 
+@pytest.mark.may_skip("root writes into a read-only directory: nothing to observe")
 def test_save_into_a_read_only_directory_leaves_the_old_file(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()

@@ -248,6 +248,7 @@ def test_predictions_stay_correct_while_another_model_trains(model, mnist):
     assert np.array_equal(other.params_, alone.params_), "training changed by the threads"
 
 
+@pytest.mark.may_skip("reads /proc/self/statm, which only Linux has")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 def test_memory_stays_flat_over_many_calls(model, mnist):
     X_test = mnist[2]
