@@ -7,6 +7,7 @@ default build targets any x86-64 (or other) CPU, fm_dense choosing its instructi
 run time; FASTMLP_NATIVE=1 tunes for the building machine with -march=native.
 """
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -167,7 +168,8 @@ setup(
         extensions,
         compiler_directives={"language_level": 3},
         compile_time_env={"FASTMLP_OPENMP": openmp},
-        nthreads=os.cpu_count() or 1,
+        # Cythonizes the modules in parallel; under spawn the workers would rerun setup.py.
+        nthreads=(os.cpu_count() or 1) if multiprocessing.get_start_method() == "fork" else 0,
     ),
     cmdclass={"build_clib": BuildClib, "build_ext": BuildExt},
 )
