@@ -34,6 +34,8 @@ CSRC = [
     "csrc/fm_dense.c",
 ]
 CSRC_HEADERS = [
+    "csrc/fm_fpu.h",
+    "csrc/fm_openmp.h",
     "csrc/fm_kernels.h",
     "csrc/fm_kernels_impl.h",
     "csrc/fm_dense_variants.h",
@@ -125,7 +127,7 @@ class BuildExt(build_ext):
         clib.force = clib.force or self.force
         self.run_command("build_clib")
         archives = [
-            os.path.join(clib.build_clib, self.compiler_library_filename(name))
+            os.path.join(clib.build_clib, self.archive_name(name))
             for name in clib.get_library_names()
         ]
         for ext in self.extensions:
@@ -133,7 +135,7 @@ class BuildExt(build_ext):
         super().run()
 
     @staticmethod
-    def compiler_library_filename(name):
+    def archive_name(name):
         return f"{name}.lib" if sys.platform == "win32" else f"lib{name}.a"
 
 
@@ -155,7 +157,7 @@ extensions = [
         f"fastmlp.{name}",
         [f"fastmlp/{name}.pyx"],
         include_dirs=["csrc"],
-        depends=["csrc/fm_kernels.h", "csrc/fm_openmp.h", "csrc/fm_fpu.h"],
+        depends=CSRC_HEADERS,  # so that sdists carry the headers, too
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
