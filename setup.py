@@ -7,6 +7,7 @@ default build targets any x86-64 (or other) CPU, fm_dense choosing its instructi
 run time; FASTMLP_NATIVE=1 tunes for the building machine with -march=native.
 """
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -33,6 +34,8 @@ CSRC = [
     "csrc/fm_dense.c",
 ]
 CSRC_HEADERS = [
+    "csrc/fm_fpu.h",
+    "csrc/fm_openmp.h",
     "csrc/fm_kernels.h",
     "csrc/fm_kernels_impl.h",
     "csrc/fm_dense_variants.h",
@@ -124,7 +127,7 @@ class BuildExt(build_ext):
         clib.force = clib.force or self.force
         self.run_command("build_clib")
         archives = [
-            os.path.join(clib.build_clib, self.compiler_library_filename(name))
+            os.path.join(clib.build_clib, self.archive_name(name))
             for name in clib.get_library_names()
         ]
         for ext in self.extensions:
@@ -132,7 +135,7 @@ class BuildExt(build_ext):
         super().run()
 
     @staticmethod
-    def compiler_library_filename(name):
+    def archive_name(name):
         return f"{name}.lib" if sys.platform == "win32" else f"lib{name}.a"
 
 
@@ -154,8 +157,10 @@ extensions = [
         f"fastmlp.{name}",
         [f"fastmlp/{name}.pyx"],
         include_dirs=["csrc"],
-        depends=["csrc/fm_kernels.h", "csrc/fm_openmp.h", "csrc/fm_fpu.h"]
-        + [f"fastmlp/{name}.pxd" for name in ("_blas", "_ckernels", "_network")],
+        # csrc's headers so that sdists carry them too; the .pxd files so that a change
+        # to one rebuilds the modules that cimport it.
+        depends=CSRC_HEADERS
+        + [f"fastmlp/{pxd}.pxd" for pxd in ("_blas", "_ckernels", "_network")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
     )
@@ -168,7 +173,8 @@ setup(
         extensions,
         compiler_directives={"language_level": 3},
         compile_time_env={"FASTMLP_OPENMP": openmp},
-        nthreads=os.cpu_count() or 1,
+        # Cythonizes the modules in parallel; under spawn the workers would rerun setup.py.
+        nthreads=(os.cpu_count() or 1) if multiprocessing.get_start_method() == "fork" else 0,
     ),
     cmdclass={"build_clib": BuildClib, "build_ext": BuildExt},
 )
