@@ -143,19 +143,18 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
 {
     DN(ivec) bad = {0};
     const ptrdiff_t panels = (n + PANEL - 1) / PANEL;
-    /* A wide B is packed, NP panels x FM_DENSE_PACK_K rows at a time, into a buffer that
-       stays in L1; read in place, each row of a block would sit on its own page. */
+    /* A wide B is packed, a block at a time, into a contiguous buffer: read in place,
+       each row of a block would sit on its own page. */
     const int packed = n * (ptrdiff_t)sizeof(T) >= FM_DENSE_PACK_ROW_BYTES && m >= 2 * MR;
-    T pack[FM_DENSE_PACK_K * NP * PANEL] __attribute__((aligned(64)));
-    /* Columns per group and rows per block: packed, NP panels and FM_DENSE_PACK_K rows;
-       else all panels, unless FM_DENSE_MIN_KBLOCK rows of them would pass the block
-       size, then as many (in groups of NP) as fit, over rows that fill the block. */
-    ptrdiff_t chunk = FM_DENSE_KBLOCK_BYTES / (FM_DENSE_MIN_KBLOCK * FM_PANEL_BYTES);
-    chunk = packed || chunk < NP ? NP : chunk - chunk % NP;
+    T pack[FM_DENSE_PACK_BYTES / sizeof(T)] __attribute__((aligned(64)));
+    /* A block: all panels, unless FM_DENSE_MIN_KBLOCK rows of them would pass the block
+       size; then as many (in groups of NP) as fit, over the rows that fill the block. */
+    const ptrdiff_t block_bytes = packed ? FM_DENSE_PACK_BYTES : FM_DENSE_KBLOCK_BYTES;
+    const ptrdiff_t min_k = packed ? FM_DENSE_PACK_K : FM_DENSE_MIN_KBLOCK;
+    ptrdiff_t chunk = block_bytes / (min_k * FM_PANEL_BYTES);
+    chunk = chunk < NP ? NP : chunk - chunk % NP;
     if (chunk > panels) chunk = panels;
-    ptrdiff_t nkb = (k * chunk * FM_PANEL_BYTES + FM_DENSE_KBLOCK_BYTES - 1) /
-                    FM_DENSE_KBLOCK_BYTES;
-    if (packed) nkb = (k + FM_DENSE_PACK_K - 1) / FM_DENSE_PACK_K;
+    ptrdiff_t nkb = (k * chunk * FM_PANEL_BYTES + block_bytes - 1) / block_bytes;
     if (nkb < 1) nkb = 1;
     const ptrdiff_t kc = (k + nkb - 1) / nkb;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += chunk * PANEL) {

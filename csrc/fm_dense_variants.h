@@ -25,12 +25,15 @@
 #define FM_DENSE_MIN_KBLOCK 128
 #endif
 /* B is packed from rows this many bytes apart (a page holds at most two of them), in
-   blocks of FM_DENSE_PACK_K rows (16 KB of AVX-512 panels: in L1 beside A's rows). */
+   blocks of FM_DENSE_PACK_BYTES (on the stack) of FM_DENSE_PACK_K rows. */
 #ifndef FM_DENSE_PACK_ROW_BYTES
 #define FM_DENSE_PACK_ROW_BYTES 2048
 #endif
+#ifndef FM_DENSE_PACK_BYTES
+#define FM_DENSE_PACK_BYTES (32 * 1024)
+#endif
 #ifndef FM_DENSE_PACK_K
-#define FM_DENSE_PACK_K 128
+#define FM_DENSE_PACK_K 64
 #endif
 
 /* FM_DENSE_NO_VECTOR builds the plain-C fallback that compilers without GCC's vector
