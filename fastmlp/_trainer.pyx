@@ -56,11 +56,11 @@ cdef extern from "Python.h":
 
 cdef enum:
     MAX_BLOCKS = 256     # row blocks per mini-batch
-    # The partition of a step (see the top): rows per block of the row phase (at least
-    # MIN_BLOCK_ROWS, at most MAX_BLOCK_ROWS) and parts per weight matrix in the parameter
-    # phase.
+    # The partition of a step (see the top): rows per block of the row phase (see
+    # block_rows_for) and parts per weight matrix in the parameter phase.
     MIN_BLOCK_ROWS = 8
-    MAX_BLOCK_ROWS = 64
+    MAX_BLOCK_ROWS = 128
+    L2_WEIGHT_BYTES = 512 * 1024   # weights that stay in a core's L2 (see block_rows_for)
     PARAM_PARTS = 4
 
 cpdef enum Optimizer:
@@ -120,19 +120,27 @@ cdef struct Batch:
     uint64_t seed                       # dropout bits of this step
 
 
-cdef inline Py_ssize_t block_rows_for(Py_ssize_t batch_size) noexcept nogil:
-    """Rows per block of the row phase: a quarter of the batch, from 8 to 64 rows.
+cdef Py_ssize_t block_rows_for(const Layout *lay, Py_ssize_t batch_size,
+                               size_t elem) noexcept nogil:
+    """Rows per block of the row phase, from the shape alone (never the threads).
 
-    Every block streams all of W through its forward and backward GEMMs, so few, tall
-    blocks are what wide layers need; four blocks keep both cores busy at small batches.
-    It depends on the batch size alone, never on the threads.
+    Every block streams all of W through its forward and backward GEMMs. Weights that
+    stay in L2 cost little to stream again: blocks of MIN_BLOCK_ROWS leave the most
+    blocks for the cores. Wider ones come from L3 or memory: half the batch per block
+    (at most MAX_BLOCK_ROWS rows) streams them twice per step instead of batch / 8 times.
     """
+    cdef Py_ssize_t w_bytes = 0
+    cdef int l
+    for l in range(1, lay.n_layers + 1):
+        w_bytes += <Py_ssize_t> lay.sizes[l - 1] * lay.sizes[l] * elem
+    if w_bytes <= L2_WEIGHT_BYTES:
+        return MIN_BLOCK_ROWS
     return min(<Py_ssize_t> MAX_BLOCK_ROWS, max(<Py_ssize_t> MIN_BLOCK_ROWS,
-                                                (batch_size + 3) // 4))
+                                                (batch_size + 1) // 2))
 
 
 cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dropout,
-                                bint targets):
+                                bint targets, size_t elem):
     cdef Workspace w
     cdef int L = lay.n_layers, l
     cdef Py_ssize_t p = capacity * lay.sizes[0]
@@ -152,7 +160,7 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
     if targets:
         p += capacity * lay.sizes[L]
     w.size = p
-    w.block_rows = block_rows_for(capacity)
+    w.block_rows = block_rows_for(lay, capacity, elem)
     return w
 
 
@@ -220,7 +228,7 @@ cdef class Trainer:
         self.h.dropout = dropout
         self.h.t = 0
         self.wsl = workspace_layout(self.lay, self.batch_size, dropout > 0,
-                                    network.loss == LOSS_SQUARED_ERROR)
+                                    network.loss == LOSS_SQUARED_ERROR, dtype.itemsize)
         self.ws = np.empty(self.wsl.size, dtype=dtype)
         self.ybuf = np.empty(self.batch_size, dtype=np.int32)
         self.grads = np.zeros_like(network.params)
@@ -231,7 +239,8 @@ cdef class Trainer:
         """Bytes a Trainer of mini-batches of batch_size rows allocates (workspace,
         gradients), for a memory check before it does."""
         cdef Workspace w = workspace_layout(&network.layout, batch_size, dropout > 0,
-                                            network.loss == LOSS_SQUARED_ERROR)
+                                            network.loss == LOSS_SQUARED_ERROR,
+                                            network.dtype.itemsize)
         return (w.size + network.layout.n_params) * network.dtype.itemsize
 
     def set_optimizer(self, str name, dict state, *, betas=(0.9, 0.999), double eps=1e-8,
