@@ -508,6 +508,9 @@ def targets_table(train: dict, predict: dict, main_job: tuple, peak: float, thre
     return table(["target", "goal", "this run", "status"], rows)
 
 
+# Where results.md's hand-written part (measurements behind design choices) begins.
+HISTORY_HEADING = "## Measurements behind the code"
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -657,6 +660,10 @@ def main(argv: list[str] | None = None) -> None:
         "```\n" + summary + "\n```",
     ]
     text = "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
+    # The hand-written history at the end of the file (from HISTORY_HEADING on) is kept.
+    old = args.output.read_text() if args.output.exists() else ""
+    if HISTORY_HEADING in old:
+        text += "\n" + old[old.index(HISTORY_HEADING) :]
     args.output.write_text(text)
     print(text)
     print(f"written to {args.output}; total {total:.0f} s")
