@@ -14,7 +14,10 @@
  *
  * Tiling: W is cut into blocks of at most FM_DENSE_KBLOCK_BYTES: all its columns and a
  * range of k when that range is at least FM_DENSE_MIN_KBLOCK rows long, else chunks of
- * columns (a wide W) each taken over k in such blocks. Z is cut into strips of MR rows,
+ * columns (a wide W) each taken over k in such blocks. A W whose rows lie
+ * FM_DENSE_PACK_ROW_BYTES apart or more is packed, block by block (FM_DENSE_PACK_BYTES,
+ * FM_DENSE_PACK_K rows), into a contiguous buffer when two strips or more will read it:
+ * in place each row of a block would sit on its own page. Z is cut into strips of MR rows,
  * each strip into panels of FM_PANEL_BYTES (one cache line of a row of W). Every strip
  * passes over a block before the next block: a strip of A stays in L1, the W block in L2
  * (a whole W made the time depend on which physical pages collided in L2). A tile of MR
