@@ -90,7 +90,11 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_report_header(config):
-    return f"fastmlp benchmarks: {bench_threads()} threads for fastmlp and every peer"
+    # Which fastmlp runs: the installed package, or a source tree built in place.
+    return [
+        f"fastmlp benchmarks: {bench_threads()} threads for fastmlp and every peer",
+        f"fastmlp {fastmlp.__version__} from {Path(fastmlp.__file__).parent}",
+    ]
 
 
 # -- threads -----------------------------------------------------------------------------
