@@ -228,8 +228,18 @@ def run_suites(
         pytest's closing lines (pass/skip counts and skip reasons).
     """
     # The suites import the same fastmlp as this process: installed, or the source tree
-    # through the caller's PYTHONPATH after an in-place build.
+    # through the caller's PYTHONPATH after an in-place build. `python -m pytest` puts its
+    # working directory first on sys.path, so it runs in an empty one: from the checkout it
+    # would import the source tree, which has no compiled modules after `pip install .`.
+    # PYTHONPATH's entries are made absolute, so `PYTHONPATH=.` still names the checkout.
+    pythonpath = [
+        str(Path(entry).resolve())
+        for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if entry
+    ]
     env = dict(os.environ, FASTMLP_BENCH_THREADS=str(threads))
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(pythonpath)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         cmd = [
@@ -246,7 +256,7 @@ def run_suites(
             "no:cacheprovider",
         ]
         tic = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - tic
         log.write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0 or not out.exists():
