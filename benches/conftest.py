@@ -2,15 +2,17 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python -m pytest benches/ --benchmark-only
+    pytest --benchmark-only                 # the installed fastmlp (pip install '.[bench]')
+    PYTHONPATH=. pytest --benchmark-only    # after python setup.py build_ext --inplace
 
+(with no paths, ``--benchmark-only`` collects benches/: benches/plugins/fastmlp_benchpaths.py).
 Every workload is one pytest-benchmark group, holding fastmlp beside the NumPy reference
 (``fastmlp.reference``) and the peers that are installed (PyTorch, scikit-learn, ONNX
-Runtime); a peer that is missing is skipped with the reason. All of them get the same data
-and the same number of threads: ``FASTMLP_BENCH_THREADS`` if set, else every CPU this
+Runtime, JAX); a peer that is missing is skipped with the reason. All of them get the same
+data and the same number of threads: ``FASTMLP_BENCH_THREADS`` if set, else every CPU this
 process may run on. NumPy's and scikit-learn's BLAS are held to that count with threadpoolctl
-for the whole session, PyTorch through ``torch.set_num_threads`` and fastmlp through its
-``n_threads`` argument.
+for the whole session, PyTorch through ``torch.set_num_threads``, fastmlp through its
+``n_threads`` argument; JAX only runs when that count is every usable CPU (its fixture).
 
 No test asserts on wall-clock time: the figures are read from pytest-benchmark's output, or
 summarised by ``benches/report.py``.
