@@ -2,15 +2,17 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python -m pytest benches/ --benchmark-only
+    pytest --benchmark-only                 # the installed fastmlp (pip install '.[bench]')
+    PYTHONPATH=. pytest --benchmark-only    # after python setup.py build_ext --inplace
 
+(with no paths, ``--benchmark-only`` collects benches/: benches/plugins/fastmlp_benchpaths.py).
 Every workload is one pytest-benchmark group, holding fastmlp beside the NumPy reference
 (``fastmlp.reference``) and the peers that are installed (PyTorch, scikit-learn, ONNX
-Runtime); a peer that is missing is skipped with the reason. All of them get the same data
-and the same number of threads: ``FASTMLP_BENCH_THREADS`` if set, else every CPU this
+Runtime, JAX); a peer that is missing is skipped with the reason. All of them get the same
+data and the same number of threads: ``FASTMLP_BENCH_THREADS`` if set, else every CPU this
 process may run on. NumPy's and scikit-learn's BLAS are held to that count with threadpoolctl
-for the whole session, PyTorch through ``torch.set_num_threads`` and fastmlp through its
-``n_threads`` argument.
+for the whole session, PyTorch through ``torch.set_num_threads``, fastmlp through its
+``n_threads`` argument; JAX only runs when that count is every usable CPU (its fixture).
 
 No test asserts on wall-clock time: the figures are read from pytest-benchmark's output, or
 summarised by ``benches/report.py``.
@@ -90,7 +92,11 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_report_header(config):
-    return f"fastmlp benchmarks: {bench_threads()} threads for fastmlp and every peer"
+    # Which fastmlp runs: the installed package, or a source tree built in place.
+    return [
+        f"fastmlp benchmarks: {bench_threads()} threads for fastmlp and every peer",
+        f"fastmlp {fastmlp.__version__} from {Path(fastmlp.__file__).parent}",
+    ]
 
 
 # -- threads -----------------------------------------------------------------------------
@@ -155,8 +161,10 @@ def dtype(request) -> str:
     return request.param
 
 
-def he_init(dtype: str, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Weights and biases of 784-128-64-10, He-normal as fastmlp initialises ReLU layers.
+def he_init(
+    dtype: str, seed: int = 0, sizes: tuple[int, ...] = LAYER_SIZES
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Weights and biases of a ReLU network, He-normal as fastmlp initialises ReLU layers.
 
     Parameters
     ----------
@@ -164,6 +172,8 @@ def he_init(dtype: str, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarra
         "float32" or "float64".
     seed : int
         Seed of the generator, so every peer starts from the same point.
+    sizes : tuple of int
+        Layer widths from the features to the classes; 784-128-64-10 by default.
 
     Returns
     -------
@@ -172,7 +182,7 @@ def he_init(dtype: str, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarra
     """
     rng = np.random.default_rng(seed)
     weights, biases = [], []
-    for fan_in, fan_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]):
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         W = rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
         weights.append(W.astype(dtype))
         biases.append(np.zeros(fan_out, dtype=dtype))
@@ -183,6 +193,12 @@ def he_init(dtype: str, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarra
 def initial_params():
     """``he_init`` per dtype, computed once; copy before training on them."""
     return {name: he_init(name) for name in DTYPES}
+
+
+@pytest.fixture(scope="session")
+def he_init_for():
+    """``he_init`` itself, for suites that race other shapes: ``he_init_for(dtype, sizes=...)``."""
+    return he_init
 
 
 # -- peers: skipped with a reason when not installed -------------------------------------
@@ -218,6 +234,26 @@ def torch_mlp(torch):
         return nn.Sequential(*layers[:-1])  # no ReLU after the output layer
 
     return build
+
+
+@pytest.fixture(scope="session")
+def jax(n_threads):
+    """The jax module on the CPU, with optax; skips when either is not installed.
+
+    XLA's CPU backend sizes its thread pool from the CPUs this process may use and has no
+    in-process setting for it, so JAX is raced only when the session's thread count is
+    that number (the default); otherwise it is skipped with the reason.
+    """
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no probing for accelerators
+    module = pytest.importorskip("jax", reason="JAX is not installed (pip install jax optax)")
+    pytest.importorskip("optax", reason="optax is not installed (pip install optax)")
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if usable != n_threads:
+        pytest.skip(
+            f"JAX's CPU backend uses all {usable} usable CPUs; the session runs {n_threads} "
+            f"threads (unset {THREADS_ENV}, or run under taskset, to race JAX)"
+        )
+    return module
 
 
 @pytest.fixture(scope="session")
