@@ -112,8 +112,9 @@ def test_dense_k_blocks_keep_the_sum_in_order(isa, dtype):
         head = np.hstack([B[:, :split], zeros[:, split:]])
         tail = np.hstack([zeros[:, :split], B[:, split:]])
         expected_head, _ = K.dense(np.ascontiguousarray(B[:, :split]), W[:split], b, act, isa)
-        expected_tail, _ = K.dense(np.ascontiguousarray(B[:, split:]),
-                                   np.ascontiguousarray(W[split:]), b, act, isa)
+        expected_tail, _ = K.dense(
+            np.ascontiguousarray(B[:, split:]), np.ascontiguousarray(W[split:]), b, act, isa
+        )
         assert np.array_equal(K.dense(head, W, b, act, isa)[0], expected_head)
         assert np.array_equal(K.dense(tail, W, b, act, isa)[0], expected_tail)
 
@@ -159,8 +160,15 @@ def test_dense_rejects_bad_arguments():
 # -- fm_dense_at: the weight gradient C (+)= A[:, i0:i1]^T @ D of training ----------------
 
 # (k batch rows, columns of A, n columns of D): batch 1, odd widths, tails, several k blocks.
-AT_SHAPES = [(1, 1, 1), (1, 13, 10), (7, 5, 16), (9, 33, 24), (32, 20, 33), (128, 64, 10),
-             (700, 19, 130)]
+AT_SHAPES = [
+    (1, 1, 1),
+    (1, 13, 10),
+    (7, 5, 16),
+    (9, 33, 24),
+    (32, 20, 33),
+    (128, 64, 10),
+    (700, 19, 130),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -173,7 +181,7 @@ def test_dense_at_matches_reference(isa, k, m, n, dtype):
     D = rng.standard_normal((k, n)).astype(dtype)
     C0 = rng.standard_normal((m, n)).astype(dtype)
     t = TOL[np.dtype(dtype)]
-    exact = A[:, 2:2 + m].astype(np.float64).T @ D.astype(np.float64)
+    exact = A[:, 2 : 2 + m].astype(np.float64).T @ D.astype(np.float64)
     scale = max(float(np.abs(exact).max()), 1.0)
     for start in (None, C0):
         C, ok = K.dense_at(A, D, 2, 2 + m, start, isa)
