@@ -393,6 +393,9 @@ def _allocate(model: MLP, data: _Data, opts: _Options) -> Trainer:
             "state2": np.zeros_like(model.params_) if adam else model.params_[:0],
         }
         model._optimizer = state
+    else:  # kept from an earlier fit or a file: updated in place, so C-contiguous and aligned
+        for key in ("state1", "state2"):
+            state[key] = np.require(state[key], requirements=["C", "A", "W"])
     trainer.set_optimizer(
         opts.optimizer, state, betas=opts.betas, eps=opts.eps, momentum=opts.momentum
     )

@@ -246,3 +246,18 @@ def test_dropout_masks_do_not_depend_on_threads(dtype):
         seen.append((trainer.dropout_masks(), model.params_.copy()))
     assert all(np.array_equal(a, b) for a, b in zip(seen[0][0], seen[1][0]))
     assert np.array_equal(seen[0][1], seen[1][1])
+
+
+def test_continued_training_copies_unaligned_optimizer_state():
+    """Adam's moments kept from an earlier fit (or set by a user) may be unaligned."""
+    rng = rng_for("unaligned-state")
+    X = rng.random((64, 9)).astype(np.float32)
+    y = rng.integers(0, 3, 64)
+    a = fastmlp.train(X, y, hidden=(5,), epochs=1, seed=0)
+    b = fastmlp.train(X, y, hidden=(5,), epochs=1, seed=0)
+    b._optimizer["state1"] = unaligned(b._optimizer["state1"])
+    b._optimizer["state2"] = unaligned(b._optimizer["state2"])
+    a.fit_more(X, y, epochs=1, seed=1)
+    b.fit_more(X, y, epochs=1, seed=1)
+    assert b._optimizer["state1"].flags.aligned
+    assert np.array_equal(a.params_, b.params_)
