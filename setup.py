@@ -40,6 +40,7 @@ CSRC_HEADERS = [
     "csrc/fm_kernels_impl.h",
     "csrc/fm_dense_variants.h",
     "csrc/fm_dense_impl.h",
+    "csrc/fm_dense_types.h",
     "csrc/fm_dense_dispatch_impl.h",
 ]
 # The wide variant only lets tests run the AVX-512 tile shape on AVX2 machines, so its

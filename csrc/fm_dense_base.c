@@ -8,15 +8,4 @@
 #define MR 3
 #define NP 1
 
-#define T float
-#define S _f
-#define IT int32_t
-#include "fm_dense_impl.h"
-#undef T
-#undef S
-#undef IT
-
-#define T double
-#define S _d
-#define IT int64_t
-#include "fm_dense_impl.h"
+#include "fm_dense_types.h"

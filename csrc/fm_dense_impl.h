@@ -1,6 +1,6 @@
 /*
- * Body of one variant of fm_dense and fm_dense_at (contracts in fm_kernels.h), included by
- * an fm_dense_<isa>.c file once per element type. The includer defines:
+ * Body of one variant of fm_dense and fm_dense_at (contracts in fm_kernels.h), included
+ * once per element type (fm_dense_types.h) by an fm_dense_<isa>.c file. Defined by them:
  *   T, S, IT   element type, its suffix (_f, _d), the signed integer of the same width;
  *   ISA        suffix of this variant (_base, _avx2, _wide, _avx512);
  *   FM_TARGET  the function attribute that compiles it for that instruction set;

@@ -183,8 +183,8 @@ cdef class Network:
                 "overflows); remove or impute them first."
             )
 
-    def evaluate(self, X, y, sample_weight, out, *, int n_threads):
-        """Summed (weighted) loss and correct predictions of the network on (X, y).
+    def evaluate(self, X, y, out, *, int n_threads):
+        """Summed loss and correct predictions of the network on (X, y).
 
         `y` holds int32 labels in [0, outputs) for a classifier, an (n, outputs) target
         array of the network's dtype for a regressor. `out` (n x outputs) receives the
@@ -194,19 +194,23 @@ cdef class Network:
         cdef int64_t n_correct = 0
         cdef double total
         cdef int k = self.layout.sizes[self.layout.n_layers]
-        check_targets(self.loss, y, X.shape[0], k)
-        if sample_weight is not None and sample_weight.shape != (X.shape[0],):
-            raise ValueError("one sample weight per row of X")
+        check_codes(self.loss, y, X.shape[0], k)
         self.forward(X, out, softmax=False, n_threads=n_threads)
         if self.is_double:
-            total = loss_sum[double](self.loss, out, y, sample_weight, &n_correct)
+            total = loss_sum[double](self.loss, out, y, &n_correct)
         else:
-            total = loss_sum[float](self.loss, out, y, sample_weight, &n_correct)
+            total = loss_sum[float](self.loss, out, y, &n_correct)
         return total, n_correct
 
 
-def check_targets(int loss, y, Py_ssize_t n, int k):
-    """Classification needs n int32 labels in [0, k); regression an (n, k) target array."""
+def count_params(sizes):
+    """Parameters (weights and biases) of a network of these layer sizes."""
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+
+
+def check_codes(int loss, y, Py_ssize_t n, int k):
+    """The encoded y C reads: n int32 labels in [0, k) for classification, an (n, k)
+    target array for regression (label encoding is ``_validation``'s job)."""
     cdef const int32_t[::1] labels
     cdef Py_ssize_t i
     cdef bint bad = False
@@ -226,18 +230,13 @@ def check_targets(int loss, y, Py_ssize_t n, int k):
         raise ValueError(f"labels must be encoded in [0, {k})")
 
 
-cdef double loss_sum(int loss, floating[:, ::1] out, y, sample_weight,
-                     int64_t *n_correct) except? -1:
+cdef double loss_sum(int loss, floating[:, ::1] out, y, int64_t *n_correct) except? -1:
     """The loss kernel over the outputs in `out` (see Network.evaluate)."""
     cdef const floating[:, ::1] targets
     cdef const int32_t[::1] labels
-    cdef const floating[::1] w
-    cdef const floating *wp = NULL
+    cdef const floating *wp = NULL   # every row weighs 1
     cdef double total
     cdef Py_ssize_t n = out.shape[0], k = out.shape[1]
-    if sample_weight is not None:
-        w = sample_weight
-        wp = &w[0]
     if loss == LOSS_SQUARED_ERROR:
         targets = y
         with nogil:

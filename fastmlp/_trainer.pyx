@@ -43,7 +43,7 @@ from fastmlp._network cimport (LOSS_CROSS_ENTROPY, LOSS_SQUARED_ERROR, MAX_LAYER
 
 import numpy as np
 
-from fastmlp._network import check_targets
+from fastmlp._network import check_codes
 
 cdef extern from "fm_fpu.h" nogil:
     unsigned int fm_denormals_off()
@@ -207,7 +207,7 @@ cdef class Trainer:
             raise ValueError("batch_size and n_threads must be at least 1")
         if not (l2 >= 0 and isfinite(l2)) or not 0 <= dropout < 1:
             raise ValueError("l2 must be >= 0 and dropout in [0, 1)")
-        check_targets(network.loss, y, X.shape[0],
+        check_codes(network.loss, y, X.shape[0],
                       network.layout.sizes[network.layout.n_layers])
         if sample_weight is not None and not (
                 isinstance(sample_weight, np.ndarray) and sample_weight.dtype == dtype

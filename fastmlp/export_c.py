@@ -202,33 +202,23 @@ def _label_text(label) -> str:
 # Each kernel is a static C function; ``_KERNELS`` maps its key to the function emitting it.
 
 
-def _kernel_dense(ctx: _Ctx) -> str:
+def _kernel_dense(ctx: _Ctx, skip_zeros: bool = False) -> str:
     r, n = ctx.real, ctx.name
-    return f"""\
-/* y = x W + b for one row. W is n_in x n_out, row-major (W[i][j] joins input i to output j).
-   Axpy form: the inner loop runs over the outputs, contiguous in W and y, so the compiler
-   vectorises it. */
-static void {n}_dense(size_t n_in, size_t n_out, const {r} *restrict W,
-    const {r} *restrict b, const {r} *restrict x, {r} *restrict y)
-{{
-    size_t i, j;
-    for (j = 0; j < n_out; j++) y[j] = b[j];
-    for (i = 0; i < n_in; i++) {{
-        const {r} xi = x[i];
-        const {r} *restrict w = W + i * n_out;
-        for (j = 0; j < n_out; j++) y[j] += xi * w[j];
-    }}
-}}
-"""
-
-
-def _kernel_dense_skip(ctx: _Ctx) -> str:
-    r, n = ctx.real, ctx.name
-    return f"""\
+    if skip_zeros:
+        name, skip = "dense_skip", "        if (xi == 0) continue;\n"
+        comment = """\
 /* y = x W + b for one row, W n_in x n_out and row-major, in axpy form (the inner loop runs
    over the outputs, so the compiler vectorises it), skipping the row of W of every input
-   that is zero: inputs such as pixels are mostly zeros, ReLU outputs about half. */
-static void {n}_dense_skip(size_t n_in, size_t n_out, const {r} *restrict W,
+   that is zero: inputs such as pixels are mostly zeros, ReLU outputs about half. */"""
+    else:
+        name, skip = "dense", ""
+        comment = """\
+/* y = x W + b for one row. W is n_in x n_out, row-major (W[i][j] joins input i to output j).
+   Axpy form: the inner loop runs over the outputs, contiguous in W and y, so the compiler
+   vectorises it. */"""
+    return f"""\
+{comment}
+static void {n}_{name}(size_t n_in, size_t n_out, const {r} *restrict W,
     const {r} *restrict b, const {r} *restrict x, {r} *restrict y)
 {{
     size_t i, j;
@@ -236,8 +226,7 @@ static void {n}_dense_skip(size_t n_in, size_t n_out, const {r} *restrict W,
     for (i = 0; i < n_in; i++) {{
         const {r} xi = x[i];
         const {r} *restrict w = W + i * n_out;
-        if (xi == 0) continue;
-        for (j = 0; j < n_out; j++) y[j] += xi * w[j];
+{skip}        for (j = 0; j < n_out; j++) y[j] += xi * w[j];
     }}
 }}
 """
@@ -312,7 +301,7 @@ static int {ctx.name}_argmax(size_t n, const {ctx.real} *z)
 
 _KERNELS = {
     "dense": _kernel_dense,
-    "dense_skip": _kernel_dense_skip,
+    "dense_skip": lambda ctx: _kernel_dense(ctx, skip_zeros=True),
     "relu": _kernel_relu,
     "tanh": _kernel_tanh,
     "sigmoid": _kernel_sigmoid,

@@ -15,6 +15,7 @@ from fastmlp._network import (
     REGRESSION_LOSS,
     WIDTH_LIMIT,
     Network,
+    count_params,
 )
 from fastmlp._threads import blas_guard, borrowed_cores, effective_n_threads
 from fastmlp._trainer import Trainer
@@ -128,8 +129,9 @@ class MLP:
         self.dtype = check_dtype(dtype)
         self.classes_ = classes
         self.n_threads = n_threads
-        n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
-        check_memory(n_params * self.dtype.itemsize, f"the parameters of layers {sizes}")
+        check_memory(
+            count_params(sizes) * self.dtype.itemsize, f"the parameters of layers {sizes}"
+        )
         self.params_ = params
         self.history: dict[str, list] = {}
         # Optimizer memory kept between fits: {"name", "t", "state1", "state2"}.

@@ -63,6 +63,7 @@ from fastmlp._network import (
     LOSSES,
     REGRESSION_LOSS,
     WIDTH_LIMIT,
+    count_params,
 )
 from fastmlp._trainer import OPTIMIZERS
 from fastmlp.model import MLP
@@ -614,7 +615,7 @@ class _Reader:
             raise self.error("a cross-entropy model must have output_activation 'identity'")
         if meta["loss"] == REGRESSION_LOSS and self.version < 2:
             raise self.error(f"format version {self.version} holds no regressors")
-        n_params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+        n_params = count_params(sizes)
         if not _is_int(meta["n_params"]) or meta["n_params"] != n_params:
             raise self.error(
                 f"n_params is {meta['n_params']!r:.100} but layers {sizes} have {n_params}"

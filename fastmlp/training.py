@@ -460,7 +460,7 @@ def _loop(model: MLP, trainer: Trainer, data: _Data, opts: _Options, rng) -> MLP
             figures["accuracy"] = correct / seen if seen else math.nan
         if val_out is not None:
             vloss, vcorrect = model._network.evaluate(
-                data.X_val, data.y_val, None, val_out, n_threads=opts.threads
+                data.X_val, data.y_val, val_out, n_threads=opts.threads
             )
             figures["val_loss"] = vloss / data.X_val.shape[0]
             if not model.is_regressor:

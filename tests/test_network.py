@@ -261,3 +261,29 @@ def test_continued_training_copies_unaligned_optimizer_state():
     b.fit_more(X, y, epochs=1, seed=1)
     assert b._optimizer["state1"].flags.aligned
     assert np.array_equal(a.params_, b.params_)
+
+
+def test_compiled_entry_points_refuse_what_does_not_fit():
+    """Error paths of the compiled calls that the public API never reaches."""
+    model = random_model(rng_for("misfit"), (4, 6, 3), np.float64)
+    net = model._network
+    X = np.zeros((10, 4))
+    with pytest.raises(ValueError, match="does not match the network"):
+        net.forward(np.zeros((10, 5)), np.empty((10, 3)), softmax=False, n_threads=1)
+    with pytest.raises(ValueError, match="does not match the network"):
+        net.forward(X, np.empty((10, 2)), softmax=False, n_threads=1)
+    y = np.zeros(10, np.int32)
+    with pytest.raises(ValueError, match="at least 1"):
+        Trainer(net, X, y, batch_size=0, n_threads=1)
+    with pytest.raises(ValueError, match="l2 must be >= 0"):
+        Trainer(net, X, y, batch_size=4, n_threads=1, l2=-1.0)
+    with pytest.raises(ValueError, match="one batch"):
+        Trainer(net, X, y, batch_size=4, n_threads=1).gradient()
+    with pytest.raises(ValueError, match="without dropout"):
+        Trainer(net, X, y, batch_size=10, n_threads=1, dropout=0.5).gradient()
+    trainer = Trainer(net, X, y, batch_size=4, n_threads=1)
+    state = {"t": 0, "state1": np.zeros_like(net.params), "state2": np.zeros_like(net.params)}
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        trainer.set_optimizer("rmsprop", state)
+    with pytest.raises(ValueError, match="step count"):
+        trainer.set_optimizer("adam", {**state, "t": -1})
