@@ -1,4 +1,5 @@
-"""fastmlp on Dask: block-wise prediction over dask arrays, grid searches on a cluster."""
+"""fastmlp on Dask: block-wise prediction and streamed training over dask arrays, grid
+searches on a cluster."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import fastmlp
 da = pytest.importorskip("dask.array")
 import dask  # noqa: E402  (after the importorskip that guards it)
 
-from fastmlp.dask import predict, predict_proba  # noqa: E402
+from fastmlp.dask import predict, predict_proba, train  # noqa: E402
 
 N_FEATURES = 20
 N_CLASSES = 3
@@ -145,6 +146,177 @@ def test_import_fastmlp_does_not_import_dask(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60, cwd=tmp_path)
 
 
+# -- streamed training -----------------------------------------------------------------------
+STREAM = dict(hidden=(16,), epochs=3, batch_size=64, seed=0, n_threads=1)
+
+
+def recorded(X: np.ndarray, chunks: int, log: list) -> da.Array:
+    """X as a dask array whose blocks append (block index, rows) to ``log`` when computed."""
+
+    def load(block, block_info=None):
+        log.append((block_info[0]["chunk-location"][0], block.shape[0]))
+        return block
+
+    return da.from_array(X, chunks=(chunks, X.shape[1])).map_blocks(load, dtype=X.dtype)
+
+
+def test_train_streams_each_block_once_per_epoch_in_shuffled_order():
+    X, y = make_data(1000, seed=4)
+    log: list = []
+    with dask.config.set(scheduler="synchronous"):
+        model = train(recorded(X, 200, log), y, **STREAM)
+    assert len(model.history["epoch"]) == 3
+    # One block per computation (nothing gathered), each block once per epoch.
+    assert all(rows == 200 for _, rows in log) and len(log) == 3 * 5
+    orders = [[b for b, _ in log[e * 5 : (e + 1) * 5]] for e in range(3)]
+    assert all(sorted(order) == list(range(5)) for order in orders)
+    assert len({tuple(order) for order in orders}) > 1  # shuffled, differently per epoch
+    log.clear()
+    with dask.config.set(scheduler="synchronous"):
+        train(recorded(X, 200, log), y, **{**STREAM, "shuffle": False})
+    assert [b for b, _ in log] == list(range(5)) * 3
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_train_same_weights_for_same_seed_and_blocks(dropout):
+    X, y = make_data(900, seed=5)
+    opts = {**STREAM, "dropout": dropout}
+    with dask.config.set(scheduler="synchronous"):
+        first = train(da.from_array(X, chunks=(250, 7)), y, **opts)
+    with dask.config.set(scheduler="threads"):
+        # y given as a differently chunked dask array, 2 threads: the same bits.
+        again = train(
+            da.from_array(X, chunks=(250, N_FEATURES)),
+            da.from_array(y, chunks=100),
+            **{**opts, "n_threads": 2},
+        )
+        other_seed = train(da.from_array(X, chunks=(250, N_FEATURES)), y, **{**opts, "seed": 1})
+        other_blocks = train(da.from_array(X, chunks=(300, N_FEATURES)), y, **opts)
+    assert np.array_equal(first.params_, again.params_)
+    assert first.history["loss"] == again.history["loss"]
+    assert not np.array_equal(first.params_, other_seed.params_)
+    assert not np.array_equal(first.params_, other_blocks.params_)
+
+
+def test_train_learns_like_in_memory_training():
+    X, y = make_data(4000, seed=6)
+    X_test, y_test = make_data(2000, seed=7)
+    opts = {**STREAM, "hidden": (32,), "epochs": 20, "lr": 3e-3}
+    with dask.config.set(scheduler="threads"):
+        streamed = train(da.from_array(X, chunks=(1000, N_FEATURES)), y, **opts)
+    in_memory = fastmlp.train(X, y, **opts)
+    assert streamed.score(X_test, y_test) > 0.9
+    assert abs(streamed.score(X_test, y_test) - in_memory.score(X_test, y_test)) < 0.03
+    assert streamed.history["loss"][-1] < streamed.history["loss"][0]
+
+
+def test_train_reads_classes_and_balanced_weights_from_every_block():
+    X, y = make_data(1200, seed=8)
+    order = np.argsort(y, kind="stable")  # one block per class: none sees all three
+    X, y = X[order], y[order]
+    labels = np.array(["ant", "bee", "cat"])[y]
+    counts = np.bincount(y)
+    blocks = (tuple(counts),)
+    Xd = da.from_array(X, chunks=(blocks[0], (N_FEATURES,)))
+    with dask.config.set(scheduler="synchronous"):
+        model = train(Xd, da.from_array(labels, chunks=blocks), class_weight="balanced", **STREAM)
+        by_hand = {c: len(y) / (3 * n) for c, n in zip(["ant", "bee", "cat"], counts)}
+        same = train(Xd, labels, class_weight=by_hand, **STREAM)
+        unweighted = train(Xd, labels, **STREAM)
+    assert list(model.classes_) == ["ant", "bee", "cat"]
+    assert np.array_equal(model.params_, same.params_)
+    assert not np.array_equal(model.params_, unweighted.params_)
+
+
+def test_train_regressor_with_sample_weight_and_validation():
+    X, _ = make_data(800, seed=9)
+    Y = np.stack([X[:, 0] - X[:, 1], 0.5 * X[:, 2]], axis=1)
+    w = np.random.default_rng(0).uniform(0.5, 2.0, size=800)
+    opts = {**STREAM, "loss": "squared_error", "epochs": 8, "lr": 3e-3}
+    with dask.config.set(scheduler="synchronous"):
+        model = train(
+            da.from_array(X, chunks=(300, N_FEATURES)),
+            da.from_array(Y, chunks=(200, 2)),
+            sample_weight=da.from_array(w, chunks=150),
+            validation_data=(X[:200], Y[:200]),
+            **opts,
+        )
+        unweighted = train(
+            da.from_array(X, chunks=(300, N_FEATURES)),
+            Y,
+            validation_data=(X[:200], Y[:200]),
+            **opts,
+        )
+    assert model.is_regressor and model.layer_sizes[-1] == 2
+    assert len(model.history["val_loss"]) == 8
+    assert model.history["val_loss"][-1] < model.history["val_loss"][0]
+    assert not np.array_equal(model.params_, unweighted.params_)
+
+
+def test_train_stop_rules_and_continuation():
+    X, y = make_data(600, seed=10)
+    Xd = da.from_array(X, chunks=(200, N_FEATURES))
+    seen = []
+
+    def stop_after_two(figures):
+        seen.append(figures["epoch"])
+        return figures["epoch"] == 2
+
+    with dask.config.set(scheduler="synchronous"):
+        model = train(Xd, y, callbacks=[stop_after_two], **{**STREAM, "epochs": 5})
+        assert seen == [1, 2] and model.stop_reason_ == "callback"
+        assert len(model.history["loss"]) == 2
+        # lr so high the validation loss only rises: stops after `patience` bad epochs
+        # with the best epoch's weights.
+        stopped = train(
+            Xd,
+            y,
+            validation_data=(X, y),
+            early_stopping=True,
+            patience=2,
+            **{**STREAM, "epochs": 30, "lr": 0.5},
+        )
+        assert stopped.stop_reason_ == "early_stopping"
+        best = int(np.argmin(stopped.history["val_loss"]))
+        assert len(stopped.history["val_loss"]) == best + 3
+        loss_now = stopped._network.evaluate(
+            X,
+            stopped._encode_y(y, len(y))[0],
+            np.empty((len(y), 3), np.float32),
+            n_threads=1,
+        )[0] / len(y)
+        assert loss_now == pytest.approx(stopped.history["val_loss"][best], rel=1e-6)
+        more = train(Xd, y, init=model, epochs=2)
+    assert more is model and more.history["epoch"] == [1, 2, 3, 4]
+
+
+def test_train_errors():
+    X, y = make_data(100)
+    Xd = da.from_array(X, chunks=(50, N_FEATURES))
+    with pytest.raises(TypeError, match="dask.array.Array"):
+        train(X, y)
+    with pytest.raises(ValueError, match="one entry per row of X"):
+        train(Xd, y[:99])
+    with pytest.raises(ValueError, match="one entry per row of X"):
+        train(Xd, y, sample_weight=np.ones(3))
+    with pytest.raises(ValueError, match="validation_data"):
+        train(Xd, y, validation_split=0.2)
+    with pytest.raises(ValueError, match="early_stopping needs validation_data"):
+        train(Xd, y, early_stopping=True)
+    with pytest.raises(TypeError, match="unknown options"):
+        train(Xd, y, hiden=(4,))
+    with pytest.raises(ValueError, match="lr"):
+        train(Xd, y, lr=-1.0)
+    with pytest.raises(ValueError, match="1-D labels"):
+        train(Xd, np.stack([y, y], axis=1))
+    small = fastmlp.train(X[:, :5], y, hidden=(4,), epochs=1, seed=0)
+    with pytest.raises(ValueError, match="init was trained on 5"):
+        train(Xd, y, init=small)
+    model = fastmlp.train(X, y, hidden=(4,), epochs=1, seed=0)
+    with pytest.raises(ValueError, match="validation_data's y"):
+        train(Xd, y, init=model, validation_data=(X, y + 7), epochs=1)
+
+
 # -- on a distributed cluster ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(request):
@@ -211,3 +383,17 @@ def test_grid_search_on_cluster(client):
     np.testing.assert_array_equal(
         remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"]
     )
+
+
+def test_train_on_cluster(client):
+    from distributed import get_task_stream
+
+    X, y = make_data(1200, seed=11)
+    Xd = da.from_array(X, chunks=(300, N_FEATURES))
+    opts = {**STREAM, "dropout": 0.1}
+    with get_task_stream(client) as stream:
+        remote = train(Xd, da.from_array(y, chunks=300), **opts)
+    with dask.config.set(scheduler="synchronous"):
+        local = train(Xd, y, **opts)
+    assert {t["worker"] for t in stream.data}  # the blocks were computed on the workers
+    assert np.array_equal(remote.params_, local.params_)
