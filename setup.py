@@ -32,11 +32,13 @@ CSRC = [
     "csrc/fm_dense_base.c",
     "csrc/fm_kernels.c",
     "csrc/fm_dense.c",
+    "csrc/fm_tuner.c",
 ]
 CSRC_HEADERS = [
     "csrc/fm_fpu.h",
     "csrc/fm_openmp.h",
     "csrc/fm_kernels.h",
+    "csrc/fm_tuner.h",
     "csrc/fm_kernels_impl.h",
     "csrc/fm_dense_variants.h",
     "csrc/fm_dense_impl.h",

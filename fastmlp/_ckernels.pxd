@@ -8,6 +8,15 @@ from cython cimport floating
 from libc.stdint cimport int32_t, int64_t, uint64_t
 
 
+cdef extern from "fm_tuner.h" nogil:
+    ctypedef struct fm_tuner:
+        int current
+        int probe
+    void fm_tuner_init(fm_tuner *t, int n_max, double now)
+    int fm_tuner_threads(const fm_tuner *t)
+    void fm_tuner_step(fm_tuner *t, double rows, double now)
+
+
 cdef extern from "fm_kernels.h" nogil:
     enum:
         FM_IDENTITY

@@ -188,6 +188,25 @@ DENSE_ISAS = {"base": FM_ISA_BASE, "avx2": FM_ISA_AVX2, "wide": FM_ISA_WIDE,
               "avx512": FM_ISA_AVX512}
 
 
+cdef class Tuner:
+    """csrc/fm_tuner.h's thread tuner, driven by the caller's clock (for tests)."""
+    cdef fm.fm_tuner t
+
+    def __init__(self, int n_max, double now=0.0):
+        fm.fm_tuner_init(&self.t, n_max, now)
+
+    @property
+    def threads(self):
+        return fm.fm_tuner_threads(&self.t)
+
+    @property
+    def probing(self):
+        return self.t.probe != 0
+
+    def step(self, double rows, double now):
+        fm.fm_tuner_step(&self.t, rows, now)
+
+
 def dense_isas():
     """Names of the fm_dense variants this CPU runs."""
     return [name for name, isa in DENSE_ISAS.items() if fm_dense_isa_available(isa)]

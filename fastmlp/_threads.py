@@ -91,6 +91,16 @@ def effective_n_threads(n_threads: int | None) -> int:
     return int(n_threads)
 
 
+def adaptive_threads() -> bool:
+    """Whether training may run stretches of steps on fewer of its threads.
+
+    On by default: when other processes share the cores, a paused thread holds up every
+    step, and fewer threads run faster (csrc/fm_tuner.h). The results are the same bits
+    either way. ``FASTMLP_ADAPTIVE_THREADS=0`` pins the count, e.g. to measure scaling.
+    """
+    return os.environ.get("FASTMLP_ADAPTIVE_THREADS", "1") != "0"
+
+
 @contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Hold BLAS at one thread for the duration; nests and is safe across threads.

@@ -37,7 +37,8 @@ from cython cimport floating
 
 from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
-from fastmlp._ckernels cimport FM_ISA_AUTO, fm_hash64
+from fastmlp._ckernels cimport (FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_init,
+                                fm_tuner_step, fm_tuner_threads)
 from fastmlp._network cimport (LOSS_CROSS_ENTROPY, LOSS_SQUARED_ERROR, MAX_LAYERS, Layout,
                                Network)
 
@@ -179,11 +180,15 @@ cdef class Trainer:
     batch_size : int
         Rows per mini-batch (at most n; the workspace holds that many).
     n_threads : int
-        OpenMP threads of each step; results do not depend on it.
+        OpenMP threads of each step (the most, with `adaptive_threads`); results do not
+        depend on it.
     l2 : float
         L2 penalty ``0.5 * l2 * sum W^2`` (weights only), part of the gradient.
     dropout : float in [0, 1)
         Inverted-dropout rate of the hidden layers' outputs.
+    adaptive_threads : bool
+        Let csrc/fm_tuner.c choose, step by step, how many of the `n_threads` to use:
+        fewer when they run faster (cores shared with other processes).
     """
     cdef readonly Network network
     cdef const Layout *lay
@@ -194,9 +199,12 @@ cdef class Trainer:
     cdef readonly object grads
     cdef object ws, ybuf, X, y, sample_weight, state1, state2
     cdef int64_t n_last                 # rows of the last step (for dropout_masks)
+    cdef readonly bint adaptive_threads
+    cdef fm_tuner tuner
 
     def __init__(self, Network network, X, y, sample_weight=None, *,
-                 Py_ssize_t batch_size, int n_threads, double l2=0.0, double dropout=0.0):
+                 Py_ssize_t batch_size, int n_threads, double l2=0.0, double dropout=0.0,
+                 bint adaptive_threads=False):
         dtype = network.dtype
         if not (isinstance(X, np.ndarray) and X.dtype == dtype and X.ndim == 2
                 and X.flags.c_contiguous and X.flags.aligned):
@@ -222,6 +230,8 @@ cdef class Trainer:
                               else np.require(sample_weight, requirements=["C", "A"]))
         self.batch_size = min(batch_size, X.shape[0])
         self.n_threads = n_threads
+        self.adaptive_threads = adaptive_threads
+        fm_tuner_init(&self.tuner, n_threads, monotonic())
         self.h.loss = network.loss
         self.h.optimizer = -1
         self.h.l2 = l2
@@ -267,6 +277,11 @@ cdef class Trainer:
         self.h.momentum = momentum
         self.h.t = t
         self.state1, self.state2 = s1, s2 if name == "adam" else s1
+
+    @property
+    def threads(self):
+        """Threads the next step will use (less than n_threads when the tuner chose so)."""
+        return fm_tuner_threads(&self.tuner) if self.adaptive_threads else self.n_threads
 
     @property
     def t(self):
@@ -407,7 +422,10 @@ cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order,
             tr.h.t += 1
             b.seed = fm_hash64(seed, tr.h.t)
             batch_loss = step(tr.lay, &tr.wsl, &tr.h, &buf, &b, <floating *> buf.ws,
-                              tr.n_threads, True, &n_correct)
+                              fm_tuner_threads(&tr.tuner) if tr.adaptive_threads
+                              else tr.n_threads, True, &n_correct)
+            if tr.adaptive_threads:
+                fm_tuner_step(&tr.tuner, b.n, monotonic())
             tr.n_last = b.n
             loss_sum += batch_loss
             weight_sum += b.weight_sum

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastmlp._network import LAYERS_LIMIT, REGRESSION_LOSS
-from fastmlp._threads import blas_guard, effective_n_threads
+from fastmlp._threads import adaptive_threads, blas_guard, effective_n_threads
 from fastmlp._trainer import OPTIMIZERS, Status, Trainer
 from fastmlp._validation import (
     check_dtype,
@@ -382,6 +382,7 @@ def _allocate(model: MLP, data: _Data, opts: _Options) -> Trainer:
         n_threads=opts.threads,
         l2=opts.l2,
         dropout=opts.dropout,
+        adaptive_threads=adaptive_threads(),
     )
     state = model._optimizer
     if state is None or state["name"] != opts.optimizer:

@@ -1,0 +1,81 @@
+#include "fm_tuner.h"
+
+/* A window lasts at least this many steps and this long: long enough that one window
+   sees what the OS does to the threads (its time slices are milliseconds). */
+#define FM_TUNER_MIN_STEPS 4
+#define FM_TUNER_MIN_SECONDS 4e-3
+/* Probes come after 4 to 64 windows; a probe must be 5% faster per row to win, and a
+   window 50% slower than the one before it calls a probe of fewer threads at once. */
+#define FM_TUNER_PERIOD_MIN 4
+#define FM_TUNER_PERIOD_MAX 64
+#define FM_TUNER_MARGIN 0.05
+#define FM_TUNER_SLOWDOWN 1.5
+
+static void window_reset(fm_tuner *t, double now)
+{
+    t->steps = 0;
+    t->rows = 0.0;
+    t->start = now;
+}
+
+void fm_tuner_init(fm_tuner *t, int n_max, double now)
+{
+    t->n_max = n_max > 1 ? n_max : 1;
+    t->current = t->n_max;
+    t->probe = 0;
+    t->up = 0;
+    t->period = FM_TUNER_PERIOD_MIN;
+    t->countdown = FM_TUNER_PERIOD_MIN;
+    t->rate = 0.0;
+    window_reset(t, now);
+}
+
+int fm_tuner_threads(const fm_tuner *t)
+{
+    return t->probe ? t->probe : t->current;
+}
+
+/* The level a probe tries: half or twice the threads, alternating from a middle level. */
+static int probe_level(fm_tuner *t)
+{
+    int down = t->current / 2 > 0 ? t->current / 2 : 1;
+    int up = 2 * t->current < t->n_max ? 2 * t->current : t->n_max;
+    if (t->current == t->n_max)
+        return down;
+    if (t->current == 1)
+        return up;
+    t->up = !t->up;
+    return t->up ? up : down;
+}
+
+void fm_tuner_step(fm_tuner *t, double rows, double now)
+{
+    double per_row;
+    t->steps += 1;
+    t->rows += rows;
+    if (t->n_max == 1 || t->steps < FM_TUNER_MIN_STEPS ||
+        now - t->start < FM_TUNER_MIN_SECONDS || t->rows <= 0.0)
+        return;
+    per_row = (now - t->start) / t->rows;
+    if (t->probe) {
+        if (t->rate > 0.0 && per_row < (1.0 - FM_TUNER_MARGIN) * t->rate) {
+            t->current = t->probe;
+            t->rate = per_row;
+            t->period = FM_TUNER_PERIOD_MIN;
+        } else if (t->period < FM_TUNER_PERIOD_MAX) {
+            t->period *= 2;
+        }
+        t->probe = 0;
+        t->countdown = t->period;
+    } else {
+        /* A slowdown is answered with fewer threads only: more would not help. */
+        int slowed = t->current > 1 && t->rate > 0.0 && per_row > FM_TUNER_SLOWDOWN * t->rate;
+        t->rate = per_row;
+        t->countdown -= 1;
+        if (slowed)
+            t->probe = t->current / 2;
+        else if (t->countdown <= 0)
+            t->probe = probe_level(t);
+    }
+    window_reset(t, now);
+}
