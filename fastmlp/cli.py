@@ -704,9 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--lr-schedule",
-        choices=["cosine"],
+        choices=["cosine", "warmup_cosine"],
         default=None,
-        help="learning-rate schedule: cosine anneals from --lr towards 0 (default: constant)",
+        help="learning-rate schedule: cosine anneals from --lr towards 0; warmup_cosine "
+        "runs the first epoch at 0.35 --lr first (default: constant)",
     )
     train.add_argument(
         "--dropout",

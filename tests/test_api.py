@@ -114,6 +114,20 @@ def test_cosine_schedule_is_the_documented_formula(data):
     assert cosine.score(Xt, yt) > 0.9
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 5])
+def test_warmup_cosine_schedule_is_the_documented_formula(data, epochs):
+    X, y, Xt, yt = data
+
+    def by_hand(e):
+        return 0.35 if e == 0 else 0.5 * (1 + np.cos(np.pi * (e - 0.5) / (epochs - 1)))
+
+    warm = fit(X, y, epochs=epochs, lr_schedule="warmup_cosine")
+    assert np.array_equal(warm.params_, fit(X, y, epochs=epochs, lr_schedule=by_hand).params_)
+    assert not np.array_equal(warm.params_, fit(X, y, epochs=epochs).params_)
+    if epochs == 5:
+        assert warm.score(Xt, yt) > 0.9
+
+
 def test_callable_schedule_gets_each_epoch_index_once(data):
     X, y, _, _ = data
     seen = []
