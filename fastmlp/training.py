@@ -519,8 +519,7 @@ def _lr_schedule(lr_schedule, epochs: int) -> Callable[[int], float]:
 
         return checked
     raise ValueError(
-        'lr_schedule must be None, "cosine", "warmup_cosine" or a callable; got '
-        f"{lr_schedule!r}"
+        f'lr_schedule must be None, "cosine", "warmup_cosine" or a callable; got {lr_schedule!r}'
     )
 
 
