@@ -288,9 +288,12 @@ cdef class Trainer:
         """Optimizer steps taken so far (Adam's bias correction uses it)."""
         return self.h.t
 
-    def epoch(self, order, double lr, uint64_t seed, double deadline=INFINITY,
+    def epoch(self, order, lr, uint64_t seed, double deadline=INFINITY,
               bint check_interrupt=False):
         """One epoch of mini-batches over ``X[order]``, without the GIL.
+
+        `lr` is one learning rate, or one per mini-batch (``ceil(len(order) /
+        batch_size)`` of them, float64) for schedules that change within an epoch.
 
         Returns ``(loss_sum, weight_sum, n_correct, n_seen, status)``: the summed
         (weighted) data loss, the summed sample weights and the correct predictions of
@@ -302,10 +305,18 @@ cdef class Trainer:
         completed step left them.
         """
         self.check_ready(order)
+        lrs = np.ascontiguousarray(lr, dtype=np.float64).reshape(-1)
+        n_batches = (len(order) + self.batch_size - 1) // self.batch_size
+        if lrs.shape[0] == 1:
+            lrs = np.full(max(n_batches, 1), lrs[0])
+        if lrs.shape[0] != n_batches:
+            raise ValueError(f"lr must be one value or one per mini-batch ({n_batches})")
+        if not (np.all(lrs >= 0) and np.all(np.isfinite(lrs))):
+            raise ValueError("learning rates must be finite and >= 0")
         if self.network.is_double:
-            return run_epoch[double](self, self.network.params, order, lr, seed, deadline,
+            return run_epoch[double](self, self.network.params, order, lrs, seed, deadline,
                                      check_interrupt)
-        return run_epoch[float](self, self.network.params, order, lr, seed, deadline,
+        return run_epoch[float](self, self.network.params, order, lrs, seed, deadline,
                                 check_interrupt)
 
     def step(self, batch, double lr, uint64_t seed):
@@ -400,8 +411,9 @@ cdef Buffers buffers(Trainer tr, floating[::1] params) except *:
     return buf
 
 
-cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order, double lr,
-                     uint64_t seed, double deadline, bint check_interrupt):
+cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order,
+                     const double[::1] lrs, uint64_t seed, double deadline,
+                     bint check_interrupt):
     """Trainer.epoch for one dtype."""
     cdef Buffers buf = buffers(tr, params)
     cdef Batch b
@@ -409,10 +421,10 @@ cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order,
     cdef double loss_sum = 0, weight_sum = 0, batch_loss
     cdef int64_t n_correct = 0
     cdef int status = STATUS_DONE, interrupted = 0, steps = 0
-    tr.h.lr = lr
     with nogil:
         single_thread_enter()
         while start < n:
+            tr.h.lr = lrs[start // tr.batch_size]
             b.rows = &order[start]
             b.n = min(tr.batch_size, n - start)
             b.weight_sum = batch_weight(<const floating *> buf.sample_weight, b.rows, b.n)

@@ -245,7 +245,10 @@ def train(
             n_blocks = len(blocks)
             order = rng.permutation(n_blocks) if opts.shuffle else np.arange(n_blocks)
             seeds = rng.integers(0, 2**63, size=n_blocks)
-            lr_epoch = opts.lr * opts.lr_schedule(epoch - first)
+            # Schedules that change within an epoch change from block to block here.
+            lr_blocks = opts.lr * np.broadcast_to(
+                opts.lr_schedule(epoch - first, n_blocks), (n_blocks,)
+            )
             rows = loss = correct = 0.0
             pending = fetcher.submit(dask.compute, *blocks[order[0]])
             for j in range(n_blocks):
@@ -263,7 +266,7 @@ def train(
                     yb,
                     init=model,
                     epochs=1,
-                    lr=lr_epoch,
+                    lr=float(lr_blocks[j]),
                     seed=int(seeds[j]),
                     shuffle=opts.shuffle,
                     sample_weight=wb,

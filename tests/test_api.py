@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastmlp._trainer import Trainer
 
 import fastmlp
 from fastmlp import MLP
@@ -116,16 +117,52 @@ def test_cosine_schedule_is_the_documented_formula(data):
 
 @pytest.mark.parametrize("epochs", [1, 2, 5])
 def test_warmup_cosine_schedule_is_the_documented_formula(data, epochs):
+    from fastmlp.training import _lr_schedule
+
+    n = 7  # mini-batches per epoch
+    w = min(0.5, epochs / 2)
+    f = np.arange(epochs * n).reshape(epochs, n) / n + 0.5 / n  # each batch's middle
+    by_hand = np.where(
+        f < w, 0.1 + 0.9 * f / w, 0.5 * (1 + np.cos(np.pi * (f - w) / (epochs - w)))
+    )
+    schedule = _lr_schedule("warmup_cosine", epochs)
+    got = np.array([schedule(e, n) for e in range(epochs)])
+    np.testing.assert_allclose(got, by_hand, rtol=1e-12)
+    assert got[0, 0] < got.max() <= 1 and got[-1, -1] < 0.1
     X, y, Xt, yt = data
-
-    def by_hand(e):
-        return 0.35 if e == 0 else 0.5 * (1 + np.cos(np.pi * (e - 0.5) / (epochs - 1)))
-
     warm = fit(X, y, epochs=epochs, lr_schedule="warmup_cosine")
-    assert np.array_equal(warm.params_, fit(X, y, epochs=epochs, lr_schedule=by_hand).params_)
     assert not np.array_equal(warm.params_, fit(X, y, epochs=epochs).params_)
     if epochs == 5:
         assert warm.score(Xt, yt) > 0.9
+
+
+def test_a_learning_rate_per_mini_batch(data):
+    X, y, _, _ = data
+    X, y = X[:100].astype(np.float32), y[:100]
+    model = fit(X, y, epochs=1)
+    labels = model._encode_y(y, len(y))[0]
+    order = np.arange(100)
+
+    def trained(lr):
+        net = fastmlp.MLP.from_weights(model.weights, model.biases, classes=model.classes_)
+        trainer = Trainer(net._network, X, labels, batch_size=32, n_threads=1)
+        state = {
+            "t": 0,
+            "state1": np.zeros_like(net.params_),
+            "state2": np.zeros_like(net.params_),
+        }
+        trainer.set_optimizer("adam", state)
+        trainer.epoch(order, lr, 0)
+        return net.params_
+
+    same = trained(1e-3)
+    assert np.array_equal(trained(np.full(4, 1e-3)), same)  # 4 batches of 32, 32, 32, 4
+    assert not np.array_equal(trained([1e-3, 1e-3, 1e-3, 5e-3]), same)
+    first_three = trained([1e-3, 1e-3, 1e-3, 0.0])
+    assert not np.array_equal(first_three, same)
+    for bad, match in (([1e-3] * 3, "one per mini-batch"), ([1e-3, -1, 0, 0], "finite and >= 0")):
+        with pytest.raises(ValueError, match=match):
+            trained(bad)
 
 
 def test_callable_schedule_gets_each_epoch_index_once(data):
