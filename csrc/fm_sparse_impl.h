@@ -19,9 +19,10 @@ void FN(fm_csr_matmul)(ptrdiff_t m, ptrdiff_t n, const int64_t *indptr,
 {
     for (ptrdiff_t r = 0; r < m; r++) {
         const int64_t i = rows ? rows[r] : (int64_t) r;
+        const int64_t start = indptr[i], end = indptr[i + 1];
         T *restrict z = Z + r * ldz;
         for (ptrdiff_t j = 0; j < n; j++) z[j] = 0;
-        for (int64_t p = indptr[i]; p < indptr[i + 1]; p++) {
+        for (int64_t p = start; p < end; p++) {
             const T v = data[p];
             const T *restrict w = W + (ptrdiff_t) indices[p] * n;
             for (ptrdiff_t j = 0; j < n; j++) z[j] += v * w[j];
@@ -45,7 +46,8 @@ void FN(fm_csr_at)(ptrdiff_t m, ptrdiff_t n, const int64_t *indptr, const int32_
     for (ptrdiff_t r = 0; r < m; r++) {
         const int64_t i = rows ? rows[r] : (int64_t) r;
         const T *restrict d = D + r * n;
-        for (int64_t p = indptr[i]; p < indptr[i + 1]; p++) {
+        const int64_t start = indptr[i], end = indptr[i + 1];
+        for (int64_t p = start; p < end; p++) {
             const int32_t c = indices[p];
             if (c < c0 || c >= c1) continue;
             const T v = data[p];

@@ -160,6 +160,19 @@ def test_every_format_and_index_type_predicts_the_same(convert):
     )
 
 
+def test_unsorted_and_duplicate_indices_sum_as_scipy_does():
+    model, _, _ = small_model()
+    # Row 0: column 7 twice (summed) and indices out of order; row 1 empty.
+    X = sp.csr_matrix(
+        (np.array([1.0, -2.0, 0.5, 3.0]), np.array([7, 2, 7, 0]), np.array([0, 3, 3, 4])),
+        shape=(3, 11),
+    )
+    assert not X.has_canonical_format
+    np.testing.assert_allclose(
+        model.predict_proba(X), model.predict_proba(X.toarray()), rtol=1e-12, atol=1e-14
+    )
+
+
 # -- prediction ------------------------------------------------------------------------
 
 
