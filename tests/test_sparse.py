@@ -344,3 +344,33 @@ def test_trainer_workspace_has_no_dense_copy_of_sparse_rows():
     dense = Trainer.workspace_bytes(model._network, 128, 0.0)
     sparse = Trainer.workspace_bytes(model._network, 128, 0.0, True)
     assert dense - sparse == 128 * 5000 * 8
+
+
+# -- scikit-learn estimators -----------------------------------------------------------
+
+
+def test_sklearn_estimators_take_sparse_input():
+    pytest.importorskip("sklearn")
+    from fastmlp.sklearn import MLPClassifier, MLPRegressor
+
+    X, y = text_like(np.float64, n=200, d=120)
+    params = dict(hidden_layer_sizes=(8,), max_iter=3, random_state=0, n_threads=1)
+    params["dtype"] = np.float64
+    with pytest.warns(Warning):  # max_iter reached
+        dense = MLPClassifier(**params).fit(X.toarray(), y)
+    with pytest.warns(Warning):
+        sparse = MLPClassifier(**params).fit(sp.csc_matrix(X), y)
+    assert sparse.__sklearn_tags__().input_tags.sparse
+    np.testing.assert_allclose(sparse.model_.params_, dense.model_.params_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        sparse.predict_proba(X), dense.predict_proba(X.toarray()), rtol=1e-9
+    )
+    assert sparse.score(X, y) == dense.score(X.toarray(), y)
+    online = MLPClassifier(**params)
+    for chunk in (slice(0, 100), slice(100, 200)):
+        online.partial_fit(X[chunk], y[chunk], classes=[0, 1])
+    assert online.n_iter_ == 2
+    reg = MLPRegressor(**params, early_stopping=True, n_iter_no_change=50)
+    with pytest.warns(Warning):
+        reg.fit(sp.coo_matrix(X), X[:, :5].sum(axis=1).A1)
+    assert reg.predict(X).shape == (200,) and len(reg.validation_scores_) == 3
