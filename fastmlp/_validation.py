@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse
 
 from fastmlp._network import WIDTH_LIMIT, all_finite
 
@@ -26,10 +26,21 @@ class CSR(NamedTuple):
 
     def take(self, rows: np.ndarray) -> CSR:
         """The rows ``rows`` (indices into the rows), as a new CSR."""
+        import scipy.sparse
+
         picked = scipy.sparse.csr_matrix(
             (self.data, self.indices, self.indptr), shape=self.shape, copy=False
         )[rows]
         return _to_csr(picked, self.data.dtype)
+
+
+def is_sparse(X) -> bool:
+    """True if X is a ``scipy.sparse`` matrix or array (or a :class:`CSR`).
+
+    scipy.sparse is not imported for this: if it has not been imported, X cannot be one.
+    """
+    sparse = sys.modules.get("scipy.sparse")
+    return isinstance(X, CSR) or (sparse is not None and sparse.issparse(X))
 
 
 def _to_csr(X, dtype: np.dtype) -> CSR:
@@ -114,7 +125,7 @@ def check_X(
     ``accept_sparse``, a ``scipy.sparse`` matrix or array is returned as :class:`CSR` (see
     :func:`check_sparse_X`); without, it is refused with a hint.
     """
-    if isinstance(X, CSR) or scipy.sparse.issparse(X):
+    if is_sparse(X):
         if not accept_sparse:
             raise TypeError(
                 f"{name} is a scipy.sparse matrix, which is not accepted here; pass a dense "

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from os import PathLike
 
 import numpy as np
-import scipy.sparse
 
 from fastmlp._network import (
     ACTIVATIONS,
@@ -29,6 +28,7 @@ from fastmlp._validation import (
     check_targets,
     check_X,
     encode_labels,
+    is_sparse,
 )
 
 
@@ -209,7 +209,7 @@ class MLP:
         """
         if len(weights) == 0 or len(weights) != len(biases):
             raise ValueError("need one bias per weight matrix, and at least one layer")
-        if any(scipy.sparse.issparse(a) for a in (*weights, *biases)):
+        if any(is_sparse(a) for a in (*weights, *biases)):
             raise TypeError(
                 "weights and biases must be dense arrays; got a scipy.sparse matrix: pass "
                 "W.toarray()."
