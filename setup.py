@@ -31,6 +31,7 @@ CSRC = [
     "csrc/fm_dense_avx2.c",
     "csrc/fm_dense_base.c",
     "csrc/fm_kernels.c",
+    "csrc/fm_sparse.c",
     "csrc/fm_dense.c",
     "csrc/fm_tuner.c",
 ]
@@ -40,6 +41,7 @@ CSRC_HEADERS = [
     "csrc/fm_kernels.h",
     "csrc/fm_tuner.h",
     "csrc/fm_kernels_impl.h",
+    "csrc/fm_sparse_impl.h",
     "csrc/fm_dense_variants.h",
     "csrc/fm_dense_impl.h",
     "csrc/fm_dense_types.h",

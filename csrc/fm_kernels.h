@@ -141,4 +141,28 @@ int fm_dense_at_f(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff
 int fm_dense_at_d(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
                   const double *B, double *C, ptrdiff_t ldc, int accumulate, int isa);
 
+/* fm_sparse (fm_sparse.c): the first layer on a CSR X, in prediction and training. X's row
+   i holds data[indptr[i] .. indptr[i+1]) in columns indices[...] (any order, duplicates
+   summed); the caller has checked indptr and indices against X's shape.
+   Z[r, :] = X[rows[r], :] @ W for r < m (rows NULL: row r), each element summed over the
+   row's nonzeros in stored order.  W: IN (columns of X) x n; Z: OUT m x n (rows ldz
+   apart). */
+void fm_csr_matmul_f(ptrdiff_t m, ptrdiff_t n, const int64_t *indptr, const int32_t *indices,
+                     const float *data, const int64_t *rows, const float *W, float *Z,
+                     ptrdiff_t ldz);
+void fm_csr_matmul_d(ptrdiff_t m, ptrdiff_t n, const int64_t *indptr, const int32_t *indices,
+                     const double *data, const int64_t *rows, const double *W, double *Z,
+                     ptrdiff_t ldz);
+
+/* The first layer's weight gradient over W's rows [c0, c1): C = X[rows]^T[c0:c1] @ D
+   (C += with accumulate), by scattering the batch's nonzeros of columns c0..c1-1, in the
+   order of the rows then of the nonzeros (no atomics: a caller owning [c0, c1) owns C).
+   D: IN m x n; C: INOUT (c1 - c0) x n (rows ldc apart). */
+void fm_csr_at_f(ptrdiff_t m, ptrdiff_t n, const int64_t *indptr, const int32_t *indices,
+                 const float *data, const int64_t *rows, int32_t c0, int32_t c1,
+                 const float *D, float *C, ptrdiff_t ldc, int accumulate);
+void fm_csr_at_d(ptrdiff_t m, ptrdiff_t n, const int64_t *indptr, const int32_t *indices,
+                 const double *data, const int64_t *rows, int32_t c0, int32_t c1,
+                 const double *D, double *C, ptrdiff_t ldc, int accumulate);
+
 #endif

@@ -93,6 +93,21 @@ cdef extern from "fm_kernels.h" nogil:
                       Py_ssize_t lda, const double *B, double *C, Py_ssize_t ldc,
                       int accumulate, int isa)
 
+    void fm_csr_matmul_f(Py_ssize_t m, Py_ssize_t n, const int64_t *indptr,
+                         const int32_t *indices, const float *data, const int64_t *rows,
+                         const float *W, float *Z, Py_ssize_t ldz)
+    void fm_csr_matmul_d(Py_ssize_t m, Py_ssize_t n, const int64_t *indptr,
+                         const int32_t *indices, const double *data, const int64_t *rows,
+                         const double *W, double *Z, Py_ssize_t ldz)
+    void fm_csr_at_f(Py_ssize_t m, Py_ssize_t n, const int64_t *indptr,
+                     const int32_t *indices, const float *data, const int64_t *rows,
+                     int32_t c0, int32_t c1, const float *D, float *C, Py_ssize_t ldc,
+                     int accumulate)
+    void fm_csr_at_d(Py_ssize_t m, Py_ssize_t n, const int64_t *indptr,
+                     const int32_t *indices, const double *data, const int64_t *rows,
+                     int32_t c0, int32_t c1, const double *D, double *C, Py_ssize_t ldc,
+                     int accumulate)
+
 
 # -- One fused shim per kernel: call sites pass float or double pointers and never branch
 # on the dtype; the branch is here, once, resolved at compile time.
@@ -220,3 +235,23 @@ cdef inline int dense_at(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floatin
         return fm_dense_at_f(m, k, n, A, lda, B, C, ldc, accumulate, isa)
     else:
         return fm_dense_at_d(m, k, n, A, lda, B, C, ldc, accumulate, isa)
+
+
+cdef inline void csr_matmul(Py_ssize_t m, Py_ssize_t n, const int64_t *indptr,
+                            const int32_t *indices, const floating *data,
+                            const int64_t *rows, const floating *W, floating *Z,
+                            Py_ssize_t ldz) noexcept nogil:
+    if floating is float:
+        fm_csr_matmul_f(m, n, indptr, indices, data, rows, W, Z, ldz)
+    else:
+        fm_csr_matmul_d(m, n, indptr, indices, data, rows, W, Z, ldz)
+
+
+cdef inline void csr_at(Py_ssize_t m, Py_ssize_t n, const int64_t *indptr,
+                        const int32_t *indices, const floating *data, const int64_t *rows,
+                        int32_t c0, int32_t c1, const floating *D, floating *C,
+                        Py_ssize_t ldc, int accumulate) noexcept nogil:
+    if floating is float:
+        fm_csr_at_f(m, n, indptr, indices, data, rows, c0, c1, D, C, ldc, accumulate)
+    else:
+        fm_csr_at_d(m, n, indptr, indices, data, rows, c0, c1, D, C, ldc, accumulate)

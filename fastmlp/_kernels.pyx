@@ -269,3 +269,66 @@ def dense_at(const floating[:, ::1] A, const floating[:, ::1] B, Py_ssize_t i0=0
         ok = fm.dense_at(stop - i0, k, n, &A[0, i0], A.shape[1], &B[0, 0], &c[0, 0], n,
                          accumulate, code)
     return C, bool(ok)
+
+
+def _csr(X, Py_ssize_t n_features, dtype):
+    """The CSR arrays of X (``_validation.CSR``) after the product's own check."""
+    from fastmlp._network import check_csr
+    check_csr(X, np.dtype(dtype), n_features)
+    return X.indptr, X.indices, X.data
+
+
+def _rows(rows, Py_ssize_t n):
+    if rows is None:
+        return None
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    _check(rows.ndim == 1 and ((rows >= 0) & (rows < n)).all(), "rows must lie in [0, n)")
+    return rows
+
+
+def csr_matmul(X, const floating[:, ::1] W, rows=None):
+    """``X[rows] @ W`` (all rows if None) by fm_csr_matmul; X a ``_validation.CSR``."""
+    cdef Py_ssize_t n = W.shape[1]
+    indptr_a, indices_a, data_a = _csr(X, W.shape[0], np.asarray(W).dtype)
+    rows = _rows(rows, X.shape[0])
+    cdef const int64_t[::1] indptr = indptr_a
+    cdef const int32_t[::1] indices = indices_a
+    cdef const floating[::1] data = data_a
+    cdef const int64_t[::1] r = rows
+    cdef Py_ssize_t m = X.shape[0] if rows is None else r.shape[0]
+    Z = np.empty((m, n), dtype=np.asarray(W).dtype)
+    cdef floating[:, ::1] z = Z
+    if m == 0 or n == 0:
+        return Z
+    with nogil:
+        fm.csr_matmul(m, n, &indptr[0], &indices[0] if indices.shape[0] else NULL,
+                      &data[0] if data.shape[0] else NULL,
+                      &r[0] if r is not None else NULL, &W[0, 0], &z[0, 0], n)
+    return Z
+
+
+def csr_at(X, const floating[:, ::1] D, rows=None, int c0=0, c1=None, C0=None):
+    """``(C0 +) X[rows][:, c0:c1].T @ D`` by fm_csr_at, as the first layer's weight
+    gradient is; X a ``_validation.CSR``, D (rows, n)."""
+    cdef Py_ssize_t n = D.shape[1]
+    cdef int stop = X.shape[1] if c1 is None else c1
+    dtype = np.asarray(D).dtype
+    indptr_a, indices_a, data_a = _csr(X, X.shape[1], dtype)
+    rows = _rows(rows, X.shape[0])
+    cdef const int64_t[::1] indptr = indptr_a
+    cdef const int32_t[::1] indices = indices_a
+    cdef const floating[::1] data = data_a
+    cdef const int64_t[::1] r = rows
+    cdef Py_ssize_t m = X.shape[0] if rows is None else r.shape[0]
+    _check(D.shape[0] == m and 0 <= c0 <= stop <= X.shape[1], "shapes do not match")
+    C = np.zeros((stop - c0, n), dtype=dtype) if C0 is None else np.array(C0, dtype=dtype)
+    _check(C.shape == (stop - c0, n), "C0 does not match")
+    cdef floating[:, ::1] c = C
+    cdef int accumulate = C0 is not None
+    if C.size == 0 or m == 0:
+        return C
+    with nogil:
+        fm.csr_at(m, n, &indptr[0], &indices[0] if indices.shape[0] else NULL,
+                  &data[0] if data.shape[0] else NULL, &r[0] if r is not None else NULL,
+                  c0, stop, &D[0, 0], &c[0, 0], n, accumulate)
+    return C

@@ -1,5 +1,6 @@
 # cython: language_level=3
 """The compiled network (``Network``), shared with the trainer."""
+from libc.stdint cimport int32_t, int64_t
 
 cdef enum:
     MAX_LAYERS = 64      # Linear layers
@@ -18,6 +19,14 @@ cdef struct Layout:
     Py_ssize_t w_off[MAX_LAYERS + 1]    # offsets of W_l (fan_in x fan_out, row-major)
     Py_ssize_t b_off[MAX_LAYERS + 1]    # and of b_l in the flat parameter buffer
     Py_ssize_t n_params
+
+
+cdef struct Csr:
+    # A sparse X in CSR form (see check_csr): row i's values data[indptr[i]:indptr[i+1]]
+    # (of the network's dtype) in columns indices[...]; indptr NULL for a dense X.
+    const int64_t *indptr
+    const int32_t *indices
+    const void *data
 
 
 cdef class Network:

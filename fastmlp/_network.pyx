@@ -79,6 +79,19 @@ cdef inline bint aligned(const void *p, size_t size) noexcept nogil:
     return (<size_t> p) % size == 0
 
 
+cdef Csr csr_pointers(const floating[::1] like, X) except *:
+    """Pointers to a CSR input's arrays (check_csr has checked them); `like` picks the
+    dtype. An X with no nonzeros gets NULL data and indices, never read."""
+    cdef Csr c
+    cdef const int64_t[::1] indptr = X.indptr
+    cdef const int32_t[::1] indices = X.indices
+    cdef const floating[::1] data = X.data
+    c.indptr = &indptr[0]
+    c.indices = &indices[0] if indices.shape[0] else NULL
+    c.data = &data[0] if data.shape[0] else NULL
+    return c
+
+
 cdef class Network:
     """A multi-layer perceptron as the kernels see it: layout, parameters, dtype, loss.
 
@@ -161,7 +174,8 @@ cdef class Network:
         """out = the network's output for X (softmax applied if `softmax`), without the GIL.
 
         X and out are C-contiguous, aligned arrays of the network's dtype, (n, inputs)
-        and (n, outputs). `isa` picks an fm_dense variant (tests); the default is the best
+        and (n, outputs); or X is a CSR input (``_validation.CSR``, see check_csr), whose
+        first layer runs fm_csr_matmul. `isa` picks an fm_dense variant (tests); the default is the best
         this CPU runs. NaN and infinity in X raise ValueError (found in the first layer's
         products, see fm_dense), as do finite inputs so large that the first layer
         overflows.
@@ -171,6 +185,8 @@ cdef class Network:
             raise ValueError("max_block_rows must be at least 1")
         if isa != FM_ISA_AUTO and not fm_dense_isa_available(isa):
             raise ValueError(f"this CPU cannot run fm_dense variant {isa}")
+        if is_csr(X):
+            check_csr(X, self.dtype, self.layout.sizes[0])
         if self.is_double:
             bad = predict[double](&self.layout, self.params, X, out, softmax, n_threads,
                                   max_block_rows, isa)
@@ -230,6 +246,47 @@ def check_codes(int loss, y, Py_ssize_t n, int k):
         raise ValueError(f"labels must be encoded in [0, {k})")
 
 
+def is_csr(X):
+    """True if X is a CSR input as ``_validation.CSR`` holds it (not an ndarray)."""
+    return not isinstance(X, np.ndarray) and hasattr(X, "indptr")
+
+
+def check_csr(X, dtype, Py_ssize_t n_features):
+    """The CSR X C reads (``_validation.CSR``): data of `dtype`, int32 column indices in
+    [0, n_features) and int64 row pointers from 0, non-decreasing, to the number of
+    nonzeros; every array 1-D, C-contiguous and aligned. C trusts these bounds, so they
+    are checked here, once per call, in one pass over the indices."""
+    cdef const int64_t[::1] indptr
+    cdef const int32_t[::1] indices
+    cdef Py_ssize_t n, i, nnz
+    cdef bint bad = False
+    n, width = X.shape
+    for name, arr, dt in (("data", X.data, dtype), ("indices", X.indices, np.int32),
+                          ("indptr", X.indptr, np.int64)):
+        if not (isinstance(arr, np.ndarray) and arr.dtype == dt and arr.ndim == 1
+                and arr.flags.c_contiguous and arr.flags.aligned):
+            raise ValueError(f"a sparse X's {name} must be a C-contiguous aligned 1-D "
+                             f"{np.dtype(dt)} array")
+    if width != n_features:
+        raise ValueError("X does not match the network")
+    if n < 1:
+        raise ValueError("X is empty")
+    indptr = X.indptr
+    indices = X.indices
+    nnz = indices.shape[0]
+    if indptr.shape[0] != n + 1 or X.data.shape[0] != nnz:
+        raise ValueError("a sparse X needs n + 1 row pointers and one index per value")
+    with nogil:
+        bad = indptr[0] != 0 or indptr[n] != nnz
+        for i in range(n):
+            bad |= indptr[i] > indptr[i + 1]
+        for i in range(nnz):
+            bad |= indices[i] < 0 or indices[i] >= n_features
+    if bad:
+        raise ValueError(f"a sparse X's row pointers must rise from 0 to its {nnz} nonzeros "
+                         f"and its column indices lie in [0, {n_features})")
+
+
 cdef double loss_sum(int loss, floating[:, ::1] out, y, int64_t *n_correct) except? -1:
     """The loss kernel over the outputs in `out` (see Network.evaluate)."""
     cdef const floating[:, ::1] targets
@@ -261,21 +318,35 @@ cdef inline Py_ssize_t predict_blocks(Py_ssize_t n, Py_ssize_t max_block_rows) n
                min(4, n // (PARALLEL_ROWS // 2)), 1)
 
 
-cdef int predict(const Layout *lay, const floating[::1] params, const floating[:, ::1] X,
+cdef int predict(const Layout *lay, const floating[::1] params, X_obj,
                  floating[:, ::1] out, bint softmax, int n_threads,
                  Py_ssize_t max_block_rows, int isa) except -1:
-    """Network.forward for one dtype; returns 1 if X holds NaN or infinity."""
-    cdef Py_ssize_t n = X.shape[0], n_blocks, block_rows, b, tails_size = 0, need
+    """Network.forward for one dtype; returns 1 if X holds NaN or infinity.
+
+    X_obj: a C-contiguous array, or a CSR input check_csr has passed."""
+    cdef const floating[:, ::1] X
+    cdef Csr csr
+    cdef const floating *xp = NULL
+    cdef Py_ssize_t n = X_obj.shape[0], n_blocks, block_rows, b, tails_size = 0, need
     cdef Py_ssize_t ws_size = 0, h_off[MAX_LAYERS + 1], t_off[MAX_LAYERS + 1]
     cdef int L = lay.n_layers, k = lay.sizes[L], l, tid, bad = 0
     cdef floating small_ws[SMALL_WORKSPACE]
     cdef floating *buf
     cdef floating *tails
-    if X.shape[1] != lay.sizes[0] or out.shape[0] != n or out.shape[1] != k:
+    csr.indptr = NULL
+    csr.indices = NULL
+    csr.data = NULL
+    if is_csr(X_obj):
+        csr = csr_pointers(params, X_obj)
+    else:
+        X = X_obj
+    if X_obj.shape[1] != lay.sizes[0] or out.shape[0] != n or out.shape[1] != k:
         raise ValueError("X or out does not match the network")
     if n == 0:
         return 0
-    if not (aligned(&X[0, 0], sizeof(floating)) and aligned(&out[0, 0], sizeof(floating))):
+    if csr.indptr == NULL:
+        xp = &X[0, 0]
+    if not (aligned(xp, sizeof(floating)) and aligned(&out[0, 0], sizeof(floating))):
         raise ValueError("X and out must be aligned arrays")
     n_blocks = predict_blocks(n, max_block_rows)
     block_rows = (n + n_blocks - 1) // n_blocks
@@ -290,7 +361,9 @@ cdef int predict(const Layout *lay, const floating[::1] params, const floating[:
     if n > 1:
         for l in range(1, L + 1):
             t_off[l] = tails_size
-            tails_size += fm_dense_tail_size(lay.sizes[l - 1], lay.sizes[l], sizeof(floating))
+            if l > 1 or csr.indptr == NULL:   # a sparse first layer reads W in place
+                tails_size += fm_dense_tail_size(lay.sizes[l - 1], lay.sizes[l],
+                                                 sizeof(floating))
     # A request's workspace fits on the stack: no allocation beyond the output.
     need = tails_size + ws_size * n_threads
     if need <= SMALL_WORKSPACE:
@@ -304,18 +377,18 @@ cdef int predict(const Layout *lay, const floating[::1] params, const floating[:
     try:
         with nogil:
             if n > 1:
-                for l in range(1, L + 1):
+                for l in range(1 if csr.indptr == NULL else 2, L + 1):
                     fm.dense_pack_tail(lay.sizes[l - 1], lay.sizes[l], &params[lay.w_off[l]],
                                        &params[lay.b_off[l]], tails + t_off[l])
             if n_threads <= 1:
                 for b in range(n_blocks):
-                    bad += predict_block(lay, &params[0], tails, t_off, buf, h_off, &X[0, 0],
+                    bad += predict_block(lay, &params[0], tails, t_off, buf, h_off, xp, &csr,
                                          &out[0, 0], n, block_rows, b, softmax, isa)
             else:
                 for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
                     tid = threadid()
                     bad += predict_block(lay, &params[0], tails, t_off, buf + tid * ws_size,
-                                         h_off, &X[0, 0], &out[0, 0], n, block_rows, b,
+                                         h_off, xp, &csr, &out[0, 0], n, block_rows, b,
                                          softmax, isa)
     finally:
         if tails != small_ws:
@@ -325,19 +398,28 @@ cdef int predict(const Layout *lay, const floating[::1] params, const floating[:
 
 cdef int predict_block(const Layout *lay, const floating *params, const floating *tails,
                        const Py_ssize_t *t_off, floating *ws, const Py_ssize_t *h_off,
-                       const floating *X, floating *out, Py_ssize_t n,
+                       const floating *X, const Csr *csr, floating *out, Py_ssize_t n,
                        Py_ssize_t block_rows, Py_ssize_t b, bint softmax,
                        int isa) noexcept nogil:
-    """Forward pass of block b of X into out; 1 if the block holds NaN or infinity."""
+    """Forward pass of block b of X (dense, or csr if csr.indptr) into out; 1 if the block
+    holds NaN or infinity."""
     cdef Py_ssize_t r0 = b * block_rows, nr = min(block_rows, n - r0)
     cdef int L = lay.n_layers, k = lay.sizes[L], l, fan_in, fan_out, ok
-    cdef const floating *inp = X + r0 * lay.sizes[0]
+    cdef const floating *inp = (X + r0 * lay.sizes[0]) if X != NULL else NULL
     cdef floating *z
     for l in range(1, L + 1):
         fan_in = lay.sizes[l - 1]
         fan_out = lay.sizes[l]
         z = out + r0 * k if l == L else ws + h_off[l]
-        if n == 1:
+        if l == 1 and csr.indptr != NULL:
+            # Sparse X: its rows' nonzeros times rows of W (the block's row pointers start
+            # at r0), then the NaN check on the products, as fm_dense does it.
+            fm.csr_matmul(nr, fan_out, csr.indptr + r0, csr.indices,
+                          <const floating *> csr.data, <const int64_t *> NULL,
+                          params + lay.w_off[l], z, fan_out)
+            ok = fm.all_finite(nr * fan_out, z)
+            fm.bias_act(nr, fan_out, z, params + lay.b_off[l], lay.acts[l])
+        elif n == 1:
             # One sample: fm_vecmat streams W once and skips the zeros of the input.
             fm.vecmat(fan_in, fan_out, inp, params + lay.w_off[l], z)
             ok = fm.all_finite(fan_out, z) if l == 1 else 1

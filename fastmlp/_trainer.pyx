@@ -39,12 +39,12 @@ from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
 from fastmlp._ckernels cimport (FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_init,
                                 fm_tuner_step, fm_tuner_threads)
-from fastmlp._network cimport (LOSS_CROSS_ENTROPY, LOSS_SQUARED_ERROR, MAX_LAYERS, Layout,
-                               Network)
+from fastmlp._network cimport (LOSS_CROSS_ENTROPY, LOSS_SQUARED_ERROR, MAX_LAYERS, Csr,
+                               Layout, Network)
 
 import numpy as np
 
-from fastmlp._network import check_codes
+from fastmlp._network import check_codes, check_csr, is_csr
 
 cdef extern from "fm_fpu.h" nogil:
     unsigned int fm_denormals_off()
@@ -89,6 +89,7 @@ cdef struct Workspace:
     Py_ssize_t t_off
     Py_ssize_t size
     bint dropout
+    bint sparse                         # X is CSR: no A_0, the first layer reads it
     Py_ssize_t block_rows               # rows per block of the row phase
 
 
@@ -102,7 +103,8 @@ cdef struct Hyper:
 cdef struct Buffers:
     # What a step reads and writes, as `floating *` of the network's dtype (void here:
     # a struct cannot be fused): the data, rows by sample index, and the trainer's arrays.
-    const void *X
+    const void *X                       # dense rows, or NULL for a sparse X (csr)
+    Csr csr                             # a sparse X (csr.indptr NULL for a dense X)
     const int32_t *y                    # labels (classification) or NULL
     const void *targets                 # target rows (regression) or NULL
     const void *sample_weight           # or NULL
@@ -141,11 +143,13 @@ cdef Py_ssize_t block_rows_for(const Layout *lay, Py_ssize_t batch_size,
 
 
 cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dropout,
-                                bint targets, size_t elem):
+                                bint targets, size_t elem, bint sparse=False):
     cdef Workspace w
     cdef int L = lay.n_layers, l
-    cdef Py_ssize_t p = capacity * lay.sizes[0]
+    # A sparse X is read in place: no gathered A_0.
+    cdef Py_ssize_t p = 0 if sparse else capacity * lay.sizes[0]
     w.dropout = dropout
+    w.sparse = sparse
     w.a_off[0] = 0
     for l in range(1, L + 1):
         w.a_off[l] = p
@@ -173,6 +177,8 @@ cdef class Trainer:
     network : Network
         Trained in place (its ``params``).
     X : ndarray of the network's dtype, (n, inputs), C-contiguous and aligned
+        Or a CSR input (``_validation.CSR``, checked by ``_network.check_csr``): its
+        first layer runs fm_csr_matmul and its weight gradient fm_csr_at.
     y : ndarray
         int32 labels in [0, outputs) (classifier), or (n, outputs) targets of the dtype
         (regressor).
@@ -206,8 +212,11 @@ cdef class Trainer:
                  Py_ssize_t batch_size, int n_threads, double l2=0.0, double dropout=0.0,
                  bint adaptive_threads=False):
         dtype = network.dtype
-        if not (isinstance(X, np.ndarray) and X.dtype == dtype and X.ndim == 2
-                and X.flags.c_contiguous and X.flags.aligned):
+        sparse = is_csr(X)
+        if sparse:
+            check_csr(X, dtype, network.layout.sizes[0])
+        elif not (isinstance(X, np.ndarray) and X.dtype == dtype and X.ndim == 2
+                  and X.flags.c_contiguous and X.flags.aligned):
             raise ValueError(f"X must be a C-contiguous aligned 2-D {dtype} array")
         if X.shape[1] != network.layout.sizes[0]:
             raise ValueError("X does not match the network")
@@ -238,19 +247,21 @@ cdef class Trainer:
         self.h.dropout = dropout
         self.h.t = 0
         self.wsl = workspace_layout(self.lay, self.batch_size, dropout > 0,
-                                    network.loss == LOSS_SQUARED_ERROR, dtype.itemsize)
+                                    network.loss == LOSS_SQUARED_ERROR, dtype.itemsize,
+                                    sparse)
         self.ws = np.empty(self.wsl.size, dtype=dtype)
         self.ybuf = np.empty(self.batch_size, dtype=np.int32)
         self.grads = np.zeros_like(network.params)
         self.n_last = 0
 
     @staticmethod
-    def workspace_bytes(Network network, Py_ssize_t batch_size, double dropout):
+    def workspace_bytes(Network network, Py_ssize_t batch_size, double dropout,
+                        bint sparse=False):
         """Bytes a Trainer of mini-batches of batch_size rows allocates (workspace,
-        gradients), for a memory check before it does."""
+        gradients), for a memory check before it does; `sparse`: for a CSR X."""
         cdef Workspace w = workspace_layout(&network.layout, batch_size, dropout > 0,
                                             network.loss == LOSS_SQUARED_ERROR,
-                                            network.dtype.itemsize)
+                                            network.dtype.itemsize, sparse)
         return (w.size + network.layout.n_params) * network.dtype.itemsize
 
     def set_optimizer(self, str name, dict state, *, betas=(0.9, 0.999), double eps=1e-8,
@@ -375,7 +386,10 @@ cdef class Trainer:
 cdef Buffers buffers(Trainer tr, floating[::1] params) except *:
     """Pointers to the trainer's arrays for one call (params selects the dtype)."""
     cdef Buffers buf
-    cdef const floating[:, ::1] X = tr.X
+    cdef const floating[:, ::1] X
+    cdef const int64_t[::1] indptr
+    cdef const int32_t[::1] indices
+    cdef const floating[::1] data
     cdef const floating[:, ::1] T
     cdef const int32_t[::1] y
     cdef const floating[::1] w
@@ -384,7 +398,19 @@ cdef Buffers buffers(Trainer tr, floating[::1] params) except *:
     cdef floating[::1] s1
     cdef floating[::1] s2
     cdef int32_t[::1] ybuf = tr.ybuf
-    buf.X = &X[0, 0]
+    buf.X = NULL
+    buf.csr.indptr = NULL
+    buf.csr.indices = NULL
+    buf.csr.data = NULL
+    if tr.wsl.sparse:
+        indptr, indices, data = tr.X.indptr, tr.X.indices, tr.X.data
+        buf.csr.indptr = &indptr[0]
+        # No nonzeros at all: no value is ever read.
+        buf.csr.indices = &indices[0] if indices.shape[0] else NULL
+        buf.csr.data = &data[0] if data.shape[0] else NULL
+    else:
+        X = tr.X
+        buf.X = &X[0, 0]
     buf.y = NULL
     buf.targets = NULL
     buf.sample_weight = NULL
@@ -514,7 +540,7 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
     for item in prange(L * PARAM_PARTS, num_threads=n_threads, schedule="dynamic"):
         fpu = fm_denormals_off()
         param_part(lay, wsl, h, buf, ws, b.n, item // PARAM_PARTS + 1, item % PARAM_PARTS,
-                   update)
+                   update, b.rows)
         fm_fpu_restore(fpu)
     for i in range(n_blocks):   # fixed order: the loss does not depend on the threads
         total += block_loss[i]
@@ -543,7 +569,8 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
     cdef double scale = 1.0 / b.weight_sum, loss
     for r in range(nr):
         src = b.rows[r0 + r]
-        memcpy(a0 + r * d0, X + src * d0, d0 * sizeof(floating))
+        if X != NULL:   # a sparse X is read in place by the first layer
+            memcpy(a0 + r * d0, X + src * d0, d0 * sizeof(floating))
         if targets != NULL:
             memcpy(trow + r * k, targets + src * k, k * sizeof(floating))
         else:
@@ -551,7 +578,7 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
         if wrow != NULL:
             wrow[r] = sw[src]
 
-    forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr)
+    forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr, b.rows + r0)
 
     if h.loss == LOSS_SQUARED_ERROR:
         loss = fm.squared_error(nr, k, zL, trow, wrow, scale, dL)
@@ -577,9 +604,10 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
 
 cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
                        const Buffers *buf, floating *ws, uint64_t seed, Py_ssize_t r0,
-                       Py_ssize_t nr) noexcept nogil:
+                       Py_ssize_t nr, const int64_t *rows) noexcept nogil:
     """Forward pass of rows r0..r0+nr of the workspace (A_0 gathered), into A_1..A_L;
-    with dropout, hidden layers also write their masks and dropped activations.
+    with dropout, hidden layers also write their masks and dropped activations. A sparse
+    X's first layer reads samples `rows` (the block's) from the CSR arrays instead.
 
     fm_dense reads W in place (unlike OpenBLAS, which repacks W for every block of a few
     rows), its last n % 16 columns element by element (tail NULL: W changes every step).
@@ -593,9 +621,15 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
         fan_in = lay.sizes[l - 1]
         fan_out = lay.sizes[l]
         z = (ws + wsl.a_off[l] + r0 * fan_out)
-        fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
-                 params + lay.b_off[l], <const floating *> NULL, lay.acts[l], z, fan_out,
-                 FM_ISA_AUTO)
+        if l == 1 and wsl.sparse:
+            fm.csr_matmul(nr, fan_out, buf.csr.indptr, buf.csr.indices,
+                          <const floating *> buf.csr.data, rows, params + lay.w_off[l], z,
+                          fan_out)
+            fm.bias_act(nr, fan_out, z, params + lay.b_off[l], lay.acts[l])
+        else:
+            fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
+                     params + lay.b_off[l], <const floating *> NULL, lay.acts[l], z,
+                     fan_out, FM_ISA_AUTO)
         inp = z
         if wsl.dropout and l < L:
             dropped = (ws + wsl.ad_off[l] + r0 * fan_out)
@@ -606,8 +640,10 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
 
 cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
                      const Buffers *buf, floating *ws, Py_ssize_t nb, int l, int part,
-                     bint update) noexcept nogil:
-    """Parameter phase for rows [i0, i1) of W_l (and b_l with part 0): gradient, update."""
+                     bint update, const int64_t *rows) noexcept nogil:
+    """Parameter phase for rows [i0, i1) of W_l (and b_l with part 0): gradient, update.
+
+    rows: the batch's samples, which a sparse X's first layer reads in place."""
     cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
     cdef Py_ssize_t i0 = <Py_ssize_t> part * fan_in // PARAM_PARTS
     cdef Py_ssize_t i1 = <Py_ssize_t> (part + 1) * fan_in // PARAM_PARTS
@@ -627,9 +663,16 @@ cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
             accumulate = 1
         # The input of layer l: the dropped activations of a hidden layer with dropout.
         in_off = wsl.ad_off[l - 1] if wsl.dropout and l > 1 else wsl.a_off[l - 1]
-        # dW_l[i0:i1] (+)= A_{l-1}[:, i0:i1]^T @ D_l, by fm_dense's tiles (no repacking).
-        fm.dense_at(i1 - i0, nb, fan_out, (ws + in_off + i0), fan_in, dz,
-                    grads + off, fan_out, accumulate, FM_ISA_AUTO)
+        if l == 1 and wsl.sparse:
+            # The part owns W's rows (input features) [i0, i1): it scatters the batch's
+            # nonzeros of those columns alone, in a fixed order (no atomics).
+            fm.csr_at(nb, fan_out, buf.csr.indptr, buf.csr.indices,
+                      <const floating *> buf.csr.data, rows, <int32_t> i0, <int32_t> i1, dz,
+                      grads + off, fan_out, accumulate)
+        else:
+            # dW_l[i0:i1] (+)= A_{l-1}[:, i0:i1]^T @ D_l, by fm_dense's tiles (no repacking).
+            fm.dense_at(i1 - i0, nb, fan_out, (ws + in_off + i0), fan_in, dz,
+                        grads + off, fan_out, accumulate, FM_ISA_AUTO)
         if update:
             optimizer_update(h, buf, params, off, cnt)
     if part == 0:

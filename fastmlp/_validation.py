@@ -4,12 +4,98 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
+from typing import NamedTuple
 
 import numpy as np
 
-from fastmlp._network import all_finite
+from fastmlp._network import WIDTH_LIMIT, all_finite
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class CSR(NamedTuple):
+    """A sparse X as the kernels read it (``_network.check_csr``): CSR with ``data`` of the
+    model's dtype, int32 column ``indices`` and int64 row pointers ``indptr``; the fixed
+    index types let one compiled kernel serve scipy's int32 and int64 matrices."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    shape: tuple[int, int]
+
+    def take(self, rows: np.ndarray) -> CSR:
+        """The rows ``rows`` (indices into the rows), as a new CSR."""
+        import scipy.sparse
+
+        picked = scipy.sparse.csr_matrix(
+            (self.data, self.indices, self.indptr), shape=self.shape, copy=False
+        )[rows]
+        return _to_csr(picked, self.data.dtype)
+
+
+def is_sparse(X) -> bool:
+    """True if X is a ``scipy.sparse`` matrix or array (or a :class:`CSR`).
+
+    scipy.sparse is not imported for this: if it has not been imported, X cannot be one.
+    """
+    sparse = sys.modules.get("scipy.sparse")
+    return isinstance(X, CSR) or (sparse is not None and sparse.issparse(X))
+
+
+def _to_csr(X, dtype: np.dtype) -> CSR:
+    """X's CSR arrays in the kernels' types (copied only when they must be)."""
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, reported later
+        data = np.require(X.data, dtype, ["C", "A"])
+    return CSR(
+        data,
+        np.require(X.indices, np.int32, ["C", "A"]),
+        np.require(X.indptr, np.int64, ["C", "A"]),
+        (int(X.shape[0]), int(X.shape[1])),
+    )
+
+
+def check_sparse_X(X, dtype: np.dtype, n_features: int | None = None, name: str = "X") -> CSR:
+    """Validate a ``scipy.sparse`` feature matrix or array and return it as :class:`CSR`.
+
+    CSR is used as it is; any other format (CSC, COO, ...) is converted to CSR once, a
+    copy, since the kernels read rows. NaN or infinity among the stored values is refused.
+    """
+    if isinstance(X, CSR):
+        return X if X.data.dtype == dtype else X._replace(data=X.data.astype(dtype))
+    if X.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D (n_samples, n_features); got a {X.ndim}-D sparse array "
+            f"with shape {X.shape}."
+        )
+    if X.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must hold real numbers (bool, int or float); got a sparse matrix of "
+            f"dtype {X.dtype}. Convert it, e.g. X.astype(numpy.float32)."
+        )
+    n, d = X.shape
+    if n == 0:
+        raise ValueError(f"{name} is empty: it has 0 samples (shape {X.shape}).")
+    if n_features is not None and d != n_features:
+        raise ValueError(f"{name} has {d} features per sample but the model expects {n_features}.")
+    if d == 0:
+        raise ValueError(f"{name} has 0 features (shape {X.shape}).")
+    if d > WIDTH_LIMIT:
+        raise ValueError(
+            f"{name} has {d} features; fastmlp's layers hold at most {WIDTH_LIMIT} "
+            "(int32 column indices)."
+        )
+    if X.format != "csr":
+        X = X.tocsr()  # one conversion (a copy): the kernels read X by rows
+    out = _to_csr(X, dtype)
+    if not all_finite(out.data):
+        p = int(np.flatnonzero(~np.isfinite(out.data))[0])
+        row = int(np.searchsorted(out.indptr, p, side="right")) - 1
+        raise ValueError(
+            f"{name} contains NaN or infinity among its stored values (first at row {row}, "
+            f"column {out.indices[p]}); remove or impute those values first."
+        )
+    return out
 
 
 def check_dtype(dtype) -> np.dtype:
@@ -24,14 +110,28 @@ def check_dtype(dtype) -> np.dtype:
 
 
 def check_X(
-    X, dtype: np.dtype, n_features: int | None = None, name: str = "X", finite: bool = True
-) -> np.ndarray:
+    X,
+    dtype: np.dtype,
+    n_features: int | None = None,
+    name: str = "X",
+    finite: bool = True,
+    accept_sparse: bool = False,
+) -> np.ndarray | CSR:
     """Validate a feature matrix and return it C-contiguous in ``dtype``.
 
     Accepts anything array-like of real numbers, including read-only, memory-mapped,
     Fortran-ordered and strided arrays (copied only when they must be). ``finite=False``
-    skips the NaN/inf scan for callers whose kernel scans as it reads.
+    skips the NaN/inf scan for callers whose kernel scans as it reads. With
+    ``accept_sparse``, a ``scipy.sparse`` matrix or array is returned as :class:`CSR` (see
+    :func:`check_sparse_X`); without, it is refused with a hint.
     """
+    if is_sparse(X):
+        if not accept_sparse:
+            raise TypeError(
+                f"{name} is a scipy.sparse matrix, which is not accepted here; pass a dense "
+                f"array ({name}.toarray())."
+            )
+        return check_sparse_X(X, dtype, n_features, name)
     arr = np.asarray(X)
     if arr.dtype.kind not in "biuf":
         raise TypeError(

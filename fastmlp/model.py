@@ -28,6 +28,7 @@ from fastmlp._validation import (
     check_targets,
     check_X,
     encode_labels,
+    is_sparse,
 )
 
 
@@ -208,6 +209,11 @@ class MLP:
         """
         if len(weights) == 0 or len(weights) != len(biases):
             raise ValueError("need one bias per weight matrix, and at least one layer")
+        if any(is_sparse(a) for a in (*weights, *biases)):
+            raise TypeError(
+                "weights and biases must be dense arrays; got a scipy.sparse matrix: pass "
+                "W.toarray()."
+            )
         mats = [np.asarray(W) for W in weights]
         vecs = [np.asarray(b) for b in biases]
         if dtype is None:
@@ -248,7 +254,7 @@ class MLP:
             and X.flags.c_contiguous
             and X.flags.aligned
         ):
-            X = check_X(X, self.dtype, self.layer_sizes[0], finite=False)
+            X = check_X(X, self.dtype, self.layer_sizes[0], finite=False, accept_sparse=True)
         out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
         network = self._network
         if network.parallel_blocks(X.shape[0]) == 1:
@@ -265,7 +271,7 @@ class MLP:
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             float64 input to a float32 model is converted once.
         n_threads : int, optional
             Threads for this call; default the model's ``n_threads``.
@@ -312,7 +318,7 @@ class MLP:
         Labels the model does not know raise a ValueError rather than counting as wrong.
         R^2 is averaged over the outputs with equal weight, as scikit-learn's ``r2_score``.
         """
-        X = check_X(X, self.dtype, self.layer_sizes[0])
+        X = check_X(X, self.dtype, self.layer_sizes[0], accept_sparse=True)
         w = check_sample_weight(sample_weight, X.shape[0], np.dtype(np.float64))
         out = self._outputs(X, None, softmax=False)
         if self.is_regressor:
@@ -338,7 +344,7 @@ class MLP:
         db : list of ndarray
             Same shapes as :attr:`biases`.
         """
-        X = check_X(X, self.dtype, self.layer_sizes[0])
+        X = check_X(X, self.dtype, self.layer_sizes[0], accept_sparse=True)
         codes, targets = self._encode_y(y, X.shape[0])
         w = check_sample_weight(sample_weight, X.shape[0], self.dtype)
         l2 = check_float(l2, "l2", 0.0, float("inf"))

@@ -334,3 +334,46 @@ def train_epoch(
             train_step(weights, biases, state, X[idx], y[idx], activations, **step_options)
         )
     return float(np.mean(losses))
+
+
+def csr_matmul(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    W: np.ndarray,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """The sparse first layer's product ``X[rows] @ W`` for a CSR ``X``.
+
+    Row ``i`` of X holds ``data[indptr[i]:indptr[i + 1]]`` in the columns
+    ``indices[indptr[i]:indptr[i + 1]]``; its product with W is the sum, over those
+    nonzeros, of value times the row of W of that column. ``forward`` gives the same for
+    a ``scipy.sparse`` X, since ``X @ W`` is this product.
+    """
+    rows = np.arange(len(indptr) - 1) if rows is None else rows
+    Z = np.zeros((len(rows), W.shape[1]), dtype=W.dtype)
+    for r, i in enumerate(rows):
+        for p in range(indptr[i], indptr[i + 1]):
+            Z[r] += data[p] * W[indices[p]]
+    return Z
+
+
+def csr_at(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    D: np.ndarray,
+    n_features: int,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """The sparse first layer's weight gradient ``X[rows].T @ D`` for a CSR ``X``.
+
+    Each nonzero ``X[i, c]`` adds ``value * D[r]`` (r: i's place in ``rows``) to row c of
+    the gradient; columns with no nonzero in the batch get zero rows.
+    """
+    rows = np.arange(len(indptr) - 1) if rows is None else rows
+    C = np.zeros((n_features, D.shape[1]), dtype=D.dtype)
+    for r, i in enumerate(rows):
+        for p in range(indptr[i], indptr[i + 1]):
+            C[indices[p]] += data[p] * D[r]
+    return C

@@ -41,6 +41,9 @@ except ImportError:  # pragma: no cover - older scikit-learn
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 SOLVERS = tuple(OPTIMIZERS)
+# Sparse X: scikit-learn converts every other format (CSC, COO, ...) to CSR, which the
+# first layer's sparse kernels read in place.
+SPARSE = "csr"
 # scikit-learn's name for the sigmoid, beside fastmlp's own names.
 ACTIVATIONS = (*HIDDEN_ACTIVATIONS, "logistic")
 
@@ -206,6 +209,7 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = True
         return tags
 
     # -- parameter checks ----------------------------------------------------------------
@@ -407,7 +411,7 @@ class _BaseMLP(BaseEstimator):
     # -- prediction --------------------------------------------------------------------
     def _check_X(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
-        return _validate(self, X, reset=False, dtype=self.model_.dtype)
+        return _validate(self, X, reset=False, dtype=self.model_.dtype, accept_sparse=SPARSE)
 
 
 @_with_shared_docs
@@ -445,7 +449,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return tags
 
     def _validate_Xy(self, X, y, reset: bool):
-        X, y = _validate(self, X, y, reset=reset, dtype=check_dtype(self.dtype))
+        X, y = _validate(
+            self, X, y, reset=reset, dtype=check_dtype(self.dtype), accept_sparse=SPARSE
+        )
         check_classification_targets(y)
         return X, y
 
@@ -478,7 +484,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             Training inputs.
         y : array-like of shape (n_samples,)
             Class labels.
@@ -497,7 +503,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             A chunk of training inputs.
         y : array-like of shape (n_samples,)
             Its class labels.
@@ -530,7 +536,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             Inputs.
 
         Returns
@@ -546,7 +552,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             Inputs.
 
         Returns
@@ -561,7 +567,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             Inputs.
 
         Returns
@@ -616,6 +622,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             y,
             reset=reset,
             dtype=check_dtype(self.dtype),
+            accept_sparse=SPARSE,
             multi_output=True,
             y_numeric=True,
         )
@@ -639,7 +646,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             Training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Targets.
@@ -658,7 +665,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             A chunk of training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Its targets.
@@ -677,7 +684,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             Inputs.
 
         Returns

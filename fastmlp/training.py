@@ -21,6 +21,7 @@ from fastmlp._network import LAYERS_LIMIT, REGRESSION_LOSS
 from fastmlp._threads import adaptive_threads, blas_guard, effective_n_threads
 from fastmlp._trainer import OPTIMIZERS, Status, Trainer
 from fastmlp._validation import (
+    CSR,
     check_dtype,
     check_float,
     check_labels,
@@ -83,7 +84,9 @@ def _split(X, codes, w, validation_split, validation_data, model, rng):
             raise ValueError("give validation_data or validation_split, not both")
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a tuple (X_val, y_val)")
-        Xv = check_X(validation_data[0], model.dtype, model.layer_sizes[0], name="X_val")
+        Xv = check_X(
+            validation_data[0], model.dtype, model.layer_sizes[0], name="X_val", accept_sparse=True
+        )
         labels, targets = model._encode_y(validation_data[1], Xv.shape[0], "y_val")
         return X, codes, w, Xv, labels if targets is None else targets
     if not validation_split:
@@ -96,6 +99,8 @@ def _split(X, codes, w, validation_split, validation_data, model, rng):
         )
     perm = rng.permutation(X.shape[0])
     val, tr = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    if isinstance(X, CSR):
+        return X.take(tr), codes[tr], None if w is None else w[tr], X.take(val), codes[val]
     return X[tr], codes[tr], None if w is None else w[tr], X[val], codes[val]
 
 
@@ -136,8 +141,10 @@ def train(
 
     Parameters
     ----------
-    X : array-like of shape (n_samples, n_features)
-        Training inputs (e.g. pixels scaled to [0, 1]).
+    X : array-like or scipy.sparse matrix/array of shape (n_samples, n_features)
+        Training inputs (e.g. pixels scaled to [0, 1]). Sparse X (CSR; CSC, COO and the
+        other formats are converted to CSR once, a copy) trains the first layer by sparse
+        kernels on its nonzeros alone, without densifying it.
     y : array-like of shape (n_samples,) or (n_samples, n_outputs)
         Class labels of any sortable type (ints, strings, ...); for a regressor
         (``loss="squared_error"``) real-valued targets, one column per output.
@@ -304,7 +311,7 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
     """
     if opts.init is not None:
         model = opts.init
-        X = check_X(X, model.dtype, model.layer_sizes[0])
+        X = check_X(X, model.dtype, model.layer_sizes[0], accept_sparse=True)
         labels, targets = model._encode_y(y, X.shape[0])
         return model, X, labels if targets is None else targets
     dt = check_dtype(opts.dtype)
@@ -317,7 +324,7 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
         raise ValueError(f"at most {LAYERS_LIMIT - 1} hidden layers; got {len(hidden)}")
     for width in hidden:
         check_positive_int(width, "every hidden layer size")
-    X = check_X(X, dt)
+    X = check_X(X, dt, accept_sparse=True)
     if opts.loss == REGRESSION_LOSS:
         classes = None
         targets = check_targets(y, X.shape[0], dt)
@@ -349,7 +356,7 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
 class _Data(NamedTuple):
     """Training rows, their codes (labels or targets) and weights; the validation set."""
 
-    X: np.ndarray
+    X: np.ndarray | CSR
     codes: np.ndarray
     weights: np.ndarray | None
     X_val: np.ndarray | None
@@ -372,7 +379,9 @@ def _prepare(model: MLP, X, codes, opts: _Options, rng: np.random.Generator) -> 
 def _allocate(model: MLP, data: _Data, opts: _Options) -> Trainer:
     """The Trainer (workspace and gradients, allocated here once) and optimizer state."""
     capacity = min(opts.batch_size, data.X.shape[0])
-    nbytes = Trainer.workspace_bytes(model._network, capacity, opts.dropout)
+    nbytes = Trainer.workspace_bytes(
+        model._network, capacity, opts.dropout, isinstance(data.X, CSR)
+    )
     check_memory(
         nbytes + 3 * model.params_.nbytes,
         f"training layers {model.layer_sizes} with batch_size {capacity} (workspace, "
