@@ -28,14 +28,17 @@ except ImportError as exc:  # a source tree without an in-place build, most ofte
 from fastmlp import datasets, reference
 from fastmlp.model import MLP
 from fastmlp.persistence import load, save
+from fastmlp.int8 import QuantizedMLP, quantize
 from fastmlp.training import train
 
 __all__ = [
     "MLP",
     "MLPClassifier",
     "MLPRegressor",
+    "QuantizedMLP",
     "datasets",
     "load",
+    "quantize",
     "reference",
     "save",
     "train",

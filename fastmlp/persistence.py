@@ -71,6 +71,7 @@ from fastmlp.model import MLP
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
 FORMAT_MARKER = "fastmlp-model"
+INT8_MARKER = "fastmlp-int8-model"  # written by fastmlp.int8.QuantizedMLP.save
 FORMAT_VERSION = 2
 NO_CLASSES = "none"  # classes_kind of a regressor
 # Slack for the .npy header in front of each array's data: numpy itself refuses headers
@@ -430,6 +431,10 @@ class _Reader:
             marker = self._array("format", HEADER_ALLOWANCE + 4 * 64, "U", ())
         except ValueError:
             marker = None
+        if marker is not None and str(marker[()]) == INT8_MARKER:
+            from fastmlp.int8 import _read as read_int8  # an int8 model (fastmlp.int8)
+
+            return read_int8(self)
         if marker is None or str(marker[()]) != FORMAT_MARKER:
             raise self.error(f"not a fastmlp model file (its 'format' is not {FORMAT_MARKER!r})")
         if "version" not in self.members:
