@@ -26,9 +26,9 @@ except ImportError as exc:  # a source tree without an in-place build, most ofte
     ) from exc
 
 from fastmlp import datasets, reference
+from fastmlp.int8 import QuantizedMLP, quantize
 from fastmlp.model import MLP
 from fastmlp.persistence import load, save
-from fastmlp.int8 import QuantizedMLP, quantize
 from fastmlp.training import train
 
 __all__ = [

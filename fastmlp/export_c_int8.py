@@ -56,6 +56,12 @@ static void {n}_dense_i8(size_t n_in, size_t n_out, const int8_t *restrict W,
     }}
 }}
 
+"""
+
+
+def _kernel_requantize(ctx: fc._Ctx) -> str:
+    n = ctx.name
+    return f"""\
 /* Hidden layer epilogue: y = acc * mult + b (two float roundings), ReLU and requantize,
    q = rint(clamp(y * inv, 0, 127)). */
 static void {n}_requantize(size_t n, const int32_t *acc, const float *mult, const float *b,
@@ -72,6 +78,12 @@ static void {n}_requantize(size_t n, const int32_t *acc, const float *mult, cons
     }}
 }}
 
+"""
+
+
+def _kernel_dequantize(ctx: fc._Ctx) -> str:
+    n = ctx.name
+    return f"""\
 /* Last layer epilogue: the logits y = acc * mult + b. */
 static void {n}_dequantize(size_t n, const int32_t *acc, const float *mult, const float *b,
     float *y)
@@ -88,7 +100,6 @@ static void {n}_dequantize(size_t n, const int32_t *acc, const float *mult, cons
 def _arrays(q, ctx: fc._Ctx, mults, offset0) -> str:
     n = ctx.name
     parts = []
-    sizes = q.layer_sizes
     for i, (W, b) in enumerate(zip(q.weights_q, q.biases)):
         k, m = W.shape
         lines = fc._comment_lines(
@@ -115,7 +126,6 @@ def _arrays(q, ctx: fc._Ctx, mults, offset0) -> str:
             lines += _int_lines(offset0)
             lines.append("};")
         parts.append("\n".join(lines) + "\n")
-    del sizes
     return "\n".join(parts)
 
 
@@ -128,8 +138,9 @@ def _forward(q, ctx: fc._Ctx, invs, offset0) -> str:
     )
     lines += [f"static void {n}_forward(const float *x, float *out)", "{"]
     lines.append(f"    uint8_t q0[{M}_N_FEATURES];")
-    if L > 1:
-        lines.append(f"    uint8_t h0[{M}_MAX_WIDTH], h1[{M}_MAX_WIDTH];")
+    if L > 1:  # one buffer per hidden layer, up to two taking turns
+        buffers = ", ".join(f"h{i}[{M}_MAX_WIDTH]" for i in range(min(2, L - 1)))
+        lines.append(f"    uint8_t {buffers};")
     lines.append(f"    int32_t acc[{M}_MAX_OUTPUTS];")
     lines.append(
         f"    {n}_quantize({sizes[0]}, x, {fc._float32_text(np.float32(invs[0]))}f, "
@@ -216,13 +227,16 @@ def generate_c_int8(q, name: str = "model") -> tuple[str, str]:
     parts = [
         "\n".join(comment) + f'\n#include "{n}.h"\n\n#include <math.h>\n#include <stdint.h>\n'
     ]
-    defines = f"/* The widest layer output: the size of the stack buffers. */\n"
+    defines = "/* The widest layer output: the size of the stack buffers. */\n"
     defines += f"#define {M}_MAX_OUTPUTS {max(sizes[1:])}\n"
     if len(sizes) > 2:
         defines += f"#define {M}_MAX_WIDTH {max(sizes[1:-1])}\n"
     parts.append(defines)
     parts.append(_arrays(q, ctx, mults, offset0))
     parts.append(_kernels(ctx))
+    if len(sizes) > 2:  # no unused static function: the file compiles warnings-clean
+        parts.append(_kernel_requantize(ctx))
+    parts.append(_kernel_dequantize(ctx))
     parts += [fc._KERNELS[key](ctx) for key in ("softmax", "argmax")]
     parts.append(_forward(q, ctx, invs, offset0))
     parts.append(fc._public(ctx, "proba"))
