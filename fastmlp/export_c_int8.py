@@ -6,7 +6,7 @@ inputs and probabilities), with the layers in integer arithmetic: the weights ar
 ``static const int8_t`` arrays (a quarter of the float export's), each layer sums uint8
 activations times int8 weights in ``int32_t`` and the float epilogue is the one
 ``csrc/fm_int8.h`` specifies, written as the same separate float operations. It needs
-``<math.h>`` (``lrintf``, ``expf``), ``<stdint.h>`` and ``<stddef.h>``. This module reuses
+``<math.h>`` (``expf``), ``<stdint.h>`` and ``<stddef.h>``. This module reuses
 the float exporter's pieces (names, comments, public functions, softmax, files) and adds the
 integer layer.
 """
@@ -27,6 +27,18 @@ def _int_lines(values: np.ndarray) -> list[str]:
 def _kernels(ctx: fc._Ctx) -> str:
     n = ctx.name
     return f"""\
+/* v rounded to the nearest integer, ties to even, as rint in the default rounding mode,
+   for |v| <= 127; without lrintf, which -std=c99 (math errno) keeps a library call. The
+   truncation and the difference are exact for such v. */
+static int {n}_round(float v)
+{{
+    const float a = v < 0.0f ? -v : v;
+    int i = (int)a;
+    const float f = a - (float)i;
+    i += (f > 0.5f) | ((f == 0.5f) & i); /* no branch: the loops vectorise */
+    return v < 0.0f ? -i : i;
+}}
+
 /* Quantize n floats: q = rint(clamp(x * inv, -zero_point, 127 - zero_point)) + zero_point.
    NaN becomes zero_point's lowest value: inputs are not checked. */
 static void {n}_quantize(size_t n, const float *x, float inv, int zero_point, uint8_t *q)
@@ -37,7 +49,7 @@ static void {n}_quantize(size_t n, const float *x, float inv, int zero_point, ui
         float v = x[i] * inv;
         v = v > lo ? v : lo;
         v = v < hi ? v : hi;
-        q[i] = (uint8_t)(lrintf(v) + zero_point);
+        q[i] = (uint8_t)({n}_round(v) + zero_point);
     }}
 }}
 
@@ -74,7 +86,7 @@ static void {n}_requantize(size_t n, const int32_t *acc, const float *mult, cons
         float v = y * inv;
         v = v > 0.0f ? v : 0.0f;
         v = v < 127.0f ? v : 127.0f;
-        q[j] = (uint8_t)lrintf(v);
+        q[j] = (uint8_t){n}_round(v);
     }}
 }}
 
