@@ -28,15 +28,13 @@ def _kernels(ctx: fc._Ctx) -> str:
     n = ctx.name
     return f"""\
 /* v rounded to the nearest integer, ties to even, as rint in the default rounding mode,
-   for |v| <= 127; without lrintf, which -std=c99 (math errno) keeps a library call. The
-   truncation and the difference are exact for such v. */
+   for |v| <= 128: the truncation and the remainder are exact for such v. Not lrintf, which
+   -std=c99 (math errno) keeps a library call. */
 static int {n}_round(float v)
 {{
-    const float a = v < 0.0f ? -v : v;
-    int i = (int)a;
-    const float f = a - (float)i;
-    i += (f > 0.5f) | ((f == 0.5f) & i); /* no branch: the loops vectorise */
-    return v < 0.0f ? -i : i;
+    const int i = (int)v;
+    const float f = v - (float)i;
+    return i + (((f > 0.5f) | ((f == 0.5f) & i)) - ((f < -0.5f) | ((f == -0.5f) & i)));
 }}
 
 /* Quantize n floats: q = rint(clamp(x * inv, -zero_point, 127 - zero_point)) + zero_point.
@@ -89,7 +87,6 @@ static void {n}_requantize(size_t n, const int32_t *acc, const float *mult, cons
         q[j] = (uint8_t){n}_round(v);
     }}
 }}
-
 """
 
 

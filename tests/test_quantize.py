@@ -124,6 +124,22 @@ def test_variants_agree_bitwise_on_mnist_like_rows():
         assert np.array_equal(out, outs[0])
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_requantization_rounds_half_to_even(isa):
+    """Hidden values that fall exactly halfway round to even (as numpy.rint), in every
+    variant: a hand-built network whose first layer computes q + 0.5 and whose second
+    copies its input to the logits."""
+    k = 20
+    eye = np.eye(k, dtype=np.int8)
+    zeros, ones = np.zeros(k, np.int32), np.ones(k, np.float32)
+    biases = [np.full(k, 0.5, np.float32), np.zeros(k, np.float32)]
+    net = K.Int8Network([eye, eye], [zeros, zeros], [ones, ones], biases, [1.0], 1.0, 0)
+    X = np.arange(6 * k, dtype=np.float32).reshape(6, k) % 127
+    out = np.empty_like(X)
+    net.forward(X, out, softmax=False, n_threads=1, isa=isa)
+    np.testing.assert_array_equal(out, np.minimum(np.rint(X + 0.5), 127))
+
+
 def test_hidden_activations_saturate_and_dead_layers_work():
     # A layer whose ReLU outputs are all zero on the calibration rows gets scale 1.
     model = random_model((6, 5, 3))
