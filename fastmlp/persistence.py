@@ -51,7 +51,7 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -67,6 +67,9 @@ from fastmlp._network import (
 )
 from fastmlp._trainer import OPTIMIZERS
 from fastmlp.model import MLP
+
+if TYPE_CHECKING:
+    from fastmlp.int8 import QuantizedMLP
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
@@ -346,7 +349,7 @@ def _fsync_directory(directory: str) -> None:
 
 
 # -- loading ------------------------------------------------------------------------------
-def load(path: str | os.PathLike[str]) -> MLP:
+def load(path: str | os.PathLike[str]) -> MLP | QuantizedMLP:
     """Read a model written by :func:`save` (or :meth:`MLP.save`).
 
     Nothing is unpickled, and every array is checked against the file's metadata before it
@@ -360,10 +363,12 @@ def load(path: str | os.PathLike[str]) -> MLP:
 
     Returns
     -------
-    MLP
+    MLP or QuantizedMLP
         The model, with its ``history`` and, if it was saved, the optimizer state that lets
         :meth:`MLP.fit_more` continue training exactly. ``n_threads`` is not stored (it
-        belongs to the machine, not the model) and is None.
+        belongs to the machine, not the model) and is None. A file written by
+        :meth:`fastmlp.QuantizedMLP.save` gives the int8 model (format in
+        :mod:`fastmlp.int8`), checked the same way.
 
     Raises
     ------
