@@ -22,7 +22,7 @@ from setuptools.command.build_ext import build_ext
 from setuptools.modified import newer_group
 
 # The extension modules fastmlp.<name>, each from fastmlp/<name>.pyx.
-MODULES = ["_blas", "_network", "_trainer", "_kernels"]
+MODULES = ["_blas", "_network", "_trainer", "_kernels", "_int8"]
 
 # The C kernels, longest compile first so that the last one to start is short.
 CSRC = [
@@ -34,6 +34,8 @@ CSRC = [
     "csrc/fm_sparse.c",
     "csrc/fm_dense.c",
     "csrc/fm_tuner.c",
+    "csrc/fm_int8.c",
+    "csrc/fm_int8_avx2.c",
 ]
 CSRC_HEADERS = [
     "csrc/fm_fpu.h",
@@ -46,11 +48,17 @@ CSRC_HEADERS = [
     "csrc/fm_dense_impl.h",
     "csrc/fm_dense_types.h",
     "csrc/fm_dense_dispatch_impl.h",
+    "csrc/fm_int8.h",
+    "csrc/fm_int8_shared.h",
 ]
 # The wide variant only lets tests run the AVX-512 tile shape on AVX2 machines, so its
 # speed does not matter: at -O3 GCC took 80% of fm_dense's compile time on its spilled
 # 64-byte vectors, at -O1 a tenth of that (benches/results.md).
 CSRC_FLAGS = {"csrc/fm_dense_wide.c": ["-O1"]} if sys.platform != "win32" else {}
+# The int8 kernels' float epilogue is one multiply then one add, never fused, so that every
+# variant (and the NumPy reference) gives the same bits.
+if sys.platform != "win32":
+    CSRC_FLAGS.update({f"csrc/fm_int8{v}.c": ["-ffp-contract=off"] for v in ("", "_avx2")})
 
 
 def compiler_accepts(flags: list[str]) -> bool:

@@ -139,3 +139,43 @@ def test_fastmlp(benchmark, model, rows):
     _per_row(benchmark)
     expected = model.predict_proba(rows)[np.arange(CALLS) % ROWS, 0].astype(np.float64).sum()
     assert checksum == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def c_library_int8(model, mnist, tmp_path_factory):
+    """The int8 copy of the model (``fastmlp.quantize``), exported and compiled like
+    ``c_library``; returns (library, int8 model)."""
+    import fastmlp
+
+    if CC is None:
+        pytest.skip("no C compiler (cc, gcc or clang) on PATH")
+    q = fastmlp.quantize(model, mnist.X[DTYPE][:2000])
+    directory = tmp_path_factory.mktemp("c_export_int8")
+    q.to_c(directory, "mnist")
+    (directory / "bench_rows.c").write_text(_TIMING_LOOP)
+    cmd = [CC, *CFLAGS, "bench_rows.c", "mnist.c", "-o", "libmnist.so", "-lm"]
+    proc = subprocess.run(cmd, cwd=directory, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    lib = ctypes.CDLL(str(directory / "libmnist.so"))
+    floats = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+    lib.bench_rows.argtypes = [floats, ctypes.c_size_t, ctypes.c_size_t, floats]
+    lib.bench_rows.restype = ctypes.c_double
+    lib.mnist_predict_proba_batch.argtypes = [ctypes.c_size_t, floats, floats]
+    lib.mnist_predict_proba_batch.restype = None
+    return lib, q
+
+
+def test_c_export_int8(benchmark, c_library_int8, rows):
+    """The int8 export (int8 weights, int32 sums): the same loop, the same rows."""
+    lib, q = c_library_int8
+    _label(benchmark, "C export int8 (cc -O3 -march=native)")
+    proba = np.empty((ROWS, 10), dtype=np.float32)
+    lib.mnist_predict_proba_batch(ROWS, rows, proba)
+    # -march=native may fuse the epilogue's multiply and add (a rounding may move).
+    np.testing.assert_allclose(proba, q.predict_proba(rows), rtol=0, atol=1e-2)
+    last = np.empty(10, dtype=np.float32)
+    checksum = benchmark(lib.bench_rows, rows, ROWS, CALLS, last)
+    _per_row(benchmark)
+    expected = proba[np.arange(CALLS) % ROWS, 0].astype(np.float64).sum()
+    assert checksum == pytest.approx(expected, rel=1e-6)

@@ -26,6 +26,7 @@ except ImportError as exc:  # a source tree without an in-place build, most ofte
     ) from exc
 
 from fastmlp import datasets, reference
+from fastmlp.int8 import QuantizedMLP, quantize
 from fastmlp.model import MLP
 from fastmlp.persistence import load, save
 from fastmlp.training import train
@@ -34,8 +35,10 @@ __all__ = [
     "MLP",
     "MLPClassifier",
     "MLPRegressor",
+    "QuantizedMLP",
     "datasets",
     "load",
+    "quantize",
     "reference",
     "save",
     "train",

@@ -1,4 +1,4 @@
-"""The ``python -m fastmlp`` command line: train, evaluate, predict and export.
+"""The ``python -m fastmlp`` command line: train, evaluate, predict, export and quantize.
 
 Examples
 --------
@@ -8,6 +8,7 @@ Examples
     python -m fastmlp evaluate model.npz benches/data/mnist --report report/
     python -m fastmlp predict model.npz X.npy --proba --out predictions.csv
     python -m fastmlp export model.npz --c build/ --name mnist
+    python -m fastmlp quantize model.npz benches/data/mnist --out q.npz --report change.png
 
 Data (``DATA``) is an IDX directory in the MNIST layout, a ``.npz`` holding arrays ``X``
 and ``y``, or a CSV file with a header and a label column. Every expected failure (a
@@ -576,7 +577,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """``export``: write a model (classifier or regressor) as standalone C to ``--c DIR``."""
     import fastmlp
-    from fastmlp.export_c import check_c_name, to_c
+    from fastmlp.export_c import check_c_name
 
     check_c_name(args.name)  # before reading the model or creating DIR
     if not Path(args.model).exists():
@@ -586,11 +587,75 @@ def cmd_export(args: argparse.Namespace) -> int:
     if directory.exists() and not directory.is_dir():
         raise CLIError(f"--c {directory}: exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
-    header, source = to_c(model, directory, args.name)
+    # MLP.to_c, or QuantizedMLP.to_c for an int8 model (fastmlp quantize).
+    header, source = model.to_c(directory, args.name)
     sizes = "-".join(str(s) for s in model.layer_sizes)
     kind = "regressor" if model.is_regressor else "classifier"
+    if isinstance(model, fastmlp.QuantizedMLP):
+        kind = "int8 classifier"
     print(f"{sizes} {kind} written to {header} and {source}")
     print(f"build: cc -std=c99 -O3 -march=native -c {source} (link with -lm)")
+    return 0
+
+
+def plot_accuracy_change(plt: Any, report: dict, out: Path) -> None:
+    """Write a bar chart of the per-class accuracy change (int8 - float, points) to ``out``."""
+    classes = report["classes"]
+    change = [
+        100 * (i - f) if n else 0.0
+        for f, i, n in zip(
+            report["per_class_float_accuracy"],
+            report["per_class_int8_accuracy"],
+            report["per_class_support"],
+        )
+    ]
+    fig, ax = plt.subplots(figsize=(max(5.0, min(14.0, 0.5 * len(classes) + 2)), 4))
+    colors = ["tab:red" if c < 0 else "tab:green" for c in change]
+    ax.bar(range(len(classes)), change, color=colors)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 10 else 0)
+    ax.set_xlabel("class")
+    ax.set_ylabel("accuracy change (points)")
+    ax.set_title(
+        f"int8 - float accuracy per class (overall {report['accuracy_change']:+.2f} points)"
+    )
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """``quantize``: an int8 copy of a classifier, calibrated and evaluated on DATA."""
+    import fastmlp
+
+    plt = _pyplot() if args.report else None  # fail before the work, not after
+    if args.report and Path(args.report).is_dir():
+        raise CLIError(f"--report {args.report}: is a directory; give a .png file name")
+    for option, path in (("--out", args.out), ("--report", args.report)):
+        if path and not Path(path).parent.is_dir():
+            raise CLIError(f"{option} {path}: directory {Path(path).parent} does not exist")
+    if not Path(args.model).exists():
+        raise CLIError(f"model file {args.model} does not exist")
+    model = fastmlp.load(args.model)
+    if isinstance(model, fastmlp.QuantizedMLP):
+        raise CLIError(f"{args.model} is already an int8 model; quantize its float model")
+    X, y, _ = load_data(args.data, command="evaluate", label_column=args.label_column)
+    _check_features(model, X, args.data)
+    labels = model.classes_[_encode(y, model.classes_, args.data)] if not model.is_regressor else y
+    # Calibration rows: a fixed random sample of DATA (no labels are used).
+    rng = np.random.default_rng(0)
+    n_cal = min(args.calibration_rows, X.shape[0])
+    calibration = X[np.sort(rng.choice(X.shape[0], n_cal, replace=False))]
+    model.n_threads = args.threads
+    q = fastmlp.quantize(model, calibration, validation_data=(X, labels))
+    q.save(args.out)
+    print(f"calibrated on {n_cal} rows of {args.data}, evaluated on all {X.shape[0]}")
+    print(q.report)
+    print(f"int8 model saved to {args.out}")
+    if args.report:
+        plot_accuracy_change(plt, q.report, Path(args.report))
+        print(f"per-class accuracy change written to {args.report}")
     return 0
 
 
@@ -816,6 +881,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefix of the files, functions and macros; a C identifier (default: %(default)s)",
     )
     export.set_defaults(func=cmd_export)
+
+    quantize = sub.add_parser(
+        "quantize",
+        parents=[common],
+        help="quantize a classifier to int8 and report what it costs",
+        description="Quantize MODEL to int8 (weights per output channel, activations "
+        "calibrated on a sample of DATA), print the report (float and int8 accuracy on DATA, "
+        "top-1 agreement, largest probability difference, file sizes) and save the int8 "
+        "model, which evaluate, predict and export read like any model.",
+    )
+    quantize.add_argument("model", metavar="MODEL.npz", help="a classifier saved by train")
+    quantize.add_argument(
+        "data", metavar="DATA", help=_DATA_HELP.format(split="t10k-* if present, else train-*")
+    )
+    quantize.add_argument(
+        "--out", required=True, metavar="INT8.npz", help="where to save the int8 model"
+    )
+    quantize.add_argument(
+        "--calibration-rows",
+        type=_positive_int,
+        default=2000,
+        metavar="N",
+        help="rows of DATA (a fixed random sample) that set the activation ranges "
+        "(default: %(default)s; at least 32)",
+    )
+    quantize.add_argument(
+        "--report",
+        metavar="PNG",
+        default=None,
+        help="write a bar chart of the per-class accuracy change to this PNG (needs matplotlib)",
+    )
+    quantize.set_defaults(func=cmd_quantize)
     return parser
 
 

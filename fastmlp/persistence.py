@@ -51,7 +51,7 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -68,9 +68,13 @@ from fastmlp._network import (
 from fastmlp._trainer import OPTIMIZERS
 from fastmlp.model import MLP
 
+if TYPE_CHECKING:
+    from fastmlp.int8 import QuantizedMLP
+
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
 FORMAT_MARKER = "fastmlp-model"
+INT8_MARKER = "fastmlp-int8-model"  # written by fastmlp.int8.QuantizedMLP.save
 FORMAT_VERSION = 2
 NO_CLASSES = "none"  # classes_kind of a regressor
 # Slack for the .npy header in front of each array's data: numpy itself refuses headers
@@ -345,7 +349,7 @@ def _fsync_directory(directory: str) -> None:
 
 
 # -- loading ------------------------------------------------------------------------------
-def load(path: str | os.PathLike[str]) -> MLP:
+def load(path: str | os.PathLike[str]) -> MLP | QuantizedMLP:
     """Read a model written by :func:`save` (or :meth:`MLP.save`).
 
     Nothing is unpickled, and every array is checked against the file's metadata before it
@@ -359,10 +363,12 @@ def load(path: str | os.PathLike[str]) -> MLP:
 
     Returns
     -------
-    MLP
+    MLP or QuantizedMLP
         The model, with its ``history`` and, if it was saved, the optimizer state that lets
         :meth:`MLP.fit_more` continue training exactly. ``n_threads`` is not stored (it
-        belongs to the machine, not the model) and is None.
+        belongs to the machine, not the model) and is None. A file written by
+        :meth:`fastmlp.QuantizedMLP.save` gives the int8 model (format in
+        :mod:`fastmlp.int8`), checked the same way.
 
     Raises
     ------
@@ -430,6 +436,10 @@ class _Reader:
             marker = self._array("format", HEADER_ALLOWANCE + 4 * 64, "U", ())
         except ValueError:
             marker = None
+        if marker is not None and str(marker[()]) == INT8_MARKER:
+            from fastmlp.int8 import _read as read_int8  # an int8 model (fastmlp.int8)
+
+            return read_int8(self)
         if marker is None or str(marker[()]) != FORMAT_MARKER:
             raise self.error(f"not a fastmlp model file (its 'format' is not {FORMAT_MARKER!r})")
         if "version" not in self.members:

@@ -377,3 +377,65 @@ def csr_at(
         for p in range(indptr[i], indptr[i + 1]):
             C[indices[p]] += data[p] * D[r]
     return C
+
+
+# -- int8 inference (fastmlp.quantize; csrc/fm_int8.h) ------------------------------------
+INT8_QMAX = 127  # weights in [-127, 127], activations in [0, 127] (7 bits)
+
+
+def quantize_weights(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel quantization of ``W`` (fan_in, fan_out).
+
+    Returns ``(W_q, scale)``: int8 ``W_q`` in [-127, 127] and float32 ``scale`` (fan_out,)
+    with ``W ~ W_q * scale``; ``scale[j] = max |W[:, j]| / 127`` (1 for a zero column).
+    """
+    W = np.asarray(W, dtype=np.float64)
+    top = np.abs(W).max(axis=0)
+    scale = np.where(top > 0, top / INT8_QMAX, 1.0).astype(np.float32)
+    W_q = np.clip(np.rint(W / scale.astype(np.float64)), -INT8_QMAX, INT8_QMAX)
+    return W_q.astype(np.int8), scale
+
+
+def quantize_activations(X: np.ndarray, inv: np.float32, zero_point: int = 0) -> np.ndarray:
+    """``rint(clip(X * inv, -zero_point, 127 - zero_point)) + zero_point`` as uint8.
+
+    ``X`` and ``inv`` are float32: one float32 product, then the clip and the rounding
+    (half to even). With ``zero_point`` 0 this is also the ReLU of a hidden layer.
+    """
+    v = np.asarray(X, dtype=np.float32) * np.float32(inv)
+    v = np.minimum(np.maximum(v, np.float32(-zero_point)), np.float32(INT8_QMAX - zero_point))
+    return (np.rint(v).astype(np.int32) + zero_point).astype(np.uint8)
+
+
+def quantized_forward(
+    X: np.ndarray,
+    weights_q: Sequence[np.ndarray],
+    weight_scales: Sequence[np.ndarray],
+    biases: Sequence[np.ndarray],
+    input_scales: Sequence[float],
+    input_zero_point: int,
+) -> np.ndarray:
+    """The logits of an int8 model (hidden activations ReLU), in float32.
+
+    Layer ``l`` reads uint8 activations ``q`` with ``x ~ input_scales[l] * (q - zp)`` (``zp``
+    is ``input_zero_point`` for the first layer, 0 after ReLU) and computes, exactly in
+    integers, ``acc = q @ W_q - zp * W_q.sum(axis=0)``, then in float32 ``y = acc * mult +
+    b`` with ``mult = float32(input_scales[l] * weight_scales[l])`` (the product taken in
+    float64); a hidden layer requantizes ``y`` with ``inv = float32(1 / input_scales[l+1])``.
+    """
+    L = len(weights_q)
+    q = quantize_activations(X, np.float32(1.0 / np.float64(input_scales[0])), input_zero_point)
+    zp = input_zero_point
+    for layer in range(L):
+        W_q = np.asarray(weights_q[layer], dtype=np.int64)
+        acc = q.astype(np.int64) @ W_q - zp * W_q.sum(axis=0)
+        assert np.abs(acc).max(initial=0) < 2**31, "int32 overflow"
+        mult = (np.float64(input_scales[layer]) * weight_scales[layer].astype(np.float64)).astype(
+            np.float32
+        )
+        y = acc.astype(np.int32).astype(np.float32) * mult + np.asarray(biases[layer], np.float32)
+        if layer == L - 1:
+            return y
+        q = quantize_activations(y, np.float32(1.0 / np.float64(input_scales[layer + 1])), 0)
+        zp = 0
+    raise ValueError("no layers")

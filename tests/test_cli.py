@@ -390,3 +390,68 @@ def test_export_help(work):
     for option in ("--c", "--name", "MODEL.npz"):
         assert option in proc.stdout
     assert "export" in run(work, "--help").stdout
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def test_quantize_prints_the_report_and_saves_an_int8_model(npz_model, tmp_path):
+    proc = run(tmp_path, "quantize", str(npz_model[0]), str(npz_model[0].parent / "blobs.npz"),
+               "--out", "q.npz", "--report", "change.png")  # fmt: skip
+    assert_ok(proc)
+    for fragment in (
+        "calibrated on 300 rows",
+        "accuracy: float",
+        "top-1 agreement",
+        "largest probability difference",
+        "x smaller",
+        "q.npz",
+        "change.png",
+    ):
+        assert fragment in proc.stdout, fragment
+    q = fastmlp.load(tmp_path / "q.npz")
+    assert isinstance(q, fastmlp.QuantizedMLP)
+    assert (tmp_path / "change.png").read_bytes()[:8] == _PNG_MAGIC
+    X = np.load(npz_model[0].parent / "blobs.npz")["X"]
+    assert q.score(X, np.load(npz_model[0].parent / "blobs.npz")["y"]) > 0.9
+    # evaluate and export read the int8 model like any other
+    assert_ok(run(tmp_path, "evaluate", "q.npz", str(npz_model[0].parent / "blobs.npz")))
+    proc = run(tmp_path, "export", "q.npz", "--c", "c_out", "--name", "blobs8")
+    assert_ok(proc)
+    assert "int8 classifier" in proc.stdout
+    from fastmlp.export_c_int8 import generate_c_int8
+
+    text = (tmp_path / "c_out" / "blobs8.c").read_text()
+    assert text == generate_c_int8(q, "blobs8")[1]
+    assert "int8_t blobs8_W0" in text
+
+
+def test_quantize_on_idx_data(idx_dir, tmp_path):
+    assert_ok(run(tmp_path, "train", str(idx_dir), "--hidden", "32", "--epochs", "2",
+                  "--seed", "0", "--out", "m.npz"))  # fmt: skip
+    proc = run(tmp_path, "quantize", "m.npz", str(idx_dir), "--out", "q.npz",
+               "--calibration-rows", "50")  # fmt: skip
+    assert_ok(proc)
+    assert "calibrated on 50 rows" in proc.stdout and "evaluated on all 100" in proc.stdout
+
+
+def test_quantize_errors_exit_2_with_one_line(npz_model, tmp_path):
+    path, data = str(npz_model[0]), str(npz_model[0].parent / "blobs.npz")
+    fastmlp.MLP((5, 3, 2), None, loss="squared_error").save(tmp_path / "reg.npz")
+    np.savez(tmp_path / "wide.npz", X=np.zeros((40, 6)), y=np.zeros(40, int))
+    assert_ok(run(tmp_path, "quantize", path, data, "--out", "q.npz"))
+    cases = [
+        (("quantize", "reg.npz", data, "--out", "x.npz"), ("for classifiers",)),
+        (("quantize", "q.npz", data, "--out", "x.npz"), ("already an int8 model",)),
+        (("quantize", path, "wide.npz", "--out", "x.npz"), ("expects 5 features",)),
+        (
+            ("quantize", path, data, "--out", "x.npz", "--calibration-rows", "5"),
+            ("at least 32",),
+        ),  # fmt: skip
+        (("quantize", path, data, "--out", "nodir/x.npz"), ("nodir", "does not exist")),
+        (("quantize", path, data, "--out", "x.npz", "--report", "."), ("directory",)),
+        (("quantize", "missing.npz", data, "--out", "x.npz"), ("missing.npz", "does not exist")),
+    ]
+    for args, fragments in cases:
+        assert_user_error(run(tmp_path, *args), *fragments)
+    assert not (tmp_path / "x.npz").exists()
