@@ -39,7 +39,8 @@ static int {n}_round(float v)
 
 /* Quantize n floats: q = rint(clamp(x * inv, -zero_point, 127 - zero_point)) + zero_point.
    NaN becomes zero_point's lowest value: inputs are not checked. */
-static void {n}_quantize(size_t n, const float *x, float inv, int zero_point, uint8_t *q)
+static void {n}_quantize(size_t n, const float *restrict x, float inv, int zero_point,
+    uint8_t *restrict q)
 {{
     const float lo = (float)-zero_point, hi = (float)(127 - zero_point);
     size_t i;
@@ -74,8 +75,8 @@ def _kernel_requantize(ctx: fc._Ctx) -> str:
     return f"""\
 /* Hidden layer epilogue: y = acc * mult + b (two float roundings), ReLU and requantize,
    q = rint(clamp(y * inv, 0, 127)). */
-static void {n}_requantize(size_t n, const int32_t *acc, const float *mult, const float *b,
-    float inv, uint8_t *q)
+static void {n}_requantize(size_t n, const int32_t *restrict acc,
+    const float *restrict mult, const float *restrict b, float inv, uint8_t *restrict q)
 {{
     size_t j;
     for (j = 0; j < n; j++) {{
