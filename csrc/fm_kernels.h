@@ -83,12 +83,13 @@ void fm_dropout_f(ptrdiff_t n, ptrdiff_t m, const float *A, float *mask, float *
 void fm_dropout_d(ptrdiff_t n, ptrdiff_t m, const double *A, double *mask, double *out,
                   double p, uint64_t seed, ptrdiff_t row0);
 
-/* Adam step t >= 1 with bias correction, as Kingma & Ba and torch.optim.Adam.  p, m, v:
-   INOUT n; g: IN n. */
+/* Adam step t >= 1 with bias correction, as Kingma & Ba and torch.optim.Adam; with
+   weight_decay > 0 AdamW's decoupled decay first, p *= 1 - lr * weight_decay, as
+   torch.optim.AdamW (0: plain Adam).  p, m, v: INOUT n; g: IN n. */
 void fm_adam_f(ptrdiff_t n, float *p, const float *g, float *m, float *v, double lr,
-               double beta1, double beta2, double eps, int64_t t);
+               double beta1, double beta2, double eps, int64_t t, double weight_decay);
 void fm_adam_d(ptrdiff_t n, double *p, const double *g, double *m, double *v, double lr,
-               double beta1, double beta2, double eps, int64_t t);
+               double beta1, double beta2, double eps, int64_t t, double weight_decay);
 
 /* SGD with momentum, torch convention: vel = momentum * vel + g; p -= lr * vel.  p, vel:
    INOUT n; g: IN n. */

@@ -240,11 +240,14 @@ void FN(fm_dropout)(ptrdiff_t n, ptrdiff_t m, const T *A, T *mask, T *out, doubl
 
 FM_CPU_DISPATCH
 void FN(fm_adam)(ptrdiff_t n, T *p, const T *g, T *m, T *v, double lr, double beta1,
-                 double beta2, double eps, int64_t t)
+                 double beta2, double eps, int64_t t, double weight_decay)
 {
     /* Fold both bias corrections into the step size and eps (Kingma & Ba, sec. 2). */
     const double c1 = 1 - pow(beta1, (double)t), c2 = 1 - pow(beta2, (double)t);
     const T step = (T)(lr / c1), inv_sqrt_c2 = (T)(1 / sqrt(c2));
+    /* AdamW's decoupled decay, p *= 1 - lr * wd before the Adam step (torch.optim.AdamW;
+       Loshchilov & Hutter 2019). Without decay it is 1, and p * 1 - x rounds as p - x. */
+    const T decay = (T)(1 - lr * weight_decay);
     const T b1 = (T)beta1, b2 = (T)beta2, e = (T)eps, one = 1;
     T *restrict pp = p, *restrict mm = m, *restrict vv = v;
     const T *restrict gg = g;
@@ -252,7 +255,7 @@ void FN(fm_adam)(ptrdiff_t n, T *p, const T *g, T *m, T *v, double lr, double be
         const T gi = gg[i];
         mm[i] = b1 * mm[i] + (one - b1) * gi;
         vv[i] = b2 * vv[i] + (one - b2) * gi * gi;
-        pp[i] -= step * mm[i] / (SQRT(vv[i]) * inv_sqrt_c2 + e);
+        pp[i] = pp[i] * decay - step * mm[i] / (SQRT(vv[i]) * inv_sqrt_c2 + e);
     }
 }
 

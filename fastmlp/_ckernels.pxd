@@ -48,9 +48,10 @@ cdef extern from "fm_kernels.h" nogil:
     void fm_dropout_d(Py_ssize_t n, Py_ssize_t m, const double *A, double *mask,
                       double *out, double p, uint64_t seed, Py_ssize_t row0)
     void fm_adam_f(Py_ssize_t n, float *p, const float *g, float *m, float *v, double lr,
-                   double beta1, double beta2, double eps, int64_t t)
+                   double beta1, double beta2, double eps, int64_t t, double weight_decay)
     void fm_adam_d(Py_ssize_t n, double *p, const double *g, double *m, double *v,
-                   double lr, double beta1, double beta2, double eps, int64_t t)
+                   double lr, double beta1, double beta2, double eps, int64_t t,
+                   double weight_decay)
     void fm_sgd_f(Py_ssize_t n, float *p, const float *g, float *vel, double lr,
                   double momentum)
     void fm_sgd_d(Py_ssize_t n, double *p, const double *g, double *vel, double lr,
@@ -171,11 +172,11 @@ cdef inline void dropout(Py_ssize_t n, Py_ssize_t m, const floating *A, floating
 
 cdef inline void adam(Py_ssize_t n, floating *p, const floating *g, floating *m, floating *v,
                       double lr, double beta1, double beta2, double eps,
-                      int64_t t) noexcept nogil:
+                      int64_t t, double weight_decay) noexcept nogil:
     if floating is float:
-        fm_adam_f(n, p, g, m, v, lr, beta1, beta2, eps, t)
+        fm_adam_f(n, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay)
     else:
-        fm_adam_d(n, p, g, m, v, lr, beta1, beta2, eps, t)
+        fm_adam_d(n, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay)
 
 
 cdef inline void sgd(Py_ssize_t n, floating *p, const floating *g, floating *vel, double lr,

@@ -144,12 +144,16 @@ def dropout(const floating[:, ::1] A, double p, uint64_t seed, Py_ssize_t row0=0
 
 
 def adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
-         double lr, double beta1, double beta2, double eps, int64_t t):
-    """One Adam update of p (and its moments m, v) in place; t is the step, from 1."""
+         double lr, double beta1, double beta2, double eps, int64_t t,
+         double weight_decay=0.0):
+    """One Adam update of p (and its moments m, v) in place; t is the step, from 1.
+    With weight_decay, AdamW's decoupled decay p *= 1 - lr * weight_decay comes first."""
     _check(g.shape[0] == p.shape[0] == m.shape[0] == v.shape[0], "sizes differ")
     _check(t >= 1, "t counts from 1")
+    _check(weight_decay >= 0, "weight_decay must be >= 0")
     with nogil:
-        fm.adam(p.shape[0], &p[0], &g[0], &m[0], &v[0], lr, beta1, beta2, eps, t)
+        fm.adam(p.shape[0], &p[0], &g[0], &m[0], &v[0], lr, beta1, beta2, eps, t,
+                weight_decay)
 
 
 def sgd(floating[::1] p, const floating[::1] g, floating[::1] velocity, double lr,

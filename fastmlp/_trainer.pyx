@@ -66,13 +66,15 @@ cdef enum:
 cpdef enum Optimizer:
     OPT_ADAM = 0
     OPT_SGD = 1
+    OPT_ADAMW = 2        # Adam with decoupled weight decay; Adam's state layout
 
 cpdef enum Status:
     STATUS_DONE = 0          # the epoch ran to its end
     STATUS_TIME = 1          # stopped at the deadline
     STATUS_NONFINITE = 2     # stopped on a NaN or inf mini-batch loss
 
-OPTIMIZERS = {"adam": OPT_ADAM, "sgd": OPT_SGD}
+OPTIMIZERS = {"adam": OPT_ADAM, "sgd": OPT_SGD, "adamw": OPT_ADAMW}
+ADAM_FAMILY = ("adam", "adamw")   # the optimizers with two moments (state2)
 MAX_STEPS = 1 << 62      # optimizer step counts beyond this are refused
 
 
@@ -95,6 +97,7 @@ cdef struct Hyper:
     int loss
     int optimizer
     double lr, beta1, beta2, eps, momentum, l2, dropout
+    double weight_decay                 # AdamW's decoupled decay (0 for the others)
     int64_t t                           # optimizer step, >= 1 during an update
 
 
@@ -224,6 +227,7 @@ cdef class Trainer:
         self.n_threads = n_threads
         self.h.loss = network.loss
         self.h.optimizer = -1
+        self.h.weight_decay = 0
         self.h.l2 = l2
         self.h.dropout = dropout
         self.h.t = 0
@@ -244,18 +248,24 @@ cdef class Trainer:
         return (w.size + network.layout.n_params) * network.dtype.itemsize
 
     def set_optimizer(self, str name, dict state, *, betas=(0.9, 0.999), double eps=1e-8,
-                      double momentum=0.9):
-        """Use optimizer `name` ("adam" or "sgd") with its memory in `state`.
+                      double momentum=0.9, double weight_decay=0.0):
+        """Use optimizer `name` ("adam", "adamw" or "sgd") with its memory in `state`.
 
         state: ``{"t": steps so far, "state1": ..., "state2": ...}``, arrays shaped like
         the parameters (Adam's two moments, or SGD's velocity in state1), updated in
-        place; ``t`` is read here and kept in :attr:`t`.
+        place; ``t`` is read here and kept in :attr:`t`. `weight_decay` is AdamW's
+        decoupled decay of every parameter (weights and biases, as torch.optim.AdamW).
         """
         if name not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}; got {name!r}")
+        if not (weight_decay >= 0 and isfinite(weight_decay)):
+            raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay}")
+        if weight_decay and name != "adamw":
+            raise ValueError("weight_decay is AdamW's decoupled decay: use optimizer='adamw' "
+                             "(or l2 for a penalty in the gradient)")
         s1, s2, t = state["state1"], state["state2"], state["t"]
         shape, dtype = self.network.params.shape, self.network.dtype
-        for s in ((s1, s2) if name == "adam" else (s1,)):
+        for s in ((s1, s2) if name in ADAM_FAMILY else (s1,)):
             if not (isinstance(s, np.ndarray) and s.shape == shape and s.dtype == dtype
                     and s.flags.c_contiguous and s.flags.aligned and s.flags.writeable):
                 raise ValueError("optimizer state does not match the parameters")
@@ -265,8 +275,9 @@ cdef class Trainer:
         self.h.beta1, self.h.beta2 = betas
         self.h.eps = eps
         self.h.momentum = momentum
+        self.h.weight_decay = weight_decay
         self.h.t = t
-        self.state1, self.state2 = s1, s2 if name == "adam" else s1
+        self.state1, self.state2 = s1, s2 if name in ADAM_FAMILY else s1
 
     @property
     def t(self):
@@ -615,9 +626,9 @@ cdef inline void optimizer_update(const Hyper *h, const Buffers *buf, floating *
     cdef floating *p = params + off
     cdef const floating *g = (<const floating *> buf.grads) + off
     cdef floating *s1 = (<floating *> buf.state1) + off
-    if h.optimizer == OPT_ADAM:
+    if h.optimizer == OPT_ADAM or h.optimizer == OPT_ADAMW:
         fm.adam(n, p, g, s1, (<floating *> buf.state2) + off, h.lr, h.beta1, h.beta2, h.eps,
-                h.t)
+                h.t, h.weight_decay)
     else:
         fm.sgd(n, p, g, s1, h.lr, h.momentum)
 

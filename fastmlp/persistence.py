@@ -1,6 +1,6 @@
 """Saving and loading models: one ``.npz`` file, written atomically, read without pickle.
 
-File format, version 2
+File format, version 3
 ----------------------
 A zip archive of ``.npy`` arrays as :func:`numpy.savez` writes it (members stored, not
 compressed). No array holds Python objects, so loading never unpickles anything.
@@ -9,7 +9,7 @@ compressed). No array holds Python objects, so loading never unpickles anything.
 array           dtype, shape                content
 ==============  ==========================  =================================================
 ``format``      unicode, ()                 the marker ``"fastmlp-model"``
-``version``     int64, ()                   the format version: 1, or 2 for a regressor
+``version``     int64, ()                   the format version: 1, 2 or 3 (see below)
 ``meta``        unicode, ()                 a JSON object, keys below
 ``params``      float32 or float64,         the flat parameter buffer: W_1, b_1, W_2, b_2, ...
                 (n_params,)                 row-major, W_i of shape (fan_in, fan_out)
@@ -17,7 +17,7 @@ array           dtype, shape                content
                 unicode, (n_outputs,)       (a regressor: float64, empty, shape (0,))
 ``opt_state1``  as ``params``, (n_params,)  optimizer memory: Adam's first moment, SGD's
                                             velocity (only with saved optimizer state)
-``opt_state2``  as ``params``, (n_params,)  Adam's second moment; empty, shape (0,), for SGD
+``opt_state2``  as ``params``, (n_params,)  Adam's (AdamW's) second moment; empty, (0,), for SGD
                 or (0,)                     (only with saved optimizer state)
 ==============  ==========================  =================================================
 
@@ -27,11 +27,14 @@ array           dtype, shape                content
 for a regressor),
 ``classes_dtype`` (the numpy dtype string of ``classes``, e.g. ``"<i8"`` or ``"<U7"``),
 ``history`` (``{name: [number, ...]}``; NaN and infinities as Python's :mod:`json`
-writes them), ``optimizer`` (null, or ``{"name": "adam" | "sgd", "t": steps taken}``)
+writes them), ``optimizer`` (null, or ``{"name": "adam" | "adamw" | "sgd", "t": steps taken}``)
 and ``fastmlp_version`` (the writer's version, for information only).
 
-Version 2 added regressors (``loss`` ``"squared_error"``, no classes). A classifier is
-still written as version 1, so fastmlp releases that read only version 1 load it.
+Version 2 added regressors (``loss`` ``"squared_error"``, no classes). Version 3 added
+AdamW's optimizer state (``"adamw"``). A file is written with the lowest version that
+holds what it uses (a plain classifier as version 1, a squared-error regressor as 2), so
+older fastmlp releases load every file they can represent; a reader refuses a feature
+that its file's version does not have.
 
 A reader refuses files of a newer format version rather than guess at them, and checks
 every array against ``meta`` before it decompresses or allocates anything, so a damaged or
@@ -65,13 +68,13 @@ from fastmlp._network import (
     WIDTH_LIMIT,
     count_params,
 )
-from fastmlp._trainer import OPTIMIZERS
+from fastmlp._trainer import ADAM_FAMILY, OPTIMIZERS
 from fastmlp.model import MLP
 
 __all__ = ["FORMAT_VERSION", "load", "save"]
 
 FORMAT_MARKER = "fastmlp-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 NO_CLASSES = "none"  # classes_kind of a regressor
 # Slack for the .npy header in front of each array's data: numpy itself refuses headers
 # over 10000 bytes, and its own are about 128.
@@ -183,7 +186,7 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
     }
     arrays = {
         "format": np.array(FORMAT_MARKER),
-        "version": np.array(2 if regressor else 1, dtype=np.int64),
+        "version": np.array(1, dtype=np.int64),
         "params": params,
         "classes": classes,
     }
@@ -192,6 +195,7 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
         meta["optimizer"] = {"name": name, "t": t}
         arrays["opt_state1"] = state1
         arrays["opt_state2"] = state2
+    arrays["version"] = np.array(_format_version(meta), dtype=np.int64)
     text = json.dumps(meta)
     if len(text) > MAX_META_CHARS:
         raise ValueError(
@@ -201,6 +205,13 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
     # A 0-d unicode array, not an object array: it loads without pickle.
     arrays["meta"] = np.array(text)
     return arrays
+
+
+def _format_version(meta: dict[str, Any]) -> int:
+    """The lowest format version that holds what ``meta`` describes."""
+    if meta["optimizer"] is not None and meta["optimizer"]["name"] == "adamw":
+        return 3
+    return 2 if meta["loss"] == REGRESSION_LOSS else 1
 
 
 def _storable_classes(classes: np.ndarray) -> np.ndarray:
@@ -267,7 +278,7 @@ def _checked_optimizer(state: Any, params: np.ndarray) -> tuple[str, int, np.nda
         ) from None
     state1, state2 = np.asarray(state1), np.asarray(state2)
     n = params.size
-    shape2 = (n,) if name == "adam" else (0,)
+    shape2 = (n,) if name in ADAM_FAMILY else (0,)
     if (
         name not in OPTIMIZERS
         or isinstance(t, bool)
@@ -469,7 +480,7 @@ class _Reader:
         if optimizer is not None:
             if len(present) != 2:
                 raise self.error(f"optimizer state is incomplete: it has only {present}")
-            n2 = n_params if optimizer["name"] == "adam" else 0
+            n2 = n_params if optimizer["name"] in ADAM_FAMILY else 0
             state1 = self._array("opt_state1", limit, "f", (n_params,), dtype)
             state2 = self._array(
                 "opt_state2", n2 * dtype.itemsize + HEADER_ALLOWANCE, "f", (n2,), dtype
@@ -633,9 +644,11 @@ class _Reader:
             and 0 <= optimizer["t"] < 2**62
         ):
             raise self.error(
-                f'optimizer must be null or {{"name": "adam" or "sgd", "t": int >= 0}}; '
-                f"got {optimizer!r:.200}"
+                f'optimizer must be null or {{"name": one of {tuple(OPTIMIZERS)}, "t": '
+                f"int >= 0}}; got {optimizer!r:.200}"
             )
+        if optimizer is not None and optimizer["name"] == "adamw" and self.version < 3:
+            raise self.error(f"format version {self.version} holds no AdamW state")
         return meta
 
     def _check_history(self, history: Any) -> None:

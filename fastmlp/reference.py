@@ -180,6 +180,14 @@ def adam(p, g, m, v, lr, beta1, beta2, eps, t):
     return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
 
 
+def adamw(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay):
+    """One AdamW step (Loshchilov & Hutter 2019), in torch.optim.AdamW's order: the
+    decoupled decay ``p * (1 - lr * weight_decay)`` first, then the Adam step of the loss
+    gradient alone. Returns the new ``(p, m, v)``."""
+    p = p * (1 - lr * weight_decay)
+    return adam(p, g, m, v, lr, beta1, beta2, eps, t)
+
+
 def sgd(p, g, velocity, lr, momentum):
     """One step of SGD with momentum (torch convention). Returns ``(p, velocity)``."""
     velocity = momentum * velocity + g
@@ -277,6 +285,7 @@ def train_step(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.9,
+    weight_decay: float = 0.0,
     l2: float = 0.0,
     sample_weight: np.ndarray | None = None,
     masks: Sequence[np.ndarray | None] | None = None,
@@ -285,7 +294,8 @@ def train_step(
 
     ``state`` holds the optimizer's memory: ``{"t": steps so far, "m": [...], "v": [...]}``
     for Adam (moments per parameter, weights then bias per layer) or
-    ``{"velocity": [...]}`` for SGD; missing entries start at zero.
+    ``{"velocity": [...]}`` for SGD; missing entries start at zero. ``optimizer="adamw"``
+    is Adam with the decoupled ``weight_decay`` of every parameter.
 
     Returns
     -------
@@ -298,11 +308,14 @@ def train_step(
     params = [p for pair in zip(weights, biases) for p in pair]
     grads = [g for pair in zip(dW, db) for g in pair]
     zeros = [np.zeros_like(p) for p in params]
-    if optimizer == "adam":
+    if optimizer in ("adam", "adamw"):
         state["t"] = state.get("t", 0) + 1
         m, v = state.setdefault("m", zeros), state.setdefault("v", list(zeros))
+        wd = weight_decay if optimizer == "adamw" else 0.0
         for i, (p, g) in enumerate(zip(params, grads)):
-            new_p, m[i], v[i] = adam(p, g, m[i], v[i], lr, betas[0], betas[1], eps, state["t"])
+            new_p, m[i], v[i] = adamw(
+                p, g, m[i], v[i], lr, betas[0], betas[1], eps, state["t"], wd
+            )
             p[...] = new_p
     elif optimizer == "sgd":
         vel = state.setdefault("velocity", zeros)

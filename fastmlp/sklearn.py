@@ -95,8 +95,13 @@ _SHARED_PARAMETERS = """hidden_layer_sizes : int or tuple of int, default=(100,)
         Adam's decay rates of the first and second moment estimates.
     epsilon : float, default=1e-8
         Adam's numerical-stability constant.
-    solver : {"adam", "sgd"}, default="adam"
-        Optimizer ("lbfgs" is not available).
+    solver : {"adam", "adamw", "sgd"}, default="adam"
+        Optimizer ("lbfgs" is not available); "adamw" is Adam with decoupled
+        ``weight_decay`` (PyTorch's AdamW).
+    weight_decay : float or None, default=None
+        AdamW's decoupled weight decay of every parameter, biases included (as
+        ``torch.optim.AdamW``); None means PyTorch's 0.01 with ``solver="adamw"``. Only
+        "adamw" takes it: ``alpha`` is the L2 penalty of the other solvers (fastmlp only).
     momentum : float, default=0.9
         Momentum of SGD.
     warm_start : bool, default=False
@@ -169,6 +174,7 @@ class _BaseMLP(BaseEstimator):
         verbose: bool = False,
         warm_start: bool = False,
         momentum: float = 0.9,
+        weight_decay: float | None = None,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         beta_1: float = 0.9,
@@ -192,6 +198,7 @@ class _BaseMLP(BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
         self.momentum = momentum
+        self.weight_decay = weight_decay
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.beta_1 = beta_1
@@ -254,6 +261,7 @@ class _BaseMLP(BaseEstimator):
             "betas": (self.beta_1, self.beta_2),
             "eps": self.epsilon,
             "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
             "l2": self.alpha,
             "dropout": self.dropout,
             "shuffle": self.shuffle,
@@ -415,7 +423,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier trained by fastmlp's multi-threaded kernels.
 
     A drop-in for :class:`sklearn.neural_network.MLPClassifier` with the "adam" and
-    "sgd" solvers. The output layer is a softmax over all classes, binary problems
+    "sgd" solvers (and "adamw"). The output layer is a softmax over all classes, binary problems
     included (two outputs, not one logistic unit); the loss is cross-entropy.
 
     Parameters
@@ -578,7 +586,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor trained by fastmlp's multi-threaded kernels.
 
     A drop-in for :class:`sklearn.neural_network.MLPRegressor` with the "adam" and
-    "sgd" solvers: identity output layer, one unit per target, trained on half the
+    "sgd" solvers (and "adamw"): identity output layer, one unit per target, trained on half the
     squared error averaged over the outputs (scikit-learn's ``squared_error``).
     Targets are fitted as given: standardise them (e.g. with
     :class:`sklearn.compose.TransformedTargetRegressor`) when they are far from unit scale.

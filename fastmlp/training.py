@@ -19,7 +19,7 @@ import numpy as np
 
 from fastmlp._network import LAYERS_LIMIT, REGRESSION_LOSS
 from fastmlp._threads import blas_guard, effective_n_threads
-from fastmlp._trainer import OPTIMIZERS, Status, Trainer
+from fastmlp._trainer import ADAM_FAMILY, OPTIMIZERS, Status, Trainer
 from fastmlp._validation import (
     check_dtype,
     check_float,
@@ -114,6 +114,7 @@ def train(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.9,
+    weight_decay: float | None = None,
     l2: float = 0.0,
     dropout: float = 0.0,
     validation_split: float = 0.0,
@@ -150,8 +151,9 @@ def train(
         targets. "squared_error" trains a regressor: half the squared error against
         real targets, averaged over the outputs (as scikit-learn's MLPRegressor).
         Targets are used as given; standardising them helps, as it does X.
-    optimizer : {"adam", "sgd"}
-        Adam (``lr``, ``betas``, ``eps``) or SGD with ``momentum``.
+    optimizer : {"adam", "adamw", "sgd"}
+        Adam (``lr``, ``betas``, ``eps``), AdamW (Adam with ``weight_decay``) or SGD with
+        ``momentum``.
     epochs : int
         Passes over the training data.
     batch_size : int
@@ -159,6 +161,12 @@ def train(
         of at least n_samples gives full-batch gradient descent.
     lr, betas, eps, momentum : float
         Optimizer settings, named as in ``torch.optim``.
+    weight_decay : float >= 0, optional
+        AdamW's decoupled weight decay, as ``torch.optim.AdamW``: every step first
+        multiplies each parameter by ``1 - lr * weight_decay``, then takes the Adam step
+        on the loss gradient alone. It applies to all parameters, biases included (as
+        PyTorch does by default; ``l2`` penalises the weights only). Default 0.01
+        (PyTorch's) with ``optimizer="adamw"``; other optimizers refuse it (use ``l2``).
     lr_schedule : {"cosine"} or callable, optional
         Per-epoch learning-rate multiplier. "cosine" anneals from ``lr`` towards 0 over
         the ``epochs`` of this call (Loshchilov & Hutter 2017, without restarts); a
@@ -238,6 +246,7 @@ class _Options:
     betas: tuple[float, float]
     eps: float
     momentum: float
+    weight_decay: float | None
     l2: float
     dropout: float
     validation_split: float
@@ -278,6 +287,14 @@ class _Options:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer must be one of {tuple(OPTIMIZERS)}; got {self.optimizer!r}"
+            )
+        if self.weight_decay is None:
+            self.weight_decay = 0.01 if self.optimizer == "adamw" else 0.0
+        self.weight_decay = check_float(self.weight_decay, "weight_decay", 0.0, math.inf)
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ValueError(
+                f"weight_decay={self.weight_decay} is AdamW's decoupled decay: use "
+                f"optimizer='adamw', or l2 for a penalty with optimizer={self.optimizer!r}"
             )
         if self.early_stopping and self.validation_data is None and not self.validation_split:
             raise ValueError("early_stopping needs validation_split > 0 or validation_data")
@@ -385,7 +402,7 @@ def _allocate(model: MLP, data: _Data, opts: _Options) -> Trainer:
     )
     state = model._optimizer
     if state is None or state["name"] != opts.optimizer:
-        adam = opts.optimizer == "adam"
+        adam = opts.optimizer in ADAM_FAMILY
         state = {
             "name": opts.optimizer,
             "t": 0,
@@ -397,7 +414,12 @@ def _allocate(model: MLP, data: _Data, opts: _Options) -> Trainer:
         for key in ("state1", "state2"):
             state[key] = np.require(state[key], requirements=["C", "A", "W"])
     trainer.set_optimizer(
-        opts.optimizer, state, betas=opts.betas, eps=opts.eps, momentum=opts.momentum
+        opts.optimizer,
+        state,
+        betas=opts.betas,
+        eps=opts.eps,
+        momentum=opts.momentum,
+        weight_decay=opts.weight_decay,
     )
     return trainer
 
