@@ -48,13 +48,16 @@ int fm_all_finite_d(ptrdiff_t n, const double *x);
 void fm_softmax_f(ptrdiff_t n, ptrdiff_t k, float *Z);
 void fm_softmax_d(ptrdiff_t n, ptrdiff_t k, double *Z);
 
-/* Fused softmax + cross-entropy, returns sum_i w_i * -log p[i, y_i].  Z: INOUT logits in,
-   probabilities out; y: IN n labels in [0, k); w: IN n weights or NULL (all 1); dZ: OUT
-   n*k or NULL, scale * w_i * (p - onehot(y)); n_correct: INOUT, += rows argmax(Z) == y. */
+/* Fused softmax + cross-entropy against the label-smoothed target q = (1 - smoothing)
+   onehot(y) + smoothing / k (smoothing in [0, 1), as torch.nn.CrossEntropyLoss), returns
+   sum_i w_i * -sum_j q[i, j] log p[i, j] (with smoothing 0: -log p[i, y_i]).  Z: INOUT
+   logits in, probabilities out; y: IN n labels in [0, k); w: IN n weights or NULL (all 1);
+   dZ: OUT n*k or NULL, scale * w_i * (p - q); n_correct: INOUT, += rows argmax(Z) == y. */
 double fm_softmax_xent_f(ptrdiff_t n, ptrdiff_t k, float *Z, const int32_t *y, const float *w,
-                         double scale, float *dZ, int64_t *n_correct);
+                         double scale, double smoothing, float *dZ, int64_t *n_correct);
 double fm_softmax_xent_d(ptrdiff_t n, ptrdiff_t k, double *Z, const int32_t *y,
-                         const double *w, double scale, double *dZ, int64_t *n_correct);
+                         const double *w, double scale, double smoothing, double *dZ,
+                         int64_t *n_correct);
 
 /* Squared error against one-hot targets, returns sum_i w_i * 0.5 * |a_i - t_i|^2.  A: IN
    n*k; y, w, n_correct as in fm_softmax_xent; dA: OUT n*k or NULL, scale * w_i * (a - t). */

@@ -134,25 +134,42 @@ void FN(fm_softmax)(ptrdiff_t n, ptrdiff_t k, T *Z)
 }
 
 double FN(fm_softmax_xent)(ptrdiff_t n, ptrdiff_t k, T *Z, const int32_t *y, const T *w,
-                           double scale, T *dZ, int64_t *n_correct)
+                           double scale, double smoothing, T *dZ, int64_t *n_correct)
 {
+    /* Label smoothing (torch.nn.CrossEntropyLoss): the target is q = (1 - s) onehot(y)
+       + s / k, so the loss is -sum_j q_j log p_j = lse - on (z_y - max) - off sum_j
+       (z_j - max) and its gradient p - q. Without smoothing the plain formulas run. */
+    const T on = (T)(1 - smoothing), off = (T)(smoothing / (double)k);
     double loss = 0;
     int64_t correct = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
         T *z = Z + i * k;
         const ptrdiff_t yi = y[i];
         const T zy = z[yi];
-        correct += FN(argmax_row)(k, z) == yi;
+        const ptrdiff_t best = FN(argmax_row)(k, z);
+        correct += best == yi;
+        T zsum = 0; /* sum_j (z_j - max), before softmax_row overwrites z */
+        if (smoothing > 0)
+            for (ptrdiff_t j = 0; j < k; j++) zsum += z[j] - z[best];
         T mx;
         /* -log p_y = log sum exp(z - max) - (z_y - max): finite even for logits of 1e4. */
         const T lse = FN(softmax_row)(k, z, &mx);
         const T wi = w ? w[i] : 1;
-        loss += (double)wi * (double)(lse - (zy - mx));
+        if (smoothing > 0)
+            loss += (double)wi * (double)(lse - on * (zy - mx) - off * zsum);
+        else
+            loss += (double)wi * (double)(lse - (zy - mx));
         if (dZ) {
             T *restrict d = dZ + i * k;
             const T c = (T)scale * wi;
-            for (ptrdiff_t j = 0; j < k; j++) d[j] = c * z[j];
-            d[yi] -= c;
+            if (smoothing > 0) {
+                const T c_off = c * off;
+                for (ptrdiff_t j = 0; j < k; j++) d[j] = c * z[j] - c_off;
+                d[yi] -= c * on;
+            } else {
+                for (ptrdiff_t j = 0; j < k; j++) d[j] = c * z[j];
+                d[yi] -= c;
+            }
         }
     }
     *n_correct += correct;

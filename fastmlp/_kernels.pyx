@@ -64,11 +64,13 @@ def _labels(y, Py_ssize_t n, Py_ssize_t k):
 
 
 def softmax_cross_entropy(floating[:, ::1] Z, y, const floating[::1] sample_weight=None,
-                          double scale=1.0):
+                          double scale=1.0, double label_smoothing=0.0):
     """Fused softmax + cross-entropy; Z becomes the probabilities.
 
-    Returns ``(loss_sum, n_correct, dZ)`` with dZ = scale * w * (softmax(Z) - onehot(y)).
+    Returns ``(loss_sum, n_correct, dZ)`` with dZ = scale * w * (softmax(Z) - q), q the
+    one-hot target smoothed by `label_smoothing` (q = onehot(y) without).
     """
+    _check(0 <= label_smoothing < 1, "label_smoothing must lie in [0, 1)")
     cdef int32_t[::1] yy = _labels(y, Z.shape[0], Z.shape[1])
     cdef const floating *w = NULL
     if sample_weight is not None:
@@ -80,7 +82,7 @@ def softmax_cross_entropy(floating[:, ::1] Z, y, const floating[::1] sample_weig
     cdef double loss
     with nogil:
         loss = fm.softmax_xent(Z.shape[0], Z.shape[1], &Z[0, 0], &yy[0], w, scale,
-                               &d[0, 0], &correct)
+                               label_smoothing, &d[0, 0], &correct)
     return loss, correct, dZ
 
 

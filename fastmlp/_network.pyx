@@ -246,8 +246,8 @@ cdef double loss_sum(int loss, floating[:, ::1] out, y, int64_t *n_correct) exce
     labels = y
     with nogil:
         if loss == LOSS_CROSS_ENTROPY:
-            total = fm.softmax_xent(n, k, &out[0, 0], &labels[0], wp, 0, <floating *> NULL,
-                                    n_correct)
+            total = fm.softmax_xent(n, k, &out[0, 0], &labels[0], wp, 0, 0,
+                                    <floating *> NULL, n_correct)
         else:
             total = fm.mse(n, k, &out[0, 0], &labels[0], wp, 0, <floating *> NULL,
                            n_correct)

@@ -98,6 +98,7 @@ cdef struct Hyper:
     int optimizer
     double lr, beta1, beta2, eps, momentum, l2, dropout
     double weight_decay                 # AdamW's decoupled decay (0 for the others)
+    double smoothing                    # label smoothing of the cross-entropy
     int64_t t                           # optimizer step, >= 1 during an update
 
 
@@ -187,6 +188,8 @@ cdef class Trainer:
         L2 penalty ``0.5 * l2 * sum W^2`` (weights only), part of the gradient.
     dropout : float in [0, 1)
         Inverted-dropout rate of the hidden layers' outputs.
+    label_smoothing : float in [0, 1)
+        Label smoothing of the cross-entropy (torch.nn.CrossEntropyLoss's).
     """
     cdef readonly Network network
     cdef const Layout *lay
@@ -199,7 +202,8 @@ cdef class Trainer:
     cdef int64_t n_last                 # rows of the last step (for dropout_masks)
 
     def __init__(self, Network network, X, y, sample_weight=None, *,
-                 Py_ssize_t batch_size, int n_threads, double l2=0.0, double dropout=0.0):
+                 Py_ssize_t batch_size, int n_threads, double l2=0.0, double dropout=0.0,
+                 double label_smoothing=0.0):
         dtype = network.dtype
         if not (isinstance(X, np.ndarray) and X.dtype == dtype and X.ndim == 2
                 and X.flags.c_contiguous and X.flags.aligned):
@@ -210,6 +214,10 @@ cdef class Trainer:
             raise ValueError("batch_size and n_threads must be at least 1")
         if not (l2 >= 0 and isfinite(l2)) or not 0 <= dropout < 1:
             raise ValueError("l2 must be >= 0 and dropout in [0, 1)")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1); got {label_smoothing}")
+        if label_smoothing and network.loss != LOSS_CROSS_ENTROPY:
+            raise ValueError("label_smoothing applies to the cross-entropy loss only")
         check_codes(network.loss, y, X.shape[0],
                       network.layout.sizes[network.layout.n_layers])
         if sample_weight is not None and not (
@@ -230,6 +238,7 @@ cdef class Trainer:
         self.h.weight_decay = 0
         self.h.l2 = l2
         self.h.dropout = dropout
+        self.h.smoothing = label_smoothing
         self.h.t = 0
         self.wsl = workspace_layout(self.lay, self.batch_size, dropout > 0,
                                     network.loss == LOSS_SQUARED_ERROR, dtype.itemsize)
@@ -537,7 +546,7 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
     if h.loss == LOSS_SQUARED_ERROR:
         loss = fm.squared_error(nr, k, zL, trow, wrow, scale, dL)
     elif h.loss == LOSS_CROSS_ENTROPY:   # its softmax is part of the loss
-        loss = fm.softmax_xent(nr, k, zL, yrow, wrow, scale, dL, n_correct)
+        loss = fm.softmax_xent(nr, k, zL, yrow, wrow, scale, h.smoothing, dL, n_correct)
     else:
         loss = fm.mse(nr, k, zL, yrow, wrow, scale, dL, n_correct)
     if h.loss != LOSS_CROSS_ENTROPY:

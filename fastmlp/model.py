@@ -322,12 +322,20 @@ class MLP:
         return float(np.average(out.argmax(axis=1) == codes, weights=w))
 
     def loss_and_gradients(
-        self, X, y, *, sample_weight=None, l2: float = 0.0, n_threads: int | None = None
+        self,
+        X,
+        y,
+        *,
+        sample_weight=None,
+        l2: float = 0.0,
+        label_smoothing: float = 0.0,
+        n_threads: int | None = None,
     ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
         """Objective and gradient of every parameter, computed by the fast kernels.
 
         The objective is the weighted mean loss over (X, y) plus ``0.5 * l2 * sum W^2``
-        (weights, not biases). Use a float64 model for exact checks. ``y`` holds labels,
+        (weights, not biases); ``label_smoothing`` smooths the cross-entropy's targets (see
+        :func:`fastmlp.train`). Use a float64 model for exact checks. ``y`` holds labels,
         or a regressor's targets.
 
         Returns
@@ -342,6 +350,7 @@ class MLP:
         codes, targets = self._encode_y(y, X.shape[0])
         w = check_sample_weight(sample_weight, X.shape[0], self.dtype)
         l2 = check_float(l2, "l2", 0.0, float("inf"))
+        label_smoothing = check_label_smoothing(label_smoothing, self.loss)
         threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
         trainer = Trainer(
             self._network,
@@ -351,6 +360,7 @@ class MLP:
             batch_size=X.shape[0],
             n_threads=threads,
             l2=l2,
+            label_smoothing=label_smoothing,
         )
         with blas_guard():
             value = trainer.gradient()
@@ -432,6 +442,18 @@ class MLP:
         return (
             f"MLP({arch}, activation={self.activation!r}, loss={self.loss!r}, dtype={self.dtype})"
         )
+
+
+def check_label_smoothing(value, loss: str) -> float:
+    """``value`` as a float in [0, 1), refused (unless 0) for losses other than
+    cross-entropy."""
+    value = check_float(value, "label_smoothing", 0.0, 1.0)
+    if value and loss != "cross_entropy":
+        raise ValueError(
+            f"label_smoothing smooths the targets of loss='cross_entropy'; this model's loss "
+            f"is {loss!r}: leave label_smoothing at 0"
+        )
+    return value
 
 
 def r2_score(Y: np.ndarray, pred: np.ndarray, sample_weight: np.ndarray | None) -> float:

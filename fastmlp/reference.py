@@ -102,27 +102,32 @@ def softmax_cross_entropy(
     y: np.ndarray,
     sample_weight: np.ndarray | None = None,
     scale: float = 1.0,
+    label_smoothing: float = 0.0,
 ) -> tuple[float, int, np.ndarray]:
     """Softmax + cross-entropy of logits Z against labels y.
+
+    With ``label_smoothing = s`` the target of row i is ``q_i = (1 - s) onehot(y_i) + s / k``
+    (torch.nn.CrossEntropyLoss's label smoothing); without, ``q_i = onehot(y_i)``.
 
     Returns
     -------
     loss_sum : float
-        ``sum_i w_i * -log softmax(Z)[i, y_i]``, computed as log-sum-exp so that logits of
-        1e4 stay finite.
+        ``sum_i w_i * -sum_j q_ij log softmax(Z)_ij``, computed from log-sum-exp so that
+        logits of 1e4 stay finite.
     n_correct : int
         Rows whose arg-max is the label.
     dZ : ndarray
-        ``scale * w_i * (softmax(Z) - onehot(y))``, the gradient of ``scale * loss_sum``.
+        ``scale * w_i * (softmax(Z) - q_i)``, the gradient of ``scale * loss_sum``.
     """
-    n = Z.shape[0]
+    n, k = Z.shape
     w = _weights(n, sample_weight, Z.dtype)
     shifted = Z - Z.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(shifted).sum(axis=1))
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1))[:, None]
     rows = np.arange(n)
-    loss = float(np.sum(w.astype(np.float64) * (lse - shifted[rows, y])))
-    dZ = softmax(Z)
-    dZ[rows, y] -= 1
+    q = np.full(Z.shape, label_smoothing / k)
+    q[rows, y] += 1 - label_smoothing
+    loss = float(np.sum(w.astype(np.float64) * -(q * log_p).sum(axis=1)))
+    dZ = softmax(Z) - q
     dZ *= (scale * w)[:, None]
     return loss, int(np.sum(Z.argmax(axis=1) == y)), dZ.astype(Z.dtype)
 
@@ -226,6 +231,7 @@ def loss_and_gradients(
     l2: float = 0.0,
     sample_weight: np.ndarray | None = None,
     masks: Sequence[np.ndarray | None] | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
     """Objective and its gradient by backpropagation.
 
@@ -249,7 +255,7 @@ def loss_and_gradients(
     A = forward(weights, biases, X, activations, masks)
     L = len(weights)
     if loss == "cross_entropy":
-        total, _, dZ = softmax_cross_entropy(A[L], y, w, scale)
+        total, _, dZ = softmax_cross_entropy(A[L], y, w, scale, label_smoothing)
     elif loss == "mse":
         total, _, dA = mse(A[L], y, w, scale)
         dZ = act_backward(A[L], dA, activations[L - 1])
@@ -289,6 +295,7 @@ def train_step(
     l2: float = 0.0,
     sample_weight: np.ndarray | None = None,
     masks: Sequence[np.ndarray | None] | None = None,
+    label_smoothing: float = 0.0,
 ) -> float:
     """One mini-batch step, updating ``weights``, ``biases`` and ``state`` in place.
 
@@ -303,7 +310,7 @@ def train_step(
         The mini-batch objective before the update.
     """
     value, dW, db = loss_and_gradients(
-        weights, biases, X, y, activations, loss, l2, sample_weight, masks
+        weights, biases, X, y, activations, loss, l2, sample_weight, masks, label_smoothing
     )
     params = [p for pair in zip(weights, biases) for p in pair]
     grads = [g for pair in zip(dW, db) for g in pair]

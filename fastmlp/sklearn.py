@@ -430,6 +430,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ----------
     %(parameters)s
 
+    label_smoothing : float in [0, 1), default=0.0
+        Train against smoothed targets ``(1 - s) * onehot(y) + s / n_classes``, as
+        ``torch.nn.CrossEntropyLoss(label_smoothing=s)`` (fastmlp only).
+
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
@@ -447,10 +451,68 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     sklearn.neural_network.MLPClassifier : scikit-learn's own implementation.
     """
 
+    def __init__(
+        self,
+        hidden_layer_sizes: int | Sequence[int] = (100,),
+        activation: str | Sequence[str] = "relu",
+        *,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 0.001,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state=None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        weight_decay: float | None = None,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        dtype=np.float32,
+        n_threads: int | None = None,
+    ) -> None:
+        super().__init__(
+            hidden_layer_sizes,
+            activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate_init=learning_rate_init,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            dropout=dropout,
+            dtype=dtype,
+            n_threads=n_threads,
+        )
+        self.label_smoothing = label_smoothing
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = True
         return tags
+
+    def _train_options(self, n_samples: int) -> dict:
+        return {**super()._train_options(n_samples), "label_smoothing": self.label_smoothing}
 
     def _validate_Xy(self, X, y, reset: bool):
         X, y = _validate(self, X, y, reset=reset, dtype=check_dtype(self.dtype))

@@ -30,7 +30,7 @@ from fastmlp._validation import (
     check_targets,
     check_X,
 )
-from fastmlp.model import MLP
+from fastmlp.model import MLP, check_label_smoothing
 
 
 def init_params(model: MLP, rng: np.random.Generator) -> None:
@@ -117,6 +117,7 @@ def train(
     weight_decay: float | None = None,
     l2: float = 0.0,
     dropout: float = 0.0,
+    label_smoothing: float = 0.0,
     validation_split: float = 0.0,
     validation_data: tuple | None = None,
     early_stopping: bool = False,
@@ -175,6 +176,10 @@ def train(
         L2 penalty ``0.5 * l2 * sum W^2`` on the weights (not the biases).
     dropout : float in [0, 1)
         Inverted-dropout rate of the hidden layers' outputs during training only.
+    label_smoothing : float in [0, 1)
+        Cross-entropy against smoothed targets ``(1 - s) * onehot(y) + s / n_classes``, as
+        ``torch.nn.CrossEntropyLoss(label_smoothing=s)``; ``history["loss"]`` is that
+        objective, ``val_loss`` the plain cross-entropy. ``loss="cross_entropy"`` only.
     validation_split : float in [0, 1)
         Fraction of (X, y) held out, at random, to validate on after each epoch.
     validation_data : tuple (X_val, y_val), optional
@@ -249,6 +254,7 @@ class _Options:
     weight_decay: float | None
     l2: float
     dropout: float
+    label_smoothing: float
     validation_split: float
     validation_data: tuple | None
     early_stopping: bool
@@ -281,6 +287,7 @@ class _Options:
         self.momentum = check_float(self.momentum, "momentum", 0.0, 1.0)
         self.l2 = check_float(self.l2, "l2", 0.0, math.inf)
         self.dropout = check_float(self.dropout, "dropout", 0.0, 1.0)
+        self.label_smoothing = check_float(self.label_smoothing, "label_smoothing", 0.0, 1.0)
         self.validation_split = check_float(self.validation_split, "validation_split", 0.0, 1.0)
         if self.max_time is not None:
             self.max_time = check_float(self.max_time, "max_time", 0.0, math.inf, low_open=True)
@@ -399,6 +406,7 @@ def _allocate(model: MLP, data: _Data, opts: _Options) -> Trainer:
         n_threads=opts.threads,
         l2=opts.l2,
         dropout=opts.dropout,
+        label_smoothing=check_label_smoothing(opts.label_smoothing, model.loss),
     )
     state = model._optimizer
     if state is None or state["name"] != opts.optimizer:

@@ -8,6 +8,7 @@ and the scikit-learn estimators.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import numpy as np
@@ -271,3 +272,166 @@ def test_adamw_in_the_estimators():
     reg = MLPRegressor((8,), solver="adam", weight_decay=0.05, max_iter=2)
     with pytest.raises(ValueError, match="use optimizer='adamw'"):
         reg.fit(X, y.astype(float))
+
+
+# -- finite differences, shared by the options that change the gradient -----------------
+
+
+def fd_check(model, X, y, *, rtol=1e-6, max_params=200, **options):
+    """Central differences of model.loss_and_gradients' value against its gradient
+    (float64 models), on up to max_params parameters."""
+    _, dW, db = model.loss_and_gradients(X, y, n_threads=1, **options)
+    grad = np.concatenate([g.ravel() for pair in zip(dW, db) for g in pair])
+    slices = model._network.slices()
+    index = np.concatenate(
+        [np.arange(w, b + model.layer_sizes[i + 1]) for i, (w, b) in enumerate(slices)]
+    )
+    pick = np.linspace(0, index.size - 1, min(max_params, index.size)).astype(int)
+    p = model.params_
+    h = 1e-6
+    for j in pick:
+        i = index[j]
+        old = p[i]
+        p[i] = old + h
+        up = model.loss_and_gradients(X, y, n_threads=1, **options)[0]
+        p[i] = old - h
+        down = model.loss_and_gradients(X, y, n_threads=1, **options)[0]
+        p[i] = old
+        fd = (up - down) / (2 * h)
+        assert fd == pytest.approx(grad[j], rel=rtol, abs=1e-8), (j, fd, grad[j])
+
+
+# -- label smoothing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.9])
+@pytest.mark.parametrize("n,k", [(1, 2), (5, 3), (17, 10), (33, 129)])
+def test_smoothed_xent_kernel_matches_reference(n, k, smoothing, dtype):
+    rng = rng_for("smooth", n, k, smoothing, dtype)
+    Z = (3 * rng.standard_normal((n, k))).astype(dtype)
+    y = rng.integers(0, k, n)
+    w = rng.uniform(0.0, 2.0, n).astype(dtype)
+    loss_ref, correct_ref, dZ_ref = R.softmax_cross_entropy(
+        Z.astype(np.float64), y, w.astype(np.float64), 0.3, smoothing
+    )
+    loss, correct, dZ = K.softmax_cross_entropy(Z.copy(), y, w, 0.3, smoothing)
+    assert loss == pytest.approx(loss_ref, rel=10 * tol(dtype))
+    assert correct == correct_ref
+    np.testing.assert_allclose(dZ, dZ_ref, rtol=10 * tol(dtype), atol=10 * tol(dtype))
+
+
+def test_smoothed_xent_reference_by_hand_and_large_logits():
+    Z = np.array([[1.0, 2.0, 0.5], [1e4, -1e4, 0.0]])
+    y = np.array([1, 0])
+    s = 0.3
+    log_p = np.log(R.softmax(Z[:1]))[0]
+    q = np.array([0.1, 0.8, 0.1])
+    loss = R.softmax_cross_entropy(Z[:1], y[:1], label_smoothing=s)[0]
+    assert loss == pytest.approx(-(q * log_p).sum(), rel=1e-14)
+    # Logits of 1e4: finite, -log p_j = z_max - z_j for the others.
+    big = K.softmax_cross_entropy(Z[1:].copy(), y[1:], label_smoothing=s)[0]
+    assert big == pytest.approx(0.1 * 2e4 + 0.1 * 1e4, rel=1e-12)
+
+
+@pytest.mark.may_skip("torch is optional (not in CI); the reference test above is required")
+def test_smoothed_xent_reference_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = rng_for("torch-smooth")
+    Z = rng.standard_normal((9, 5))
+    y = rng.integers(0, 5, 9)
+    z = torch.tensor(Z, requires_grad=True)
+    out = torch.nn.functional.cross_entropy(z, torch.tensor(y), label_smoothing=0.2)
+    out.backward()
+    loss, _, dZ = R.softmax_cross_entropy(Z, y, None, 1 / 9, 0.2)
+    assert loss / 9 == pytest.approx(out.item(), rel=1e-13)
+    np.testing.assert_allclose(dZ, z.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("hidden", [(), (5,), (5, 4, 3, 6)], ids=str)
+def test_smoothed_xent_finite_differences(hidden):
+    rng = rng_for("smooth-fd", hidden)
+    model = random_model(rng, (4, *hidden, 3), "tanh", np.float64)
+    X = rng.standard_normal((11, 4))
+    y = rng.integers(0, 3, 11)
+    w = rng.uniform(0.5, 2.0, 11)
+    fd_check(model, X, y, sample_weight=w, label_smoothing=0.2)
+    f, dW, db = model.loss_and_gradients(X, y, sample_weight=w, label_smoothing=0.2)
+    f_ref, dW_ref, db_ref = R.loss_and_gradients(
+        model.weights, model.biases, X, y, acts_of(model), sample_weight=w, label_smoothing=0.2
+    )
+    assert f == pytest.approx(f_ref, rel=1e-12)
+    for got, want in zip(dW + db, dW_ref + db_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,B", [((), 17), ((7, 3), 1), ((5, 4, 3, 6), 33)], ids=str)
+def test_smoothed_steps_match_reference(hidden, B, dtype):
+    rng = rng_for("smooth-steps", hidden, B, dtype)
+    model = random_model(rng, (5, *hidden, 4), "relu", dtype)
+    X = rng.standard_normal((3 * B, 5)).astype(dtype)
+    y = rng.integers(0, 4, 3 * B)
+    hyper = dict(lr=0.01, optimizer="adam", label_smoothing=0.15)
+    ref_w, ref_b = steps_both(model, X, y, B, 3, train_opts=hyper, ref_opts=hyper)
+    assert_weights_close(model, ref_w, ref_b, 1e-10 if dtype == np.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_smoothed_threads_bitwise_identical(dtype):
+    rng = rng_for("smooth-threads", dtype)
+    X, y = blobs(rng, 301, n_features=13, dtype=dtype)
+    runs = [
+        fastmlp.train(X, y, hidden=(33, 17), label_smoothing=0.1, epochs=3, batch_size=64,
+                      seed=5, n_threads=t, dtype=dtype, validation_split=0.2)
+        for t in (1, 2)
+    ]  # fmt: skip
+    assert np.array_equal(runs[0].params_, runs[1].params_)
+    assert runs[0].history == {**runs[1].history, "seconds": runs[0].history["seconds"]}
+
+
+def test_label_smoothing_history_and_bad_values():
+    rng = rng_for("smooth-errors")
+    X, y = blobs(rng, 60)
+    plain = fastmlp.train(X, y, hidden=(5,), epochs=3, seed=0, validation_data=(X, y))
+    smooth = fastmlp.train(
+        X, y, hidden=(5,), epochs=3, seed=0, label_smoothing=0.2, validation_data=(X, y)
+    )
+    # The training loss is the smoothed objective (larger for the same fit); val_loss is
+    # the plain cross-entropy of the model, which evaluate computes.
+    assert smooth.history["loss"][0] > plain.history["loss"][0]
+    out = np.empty((60, 3), smooth.dtype)
+    vloss = smooth._network.evaluate(
+        np.ascontiguousarray(X, smooth.dtype), smooth._encode_y(y, 60)[0], out, n_threads=1
+    )[0]
+    assert smooth.history["val_loss"][-1] == pytest.approx(vloss / 60, rel=1e-12)
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0.0, 1.0\)"):
+            fastmlp.train(X, y, label_smoothing=bad)
+    with pytest.raises(ValueError, match="label_smoothing smooths the targets"):
+        fastmlp.train(X, y.astype(float), loss="squared_error", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="label_smoothing smooths the targets"):
+        fastmlp.train(X, y, loss="mse", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="label_smoothing must lie in"):
+        K.softmax_cross_entropy(np.zeros((2, 3)), np.zeros(2), label_smoothing=1.0)
+
+
+def test_label_smoothing_in_the_classifier():
+    pytest.importorskip("sklearn")
+    from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning
+
+    from fastmlp.sklearn import MLPClassifier
+
+    rng = rng_for("smooth-sklearn")
+    X, y = blobs(rng, 90)
+    opts = dict(max_iter=60, learning_rate_init=0.01, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier((8,), label_smoothing=0.1, **opts).fit(X, y)
+        ref = MLPClassifier((8,), **opts).fit(X, y)
+    assert not np.array_equal(clf.model_.params_, ref.model_.params_)
+    assert clone(clf).get_params()["label_smoothing"] == 0.1
+    assert clf.score(X, y) > 0.8
+    with pytest.raises(ValueError, match="label_smoothing must lie in"):
+        MLPClassifier(label_smoothing=1.0).fit(X, y)
