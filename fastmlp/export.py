@@ -44,7 +44,7 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
         ) from exc
 
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
-    acts = [model.activation] * (len(model.weights) - 1) + [model.output_activation]
+    acts = [*model.activations, model.output_activation]
     nodes, inits, current = [], [], "X"
     for i, (W, b, act) in enumerate(zip(model.weights, model.biases, acts)):
         inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]

@@ -379,7 +379,7 @@ class _DenseLayer:
 
 
 def _layers(model: MLP) -> list[_DenseLayer]:
-    acts = [model.activation] * (len(model.weights) - 1) + [model.output_activation]
+    acts = [*model.activations, model.output_activation]
     layers = []
     for i, (W, b, act) in enumerate(zip(model.weights, model.biases, acts)):
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
@@ -387,7 +387,7 @@ def _layers(model: MLP) -> list[_DenseLayer]:
                 f"layer {i + 1} of the model holds NaN or infinite parameters; a model that "
                 "diverged cannot be exported"
             )
-        layers.append(_DenseLayer(i, W, b, act, "input" if i == 0 else model.activation))
+        layers.append(_DenseLayer(i, W, b, act, "input" if i == 0 else acts[i - 1]))
     return layers
 
 
@@ -452,9 +452,14 @@ def _describe(model: MLP) -> str:
         what = "classifier (softmax + cross-entropy)"
     else:
         what = f"classifier ({model.loss})"
+    hidden = (
+        f"hidden activation {model.activation}"
+        if isinstance(model.activation, str)
+        else f"hidden activations {', '.join(model.activations)}"
+    )
     return (
-        f"{sizes} {what}, hidden activation {model.activation}, output activation "
-        f"{model.output_activation}, {np.dtype(model.dtype).name}"
+        f"{sizes} {what}, {hidden}, output activation {model.output_activation}, "
+        f"{np.dtype(model.dtype).name}"
     )
 
 

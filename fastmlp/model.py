@@ -44,8 +44,9 @@ class MLP:
     classes : array-like or None
         The class labels, one per output, in the order of the outputs; None for a
         regressor.
-    activation : {"relu", "tanh", "sigmoid"}
-        Activation of the hidden layers.
+    activation : {"relu", "tanh", "sigmoid"} or sequence of them
+        Activation of the hidden layers: one name for all, or one per hidden layer (kept
+        as given, a tuple; :attr:`activations` always lists one per layer).
     loss : {"cross_entropy", "mse", "squared_error"}
         Classifiers: softmax + cross-entropy, or half squared error against one-hot
         targets. Regressors: "squared_error", half the squared error against real
@@ -74,7 +75,7 @@ class MLP:
         layer_sizes: Sequence[int],
         classes=None,
         *,
-        activation: str = "relu",
+        activation: str | Sequence[str] = "relu",
         loss: str = "cross_entropy",
         output_activation: str | None = None,
         dtype=np.float32,
@@ -89,8 +90,7 @@ class MLP:
                 f"layer_sizes must be 2 to {LAYERS_LIMIT + 1} positive ints below 2**31; got "
                 f"{layer_sizes!r}"
             )
-        if activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {HIDDEN_ACTIVATIONS}; got {activation!r}")
+        activation = check_activation(activation, len(sizes) - 2)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {tuple(LOSSES)}; got {loss!r}")
         output_activation = output_activation or "identity"
@@ -147,10 +147,18 @@ class MLP:
     def params_(self, params: np.ndarray | None) -> None:
         # A new compiled network around the new buffer (zeros for None): it checks the
         # size and dtype, and copies only a buffer C cannot use in place.
-        acts = [self.activation] * (len(self.layer_sizes) - 2) + [self.output_activation]
+        acts = [*self.activations, self.output_activation]
         if params is not None:
             params = np.asarray(params)
         self._network = Network(self.layer_sizes, acts, self.loss, self.dtype, params)
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        """The activation of each hidden layer, one name per layer."""
+        n_hidden = len(self.layer_sizes) - 2
+        if isinstance(self.activation, str):
+            return (self.activation,) * n_hidden
+        return self.activation
 
     @property
     def n_features_in_(self) -> int:
@@ -181,7 +189,7 @@ class MLP:
         weights: Sequence[np.ndarray],
         biases: Sequence[np.ndarray],
         *,
-        activation: str = "relu",
+        activation: str | Sequence[str] = "relu",
         classes=None,
         loss: str = "cross_entropy",
         output_activation: str | None = None,
@@ -442,6 +450,28 @@ class MLP:
         return (
             f"MLP({arch}, activation={self.activation!r}, loss={self.loss!r}, dtype={self.dtype})"
         )
+
+
+def check_activation(activation, n_hidden: int) -> str | tuple[str, ...]:
+    """One hidden activation name, or a tuple of one per hidden layer; else ValueError."""
+    if isinstance(activation, str):
+        if activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {HIDDEN_ACTIVATIONS}; got {activation!r}")
+        return activation
+    if not isinstance(activation, (list, tuple)):
+        raise ValueError(
+            f"activation must be a name from {HIDDEN_ACTIVATIONS} or a list of one per hidden "
+            f"layer; got {activation!r}"
+        )
+    if len(activation) != n_hidden:
+        raise ValueError(
+            f"activation lists {len(activation)} names but the network has {n_hidden} hidden "
+            f"layers: give exactly {n_hidden}, one per hidden layer, or a single name for all"
+        )
+    bad = [a for a in activation if not isinstance(a, str) or a not in HIDDEN_ACTIVATIONS]
+    if bad:
+        raise ValueError(f"activation names must be from {HIDDEN_ACTIVATIONS}; got {bad[0]!r}")
+    return tuple(activation)
 
 
 def check_label_smoothing(value, loss: str) -> float:

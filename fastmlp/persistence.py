@@ -31,7 +31,8 @@ writes them), ``optimizer`` (null, or ``{"name": "adam" | "adamw" | "sgd", "t": 
 and ``fastmlp_version`` (the writer's version, for information only).
 
 Version 2 added regressors (``loss`` ``"squared_error"``, no classes). Version 3 added
-AdamW's optimizer state (``"adamw"``). A file is written with the lowest version that
+AdamW's optimizer state (``"adamw"``) and per-layer activations (``activation`` a list of
+one name per hidden layer). A file is written with the lowest version that
 holds what it uses (a plain classifier as version 1, a squared-error regressor as 2), so
 older fastmlp releases load every file they can represent; a reader refuses a feature
 that its file's version does not have.
@@ -173,7 +174,10 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
 
     meta: dict[str, Any] = {
         "layer_sizes": [int(s) for s in model.layer_sizes],
-        "activation": model.activation,
+        # One name, or (format 3) a list of one per hidden layer.
+        "activation": model.activation
+        if isinstance(model.activation, str)
+        else list(model.activation),
         "loss": model.loss,
         "output_activation": model.output_activation,
         "dtype": model.dtype.name,
@@ -210,6 +214,8 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
 def _format_version(meta: dict[str, Any]) -> int:
     """The lowest format version that holds what ``meta`` describes."""
     if meta["optimizer"] is not None and meta["optimizer"]["name"] == "adamw":
+        return 3
+    if not isinstance(meta["activation"], str):
         return 3
     return 2 if meta["loss"] == REGRESSION_LOSS else 1
 
@@ -613,8 +619,23 @@ class _Reader:
             raise self.error(
                 f"layer_sizes must be 2 to {LAYERS_LIMIT + 1} positive ints; got {sizes!r:.200}"
             )
+        activation = meta["activation"]
+        if isinstance(activation, list):
+            if self.version < 3:
+                raise self.error(f"format version {self.version} holds no per-layer activations")
+            if len(activation) != len(sizes) - 2 or not all(
+                isinstance(a, str) and a in HIDDEN_ACTIVATIONS for a in activation
+            ):
+                raise self.error(
+                    f"activation must list one of {HIDDEN_ACTIVATIONS} per hidden layer "
+                    f"({len(sizes) - 2}); got {activation!r:.200}"
+                )
+        elif not isinstance(activation, str) or activation not in HIDDEN_ACTIVATIONS:
+            raise self.error(
+                f"activation must be one of {HIDDEN_ACTIVATIONS} or a list of them; got "
+                f"{activation!r:.200}"
+            )
         for key, allowed in (
-            ("activation", HIDDEN_ACTIVATIONS),
             ("loss", tuple(LOSSES)),
             ("output_activation", tuple(ACTIVATIONS)),
             ("dtype", tuple(FLOAT_NAMES)),

@@ -60,8 +60,10 @@ def _validate(estimator, X, *y, reset: bool, dtype, **options):
 # The parameters both estimators share, spliced into their docstrings below.
 _SHARED_PARAMETERS = """hidden_layer_sizes : int or tuple of int, default=(100,)
         Width of each hidden layer; ``()`` gives a linear model.
-    activation : {"relu", "tanh", "logistic"}, default="relu"
-        Activation of the hidden layers ("sigmoid" is accepted for "logistic").
+    activation : {"relu", "tanh", "logistic"} or list of them, default="relu"
+        Activation of the hidden layers ("sigmoid" is accepted for "logistic"): one name
+        for all, or a list or tuple with one per hidden layer (kept as given, so
+        ``get_params`` and ``clone`` return it unchanged; fastmlp only).
     alpha : float, default=0.0001
         Strength of the L2 penalty, passed to fastmlp as ``l2``: every mini-batch
         minimises its weighted mean loss plus ``0.5 * alpha * sum(W ** 2)`` over the
@@ -161,7 +163,7 @@ class _BaseMLP(BaseEstimator):
     def __init__(
         self,
         hidden_layer_sizes: int | Sequence[int] = (100,),
-        activation: str = "relu",
+        activation: str | Sequence[str] = "relu",
         *,
         solver: str = "adam",
         alpha: float = 0.0001,
@@ -220,9 +222,21 @@ class _BaseMLP(BaseEstimator):
         """Check the parameters fastmlp.train does not check itself, with sklearn names."""
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}; got {self.solver!r}")
-        if self.activation not in ACTIVATIONS:
+        names = [self.activation] if isinstance(self.activation, str) else self.activation
+        if not (
+            isinstance(names, (list, tuple))
+            and all(isinstance(a, str) and a in ACTIVATIONS for a in names)
+        ):
             raise ValueError(
-                f'activation must be "relu", "tanh" or "logistic"; got {self.activation!r}'
+                'activation must be "relu", "tanh" or "logistic", or a list of them (one per '
+                f"hidden layer); got {self.activation!r}"
+            )
+        n_hidden = len(self._hidden())
+        if not isinstance(self.activation, str) and len(names) != n_hidden:
+            raise ValueError(
+                f"activation lists {len(names)} names but hidden_layer_sizes="
+                f"{self.hidden_layer_sizes!r} has {n_hidden} hidden layers: give exactly "
+                f"{n_hidden}, or a single name for all"
             )
         if not (self.batch_size == "auto" or _is_int(self.batch_size, 1)):
             raise ValueError(f'batch_size must be "auto" or an int >= 1; got {self.batch_size!r}')
@@ -270,7 +284,13 @@ class _BaseMLP(BaseEstimator):
         }
 
     def _network(self, n_inputs: int, n_outputs: int, classes, seed: int, **options) -> MLP:
-        activation = "sigmoid" if self.activation == "logistic" else self.activation
+        def fastmlp_name(a: str) -> str:
+            return "sigmoid" if a == "logistic" else a
+
+        if isinstance(self.activation, str):
+            activation = fastmlp_name(self.activation)
+        else:
+            activation = tuple(fastmlp_name(a) for a in self.activation)
         model = MLP(
             (n_inputs, *self._hidden(), n_outputs),
             classes,

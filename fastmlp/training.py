@@ -39,9 +39,15 @@ def init_params(model: MLP, rng: np.random.Generator) -> None:
     Biases start at zero. He (2015) keeps the variance of ReLU activations constant
     across layers; Glorot & Bengio (2010) do so for tanh and sigmoid.
     """
-    for W, b in zip(model.weights, model.biases):
+    acts = model.activations
+    for i, (W, b) in enumerate(zip(model.weights, model.biases)):
         fan_in, fan_out = W.shape
-        if model.activation == "relu":
+        # A hidden layer by its own activation, the output layer by the last hidden one's.
+        if acts:
+            act = acts[min(i, len(acts) - 1)]
+        else:
+            act = model.activation if isinstance(model.activation, str) else "relu"
+        if act == "relu":
             W[...] = rng.standard_normal(W.shape) * math.sqrt(2.0 / fan_in)
         else:
             limit = math.sqrt(6.0 / (fan_in + fan_out))
@@ -104,7 +110,7 @@ def train(
     y,
     *,
     hidden: Sequence[int] = (128, 64),
-    activation: str = "relu",
+    activation: str | Sequence[str] = "relu",
     loss: str = "cross_entropy",
     optimizer: str = "adam",
     epochs: int = 10,
@@ -145,8 +151,9 @@ def train(
         (``loss="squared_error"``) real-valued targets, one column per output.
     hidden : sequence of int
         Widths of the hidden layers; ``()`` gives a linear (softmax regression) model.
-    activation : {"relu", "tanh", "sigmoid"}
-        Activation of the hidden layers.
+    activation : {"relu", "tanh", "sigmoid"} or sequence of them
+        Activation of the hidden layers: one name for all, or a list with one per hidden
+        layer, e.g. ``hidden=(64, 32), activation=["relu", "tanh"]``.
     loss : {"cross_entropy", "mse", "squared_error"}
         Classifiers: softmax + cross-entropy, or half squared error against one-hot
         targets. "squared_error" trains a regressor: half the squared error against
@@ -241,7 +248,7 @@ class _Options:
     """The keyword arguments of :func:`train`, checked and normalised on creation."""
 
     hidden: Sequence[int]
-    activation: str
+    activation: Any
     loss: str
     optimizer: str
     epochs: int

@@ -33,10 +33,7 @@ def tol(dtype) -> float:
 
 
 def acts_of(model: MLP) -> list[str]:
-    n_hidden = len(model.layer_sizes) - 2
-    if isinstance(model.activation, str):
-        return [model.activation] * n_hidden + [model.output_activation]
-    return list(model.activation) + [model.output_activation]
+    return [*model.activations, model.output_activation]
 
 
 def random_model(rng, sizes, activation, dtype, loss="cross_entropy", **kw):
@@ -435,3 +432,152 @@ def test_label_smoothing_in_the_classifier():
     assert clf.score(X, y) > 0.8
     with pytest.raises(ValueError, match="label_smoothing must lie in"):
         MLPClassifier(label_smoothing=1.0).fit(X, y)
+
+
+# -- one activation per hidden layer -----------------------------------------------------
+
+PER_LAYER = [((5,), ["sigmoid"]), ((7, 3), ["relu", "tanh"]),
+             ((5, 4, 3, 6), ["tanh", "relu", "sigmoid", "relu"])]  # fmt: skip
+
+
+@pytest.mark.parametrize("hidden,acts", PER_LAYER, ids=str)
+def test_per_layer_activations_gradient(hidden, acts):
+    rng = rng_for("acts-fd", hidden)
+    sizes = (4, *hidden, 3)
+    for _ in range(20):  # redraw until no ReLU unit sits near its kink
+        model = random_model(rng, sizes, acts, np.float64)
+        X = rng.standard_normal((9, 4))
+        Z = X
+        ok = True
+        for W, b, act in zip(model.weights, model.biases, acts_of(model)):
+            Z = Z @ W + b
+            ok &= act != "relu" or bool(np.all(np.abs(Z) > 1e-3))
+            Z = R.activate(Z, act)
+        if ok:
+            break
+    assert model.activations == tuple(acts) and model.activation == tuple(acts)
+    y = rng.integers(0, 3, 9)
+    fd_check(model, X, y)
+    f, dW, db = model.loss_and_gradients(X, y, l2=0.01)
+    f_ref, dW_ref, db_ref = R.loss_and_gradients(
+        model.weights, model.biases, X, y, acts + ["identity"], l2=0.01
+    )
+    assert f == pytest.approx(f_ref, rel=1e-12)
+    for got, want in zip(dW + db, dW_ref + db_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,acts", PER_LAYER, ids=str)
+def test_per_layer_activations_steps_match_reference(hidden, acts, dtype):
+    rng = rng_for("acts-steps", hidden, dtype)
+    model = random_model(rng, (5, *hidden, 4), acts, dtype)
+    X = rng.standard_normal((3 * 17, 5)).astype(dtype)
+    y = rng.integers(0, 4, 3 * 17)
+    hyper = dict(lr=0.01, optimizer="sgd", momentum=0.9)
+    ref_w, ref_b = steps_both(model, X, y, 17, 3, train_opts=hyper, ref_opts=hyper)
+    assert_weights_close(model, ref_w, ref_b, 1e-10 if dtype == np.float64 else 1e-4)
+    X_test = rng.standard_normal((40, 5))
+    want = R.forward(ref_w, ref_b, X_test, acts + ["identity"])[-1]
+    np.testing.assert_allclose(model.decision_function(X_test), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_per_layer_activations_train_and_threads(dtype):
+    rng = rng_for("acts-threads", dtype)
+    X, y = blobs(rng, 301, n_features=13, dtype=dtype)
+    runs = [
+        fastmlp.train(X, y, hidden=(33, 17, 9), activation=["tanh", "relu", "sigmoid"],
+                      epochs=3, batch_size=64, seed=5, n_threads=t, dtype=dtype)
+        for t in (1, 2)
+    ]  # fmt: skip
+    assert np.array_equal(runs[0].params_, runs[1].params_)
+    assert runs[0].activations == ("tanh", "relu", "sigmoid")
+    # A list of one name is the same network as that name.
+    same = [
+        fastmlp.train(X, y, hidden=(9, 9), activation=a, epochs=2, seed=1, dtype=dtype)
+        for a in ("tanh", ("tanh", "tanh"))
+    ]
+    assert np.array_equal(same[0].params_, same[1].params_)
+
+
+def test_per_layer_activations_bad_values():
+    X, y = blobs(rng_for("acts-bad"), 30)
+    with pytest.raises(ValueError, match="lists 1 names but the network has 2 hidden layers"):
+        fastmlp.train(X, y, hidden=(4, 4), activation=["relu"])
+    with pytest.raises(ValueError, match="give exactly 2"):
+        MLP((3, 4, 4, 2), [0, 1], activation=("relu", "tanh", "relu"))
+    with pytest.raises(ValueError, match="got 'swish'"):
+        fastmlp.train(X, y, hidden=(4, 4), activation=["relu", "swish"])
+    with pytest.raises(ValueError, match="or a list of one per hidden layer"):
+        fastmlp.train(X, y, hidden=(4,), activation=3)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        fastmlp.train(X, y, hidden=(4,), activation="swish")
+
+
+def test_per_layer_activations_saved_and_exported(tmp_path):
+    rng = rng_for("acts-save")
+    X, y = blobs(rng, 60)
+    model = fastmlp.train(X, y, hidden=(7, 5), activation=["sigmoid", "relu"], epochs=2, seed=0)
+    save(model, tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        assert int(f["version"]) == 3
+        arrays = dict(f)
+    back = load(tmp_path / "m.npz")
+    assert back.activation == ("sigmoid", "relu")
+    assert np.array_equal(back.predict_proba(X), model.predict_proba(X))
+    arrays["version"] = np.array(1)
+    np.savez(tmp_path / "old.npz", **arrays)
+    with pytest.raises(ValueError, match="format version 1 holds no per-layer activations"):
+        load(tmp_path / "old.npz")
+    # Pickle keeps it too.
+    import pickle
+
+    assert pickle.loads(pickle.dumps(model)).activations == ("sigmoid", "relu")
+
+
+def test_per_layer_activations_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    rng = rng_for("acts-onnx")
+    X, y = blobs(rng, 60, dtype=np.float32)
+    model = fastmlp.train(
+        X, y, hidden=(7, 5, 4), activation=["sigmoid", "relu", "tanh"], epochs=2, seed=0
+    )
+    model.to_onnx(tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"X": X})[0], model.predict_proba(X), atol=1e-5)
+
+
+def test_per_layer_activations_c_export(tmp_path):
+    from test_export_c import Exported, check_against_model
+
+    rng = rng_for("acts-c")
+    X, y = blobs(rng, 60, dtype=np.float32)
+    model = fastmlp.train(
+        X, y, hidden=(7, 300, 4), activation=["relu", "relu", "tanh"], epochs=2, seed=0
+    )
+    check_against_model(Exported(model, tmp_path), X)
+    text = (tmp_path / "model.h").read_text()
+    assert "hidden activations relu, relu, tanh" in text
+
+
+def test_per_layer_activations_in_the_estimators():
+    pytest.importorskip("sklearn")
+    from sklearn.base import clone
+
+    from fastmlp.sklearn import MLPClassifier, MLPRegressor
+
+    X, y = blobs(rng_for("acts-sklearn"), 60)
+    clf = MLPClassifier((6, 5), activation=["logistic", "relu"], max_iter=3)
+    with pytest.warns(Warning):
+        clf.fit(X, y)
+    assert clf.model_.activations == ("sigmoid", "relu")
+    assert clf.get_params()["activation"] == ["logistic", "relu"]
+    assert clone(clf).get_params()["activation"] == ["logistic", "relu"]
+    clf.set_params(activation=("tanh", "tanh"))
+    assert clf.activation == ("tanh", "tanh")
+    with pytest.raises(ValueError, match="lists 1 names but hidden_layer_sizes"):
+        MLPRegressor((6, 5), activation=["relu"]).fit(X, y.astype(float))
+    with pytest.raises(ValueError, match="or a list of them"):
+        MLPRegressor((6,), activation=["swish"]).fit(X, y.astype(float))
