@@ -74,6 +74,26 @@ double fm_squared_error_f(ptrdiff_t n, ptrdiff_t k, const float *A, const float 
 double fm_squared_error_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
                           const double *w, double scale, double *dA);
 
+/* The other regression losses, each averaged over the k outputs as fm_squared_error and
+   with its arguments; d = a - y elementwise.
+   fm_huber: 0.5 d^2 where |d| < delta, else delta (|d| - delta / 2) (torch.nn.HuberLoss);
+     gradient clip(d, -delta, delta).
+   fm_absolute_error: |d|; gradient sign(d), 0 at d == 0 (torch.nn.L1Loss).
+   fm_poisson: a is the log of the mean: exp(a) - y a (torch.nn.PoissonNLLLoss with
+     log_input=True, full=False); gradient exp(a) - y. */
+double fm_huber_f(ptrdiff_t n, ptrdiff_t k, const float *A, const float *Y, const float *w,
+                  double scale, double delta, float *dA);
+double fm_huber_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
+                  const double *w, double scale, double delta, double *dA);
+double fm_absolute_error_f(ptrdiff_t n, ptrdiff_t k, const float *A, const float *Y,
+                           const float *w, double scale, float *dA);
+double fm_absolute_error_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
+                           const double *w, double scale, double *dA);
+double fm_poisson_f(ptrdiff_t n, ptrdiff_t k, const float *A, const float *Y, const float *w,
+                    double scale, float *dA);
+double fm_poisson_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
+                    const double *w, double scale, double *dA);
+
 /* db[j] = sum_i dZ[i,j].  dZ: IN n*m, db: OUT m. */
 void fm_col_sum_f(ptrdiff_t n, ptrdiff_t m, const float *dZ, float *db);
 void fm_col_sum_d(ptrdiff_t n, ptrdiff_t m, const double *dZ, double *db);

@@ -227,6 +227,77 @@ double FN(fm_squared_error)(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y, co
     return loss;
 }
 
+double FN(fm_huber)(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y, const T *w,
+                    double scale, double delta, T *dA)
+{
+    double loss = 0;
+    const T inv_k = (T)1 / (T)k, dl = (T)delta, half_dl = (T)(0.5 * delta);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *a = A + i * k, *t = Y + i * k;
+        const T wi = w ? w[i] : 1;
+        T sum = 0;
+        for (ptrdiff_t j = 0; j < k; j++) {
+            const T d = a[j] - t[j], ad = FABS(d);
+            sum += ad < dl ? (T)0.5 * d * d : dl * (ad - half_dl);
+        }
+        loss += (double)wi * (double)(sum * inv_k);
+        if (dA) {
+            T *restrict g = dA + i * k;
+            const T c = (T)scale * wi * inv_k;
+            for (ptrdiff_t j = 0; j < k; j++) {
+                /* clip(d, -delta, delta): d inside, delta * sign(d) outside */
+                const T d = a[j] - t[j];
+                g[j] = c * (d > dl ? dl : d < -dl ? -dl : d);
+            }
+        }
+    }
+    return loss;
+}
+
+double FN(fm_absolute_error)(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y, const T *w,
+                             double scale, T *dA)
+{
+    double loss = 0;
+    const T inv_k = (T)1 / (T)k;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *a = A + i * k, *t = Y + i * k;
+        const T wi = w ? w[i] : 1;
+        T sum = 0;
+        for (ptrdiff_t j = 0; j < k; j++) sum += FABS(a[j] - t[j]);
+        loss += (double)wi * (double)(sum * inv_k);
+        if (dA) {
+            T *restrict g = dA + i * k;
+            const T c = (T)scale * wi * inv_k;
+            /* The subgradient sign(d), 0 at d == 0 (as torch's L1Loss). */
+            for (ptrdiff_t j = 0; j < k; j++) {
+                const T d = a[j] - t[j];
+                g[j] = d > 0 ? c : d < 0 ? -c : 0;
+            }
+        }
+    }
+    return loss;
+}
+
+double FN(fm_poisson)(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y, const T *w,
+                      double scale, T *dA)
+{
+    double loss = 0;
+    const T inv_k = (T)1 / (T)k;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *a = A + i * k, *t = Y + i * k;
+        const T wi = w ? w[i] : 1;
+        T sum = 0;
+        for (ptrdiff_t j = 0; j < k; j++) sum += EXP(a[j]) - t[j] * a[j];
+        loss += (double)wi * (double)(sum * inv_k);
+        if (dA) {
+            T *restrict g = dA + i * k;
+            const T c = (T)scale * wi * inv_k;
+            for (ptrdiff_t j = 0; j < k; j++) g[j] = c * (EXP(a[j]) - t[j]);
+        }
+    }
+    return loss;
+}
+
 FM_CPU_DISPATCH
 void FN(fm_col_sum)(ptrdiff_t n, ptrdiff_t m, const T *dZ, T *db)
 {

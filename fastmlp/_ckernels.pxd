@@ -43,6 +43,18 @@ cdef extern from "fm_kernels.h" nogil:
                               const float *w, double scale, float *dA)
     double fm_squared_error_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
                               const double *w, double scale, double *dA)
+    double fm_huber_f(Py_ssize_t n, Py_ssize_t k, const float *A, const float *Y,
+                      const float *w, double scale, double delta, float *dA)
+    double fm_huber_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
+                      const double *w, double scale, double delta, double *dA)
+    double fm_absolute_error_f(Py_ssize_t n, Py_ssize_t k, const float *A, const float *Y,
+                               const float *w, double scale, float *dA)
+    double fm_absolute_error_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
+                               const double *w, double scale, double *dA)
+    double fm_poisson_f(Py_ssize_t n, Py_ssize_t k, const float *A, const float *Y,
+                        const float *w, double scale, float *dA)
+    double fm_poisson_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
+                        const double *w, double scale, double *dA)
     void fm_col_sum_f(Py_ssize_t n, Py_ssize_t m, const float *dZ, float *db)
     void fm_col_sum_d(Py_ssize_t n, Py_ssize_t m, const double *dZ, double *db)
     void fm_dropout_f(Py_ssize_t n, Py_ssize_t m, const float *A, float *mask, float *out,
@@ -154,6 +166,32 @@ cdef inline double squared_error(Py_ssize_t n, Py_ssize_t k, const floating *A,
         return fm_squared_error_f(n, k, A, Y, w, scale, dA)
     else:
         return fm_squared_error_d(n, k, A, Y, w, scale, dA)
+
+
+cdef inline double huber(Py_ssize_t n, Py_ssize_t k, const floating *A, const floating *Y,
+                         const floating *w, double scale, double delta,
+                         floating *dA) noexcept nogil:
+    if floating is float:
+        return fm_huber_f(n, k, A, Y, w, scale, delta, dA)
+    else:
+        return fm_huber_d(n, k, A, Y, w, scale, delta, dA)
+
+
+cdef inline double absolute_error(Py_ssize_t n, Py_ssize_t k, const floating *A,
+                                  const floating *Y, const floating *w, double scale,
+                                  floating *dA) noexcept nogil:
+    if floating is float:
+        return fm_absolute_error_f(n, k, A, Y, w, scale, dA)
+    else:
+        return fm_absolute_error_d(n, k, A, Y, w, scale, dA)
+
+
+cdef inline double poisson(Py_ssize_t n, Py_ssize_t k, const floating *A, const floating *Y,
+                           const floating *w, double scale, floating *dA) noexcept nogil:
+    if floating is float:
+        return fm_poisson_f(n, k, A, Y, w, scale, dA)
+    else:
+        return fm_poisson_d(n, k, A, Y, w, scale, dA)
 
 
 cdef inline void col_sum(Py_ssize_t n, Py_ssize_t m, const floating *dZ,

@@ -124,6 +124,45 @@ def squared_error(const floating[:, ::1] A, const floating[:, ::1] Y,
     return loss, dA
 
 
+def regression_loss(str loss, const floating[:, ::1] A, const floating[:, ::1] Y,
+                    const floating[::1] sample_weight=None, double scale=1.0,
+                    double delta=1.0):
+    """A regression loss kernel ("huber", "absolute_error", "poisson" or
+    "squared_error"), averaged over the outputs: ``(loss_sum, dA)``."""
+    cdef const floating *w = NULL
+    cdef int code
+    _check(loss in REGRESSION_CODES, f"loss must be one of {tuple(REGRESSION_CODES)}")
+    code = REGRESSION_CODES[loss]
+    _check(A.shape[1] >= 1, "need at least one column")
+    _check(Y.shape[0] == A.shape[0] and Y.shape[1] == A.shape[1], "Y must match A")
+    _check(delta > 0, "delta must be > 0")
+    if sample_weight is not None:
+        _check(sample_weight.shape[0] == A.shape[0], "one weight per row")
+        w = &sample_weight[0]
+    dA = np.empty_like(np.asarray(A))
+    cdef floating[:, ::1] d = dA
+    cdef double loss_value = 0
+    if A.shape[0] == 0:
+        return loss_value, dA
+    with nogil:
+        if code == 0:
+            loss_value = fm.huber(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w, scale,
+                                  delta, &d[0, 0])
+        elif code == 1:
+            loss_value = fm.absolute_error(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w,
+                                           scale, &d[0, 0])
+        elif code == 2:
+            loss_value = fm.poisson(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w, scale,
+                                    &d[0, 0])
+        else:
+            loss_value = fm.squared_error(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w,
+                                          scale, &d[0, 0])
+    return loss_value, dA
+
+
+REGRESSION_CODES = {"huber": 0, "absolute_error": 1, "poisson": 2, "squared_error": 3}
+
+
 def col_sum(const floating[:, ::1] dZ):
     """Column sums of dZ (the bias gradient)."""
     db = np.empty(dZ.shape[1], dtype=np.asarray(dZ).dtype)

@@ -38,8 +38,8 @@ from cython cimport floating
 from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
 from fastmlp._ckernels cimport FM_ISA_AUTO, fm_hash64
-from fastmlp._network cimport (LOSS_CROSS_ENTROPY, LOSS_SQUARED_ERROR, MAX_LAYERS, Layout,
-                               Network)
+from fastmlp._network cimport (LOSS_CROSS_ENTROPY, MAX_LAYERS, Layout, Network,
+                               is_regression, regression_loss)
 
 import numpy as np
 
@@ -99,6 +99,7 @@ cdef struct Hyper:
     double lr, beta1, beta2, eps, momentum, l2, dropout
     double weight_decay                 # AdamW's decoupled decay (0 for the others)
     double smoothing                    # label smoothing of the cross-entropy
+    double delta                        # Huber's threshold
     int64_t t                           # optimizer step, >= 1 during an update
 
 
@@ -227,7 +228,7 @@ cdef class Trainer:
         self.network = network
         self.lay = &network.layout
         self.X = X
-        self.y = np.require(y, dtype if network.loss == LOSS_SQUARED_ERROR else np.int32,
+        self.y = np.require(y, dtype if is_regression(network.loss) else np.int32,
                             ["C", "A"])
         self.sample_weight = (None if sample_weight is None
                               else np.require(sample_weight, requirements=["C", "A"]))
@@ -239,9 +240,10 @@ cdef class Trainer:
         self.h.l2 = l2
         self.h.dropout = dropout
         self.h.smoothing = label_smoothing
+        self.h.delta = network.delta
         self.h.t = 0
         self.wsl = workspace_layout(self.lay, self.batch_size, dropout > 0,
-                                    network.loss == LOSS_SQUARED_ERROR, dtype.itemsize)
+                                    is_regression(network.loss), dtype.itemsize)
         self.ws = np.empty(self.wsl.size, dtype=dtype)
         self.ybuf = np.empty(self.batch_size, dtype=np.int32)
         self.grads = np.zeros_like(network.params)
@@ -252,7 +254,7 @@ cdef class Trainer:
         """Bytes a Trainer of mini-batches of batch_size rows allocates (workspace,
         gradients), for a memory check before it does."""
         cdef Workspace w = workspace_layout(&network.layout, batch_size, dropout > 0,
-                                            network.loss == LOSS_SQUARED_ERROR,
+                                            is_regression(network.loss),
                                             network.dtype.itemsize)
         return (w.size + network.layout.n_params) * network.dtype.itemsize
 
@@ -384,7 +386,7 @@ cdef Buffers buffers(Trainer tr, floating[::1] params) except *:
     buf.sample_weight = NULL
     buf.state1 = NULL
     buf.state2 = NULL
-    if tr.h.loss == LOSS_SQUARED_ERROR:
+    if is_regression(tr.h.loss):
         T = tr.y
         buf.targets = &T[0, 0]
     else:
@@ -543,8 +545,8 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
 
     forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr)
 
-    if h.loss == LOSS_SQUARED_ERROR:
-        loss = fm.squared_error(nr, k, zL, trow, wrow, scale, dL)
+    if is_regression(h.loss):
+        loss = regression_loss(h.loss, nr, k, zL, trow, wrow, scale, h.delta, dL)
     elif h.loss == LOSS_CROSS_ENTROPY:   # its softmax is part of the loss
         loss = fm.softmax_xent(nr, k, zL, yrow, wrow, scale, h.smoothing, dL, n_correct)
     else:

@@ -3,8 +3,9 @@
 The graph is the standard one: per layer a ``Gemm`` (weights stored as ``(fan_in,
 fan_out)``, so no transpose) and the activation node, then ``Softmax`` over the classes for
 cross-entropy models. Input ``X`` is ``(batch, n_features)``; output ``probabilities`` (or
-``outputs`` for MSE models). Labels are not part of the graph: map the arg-max through
-``model.classes_``.
+``outputs`` for MSE models and regressors, after an ``Exp`` for the Poisson loss's log
+link, so they are what ``predict`` returns). Labels are not part of the graph: map the
+arg-max through ``model.classes_``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
     output = "probabilities" if model.loss == "cross_entropy" else "outputs"
     if model.loss == "cross_entropy":
         nodes.append(helper.make_node("Softmax", [current], [output], axis=1))
+    elif model.loss == "poisson":  # the log link: predictions are exp of the outputs
+        nodes.append(helper.make_node("Exp", [current], [output]))
     else:
         nodes.append(helper.make_node("Identity", [current], [output]))
     graph = helper.make_graph(

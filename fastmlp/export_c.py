@@ -267,6 +267,17 @@ static void {ctx.name}_sigmoid(size_t n, {ctx.real} *y)
 """
 
 
+def _kernel_exp(ctx: _Ctx) -> str:
+    return f"""\
+/* exp(y) in place: the inverse of the Poisson loss's log link. */
+static void {ctx.name}_exp(size_t n, {ctx.real} *y)
+{{
+    size_t j;
+    for (j = 0; j < n; j++) y[j] = exp{ctx.suffix}(y[j]);
+}}
+"""
+
+
 def _kernel_softmax(ctx: _Ctx) -> str:
     r = ctx.real
     return f"""\
@@ -307,6 +318,7 @@ _KERNELS = {
     "sigmoid": _kernel_sigmoid,
     "softmax": _kernel_softmax,
     "argmax": _kernel_argmax,
+    "exp": _kernel_exp,
 }
 
 
@@ -539,13 +551,15 @@ def _forward(ctx: _Ctx, layers: list[_DenseLayer]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _public(ctx: _Ctx, kind: str) -> str:
-    """The definitions of the public functions, in the header's order."""
+def _public(ctx: _Ctx, kind: str, exp_link: bool = False) -> str:
+    """The definitions of the public functions, in the header's order; ``exp_link``: a
+    Poisson regressor, which predicts exp of its outputs."""
     n, r, M = ctx.name, ctx.real, ctx.macro
     out = []
     protos = [p for p, _ in _api(ctx, kind)]
     if kind == "regressor":
-        out.append(f"{protos[0]}\n{{\n    {n}_forward(x, y);\n}}\n")
+        link = f"    {n}_exp({M}_N_OUTPUTS, y);\n" if exp_link else ""
+        out.append(f"{protos[0]}\n{{\n    {n}_forward(x, y);\n{link}}}\n")
         out.append(
             f"{protos[1]}\n{{\n    size_t row;\n    for (row = 0; row < n_rows; row++)\n"
             f"        {n}_predict(x + row * {M}_N_FEATURES, y + row * {M}_N_OUTPUTS);\n}}\n"
@@ -595,9 +609,11 @@ def _source(model: MLP, ctx: _Ctx, layers: list[_DenseLayer], kind: str) -> str:
         needed.add("argmax")
     if kind == "proba":
         needed.add("softmax")
+    if model.loss == "poisson":
+        needed.add("exp")
     parts += [emit(ctx) for key, emit in _KERNELS.items() if key in needed]
     parts.append(_forward(ctx, layers))
-    parts.append(_public(ctx, kind))
+    parts.append(_public(ctx, kind, exp_link=model.loss == "poisson"))
     return "\n".join(parts)
 
 

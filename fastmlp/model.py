@@ -13,6 +13,7 @@ from fastmlp._network import (
     LAYERS_LIMIT,
     LOSSES,
     REGRESSION_LOSS,
+    REGRESSION_LOSSES,
     WIDTH_LIMIT,
     Network,
     count_params,
@@ -34,7 +35,8 @@ from fastmlp._validation import (
 class MLP:
     """A multi-layer perceptron: Linear layers with an activation between them.
 
-    A classifier, or with ``loss="squared_error"`` a regressor of real-valued targets.
+    A classifier, or with a regression loss (``"squared_error"``, ``"huber"``,
+    ``"absolute_error"``, ``"poisson"``) a regressor of real-valued targets.
     Build one with :func:`fastmlp.train`, :meth:`MLP.from_weights` or :func:`fastmlp.load`.
 
     Parameters
@@ -47,10 +49,15 @@ class MLP:
     activation : {"relu", "tanh", "sigmoid"} or sequence of them
         Activation of the hidden layers: one name for all, or one per hidden layer (kept
         as given, a tuple; :attr:`activations` always lists one per layer).
-    loss : {"cross_entropy", "mse", "squared_error"}
+    loss : {"cross_entropy", "mse", "squared_error", "huber", "absolute_error", "poisson"}
         Classifiers: softmax + cross-entropy, or half squared error against one-hot
-        targets. Regressors: "squared_error", half the squared error against real
-        targets averaged over the outputs (scikit-learn's MLPRegressor loss).
+        targets. Regressors, each averaged over the outputs: "squared_error", half the
+        squared error (scikit-learn's MLPRegressor loss); "huber" (``torch.nn.HuberLoss``:
+        half the squared error within ``delta`` of the target, linear beyond);
+        "absolute_error" (its subgradient is 0 where an output equals its target);
+        "poisson" (log link: the network's output z is the log of the mean, the loss
+        ``exp(z) - y z`` as ``torch.nn.PoissonNLLLoss(log_input=True)``, targets >= 0,
+        and :meth:`predict` returns ``exp(z)``).
     output_activation : {"identity", "relu", "tanh", "sigmoid"} or None
         Activation of the output layer; None means "identity". Cross-entropy requires
         "identity" (the softmax is part of the loss).
@@ -60,6 +67,8 @@ class MLP:
         The flat parameter buffer (W_1, b_1, W_2, b_2, ... row-major); zeros if omitted.
     n_threads : int or None
         Default thread count for prediction (None: all cores OpenMP offers).
+    delta : float > 0
+        The threshold of ``loss="huber"`` (other losses refuse any other value than 1).
 
     Attributes
     ----------
@@ -81,6 +90,7 @@ class MLP:
         dtype=np.float32,
         params: np.ndarray | None = None,
         n_threads: int | None = None,
+        delta: float = 1.0,
     ) -> None:
         sizes = tuple(int(s) for s in layer_sizes)
         if not 2 <= len(sizes) <= LAYERS_LIMIT + 1 or not all(
@@ -100,11 +110,12 @@ class MLP:
             )
         if loss == "cross_entropy" and output_activation != "identity":
             raise ValueError("cross-entropy applies its own softmax: use output_activation=None")
-        if loss == REGRESSION_LOSS:
+        delta = check_float(delta, "delta", 0.0, float("inf"), low_open=True)
+        if loss != "huber" and delta != 1.0:
+            raise ValueError(f"delta is the threshold of loss='huber'; this loss is {loss!r}")
+        if loss in REGRESSION_LOSSES:
             if classes is not None:
-                raise ValueError(
-                    f"a regressor (loss={REGRESSION_LOSS!r}) has no classes: pass classes=None"
-                )
+                raise ValueError(f"a regressor (loss={loss!r}) has no classes: pass classes=None")
         elif classes is None:
             raise ValueError(
                 f"a classifier needs its classes, one label per output; for a regressor use "
@@ -126,6 +137,7 @@ class MLP:
         self.activation = activation
         self.loss = loss
         self.output_activation = output_activation
+        self.delta = delta
         self.dtype = check_dtype(dtype)
         self.classes_ = classes
         self.n_threads = n_threads
@@ -150,7 +162,9 @@ class MLP:
         acts = [*self.activations, self.output_activation]
         if params is not None:
             params = np.asarray(params)
-        self._network = Network(self.layer_sizes, acts, self.loss, self.dtype, params)
+        self._network = Network(
+            self.layer_sizes, acts, self.loss, self.dtype, params, delta=self.delta
+        )
 
     @property
     def activations(self) -> tuple[str, ...]:
@@ -167,8 +181,8 @@ class MLP:
 
     @property
     def is_regressor(self) -> bool:
-        """True for a regressor (``loss="squared_error"``), False for a classifier."""
-        return self.loss == REGRESSION_LOSS
+        """True for a regressor (a regression loss), False for a classifier."""
+        return self.loss in REGRESSION_LOSSES
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -194,6 +208,7 @@ class MLP:
         loss: str = "cross_entropy",
         output_activation: str | None = None,
         dtype=None,
+        delta: float = 1.0,
     ) -> MLP:
         """Build a model from weight matrices and bias vectors.
 
@@ -203,7 +218,7 @@ class MLP:
             ``weights[i]`` of shape (fan_in, fan_out); consecutive shapes must chain.
         biases : sequence of ndarray
             ``biases[i]`` of shape (fan_out,).
-        activation, loss, output_activation
+        activation, loss, output_activation, delta
             As for :class:`MLP`.
         classes : array-like, optional
             One label per output; default ``0 .. n_outputs - 1`` (None for a regressor).
@@ -228,7 +243,7 @@ class MLP:
                     f"shape (fan_out,); got W {W.shape} after width {sizes[-1]}, b {b.shape}"
                 )
             sizes.append(W.shape[1])
-        if classes is None and loss != REGRESSION_LOSS:
+        if classes is None and loss not in REGRESSION_LOSSES:
             classes = np.arange(sizes[-1])
         model = cls(
             sizes,
@@ -237,6 +252,7 @@ class MLP:
             loss=loss,
             output_activation=output_activation,
             dtype=dtype,
+            delta=delta,
         )
         for W, b, dst_W, dst_b in zip(mats, vecs, model.weights, model.biases):
             dst_W[...] = check_X(W, model.dtype, name="weights")
@@ -311,8 +327,17 @@ class MLP:
         """
         out = self._outputs(X, n_threads, softmax=False)
         if self.is_regressor:
+            out = self._inverse_link(out)
             return out.ravel() if out.shape[1] == 1 else out
         return self.classes_[out.argmax(axis=1)]
+
+    def _inverse_link(self, out: np.ndarray) -> np.ndarray:
+        """A regressor's predictions from its outputs: exp for the Poisson loss's log link
+        (in place), else the outputs themselves."""
+        if self.loss == "poisson":
+            with np.errstate(over="ignore"):
+                np.exp(out, out=out)
+        return out
 
     def score(self, X, y, sample_weight=None) -> float:
         """Mean accuracy on (X, y); for a regressor the coefficient of determination R^2.
@@ -324,6 +349,7 @@ class MLP:
         w = check_sample_weight(sample_weight, X.shape[0], np.dtype(np.float64))
         out = self._outputs(X, None, softmax=False)
         if self.is_regressor:
+            out = self._inverse_link(out)
             Y = check_targets(y, X.shape[0], np.dtype(np.float64), out.shape[1])
             return r2_score(Y, out, w)
         codes = encode_labels(check_labels(y, X.shape[0]), self.classes_)
@@ -382,7 +408,8 @@ class MLP:
     def _encode_y(self, y, n_samples: int, name: str = "y"):
         """``(label codes, None)`` for a classifier, ``(None, targets)`` for a regressor."""
         if self.is_regressor:
-            return None, check_targets(y, n_samples, self.dtype, self.layer_sizes[-1], name)
+            targets = check_targets(y, n_samples, self.dtype, self.layer_sizes[-1], name)
+            return None, check_loss_targets(self.loss, targets, name)
         return encode_labels(check_labels(y, n_samples, name), self.classes_, name), None
 
     # -- training, saving -------------------------------------------------------------
@@ -430,6 +457,7 @@ class MLP:
             "params": self.params_,
             "n_threads": self.n_threads,
             "history": self.history,
+            "delta": self.delta,
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -442,6 +470,7 @@ class MLP:
             dtype=np.dtype(state["dtype"]),
             params=state["params"],
             n_threads=state["n_threads"],
+            delta=state.get("delta", 1.0),  # pickles of fastmlp before Huber lack it
         )
         self.history = state["history"]
 
@@ -472,6 +501,16 @@ def check_activation(activation, n_hidden: int) -> str | tuple[str, ...]:
     if bad:
         raise ValueError(f"activation names must be from {HIDDEN_ACTIVATIONS}; got {bad[0]!r}")
     return tuple(activation)
+
+
+def check_loss_targets(loss: str, targets: np.ndarray, name: str = "y") -> np.ndarray:
+    """``targets`` (checked by check_targets), refused where ``loss`` cannot take them."""
+    if loss == "poisson" and (targets < 0).any():
+        raise ValueError(
+            f"{name} holds negative values; loss='poisson' models counts or rates, which are "
+            ">= 0 (for targets of any sign use 'squared_error' or 'huber')"
+        )
+    return targets
 
 
 def check_label_smoothing(value, loss: str) -> float:

@@ -31,11 +31,12 @@ writes them), ``optimizer`` (null, or ``{"name": "adam" | "adamw" | "sgd", "t": 
 and ``fastmlp_version`` (the writer's version, for information only).
 
 Version 2 added regressors (``loss`` ``"squared_error"``, no classes). Version 3 added
-AdamW's optimizer state (``"adamw"``) and per-layer activations (``activation`` a list of
-one name per hidden layer). A file is written with the lowest version that
-holds what it uses (a plain classifier as version 1, a squared-error regressor as 2), so
-older fastmlp releases load every file they can represent; a reader refuses a feature
-that its file's version does not have.
+AdamW's optimizer state (``"adamw"``), per-layer activations (``activation`` a list of
+one name per hidden layer) and the regression losses ``"huber"`` (with the meta key
+``delta``, present only for it), ``"absolute_error"`` and ``"poisson"``. A file is
+written with the lowest version that holds what it uses (a plain classifier as version 1,
+a squared-error regressor as 2), so older fastmlp releases load every file they can
+represent; a reader refuses a feature that its file's version does not have.
 
 A reader refuses files of a newer format version rather than guess at them, and checks
 every array against ``meta`` before it decompresses or allocates anything, so a damaged or
@@ -66,6 +67,7 @@ from fastmlp._network import (
     LAYERS_LIMIT,
     LOSSES,
     REGRESSION_LOSS,
+    REGRESSION_LOSSES,
     WIDTH_LIMIT,
     count_params,
 )
@@ -88,6 +90,7 @@ FLOAT_NAMES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 CLASS_KINDS = {"b": "bool", "i": "int", "u": "uint", "f": "float", "U": "str"}
 REQUIRED_ARRAYS = ("format", "version", "meta", "params", "classes")
 OPTIMIZER_ARRAYS = ("opt_state1", "opt_state2")
+OPTIONAL_META_KEYS = frozenset({"delta"})  # the Huber loss's threshold (format 3)
 META_KEYS = frozenset(
     {
         "layer_sizes",
@@ -169,6 +172,9 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
             "load() would reject (did training diverge?)"
         )
     regressor = model.is_regressor
+    delta = float(model.delta)
+    if not (np.isfinite(delta) and delta > 0):
+        raise ValueError(f"the model's delta {delta!r} is not a finite number > 0")
     classes = np.zeros(0) if regressor else _storable_classes(model.classes_)
     import fastmlp  # here, not at the top: fastmlp/__init__ imports this module
 
@@ -188,6 +194,8 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
         "optimizer": None,
         "fastmlp_version": str(getattr(fastmlp, "__version__", "unknown")),
     }
+    if model.loss == "huber":
+        meta["delta"] = delta
     arrays = {
         "format": np.array(FORMAT_MARKER),
         "version": np.array(1, dtype=np.int64),
@@ -216,6 +224,8 @@ def _format_version(meta: dict[str, Any]) -> int:
     if meta["optimizer"] is not None and meta["optimizer"]["name"] == "adamw":
         return 3
     if not isinstance(meta["activation"], str):
+        return 3
+    if meta["loss"] in REGRESSION_LOSSES and meta["loss"] != REGRESSION_LOSS:
         return 3
     return 2 if meta["loss"] == REGRESSION_LOSS else 1
 
@@ -512,6 +522,7 @@ class _Reader:
                 output_activation=meta["output_activation"],
                 dtype=dtype,
                 params=params,
+                delta=meta.get("delta", 1.0),
             )
         except ValueError as exc:  # checked above already; this is a second line of defence
             raise self.error(str(exc)) from None
@@ -606,7 +617,7 @@ class _Reader:
         if not isinstance(meta, dict):
             raise self.error("its metadata is not a JSON object")
         missing = sorted(META_KEYS - meta.keys())
-        unknown = sorted(meta.keys() - META_KEYS)
+        unknown = sorted(meta.keys() - META_KEYS - OPTIONAL_META_KEYS)
         if missing or unknown:
             raise self.error(f"metadata keys missing: {missing}, unknown: {unknown}")
 
@@ -645,8 +656,20 @@ class _Reader:
                 raise self.error(f"{key} must be one of {allowed}; got {meta[key]!r:.200}")
         if meta["loss"] == "cross_entropy" and meta["output_activation"] != "identity":
             raise self.error("a cross-entropy model must have output_activation 'identity'")
-        if meta["loss"] == REGRESSION_LOSS and self.version < 2:
+        if meta["loss"] in REGRESSION_LOSSES and self.version < 2:
             raise self.error(f"format version {self.version} holds no regressors")
+        if meta["loss"] in REGRESSION_LOSSES[1:] and self.version < 3:
+            raise self.error(f"format version {self.version} holds no {meta['loss']!r} loss")
+        if meta["loss"] == "huber":
+            delta = meta.get("delta")
+            if (
+                not isinstance(delta, (int, float))
+                or isinstance(delta, bool)
+                or not (0 < delta < float("inf"))
+            ):
+                raise self.error(f"delta of a Huber model must be a number > 0; got {delta!r:.50}")
+        elif "delta" in meta:
+            raise self.error("only a Huber model ('huber' loss) has a delta")
         n_params = count_params(sizes)
         if not _is_int(meta["n_params"]) or meta["n_params"] != n_params:
             raise self.error(
@@ -684,7 +707,7 @@ class _Reader:
         """The labels, checked against meta: dtype, one per output, distinct; a regressor's
         None."""
         kind, spec = meta["classes_kind"], meta["classes_dtype"]
-        if (meta["loss"] == REGRESSION_LOSS) != (kind == NO_CLASSES):
+        if (meta["loss"] in REGRESSION_LOSSES) != (kind == NO_CLASSES):
             raise self.error(
                 f"classes_kind {kind!r:.50} does not fit loss {meta['loss']!r}: a regressor "
                 f"(and only a regressor) has classes_kind {NO_CLASSES!r}"

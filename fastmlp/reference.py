@@ -168,6 +168,58 @@ def squared_error(
     return loss, (scale * w / k)[:, None] * diff
 
 
+def huber(
+    A: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+    delta: float = 1.0,
+) -> tuple[float, np.ndarray]:
+    """Huber loss of outputs A against targets Y (torch.nn.HuberLoss), averaged over the k
+    outputs: ``0.5 d^2`` where ``|d| < delta``, else ``delta * (|d| - delta / 2)``, for
+    ``d = A - Y``. Returns the weighted sum over rows and ``scale * w * clip(d, -delta,
+    delta) / k``."""
+    n, k = A.shape
+    w = _weights(n, sample_weight, A.dtype)
+    d = A - Y
+    quadratic = np.abs(d) < delta
+    per = np.where(quadratic, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+    loss = float(np.sum(w.astype(np.float64) * per.sum(axis=1) / k))
+    return loss, (scale * w / k)[:, None] * np.clip(d, -delta, delta)
+
+
+def absolute_error(
+    A: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, np.ndarray]:
+    """Absolute error ``|A - Y|`` averaged over the k outputs (torch.nn.L1Loss); the
+    gradient is the subgradient ``scale * w * sign(A - Y) / k``, 0 where A == Y."""
+    n, k = A.shape
+    w = _weights(n, sample_weight, A.dtype)
+    d = A - Y
+    loss = float(np.sum(w.astype(np.float64) * np.abs(d).sum(axis=1) / k))
+    return loss, (scale * w / k)[:, None] * np.sign(d)
+
+
+def poisson(
+    A: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, np.ndarray]:
+    """Poisson negative log-likelihood with the log link (torch.nn.PoissonNLLLoss with
+    log_input=True, full=False): the output A is the log of the mean, the loss
+    ``exp(A) - Y * A`` (the log(Y!) constant left out), averaged over the k outputs.
+    Returns its weighted sum over rows and ``scale * w * (exp(A) - Y) / k``."""
+    n, k = A.shape
+    w = _weights(n, sample_weight, A.dtype)
+    mean = np.exp(A)
+    loss = float(np.sum(w.astype(np.float64) * (mean - Y * A).sum(axis=1) / k))
+    return loss, (scale * w / k)[:, None] * (mean - Y)
+
+
 def col_sum(dZ: np.ndarray) -> np.ndarray:
     """Bias gradient: the column sums of dZ."""
     return dZ.sum(axis=0)
@@ -232,13 +284,14 @@ def loss_and_gradients(
     sample_weight: np.ndarray | None = None,
     masks: Sequence[np.ndarray | None] | None = None,
     label_smoothing: float = 0.0,
+    delta: float = 1.0,
 ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
     """Objective and its gradient by backpropagation.
 
     The objective is the weighted mean of the per-sample losses,
     ``sum_i w_i L_i / sum_i w_i``, plus ``0.5 * l2 * sum ||W||^2`` over the weights (not
     the biases).
-    ``y`` holds integer labels in [0, k), or with ``loss="squared_error"`` the real
+    ``y`` holds integer labels in [0, k), or with a regression loss the real
     targets, shape (n, k).
 
     Returns
@@ -259,8 +312,15 @@ def loss_and_gradients(
     elif loss == "mse":
         total, _, dA = mse(A[L], y, w, scale)
         dZ = act_backward(A[L], dA, activations[L - 1])
-    elif loss == "squared_error":
-        total, dA = squared_error(A[L], y, w, scale)
+    elif loss in ("squared_error", "huber", "absolute_error", "poisson"):
+        if loss == "huber":
+            total, dA = huber(A[L], y, w, scale, delta)
+        elif loss == "absolute_error":
+            total, dA = absolute_error(A[L], y, w, scale)
+        elif loss == "poisson":
+            total, dA = poisson(A[L], y, w, scale)
+        else:
+            total, dA = squared_error(A[L], y, w, scale)
         dZ = act_backward(A[L], dA, activations[L - 1])
     else:
         raise ValueError(f"unknown loss {loss!r}")
@@ -296,6 +356,7 @@ def train_step(
     sample_weight: np.ndarray | None = None,
     masks: Sequence[np.ndarray | None] | None = None,
     label_smoothing: float = 0.0,
+    delta: float = 1.0,
 ) -> float:
     """One mini-batch step, updating ``weights``, ``biases`` and ``state`` in place.
 
@@ -310,7 +371,7 @@ def train_step(
         The mini-batch objective before the update.
     """
     value, dW, db = loss_and_gradients(
-        weights, biases, X, y, activations, loss, l2, sample_weight, masks, label_smoothing
+        weights, biases, X, y, activations, loss, l2, sample_weight, masks, label_smoothing, delta
     )
     params = [p for pair in zip(weights, biases) for p in pair]
     grads = [g for pair in zip(dW, db) for g in pair]

@@ -27,7 +27,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from fastmlp._network import HIDDEN_ACTIVATIONS, REGRESSION_LOSS
+from fastmlp._network import HIDDEN_ACTIVATIONS, REGRESSION_LOSSES
 from fastmlp._trainer import OPTIMIZERS
 from fastmlp._validation import check_dtype
 from fastmlp.model import MLP
@@ -669,13 +669,23 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     A drop-in for :class:`sklearn.neural_network.MLPRegressor` with the "adam" and
     "sgd" solvers (and "adamw"): identity output layer, one unit per target, trained on half the
-    squared error averaged over the outputs (scikit-learn's ``squared_error``).
+    squared error averaged over the outputs (scikit-learn's ``squared_error``; see
+    ``loss`` for the others).
     Targets are fitted as given: standardise them (e.g. with
     :class:`sklearn.compose.TransformedTargetRegressor`) when they are far from unit scale.
 
     Parameters
     ----------
     %(parameters)s
+
+    loss : {"squared_error", "huber", "absolute_error", "poisson"}, default="squared_error"
+        The loss, averaged over the outputs: half the squared error (scikit-learn's);
+        Huber's with ``delta`` (``torch.nn.HuberLoss``); the absolute error (subgradient
+        0 at a perfect fit); or Poisson's with the log link (targets >= 0, the network's
+        output is the log of the mean and :meth:`predict` returns its exp, as
+        ``torch.nn.PoissonNLLLoss(log_input=True)`` and scikit-learn's "poisson").
+    delta : float, default=1.0
+        The threshold of the Huber loss; other losses take only 1.0 (fastmlp only).
 
     Attributes
     ----------
@@ -699,6 +709,68 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags.target_tags.multi_output = True
         return tags
 
+    def __init__(
+        self,
+        hidden_layer_sizes: int | Sequence[int] = (100,),
+        activation: str | Sequence[str] = "relu",
+        *,
+        loss: str = "squared_error",
+        delta: float = 1.0,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 0.001,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state=None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        weight_decay: float | None = None,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        dropout: float = 0.0,
+        dtype=np.float32,
+        n_threads: int | None = None,
+    ) -> None:
+        super().__init__(
+            hidden_layer_sizes,
+            activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate_init=learning_rate_init,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            dropout=dropout,
+            dtype=dtype,
+            n_threads=n_threads,
+        )
+        self.loss = loss
+        self.delta = delta
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.loss not in REGRESSION_LOSSES:
+            raise ValueError(f"loss must be one of {REGRESSION_LOSSES}; got {self.loss!r}")
+
     def _validate_Xy(self, X, y, reset: bool):
         return _validate(
             self,
@@ -712,9 +784,17 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _new_model(self, X, y, seed: int, classes=None) -> MLP:
         self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
-        return self._network(X.shape[1], self.n_outputs_, None, seed, loss=REGRESSION_LOSS)
+        return self._network(
+            X.shape[1], self.n_outputs_, None, seed, loss=self.loss, delta=self.delta
+        )
 
     def _check_continuation(self, y) -> None:
+        if (self.loss, self.delta) != (self.model_.loss, self.model_.delta):
+            raise ValueError(
+                f"warm_start and partial_fit continue the loss the network was fitted with "
+                f"({self.model_.loss!r}, delta={self.model_.delta}); got loss={self.loss!r}, "
+                f"delta={self.delta}"
+            )
         n_outputs = 1 if y.ndim == 1 else y.shape[1]
         if n_outputs != self.n_outputs_:
             raise ValueError(

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastmlp._network import LAYERS_LIMIT, REGRESSION_LOSS
+from fastmlp._network import LAYERS_LIMIT, REGRESSION_LOSS, REGRESSION_LOSSES
 from fastmlp._threads import blas_guard, effective_n_threads
 from fastmlp._trainer import ADAM_FAMILY, OPTIMIZERS, Status, Trainer
 from fastmlp._validation import (
@@ -30,7 +30,7 @@ from fastmlp._validation import (
     check_targets,
     check_X,
 )
-from fastmlp.model import MLP, check_label_smoothing
+from fastmlp.model import MLP, check_label_smoothing, check_loss_targets
 
 
 def init_params(model: MLP, rng: np.random.Generator) -> None:
@@ -112,6 +112,7 @@ def train(
     hidden: Sequence[int] = (128, 64),
     activation: str | Sequence[str] = "relu",
     loss: str = "cross_entropy",
+    delta: float = 1.0,
     optimizer: str = "adam",
     epochs: int = 10,
     batch_size: int = 128,
@@ -154,11 +155,19 @@ def train(
     activation : {"relu", "tanh", "sigmoid"} or sequence of them
         Activation of the hidden layers: one name for all, or a list with one per hidden
         layer, e.g. ``hidden=(64, 32), activation=["relu", "tanh"]``.
-    loss : {"cross_entropy", "mse", "squared_error"}
+    loss : {"cross_entropy", "mse", "squared_error", "huber", "absolute_error", "poisson"}
         Classifiers: softmax + cross-entropy, or half squared error against one-hot
         targets. "squared_error" trains a regressor: half the squared error against
         real targets, averaged over the outputs (as scikit-learn's MLPRegressor).
-        Targets are used as given; standardising them helps, as it does X.
+        Targets are used as given; standardising them helps, as it does X. The other
+        regressor losses, also averaged over the outputs: "huber" (``torch.nn.HuberLoss``
+        with ``delta``), "absolute_error" (subgradient 0 where an output equals its
+        target) and "poisson" (log link, ``torch.nn.PoissonNLLLoss(log_input=True)``:
+        the output z is the log of the mean, the loss ``exp(z) - y z``; targets must be
+        >= 0, and ``predict`` returns ``exp(z)``).
+    delta : float > 0
+        The threshold of ``loss="huber"``: squared error within ``delta`` of the target,
+        linear beyond (other losses refuse any value other than 1).
     optimizer : {"adam", "adamw", "sgd"}
         Adam (``lr``, ``betas``, ``eps``), AdamW (Adam with ``weight_decay``) or SGD with
         ``momentum``.
@@ -219,7 +228,8 @@ def train(
         and keeps the best weights so far.
     init : MLP, optional
         Continue training this model (its architecture, dtype, classes and optimizer
-        state are kept; ``hidden``, ``activation``, ``loss`` and ``dtype`` are ignored).
+        state are kept; ``hidden``, ``activation``, ``loss``, ``delta`` and ``dtype`` are
+        ignored).
     output_activation : str, optional
         Activation of the output layer for ``loss="mse"`` (e.g. "sigmoid").
 
@@ -250,6 +260,7 @@ class _Options:
     hidden: Sequence[int]
     activation: Any
     loss: str
+    delta: float
     optimizer: str
     epochs: int
     batch_size: int
@@ -344,9 +355,9 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
     for width in hidden:
         check_positive_int(width, "every hidden layer size")
     X = check_X(X, dt)
-    if opts.loss == REGRESSION_LOSS:
+    if opts.loss in REGRESSION_LOSSES:
         classes = None
-        targets = check_targets(y, X.shape[0], dt)
+        targets = check_loss_targets(opts.loss, check_targets(y, X.shape[0], dt))
         n_outputs = targets.shape[1]
     else:
         labels = check_labels(y, X.shape[0])
@@ -365,6 +376,7 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
         output_activation=opts.output_activation,
         dtype=dt,
         n_threads=opts.n_threads,
+        delta=opts.delta,
     )
     init_params(model, rng)
     if classes is None:

@@ -581,3 +581,256 @@ def test_per_layer_activations_in_the_estimators():
         MLPRegressor((6, 5), activation=["relu"]).fit(X, y.astype(float))
     with pytest.raises(ValueError, match="or a list of them"):
         MLPRegressor((6,), activation=["swish"]).fit(X, y.astype(float))
+
+
+# -- regression losses: huber, absolute_error, poisson -----------------------------------
+
+REG_LOSSES = ["huber", "absolute_error", "poisson"]
+
+
+def reference_loss(loss, A, Y, w=None, scale=1.0, delta=1.0):
+    if loss == "huber":
+        return R.huber(A, Y, w, scale, delta)
+    if loss == "absolute_error":
+        return R.absolute_error(A, Y, w, scale)
+    return R.poisson(A, Y, w, scale)
+
+
+def targets_for(loss, rng, shape, dtype=np.float64):
+    if loss == "poisson":
+        return rng.poisson(2.0, shape).astype(dtype)
+    return (2 * rng.standard_normal(shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 3), (17, 10), (33, 129)])
+@pytest.mark.parametrize("loss", REG_LOSSES)
+def test_regression_loss_kernels_match_reference(loss, n, k, dtype):
+    rng = rng_for("reg-kernel", loss, n, k, dtype)
+    A = rng.standard_normal((n, k)).astype(dtype)
+    Y = targets_for(loss, rng, (n, k), dtype)
+    if loss == "absolute_error":
+        Y.flat[::3] = A.flat[::3]  # exact fits: subgradient 0
+    w = rng.uniform(0.0, 2.0, n).astype(dtype)
+    loss_ref, dA_ref = reference_loss(
+        loss, A.astype(np.float64), Y.astype(np.float64), w.astype(np.float64), 0.3, 0.7
+    )
+    value, dA = K.regression_loss(loss, A, Y, w, 0.3, 0.7)
+    assert value == pytest.approx(loss_ref, rel=10 * tol(dtype))
+    assert dA.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(dA, dA_ref, rtol=10 * tol(dtype), atol=10 * tol(dtype))
+    if loss == "absolute_error":
+        assert np.all(dA.flat[::3] == 0)
+
+
+def test_regression_loss_references_by_hand():
+    A = np.array([[0.0, 2.0, -3.0]])
+    Y = np.array([[0.5, 0.0, 0.0]])
+    # Huber, delta 1: 0.5 * 0.25, 1 * (2 - 0.5), 1 * (3 - 0.5), averaged over 3 outputs.
+    loss, dA = R.huber(A, Y, delta=1.0)
+    assert loss == pytest.approx((0.125 + 1.5 + 2.5) / 3, rel=1e-15)
+    np.testing.assert_allclose(dA, [[-0.5 / 3, 1 / 3, -1 / 3]], rtol=1e-15)
+    loss, dA = R.absolute_error(A, Y)
+    assert loss == pytest.approx(5.5 / 3, rel=1e-15)
+    loss, dA = R.poisson(np.array([[0.0, np.log(2.0)]]), np.array([[1.0, 3.0]]))
+    assert loss == pytest.approx((1 + 2 - 3 * np.log(2.0)) / 2, rel=1e-15)
+    np.testing.assert_allclose(dA, [[0.0, -0.5]], atol=1e-15)
+
+
+@pytest.mark.may_skip("torch is optional (not in CI); the reference tests above are required")
+@pytest.mark.parametrize("loss", REG_LOSSES)
+def test_regression_loss_references_match_torch(loss):
+    torch = pytest.importorskip("torch")
+    rng = rng_for("torch-reg", loss)
+    A = rng.standard_normal((7, 3))
+    Y = targets_for(loss, rng, (7, 3))
+    a = torch.tensor(A, requires_grad=True)
+    fn = {
+        "huber": torch.nn.HuberLoss(delta=0.7),
+        "absolute_error": torch.nn.L1Loss(),
+        "poisson": torch.nn.PoissonNLLLoss(log_input=True, full=False),
+    }[loss]
+    out = fn(a, torch.tensor(Y))
+    out.backward()
+    value, dA = reference_loss(loss, A, Y, None, 1 / 7, 0.7)
+    assert value / 7 == pytest.approx(out.item(), rel=1e-12)
+    np.testing.assert_allclose(dA, a.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("hidden", [(), (5,), (5, 4, 3, 6)], ids=str)
+@pytest.mark.parametrize("loss", REG_LOSSES)
+def test_regression_losses_finite_differences(loss, hidden):
+    rng = rng_for("reg-fd", loss, hidden)
+    kw = {"delta": 0.5} if loss == "huber" else {}
+    model = random_model(rng, (4, *hidden, 3), "tanh", np.float64, loss, **kw)
+    X = rng.standard_normal((11, 4))
+    Y = targets_for(loss, rng, (11, 3))
+    w = rng.uniform(0.5, 2.0, 11)
+    fd_check(model, X, Y, sample_weight=w)
+    f, dW, db = model.loss_and_gradients(X, Y, sample_weight=w)
+    f_ref, dW_ref, db_ref = R.loss_and_gradients(
+        model.weights, model.biases, X, Y, acts_of(model), loss, sample_weight=w,
+        delta=model.delta,
+    )  # fmt: skip
+    assert f == pytest.approx(f_ref, rel=1e-12)
+    for got, want in zip(dW + db, dW_ref + db_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,B", [((), 17), ((7, 3), 1), ((5, 4, 3, 6), 33)], ids=str)
+@pytest.mark.parametrize("loss", REG_LOSSES)
+def test_regression_losses_steps_match_reference(loss, hidden, B, dtype):
+    rng = rng_for("reg-steps", loss, hidden, B, dtype)
+    kw = {"delta": 0.5} if loss == "huber" else {}
+    model = random_model(rng, (5, *hidden, 4), "relu", dtype, loss, **kw)
+    X = rng.standard_normal((3 * B, 5)).astype(dtype)
+    Y = targets_for(loss, rng, (3 * B, 4))
+    hyper = dict(lr=0.01, optimizer="adam", l2=0.01)
+    ref_w, ref_b = steps_both(model, X, Y, B, 3, train_opts=hyper, ref_opts=dict(hyper, **kw))
+    assert_weights_close(model, ref_w, ref_b, 1e-10 if dtype == np.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", REG_LOSSES)
+def test_regression_losses_threads_bitwise_identical(loss, dtype):
+    rng = rng_for("reg-threads", loss, dtype)
+    X = rng.standard_normal((301, 13)).astype(dtype)
+    Y = targets_for(loss, rng, (301, 2))
+    runs = [
+        fastmlp.train(X, Y, loss=loss, hidden=(33, 17), epochs=3, batch_size=64, seed=5,
+                      n_threads=t, dtype=dtype, validation_split=0.2)
+        for t in (1, 2)
+    ]  # fmt: skip
+    assert np.array_equal(runs[0].params_, runs[1].params_)
+    assert runs[0].history["val_loss"] == runs[1].history["val_loss"]
+
+
+def test_poisson_predicts_exp_and_learns_rates():
+    rng = rng_for("poisson-learn")
+    X = rng.standard_normal((2000, 3))
+    rate = np.exp(0.5 * X[:, 0] - 0.3 * X[:, 1])
+    y = rng.poisson(rate).astype(float)
+    model = fastmlp.train(X, y, loss="poisson", hidden=(16,), epochs=30, lr=1e-2, seed=0)
+    pred = model.predict(X)
+    np.testing.assert_allclose(pred, np.exp(model.decision_function(X)[:, 0]), rtol=1e-6)
+    assert pred.min() > 0
+    assert np.corrcoef(np.log(pred), np.log(rate))[0, 1] > 0.95
+    assert model.score(X, rate) > 0.8  # R^2 of the predicted rates (exp applied)
+
+
+def test_regression_loss_bad_values():
+    rng = rng_for("reg-bad")
+    X = rng.standard_normal((20, 3))
+    y = rng.poisson(1.0, 20).astype(float)
+    bad = y.copy()
+    bad[3] = -1
+    with pytest.raises(ValueError, match="y holds negative values; loss='poisson'"):
+        fastmlp.train(X, bad, loss="poisson")
+    model = fastmlp.train(X, y, loss="poisson", epochs=1)
+    with pytest.raises(ValueError, match="y holds negative values"):
+        model.fit_more(X, bad)
+    with pytest.raises(ValueError, match="y_val holds negative values"):
+        model.fit_more(X, y, validation_data=(X, bad))
+    with pytest.raises(ValueError, match=r"delta must lie in \(0.0, inf\)"):
+        fastmlp.train(X, y, loss="huber", delta=0.0)
+    with pytest.raises(ValueError, match="delta is the threshold of loss='huber'"):
+        fastmlp.train(X, y, loss="squared_error", delta=2.0)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        MLP((3, 1), None, loss="hinge")
+
+
+@pytest.mark.parametrize("loss", REG_LOSSES)
+def test_regression_losses_saved(tmp_path, loss):
+    rng = rng_for("reg-save", loss)
+    X = rng.standard_normal((40, 3))
+    Y = targets_for(loss, rng, (40, 2))
+    kw = {"delta": 0.25} if loss == "huber" else {}
+    model = fastmlp.train(X, Y, loss=loss, hidden=(5,), epochs=2, seed=0, **kw)
+    save(model, tmp_path / "m.npz")
+    back = load(tmp_path / "m.npz")
+    assert (back.loss, back.delta) == (loss, kw.get("delta", 1.0))
+    assert np.array_equal(back.predict(X), model.predict(X))
+    with np.load(tmp_path / "m.npz") as f:
+        assert int(f["version"]) == 3
+        arrays = dict(f)
+    arrays["version"] = np.array(2)
+    np.savez(tmp_path / "old.npz", **arrays)
+    with pytest.raises(ValueError, match=f"format version 2 holds no '{loss}' loss"):
+        load(tmp_path / "old.npz")
+
+
+def test_huber_delta_checked_on_load(tmp_path):
+    import json
+
+    rng = rng_for("huber-load")
+    X, Y = rng.standard_normal((30, 3)), rng.standard_normal(30)
+    model = fastmlp.train(X, Y, loss="huber", delta=2.0, hidden=(4,), epochs=1, seed=0)
+    save(model, tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        arrays = dict(f)
+    meta = json.loads(str(arrays["meta"]))
+    for change, match in [
+        ({"delta": -1.0}, "delta of a Huber model"),
+        ({"delta": "2"}, "delta of a Huber model"),
+        ({"delta": None}, "delta of a Huber model"),
+        ({"loss": "poisson"}, "only a Huber model"),
+    ]:
+        arrays["meta"] = np.array(json.dumps({**meta, **change}))
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(ValueError, match=match):
+            load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("loss", REG_LOSSES)
+def test_regression_losses_onnx(tmp_path, loss):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    rng = rng_for("reg-onnx", loss)
+    X = rng.standard_normal((50, 4)).astype(np.float32)
+    Y = targets_for(loss, rng, (50, 2))
+    model = fastmlp.train(X, Y, loss=loss, hidden=(6,), epochs=2, seed=0)
+    model.to_onnx(tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"X": X})[0], model.predict(X), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", REG_LOSSES)
+def test_regression_losses_c_export(tmp_path, loss, dtype):
+    from test_export_c import Exported, check_against_model
+
+    rng = rng_for("reg-c", loss, dtype)
+    X = rng.standard_normal((50, 4)).astype(dtype)
+    Y = targets_for(loss, rng, (50, 2))
+    model = fastmlp.train(X, Y, loss=loss, hidden=(6,), epochs=2, seed=0, dtype=dtype)
+    check_against_model(Exported(model, tmp_path), X)
+    assert ("_exp(" in (tmp_path / "model.c").read_text()) == (loss == "poisson")
+
+
+def test_regression_losses_in_the_estimator():
+    pytest.importorskip("sklearn")
+    from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning
+
+    from fastmlp.sklearn import MLPRegressor
+
+    rng = rng_for("reg-sklearn")
+    X = rng.standard_normal((200, 3))
+    y = rng.poisson(np.exp(0.5 * X[:, 0])).astype(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        reg = MLPRegressor((8,), loss="poisson", max_iter=20, random_state=0).fit(X, y)
+        assert reg.model_.loss == "poisson" and reg.predict(X).min() > 0
+        assert clone(reg).get_params()["loss"] == "poisson"
+        hub = MLPRegressor((8,), loss="huber", delta=0.3, max_iter=5, warm_start=True)
+        hub.fit(X, y)
+        assert hub.model_.delta == 0.3
+        hub.set_params(delta=0.5)
+        with pytest.raises(ValueError, match="continue the loss the network was fitted with"):
+            hub.fit(X, y)
+        with pytest.raises(ValueError, match="loss must be one of"):
+            MLPRegressor(loss="hinge").fit(X, y)
+        with pytest.raises(ValueError, match="y holds negative values"):
+            MLPRegressor(loss="poisson").fit(X, -y - 1)
+
