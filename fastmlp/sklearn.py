@@ -86,9 +86,10 @@ _SHARED_PARAMETERS = """hidden_layer_sizes : int or tuple of int, default=(100,)
         Improvement of the training loss (or, with ``early_stopping``, of the validation
         score) below which an epoch counts as no progress.
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the data, stop when its score has not
-        improved by ``tol`` for ``n_iter_no_change`` epochs, and keep the weights of the
-        best epoch.
+        Hold out ``validation_fraction`` of the data (or use the ``X_val``, ``y_val``
+        given to :meth:`fit`), stop when its score has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs, and keep the weights of the best epoch. Also
+        works with :meth:`partial_fit` (see there).
     validation_fraction : float, default=0.1
         Share of the training data held out for ``early_stopping``.
     n_iter_no_change : int, default=10
@@ -130,7 +131,10 @@ _SHARED_ATTRIBUTES = """n_features_in_ : int
     best_loss_ : float or None
         Lowest training loss of the last :meth:`fit`; None with ``early_stopping``.
     validation_scores_ : list of float or None
-        Validation score of each epoch with ``early_stopping``, else None.
+        Validation score of each epoch with ``early_stopping`` or a given ``X_val``
+        (of each :meth:`partial_fit` call with a validation set there), else None.
+    early_stopped_ : bool
+        True once early stopping has ended a series of :meth:`partial_fit` calls.
     best_validation_score_ : float or None
         Best of ``validation_scores_``, else None.
     n_iter_ : int
@@ -317,20 +321,50 @@ class _BaseMLP(BaseEstimator):
         self.model_ = self._new_model(X, y, seed, classes)
         self.loss_curve_ = []
         self.n_iter_ = 0
+        self._reset_partial_validation()
+
+    def _reset_partial_validation(self) -> None:
+        # partial_fit's validation set and early-stopping state (see partial_fit).
+        self._partial_validation = None
+        self._partial_calls = 0
+        self._partial_best = None
+        self._partial_bad = 0
+        self.early_stopped_ = False
+
+    def _check_validation_set(self, X_val, y_val):
+        """(X_val, y_val) checked against the fitted features, or None if neither given."""
+        if X_val is None and y_val is None:
+            return None
+        if X_val is None or y_val is None:
+            raise ValueError("give X_val and y_val together (a validation set and its targets)")
+        X_val = _validate(self, X_val, reset=False, dtype=self.model_.dtype)
+        y_val = np.asarray(y_val)
+        if y_val.shape[0] != X_val.shape[0]:
+            raise ValueError(f"X_val has {X_val.shape[0]} rows but y_val {y_val.shape[0]} targets")
+        # The model's own check: unknown labels, wrong output count, NaN, negative counts.
+        self.model_._encode_y(y_val, X_val.shape[0], "y_val")
+        return X_val, y_val
 
     # -- fitting -----------------------------------------------------------------------
-    def _fit(self, X, y, sample_weight):
+    def _fit(self, X, y, sample_weight, X_val=None, y_val=None):
         self._check_params()
         continuing = self.warm_start and hasattr(self, "model_")
         X, y, sample_weight = self._check_Xy(X, y, sample_weight, reset=not continuing)
         rng = check_random_state(self.random_state)
         if continuing:
             self._check_continuation(y)
+            self._reset_partial_validation()
         else:
             self._start(X, y, rng.randint(2**31))
 
-        validation_data = None
-        if self.early_stopping:
+        validation_data = self._check_validation_set(X_val, y_val)
+        validating = validation_data is not None or self.early_stopping
+        if validation_data is not None:
+            X_val, y_val = validation_data
+            self.validation_scores_ = []
+            self.best_validation_score_ = -math.inf
+            self.best_loss_ = None if self.early_stopping else math.inf
+        elif self.early_stopping:
             split = train_test_split(
                 X,
                 y,
@@ -355,14 +389,15 @@ class _BaseMLP(BaseEstimator):
         def progress(figures: dict) -> bool:
             self.loss_curve_.append(float(figures["loss"]))
             self.n_iter_ += 1
-            if self.early_stopping:
+            if validating:
                 score = self._validation_score(figures, X_val, y_val)
                 self.validation_scores_.append(score)
                 improved = score > self.best_validation_score_ + self.tol
                 if score > self.best_validation_score_:
                     self.best_validation_score_ = score
-                    state["best_params"] = figures["model"].params_.copy()
-            else:
+                    if self.early_stopping:
+                        state["best_params"] = figures["model"].params_.copy()
+            if not self.early_stopping:
                 loss = self.loss_curve_[-1]
                 improved = loss < self.best_loss_ - self.tol
                 self.best_loss_ = min(self.best_loss_, loss)
@@ -400,17 +435,49 @@ class _BaseMLP(BaseEstimator):
             )
         return self
 
-    def _partial_fit(self, X, y, sample_weight, classes=None):
+    def _partial_fit(self, X, y, sample_weight, classes=None, X_val=None, y_val=None):
+        """One epoch over (X, y); the validation set is fixed on the first call (see the
+        estimators' partial_fit)."""
         self._check_params()
         first = not hasattr(self, "model_")
         X, y, sample_weight = self._check_Xy(X, y, sample_weight, reset=first)
+        rng = check_random_state(self.random_state)
         if first:
-            self._start(X, y, check_random_state(self.random_state).randint(2**31), classes)
+            self._start(X, y, rng.randint(2**31), classes)
             self.best_loss_ = math.inf
             self.validation_scores_ = None
             self.best_validation_score_ = None
         else:
             self._check_continuation(y)
+        if not hasattr(self, "_partial_validation"):  # fitted by an older fastmlp
+            self._reset_partial_validation()
+        given = self._check_validation_set(X_val, y_val)
+        if given is not None and self._partial_calls > 0:
+            raise ValueError(
+                "partial_fit takes X_val and y_val on its first call only: the validation "
+                "set stays fixed for the calls that follow (fit() starts anew)"
+            )
+        if self._partial_calls == 0:
+            if given is None and self.early_stopping:
+                # Hold out validation_fraction of the first chunk, for all later calls.
+                split = train_test_split(
+                    X,
+                    y,
+                    *(() if sample_weight is None else (sample_weight,)),
+                    test_size=self.validation_fraction,
+                    random_state=rng.randint(2**31),
+                    stratify=self._stratify(y),
+                )
+                X, X_val_, y, y_val_ = split[:4]
+                sample_weight = split[4] if sample_weight is not None else None
+                given = (X_val_, y_val_)
+            if given is not None:
+                self._partial_validation = given
+                self.validation_scores_ = []
+                self.best_validation_score_ = -math.inf
+        self._partial_calls += 1
+        if self.early_stopped_:
+            return self  # early stopping ended training; fit() starts anew
         # A different seed per call, so that successive epochs shuffle differently.
         seed = None
         if self.random_state is not None:
@@ -427,7 +494,30 @@ class _BaseMLP(BaseEstimator):
         self.loss_curve_.append(float(self.model_.history["loss"][-1]))
         self.best_loss_ = min(self.best_loss_ or math.inf, self.loss_curve_[-1])
         self.n_iter_ += 1
+        if self._partial_validation is not None:
+            self._partial_validate()
         return self
+
+    def _partial_validate(self) -> None:
+        """Score the fixed validation set after a partial_fit call; with early stopping,
+        keep the best weights and stop after n_iter_no_change calls without progress."""
+        X_val, y_val = self._partial_validation
+        score = float(self.model_.score(X_val, y_val))
+        self.validation_scores_.append(score)
+        improved = score > self.best_validation_score_ + self.tol
+        if score > self.best_validation_score_:
+            self.best_validation_score_ = score
+            if self.early_stopping:
+                self._partial_best = self.model_.params_.copy()
+        self._partial_bad = 0 if improved else self._partial_bad + 1
+        if self.early_stopping and self._partial_bad > self.n_iter_no_change:
+            self.model_.params_[...] = self._partial_best
+            self.early_stopped_ = True
+            if self.verbose:
+                print(
+                    f"Validation score did not improve more than tol={self.tol} for "
+                    f"{self.n_iter_no_change} consecutive calls. Stopping."
+                )
 
     def _stratify(self, y):
         return None
@@ -563,7 +653,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _validation_score(self, figures: dict, X_val, y_val) -> float:
         return float(figures["val_accuracy"])
 
-    def fit(self, X, y, sample_weight=None) -> MLPClassifier:
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None) -> MLPClassifier:
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
         Parameters
@@ -574,15 +664,23 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Class labels.
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of each sample in the loss.
+        X_val : array-like of shape (n_val, n_features), default=None
+            A validation set of your own, given with ``y_val``: every epoch is scored on
+            it (``validation_scores_``), and ``early_stopping`` stops on it instead of
+            holding out ``validation_fraction`` of X (fastmlp only).
+        y_val : array-like, default=None
+            Its targets.
 
         Returns
         -------
         self : MLPClassifier
             The fitted estimator.
         """
-        return self._fit(X, y, sample_weight)
+        return self._fit(X, y, sample_weight, X_val, y_val)
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None) -> MLPClassifier:
+    def partial_fit(
+        self, X, y, classes=None, sample_weight=None, *, X_val=None, y_val=None
+    ) -> MLPClassifier:
         """Train for one epoch over (X, y), continuing with the optimizer's state.
 
         Parameters
@@ -596,6 +694,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             see them all; ignored (but checked) afterwards.
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of each sample in the loss.
+        X_val : array-like of shape (n_val, n_features), default=None
+            A validation set, given with ``y_val`` on the first call only (later calls
+            refuse it): every call is scored on it (``validation_scores_``), and with
+            ``early_stopping`` training stops after ``n_iter_no_change`` calls without
+            improvement by ``tol``, the best weights restored (``early_stopped_``; later
+            calls then do nothing until :meth:`fit`). With ``early_stopping`` and no
+            X_val, ``validation_fraction`` of the first call's chunk is held out (never
+            trained on) and used for every call. scikit-learn raises here instead.
+        y_val : array-like, default=None
+            Its targets.
 
         Returns
         -------
@@ -613,7 +721,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 f"classes={classes!r} is not the same as on the first call to partial_fit: "
                 f"{self.classes_.tolist()}"
             )
-        return self._partial_fit(X, y, sample_weight, classes)
+        return self._partial_fit(X, y, sample_weight, classes, X_val, y_val)
 
     def predict_proba(self, X) -> np.ndarray:
         """Probability of each class.
@@ -804,7 +912,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _validation_score(self, figures: dict, X_val, y_val) -> float:
         return figures["model"].score(X_val, y_val)
 
-    def fit(self, X, y, sample_weight=None) -> MLPRegressor:
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None) -> MLPRegressor:
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
         Parameters
@@ -815,15 +923,21 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Targets.
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of each sample in the loss.
+        X_val : array-like of shape (n_val, n_features), default=None
+            A validation set of your own, given with ``y_val``: every epoch is scored on
+            it (``validation_scores_``), and ``early_stopping`` stops on it instead of
+            holding out ``validation_fraction`` of X (fastmlp only).
+        y_val : array-like, default=None
+            Its targets.
 
         Returns
         -------
         self : MLPRegressor
             The fitted estimator.
         """
-        return self._fit(X, y, sample_weight)
+        return self._fit(X, y, sample_weight, X_val, y_val)
 
-    def partial_fit(self, X, y, sample_weight=None) -> MLPRegressor:
+    def partial_fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None) -> MLPRegressor:
         """Train for one epoch over (X, y), continuing with the optimizer's state.
 
         Parameters
@@ -834,13 +948,23 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Its targets.
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of each sample in the loss.
+        X_val : array-like of shape (n_val, n_features), default=None
+            A validation set, given with ``y_val`` on the first call only (later calls
+            refuse it): every call is scored on it (``validation_scores_``), and with
+            ``early_stopping`` training stops after ``n_iter_no_change`` calls without
+            improvement by ``tol``, the best weights restored (``early_stopped_``; later
+            calls then do nothing until :meth:`fit`). With ``early_stopping`` and no
+            X_val, ``validation_fraction`` of the first call's chunk is held out (never
+            trained on) and used for every call. scikit-learn raises here instead.
+        y_val : array-like, default=None
+            Its targets.
 
         Returns
         -------
         self : MLPRegressor
             The updated estimator.
         """
-        return self._partial_fit(X, y, sample_weight)
+        return self._partial_fit(X, y, sample_weight, None, X_val, y_val)
 
     def predict(self, X) -> np.ndarray:
         """Predicted targets.

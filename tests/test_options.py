@@ -834,3 +834,119 @@ def test_regression_losses_in_the_estimator():
         with pytest.raises(ValueError, match="y holds negative values"):
             MLPRegressor(loss="poisson").fit(X, -y - 1)
 
+
+# -- the estimators' validation sets: fit(X_val=, y_val=), partial_fit with early stopping
+
+
+def estimator_data(kind, rng, n):
+    X = rng.standard_normal((n, 5))
+    if kind == "classifier":
+        return X, (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    return X, X[:, 0] - 0.5 * X[:, 1] + 0.1 * rng.standard_normal(n)
+
+
+def estimator(kind, **params):
+    from fastmlp.sklearn import MLPClassifier, MLPRegressor
+
+    cls = MLPClassifier if kind == "classifier" else MLPRegressor
+    return cls(**{"hidden_layer_sizes": (8,), "random_state": 0, **params})
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_fit_scores_and_stops_on_the_given_validation_set(kind):
+    pytest.importorskip("sklearn")
+    from sklearn.exceptions import ConvergenceWarning
+
+    rng = rng_for("xval", kind)
+    X, y = estimator_data(kind, rng, 300)
+    X_val, y_val = estimator_data(kind, rng, 80)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        # Scored every epoch without early stopping; all the training rows are used.
+        est = estimator(kind, max_iter=7).fit(X, y, X_val=X_val, y_val=y_val)
+    assert len(est.validation_scores_) == 7 == est.n_iter_
+    assert est.best_validation_score_ == max(est.validation_scores_)
+    assert est.validation_scores_[-1] == pytest.approx(est.score(X_val, y_val), abs=1e-6)
+    plain = estimator(kind, max_iter=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plain.fit(X, y)
+    assert np.array_equal(est.model_.params_, plain.model_.params_)  # nothing held out
+    # Early stopping on it: stops, restores the best epoch's weights.
+    es = estimator(kind, max_iter=500, early_stopping=True, n_iter_no_change=3, tol=0.5)
+    es.fit(X, y, X_val=X_val, y_val=y_val)
+    assert es.n_iter_ == 5  # the first epoch improves on -inf, then 4 without progress
+    assert es.score(X_val, y_val) == pytest.approx(es.best_validation_score_, abs=1e-6)
+    assert es.best_loss_ is None
+
+
+def test_fit_validation_set_errors():
+    pytest.importorskip("sklearn")
+    rng = rng_for("xval-errors")
+    X, y = estimator_data("classifier", rng, 60)
+    with pytest.raises(ValueError, match="give X_val and y_val together"):
+        estimator("classifier").fit(X, y, X_val=X)
+    with pytest.raises(ValueError, match="X has 4 features"):
+        estimator("classifier").fit(X, y, X_val=X[:, :4], y_val=y)
+    with pytest.raises(ValueError, match="y_val"):
+        estimator("classifier").fit(X, y, X_val=X, y_val=y + 5)  # labels fit never saw
+    with pytest.raises(ValueError, match="X_val has 60 rows but y_val 59"):
+        estimator("classifier").fit(X, y, X_val=X, y_val=y[:-1])
+    counts = rng.poisson(1.0, 60).astype(float)
+    with pytest.raises(ValueError, match="y_val holds negative values"):
+        estimator("regressor", loss="poisson").fit(X, counts, X_val=X, y_val=counts - 5)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_partial_fit_early_stopping_on_a_fixed_split(kind):
+    pytest.importorskip("sklearn")
+    rng = rng_for("pfit-es", kind)
+    chunks = [estimator_data(kind, rng, 100) for _ in range(30)]
+    est = estimator(kind, early_stopping=True, n_iter_no_change=2, tol=0.3,
+                    validation_fraction=0.2, learning_rate_init=0.01)  # fmt: skip
+    extra = {"classes": [0, 1]} if kind == "classifier" else {}
+    est.partial_fit(*chunks[0], **extra)
+    X_val, y_val = est._partial_validation
+    assert X_val.shape == (20, 5)  # 20% of the first chunk, held out for good
+    calls = 1
+    for X, y in chunks[1:]:
+        if est.early_stopped_:
+            break
+        est.partial_fit(X, y)
+        calls += 1
+    assert est.early_stopped_
+    assert len(est.validation_scores_) == calls == est.n_iter_ == 4
+    assert est.model_.score(X_val, y_val) == pytest.approx(est.best_validation_score_)
+    before = est.model_.params_.copy()
+    est.partial_fit(*chunks[-1])  # stopped: nothing changes until fit()
+    assert np.array_equal(est.model_.params_, before) and est.n_iter_ == 4
+    with pytest.raises(ValueError, match="first call only"):
+        est.partial_fit(*chunks[-1], X_val=X_val, y_val=y_val)
+    # fit() starts anew, and a later partial_fit series with it.
+    est.set_params(max_iter=3, early_stopping=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(*chunks[0])
+    assert not est.early_stopped_ and est.validation_scores_ is None
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_partial_fit_with_a_given_validation_set(kind):
+    pytest.importorskip("sklearn")
+    rng = rng_for("pfit-given", kind)
+    X_val, y_val = estimator_data(kind, rng, 50)
+    chunks = [estimator_data(kind, rng, 64) for _ in range(4)]
+    extra = {"classes": [0, 1]} if kind == "classifier" else {}
+    est = estimator(kind)
+    est.partial_fit(*chunks[0], X_val=X_val, y_val=y_val, **extra)
+    for X, y in chunks[1:]:
+        est.partial_fit(X, y)
+    assert len(est.validation_scores_) == 4
+    assert est.validation_scores_[-1] == pytest.approx(est.score(X_val, y_val), abs=1e-6)
+    assert not est.early_stopped_
+    # Every row of each chunk was trained on (no split without early stopping).
+    ref = estimator(kind)
+    ref.partial_fit(*chunks[0], **extra)
+    for X, y in chunks[1:]:
+        ref.partial_fit(X, y)
+    assert np.array_equal(est.model_.params_, ref.model_.params_)
