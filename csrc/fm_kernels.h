@@ -59,6 +59,17 @@ double fm_softmax_xent_d(ptrdiff_t n, ptrdiff_t k, double *Z, const int32_t *y,
                          const double *w, double scale, double smoothing, double *dZ,
                          int64_t *n_correct);
 
+/* Multilabel: a sigmoid and binary cross-entropy per label, summed over the k labels,
+   returns sum_i w_i * sum_j (-y log p - (1 - y) log(1 - p)) with p = sigmoid(z) (as
+   torch.nn.BCEWithLogitsLoss per element; scikit-learn's multilabel log loss).  Z: INOUT
+   logits in, probabilities out; Y: IN n*k targets of 0 or 1; w: IN n or NULL; dZ: OUT
+   n*k or NULL, scale * w_i * (p - y); n_correct: INOUT, += rows with every label right
+   (z > 0 exactly where y is 1). */
+double fm_sigmoid_xent_f(ptrdiff_t n, ptrdiff_t k, float *Z, const float *Y, const float *w,
+                         double scale, float *dZ, int64_t *n_correct);
+double fm_sigmoid_xent_d(ptrdiff_t n, ptrdiff_t k, double *Z, const double *Y,
+                         const double *w, double scale, double *dZ, int64_t *n_correct);
+
 /* Squared error against one-hot targets, returns sum_i w_i * 0.5 * |a_i - t_i|^2.  A: IN
    n*k; y, w, n_correct as in fm_softmax_xent; dA: OUT n*k or NULL, scale * w_i * (a - t). */
 double fm_mse_f(ptrdiff_t n, ptrdiff_t k, const float *A, const int32_t *y, const float *w,

@@ -176,6 +176,37 @@ double FN(fm_softmax_xent)(ptrdiff_t n, ptrdiff_t k, T *Z, const int32_t *y, con
     return loss;
 }
 
+double FN(fm_sigmoid_xent)(ptrdiff_t n, ptrdiff_t k, T *Z, const T *Y, const T *w,
+                           double scale, T *dZ, int64_t *n_correct)
+{
+    double loss = 0;
+    int64_t correct = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        T *z = Z + i * k;
+        const T *t = Y + i * k;
+        const T wi = w ? w[i] : 1;
+        T sum = 0;
+        int all_right = 1;
+        for (ptrdiff_t j = 0; j < k; j++) {
+            /* -y log p - (1 - y) log(1 - p) = softplus(z) - y z, as max(z, 0) - y z +
+               log(1 + exp(-|z|)): exp never overflows, finite for any z. */
+            const T zj = z[j], e = EXP(-FABS(zj));
+            sum += (zj > 0 ? zj : 0) - t[j] * zj + LOG(1 + e);
+            all_right &= (zj > 0) == (t[j] > (T)0.5);
+            z[j] = zj >= 0 ? 1 / (1 + e) : e / (1 + e);
+        }
+        loss += (double)wi * (double)sum;
+        correct += all_right;
+        if (dZ) {
+            T *restrict d = dZ + i * k;
+            const T c = (T)scale * wi;
+            for (ptrdiff_t j = 0; j < k; j++) d[j] = c * (z[j] - t[j]);
+        }
+    }
+    *n_correct += correct;
+    return loss;
+}
+
 double FN(fm_mse)(ptrdiff_t n, ptrdiff_t k, const T *A, const int32_t *y, const T *w,
                   double scale, T *dA, int64_t *n_correct)
 {

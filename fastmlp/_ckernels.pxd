@@ -35,6 +35,10 @@ cdef extern from "fm_kernels.h" nogil:
     double fm_softmax_xent_d(Py_ssize_t n, Py_ssize_t k, double *Z, const int32_t *y,
                              const double *w, double scale, double smoothing, double *dZ,
                              int64_t *n_correct)
+    double fm_sigmoid_xent_f(Py_ssize_t n, Py_ssize_t k, float *Z, const float *Y,
+                             const float *w, double scale, float *dZ, int64_t *n_correct)
+    double fm_sigmoid_xent_d(Py_ssize_t n, Py_ssize_t k, double *Z, const double *Y,
+                             const double *w, double scale, double *dZ, int64_t *n_correct)
     double fm_mse_f(Py_ssize_t n, Py_ssize_t k, const float *A, const int32_t *y,
                     const float *w, double scale, float *dA, int64_t *n_correct)
     double fm_mse_d(Py_ssize_t n, Py_ssize_t k, const double *A, const int32_t *y,
@@ -148,6 +152,15 @@ cdef inline double softmax_xent(Py_ssize_t n, Py_ssize_t k, floating *Z, const i
         return fm_softmax_xent_f(n, k, Z, y, w, scale, smoothing, dZ, n_correct)
     else:
         return fm_softmax_xent_d(n, k, Z, y, w, scale, smoothing, dZ, n_correct)
+
+
+cdef inline double sigmoid_xent(Py_ssize_t n, Py_ssize_t k, floating *Z, const floating *Y,
+                                const floating *w, double scale, floating *dZ,
+                                int64_t *n_correct) noexcept nogil:
+    if floating is float:
+        return fm_sigmoid_xent_f(n, k, Z, Y, w, scale, dZ, n_correct)
+    else:
+        return fm_sigmoid_xent_d(n, k, Z, Y, w, scale, dZ, n_correct)
 
 
 cdef inline double mse(Py_ssize_t n, Py_ssize_t k, const floating *A, const int32_t *y,

@@ -86,6 +86,26 @@ def softmax_cross_entropy(floating[:, ::1] Z, y, const floating[::1] sample_weig
     return loss, correct, dZ
 
 
+def sigmoid_cross_entropy(floating[:, ::1] Z, const floating[:, ::1] Y,
+                          const floating[::1] sample_weight=None, double scale=1.0):
+    """Fused sigmoid + binary cross-entropy per label (multilabel); Z becomes the
+    probabilities. Returns ``(loss_sum, n_correct, dZ)``, dZ = scale * w * (p - Y)."""
+    cdef const floating *w = NULL
+    _check(Y.shape[0] == Z.shape[0] and Y.shape[1] == Z.shape[1], "Y must match Z")
+    _check(Z.shape[0] >= 1 and Z.shape[1] >= 1, "need at least one row and column")
+    if sample_weight is not None:
+        _check(sample_weight.shape[0] == Z.shape[0], "one weight per row")
+        w = &sample_weight[0]
+    dZ = np.empty_like(np.asarray(Z))
+    cdef floating[:, ::1] d = dZ
+    cdef int64_t correct = 0
+    cdef double loss
+    with nogil:
+        loss = fm.sigmoid_xent(Z.shape[0], Z.shape[1], &Z[0, 0], &Y[0, 0], w, scale,
+                               &d[0, 0], &correct)
+    return loss, correct, dZ
+
+
 def mse(const floating[:, ::1] A, y, const floating[::1] sample_weight=None,
         double scale=1.0):
     """Squared error against one-hot targets: ``(loss_sum, n_correct, dA)``."""

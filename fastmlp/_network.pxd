@@ -15,6 +15,7 @@ cpdef enum Loss:
     LOSS_HUBER = 3           # here on are all regression losses
     LOSS_ABSOLUTE_ERROR = 4
     LOSS_POISSON = 5         # log link: the output is the log of the mean
+    LOSS_BINARY_XENT = 6     # multilabel classifier: sigmoid + cross-entropy per label
 
 
 cdef struct Layout:
@@ -36,6 +37,11 @@ cdef class Network:
 
 
 cdef inline bint is_regression(int loss) noexcept nogil:
+    return LOSS_SQUARED_ERROR <= loss <= LOSS_POISSON
+
+
+cdef inline bint uses_targets(int loss) noexcept nogil:
+    """Rows of real targets (regression, and multilabel 0/1 rows) instead of labels."""
     return loss >= LOSS_SQUARED_ERROR
 
 

@@ -43,7 +43,9 @@ ACTIVATIONS = {"identity": FM_IDENTITY, "relu": FM_RELU, "tanh": FM_TANH,
 HIDDEN_ACTIVATIONS = ("relu", "tanh", "sigmoid")
 LOSSES = {"cross_entropy": LOSS_CROSS_ENTROPY, "mse": LOSS_MSE,
           "squared_error": LOSS_SQUARED_ERROR, "huber": LOSS_HUBER,
-          "absolute_error": LOSS_ABSOLUTE_ERROR, "poisson": LOSS_POISSON}
+          "absolute_error": LOSS_ABSOLUTE_ERROR, "poisson": LOSS_POISSON,
+          "binary_cross_entropy": LOSS_BINARY_XENT}
+MULTILABEL_LOSS = "binary_cross_entropy"   # a multilabel classifier's loss
 REGRESSION_LOSS = "squared_error"   # the default loss of a regressor
 # The losses that make a regressor (real targets, no classes).
 REGRESSION_LOSSES = ("squared_error", "huber", "absolute_error", "poisson")
@@ -111,9 +113,10 @@ cdef class Network:
             raise ValueError(f"layer sizes must lie in [1, {WIDTH_LIMIT}]; got {sizes!r}")
         if any(a not in ACTIVATIONS for a in activations) or loss not in LOSSES:
             raise ValueError(f"unknown activation or loss: {activations!r}, {loss!r}")
-        if loss == "cross_entropy" and activations[L - 1] != "identity":
-            raise ValueError("cross-entropy applies its own softmax: the output layer "
-                             "must be 'identity'")
+        if loss in ("cross_entropy", "binary_cross_entropy") and \
+                activations[L - 1] != "identity":
+            raise ValueError("cross-entropy applies its own softmax (sigmoid): the output "
+                             "layer must be 'identity'")
         self.dtype = np.dtype(dtype)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be float32 or float64; got {self.dtype}")
@@ -225,9 +228,9 @@ def check_codes(int loss, y, Py_ssize_t n, int k):
     cdef bint bad = False
     if n == 0:
         raise ValueError("X is empty")
-    if is_regression(loss):
+    if uses_targets(loss):
         if not isinstance(y, np.ndarray) or y.shape != (n, k):
-            raise ValueError(f"regression needs targets of shape ({n}, {k})")
+            raise ValueError(f"regression and multilabel need targets of shape ({n}, {k})")
         return
     if not isinstance(y, np.ndarray) or y.shape != (n,):
         raise ValueError(f"classification needs {n} labels")
@@ -252,6 +255,12 @@ cdef double loss_sum(int loss, double delta, floating[:, ::1] out, y,
         with nogil:
             total = regression_loss(loss, n, k, &out[0, 0], &targets[0, 0], wp, 0, delta,
                                     <floating *> NULL)
+        return total
+    if loss == LOSS_BINARY_XENT:
+        targets = y
+        with nogil:
+            total = fm.sigmoid_xent(n, k, &out[0, 0], &targets[0, 0], wp, 0,
+                                    <floating *> NULL, n_correct)
         return total
     labels = y
     with nogil:

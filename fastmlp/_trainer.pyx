@@ -38,8 +38,8 @@ from cython cimport floating
 from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
 from fastmlp._ckernels cimport FM_ISA_AUTO, fm_hash64
-from fastmlp._network cimport (LOSS_CROSS_ENTROPY, MAX_LAYERS, Layout, Network,
-                               is_regression, regression_loss)
+from fastmlp._network cimport (LOSS_BINARY_XENT, LOSS_CROSS_ENTROPY, MAX_LAYERS, Layout,
+                               Network, is_regression, regression_loss, uses_targets)
 
 import numpy as np
 
@@ -228,7 +228,7 @@ cdef class Trainer:
         self.network = network
         self.lay = &network.layout
         self.X = X
-        self.y = np.require(y, dtype if is_regression(network.loss) else np.int32,
+        self.y = np.require(y, dtype if uses_targets(network.loss) else np.int32,
                             ["C", "A"])
         self.sample_weight = (None if sample_weight is None
                               else np.require(sample_weight, requirements=["C", "A"]))
@@ -243,7 +243,7 @@ cdef class Trainer:
         self.h.delta = network.delta
         self.h.t = 0
         self.wsl = workspace_layout(self.lay, self.batch_size, dropout > 0,
-                                    is_regression(network.loss), dtype.itemsize)
+                                    uses_targets(network.loss), dtype.itemsize)
         self.ws = np.empty(self.wsl.size, dtype=dtype)
         self.ybuf = np.empty(self.batch_size, dtype=np.int32)
         self.grads = np.zeros_like(network.params)
@@ -254,7 +254,7 @@ cdef class Trainer:
         """Bytes a Trainer of mini-batches of batch_size rows allocates (workspace,
         gradients), for a memory check before it does."""
         cdef Workspace w = workspace_layout(&network.layout, batch_size, dropout > 0,
-                                            is_regression(network.loss),
+                                            uses_targets(network.loss),
                                             network.dtype.itemsize)
         return (w.size + network.layout.n_params) * network.dtype.itemsize
 
@@ -386,7 +386,7 @@ cdef Buffers buffers(Trainer tr, floating[::1] params) except *:
     buf.sample_weight = NULL
     buf.state1 = NULL
     buf.state2 = NULL
-    if is_regression(tr.h.loss):
+    if uses_targets(tr.h.loss):
         T = tr.y
         buf.targets = &T[0, 0]
     else:
@@ -547,11 +547,13 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
 
     if is_regression(h.loss):
         loss = regression_loss(h.loss, nr, k, zL, trow, wrow, scale, h.delta, dL)
+    elif h.loss == LOSS_BINARY_XENT:   # its sigmoid is part of the loss
+        loss = fm.sigmoid_xent(nr, k, zL, trow, wrow, scale, dL, n_correct)
     elif h.loss == LOSS_CROSS_ENTROPY:   # its softmax is part of the loss
         loss = fm.softmax_xent(nr, k, zL, yrow, wrow, scale, h.smoothing, dL, n_correct)
     else:
         loss = fm.mse(nr, k, zL, yrow, wrow, scale, dL, n_correct)
-    if h.loss != LOSS_CROSS_ENTROPY:
+    if h.loss != LOSS_CROSS_ENTROPY and h.loss != LOSS_BINARY_XENT:
         fm.act_backward(nr, k, zL, <floating *> NULL, dL, lay.acts[L])
 
     for l in range(L, 1, -1):

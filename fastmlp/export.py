@@ -54,9 +54,12 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
         if act in _NODES:
             nodes.append(helper.make_node(_NODES[act], [current], [f"a{i}"]))
             current = f"a{i}"
-    output = "probabilities" if model.loss == "cross_entropy" else "outputs"
+    proba = model.loss in ("cross_entropy", "binary_cross_entropy")
+    output = "probabilities" if proba else "outputs"
     if model.loss == "cross_entropy":
         nodes.append(helper.make_node("Softmax", [current], [output], axis=1))
+    elif model.is_multilabel:  # one independent probability per label
+        nodes.append(helper.make_node("Sigmoid", [current], [output]))
     elif model.loss == "poisson":  # the log link: predictions are exp of the outputs
         nodes.append(helper.make_node("Exp", [current], [output]))
     else:

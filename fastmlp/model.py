@@ -6,12 +6,14 @@ from collections.abc import Sequence
 from os import PathLike
 
 import numpy as np
+from scipy.special import expit
 
 from fastmlp._network import (
     ACTIVATIONS,
     HIDDEN_ACTIVATIONS,
     LAYERS_LIMIT,
     LOSSES,
+    MULTILABEL_LOSS,
     REGRESSION_LOSS,
     REGRESSION_LOSSES,
     WIDTH_LIMIT,
@@ -57,7 +59,10 @@ class MLP:
         "absolute_error" (its subgradient is 0 where an output equals its target);
         "poisson" (log link: the network's output z is the log of the mean, the loss
         ``exp(z) - y z`` as ``torch.nn.PoissonNLLLoss(log_input=True)``, targets >= 0,
-        and :meth:`predict` returns ``exp(z)``).
+        and :meth:`predict` returns ``exp(z)``). "binary_cross_entropy" makes a multilabel
+        classifier: a sigmoid and binary cross-entropy per output, summed over the labels
+        (its classes are the label indices; :func:`fastmlp.train` picks it for a 2-D 0/1
+        y).
     output_activation : {"identity", "relu", "tanh", "sigmoid"} or None
         Activation of the output layer; None means "identity". Cross-entropy requires
         "identity" (the softmax is part of the loss).
@@ -108,8 +113,10 @@ class MLP:
             raise ValueError(
                 f"output_activation must be one of {tuple(ACTIVATIONS)}; got {output_activation!r}"
             )
-        if loss == "cross_entropy" and output_activation != "identity":
-            raise ValueError("cross-entropy applies its own softmax: use output_activation=None")
+        if loss in ("cross_entropy", MULTILABEL_LOSS) and output_activation != "identity":
+            raise ValueError(
+                f"{loss} applies its own softmax (sigmoid): use output_activation=None"
+            )
         delta = check_float(delta, "delta", 0.0, float("inf"), low_open=True)
         if loss != "huber" and delta != 1.0:
             raise ValueError(f"delta is the threshold of loss='huber'; this loss is {loss!r}")
@@ -183,6 +190,11 @@ class MLP:
     def is_regressor(self) -> bool:
         """True for a regressor (a regression loss), False for a classifier."""
         return self.loss in REGRESSION_LOSSES
+
+    @property
+    def is_multilabel(self) -> bool:
+        """True for a multilabel classifier (``loss="binary_cross_entropy"``)."""
+        return self.loss == MULTILABEL_LOSS
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -299,6 +311,8 @@ class MLP:
         ndarray of shape (n_samples, n_classes)
             Columns in the order of ``classes_``.
         """
+        if self.is_multilabel:  # one sigmoid per label
+            return expit(self._outputs(X, n_threads, softmax=False))
         if self.loss != "cross_entropy":
             instead = "predict" if self.is_regressor else "decision_function"
             raise ValueError(
@@ -329,6 +343,8 @@ class MLP:
         if self.is_regressor:
             out = self._inverse_link(out)
             return out.ravel() if out.shape[1] == 1 else out
+        if self.is_multilabel:  # probability above 0.5: logit above 0
+            return (out > 0).astype(np.int64)
         return self.classes_[out.argmax(axis=1)]
 
     def _inverse_link(self, out: np.ndarray) -> np.ndarray:
@@ -352,6 +368,9 @@ class MLP:
             out = self._inverse_link(out)
             Y = check_targets(y, X.shape[0], np.dtype(np.float64), out.shape[1])
             return r2_score(Y, out, w)
+        if self.is_multilabel:  # subset accuracy, as scikit-learn's for multilabel
+            Y = check_multilabel(y, X.shape[0], self.dtype, out.shape[1])
+            return float(np.average(np.all((out > 0) == (Y > 0.5), axis=1), weights=w))
         codes = encode_labels(check_labels(y, X.shape[0]), self.classes_)
         return float(np.average(out.argmax(axis=1) == codes, weights=w))
 
@@ -410,6 +429,8 @@ class MLP:
         if self.is_regressor:
             targets = check_targets(y, n_samples, self.dtype, self.layer_sizes[-1], name)
             return None, check_loss_targets(self.loss, targets, name)
+        if self.is_multilabel:
+            return None, check_multilabel(y, n_samples, self.dtype, self.layer_sizes[-1], name)
         return encode_labels(check_labels(y, n_samples, name), self.classes_, name), None
 
     # -- training, saving -------------------------------------------------------------
@@ -501,6 +522,30 @@ def check_activation(activation, n_hidden: int) -> str | tuple[str, ...]:
     if bad:
         raise ValueError(f"activation names must be from {HIDDEN_ACTIVATIONS}; got {bad[0]!r}")
     return tuple(activation)
+
+
+def check_multilabel(
+    y, n_samples: int, dtype: np.dtype, n_labels: int | None = None, name: str = "y"
+) -> np.ndarray:
+    """A multilabel indicator matrix (n_samples, n_labels) of 0 and 1, as a C-contiguous
+    array of ``dtype``; else a ValueError saying what is wrong."""
+    arr = np.asarray(y)
+    if arr.ndim != 2 or arr.shape[0] != n_samples:
+        raise ValueError(
+            f"a multilabel {name} is a 2-D indicator matrix (n_samples={n_samples}, n_labels); "
+            f"got shape {arr.shape}"
+        )
+    if n_labels is not None and arr.shape[1] != n_labels:
+        raise ValueError(f"{name} has {arr.shape[1]} labels but the model has {n_labels}")
+    if arr.shape[1] == 0 or arr.dtype.kind not in "biuf":
+        raise ValueError(f"a multilabel {name} holds 0 or 1 per label; got dtype {arr.dtype}")
+    bad = (arr != 0) & (arr != 1)
+    if bad.any():
+        raise ValueError(
+            f"a multilabel {name} holds only 0 and 1 (one column per label); got "
+            f"{arr[bad].flat[0].item()!r}. For one label per sample pass a 1-D y."
+        )
+    return np.require(arr, dtype, ["C", "A"])
 
 
 def check_loss_targets(loss: str, targets: np.ndarray, name: str = "y") -> np.ndarray:

@@ -32,8 +32,9 @@ and ``fastmlp_version`` (the writer's version, for information only).
 
 Version 2 added regressors (``loss`` ``"squared_error"``, no classes). Version 3 added
 AdamW's optimizer state (``"adamw"``), per-layer activations (``activation`` a list of
-one name per hidden layer) and the regression losses ``"huber"`` (with the meta key
-``delta``, present only for it), ``"absolute_error"`` and ``"poisson"``. A file is
+one name per hidden layer), the regression losses ``"huber"`` (with the meta key
+``delta``, present only for it), ``"absolute_error"`` and ``"poisson"``, and multilabel
+classifiers (``"binary_cross_entropy"``, classes the label indices). A file is
 written with the lowest version that holds what it uses (a plain classifier as version 1,
 a squared-error regressor as 2), so older fastmlp releases load every file they can
 represent; a reader refuses a feature that its file's version does not have.
@@ -66,6 +67,7 @@ from fastmlp._network import (
     HIDDEN_ACTIVATIONS,
     LAYERS_LIMIT,
     LOSSES,
+    MULTILABEL_LOSS,
     REGRESSION_LOSS,
     REGRESSION_LOSSES,
     WIDTH_LIMIT,
@@ -226,6 +228,8 @@ def _format_version(meta: dict[str, Any]) -> int:
     if not isinstance(meta["activation"], str):
         return 3
     if meta["loss"] in REGRESSION_LOSSES and meta["loss"] != REGRESSION_LOSS:
+        return 3
+    if meta["loss"] == MULTILABEL_LOSS:
         return 3
     return 2 if meta["loss"] == REGRESSION_LOSS else 1
 
@@ -654,8 +658,13 @@ class _Reader:
             # isinstance first: `in` on a dict would raise TypeError for a JSON list.
             if not isinstance(meta[key], str) or meta[key] not in allowed:
                 raise self.error(f"{key} must be one of {allowed}; got {meta[key]!r:.200}")
-        if meta["loss"] == "cross_entropy" and meta["output_activation"] != "identity":
+        if (
+            meta["loss"] in ("cross_entropy", MULTILABEL_LOSS)
+            and meta["output_activation"] != "identity"
+        ):
             raise self.error("a cross-entropy model must have output_activation 'identity'")
+        if meta["loss"] == MULTILABEL_LOSS and self.version < 3:
+            raise self.error(f"format version {self.version} holds no multilabel classifiers")
         if meta["loss"] in REGRESSION_LOSSES and self.version < 2:
             raise self.error(f"format version {self.version} holds no regressors")
         if meta["loss"] in REGRESSION_LOSSES[1:] and self.version < 3:

@@ -132,6 +132,33 @@ def softmax_cross_entropy(
     return loss, int(np.sum(Z.argmax(axis=1) == y)), dZ.astype(Z.dtype)
 
 
+def sigmoid_cross_entropy(
+    Z: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, int, np.ndarray]:
+    """Multilabel loss: a sigmoid and binary cross-entropy per label, summed over labels.
+
+    Returns
+    -------
+    loss_sum : float
+        ``sum_i w_i sum_j -(Y log p + (1 - Y) log(1 - p))``, ``p = sigmoid(Z)``, computed
+        as ``logaddexp(0, Z) - Y Z`` so that any logit stays finite.
+    n_correct : int
+        Rows whose every label is predicted right (``Z > 0`` exactly where ``Y`` is 1).
+    dZ : ndarray
+        ``scale * w_i * (p - Y)``.
+    """
+    n = Z.shape[0]
+    w = _weights(n, sample_weight, Z.dtype)
+    per = np.logaddexp(0, Z) - Y * Z
+    loss = float(np.sum(w.astype(np.float64) * per.sum(axis=1)))
+    correct = int(np.sum(np.all((Z > 0) == (Y > 0.5), axis=1)))
+    p = activate(Z, "sigmoid")
+    return loss, correct, (scale * w)[:, None] * (p - Y)
+
+
 def mse(
     A: np.ndarray,
     y: np.ndarray,
@@ -309,6 +336,8 @@ def loss_and_gradients(
     L = len(weights)
     if loss == "cross_entropy":
         total, _, dZ = softmax_cross_entropy(A[L], y, w, scale, label_smoothing)
+    elif loss == "binary_cross_entropy":
+        total, _, dZ = sigmoid_cross_entropy(A[L], y, w, scale)
     elif loss == "mse":
         total, _, dA = mse(A[L], y, w, scale)
         dZ = act_backward(A[L], dA, activations[L - 1])

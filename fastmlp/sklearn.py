@@ -24,10 +24,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from fastmlp._network import HIDDEN_ACTIVATIONS, REGRESSION_LOSSES
+from fastmlp._network import HIDDEN_ACTIVATIONS, MULTILABEL_LOSS, REGRESSION_LOSSES
 from fastmlp._trainer import OPTIMIZERS
 from fastmlp._validation import check_dtype
 from fastmlp.model import MLP
@@ -534,7 +534,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     A drop-in for :class:`sklearn.neural_network.MLPClassifier` with the "adam" and
     "sgd" solvers (and "adamw"). The output layer is a softmax over all classes, binary problems
-    included (two outputs, not one logistic unit); the loss is cross-entropy.
+    included (two outputs, not one logistic unit); the loss is cross-entropy. A 2-D y of 0
+    and 1 (a multilabel indicator matrix) trains one sigmoid output per label with binary
+    cross-entropy: :meth:`predict` returns the 0/1 matrix, :meth:`predict_proba` each
+    label's probability, ``classes_`` the label indices.
 
     Parameters
     ----------
@@ -619,17 +622,33 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = True
+        tags.classifier_tags.multi_label = True
         return tags
 
     def _train_options(self, n_samples: int) -> dict:
         return {**super()._train_options(n_samples), "label_smoothing": self.label_smoothing}
 
     def _validate_Xy(self, X, y, reset: bool):
-        X, y = _validate(self, X, y, reset=reset, dtype=check_dtype(self.dtype))
+        X, y = _validate(self, X, y, reset=reset, dtype=check_dtype(self.dtype), multi_output=True)
         check_classification_targets(y)
-        return X, y
+        if type_of_target(y) == "multilabel-indicator":
+            return X, y  # one 0/1 column per label
+        if y.ndim == 2 and y.shape[1] != 1:
+            raise ValueError(
+                "MLPClassifier takes one label per sample (1-D y) or a multilabel indicator "
+                f"matrix of 0 and 1 (one column per label); got a {y.shape} y with other "
+                "values"
+            )
+        return X, column_or_1d(y, warn=True)
 
     def _new_model(self, X, y, seed: int, classes=None) -> MLP:
+        if y.ndim == 2:  # multilabel: one sigmoid output per column
+            self._y_dtype = y.dtype
+            model = self._network(
+                X.shape[1], y.shape[1], np.arange(y.shape[1]), seed, loss=MULTILABEL_LOSS
+            )
+            self.classes_ = model.classes_
+            return model
         classes = np.unique(y if classes is None else np.asarray(classes))
         if len(classes) < 2:
             raise ValueError(
@@ -641,6 +660,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return model
 
     def _check_continuation(self, y) -> None:
+        if self.model_.is_multilabel != (y.ndim == 2):
+            raise ValueError(
+                "warm_start and partial_fit keep the kind of y: the network was fitted "
+                f"{'with' if self.model_.is_multilabel else 'without'} a multilabel y"
+            )
+        if y.ndim == 2:
+            if y.shape[1] != len(self.classes_):
+                raise ValueError(
+                    f"y has {y.shape[1]} labels but the network was fitted with "
+                    f"{len(self.classes_)}"
+                )
+            return
         if not np.isin(np.unique(y), self.classes_).all():
             raise ValueError(
                 "warm_start and partial_fit can not add classes: y has labels outside "
@@ -648,6 +679,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             )
 
     def _stratify(self, y):
+        if y.ndim == 2:  # multilabel
+            return None
         return y if np.unique(y, return_counts=True)[1].min() >= 2 else None
 
     def _validation_score(self, figures: dict, X_val, y_val) -> float:
@@ -764,10 +797,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Returns
         -------
-        ndarray of shape (n_samples,)
-            Labels from ``classes_``.
+        ndarray of shape (n_samples,) or (n_samples, n_labels)
+            Labels from ``classes_``; for a multilabel fit the 0/1 indicator matrix (a
+            label where its probability is above 0.5), in the dtype of the fitted y.
         """
         X = self._check_X(X)
+        if self.model_.is_multilabel:
+            return self.model_.predict(X).astype(self._y_dtype, copy=False)
         return self.model_.predict(X)
 
 

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastmlp._network import LAYERS_LIMIT, REGRESSION_LOSS, REGRESSION_LOSSES
+from fastmlp._network import LAYERS_LIMIT, MULTILABEL_LOSS, REGRESSION_LOSS, REGRESSION_LOSSES
 from fastmlp._threads import blas_guard, effective_n_threads
 from fastmlp._trainer import ADAM_FAMILY, OPTIMIZERS, Status, Trainer
 from fastmlp._validation import (
@@ -30,7 +30,7 @@ from fastmlp._validation import (
     check_targets,
     check_X,
 )
-from fastmlp.model import MLP, check_label_smoothing, check_loss_targets
+from fastmlp.model import MLP, check_label_smoothing, check_loss_targets, check_multilabel
 
 
 def init_params(model: MLP, rng: np.random.Generator) -> None:
@@ -149,7 +149,11 @@ def train(
         Training inputs (e.g. pixels scaled to [0, 1]).
     y : array-like of shape (n_samples,) or (n_samples, n_outputs)
         Class labels of any sortable type (ints, strings, ...); for a regressor
-        (``loss="squared_error"``) real-valued targets, one column per output.
+        (``loss="squared_error"``) real-valued targets, one column per output. A 2-D y of
+        0 and 1 for a classifier is multilabel: one sigmoid output per column, trained
+        with binary cross-entropy summed over the labels (``loss`` becomes
+        "binary_cross_entropy"); ``predict`` returns the 0/1 matrix, ``predict_proba``
+        each label's probability, ``classes_`` the column indices.
     hidden : sequence of int
         Widths of the hidden layers; ``()`` gives a linear (softmax regression) model.
     activation : {"relu", "tanh", "sigmoid"} or sequence of them
@@ -355,9 +359,17 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
     for width in hidden:
         check_positive_int(width, "every hidden layer size")
     X = check_X(X, dt)
-    if opts.loss in REGRESSION_LOSSES:
+    loss = opts.loss
+    multilabel = loss == MULTILABEL_LOSS or (loss == "cross_entropy" and np.ndim(y) == 2)
+    if multilabel:
+        # A 2-D y of 0/1 columns: one sigmoid output per label, binary cross-entropy.
+        loss = MULTILABEL_LOSS
+        targets = check_multilabel(y, X.shape[0], dt)
+        classes = np.arange(targets.shape[1])
+        n_outputs = targets.shape[1]
+    elif loss in REGRESSION_LOSSES:
         classes = None
-        targets = check_loss_targets(opts.loss, check_targets(y, X.shape[0], dt))
+        targets = check_loss_targets(loss, check_targets(y, X.shape[0], dt))
         n_outputs = targets.shape[1]
     else:
         labels = check_labels(y, X.shape[0])
@@ -372,14 +384,14 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
         (X.shape[1], *hidden, n_outputs),
         classes,
         activation=opts.activation,
-        loss=opts.loss,
+        loss=loss,
         output_activation=opts.output_activation,
         dtype=dt,
         n_threads=opts.n_threads,
         delta=opts.delta,
     )
     init_params(model, rng)
-    if classes is None:
+    if classes is None or multilabel:
         return model, X, targets
     return model, X, model._encode_y(labels, X.shape[0])[0]
 
@@ -399,6 +411,8 @@ def _prepare(model: MLP, X, codes, opts: _Options, rng: np.random.Generator) -> 
     w = check_sample_weight(opts.sample_weight, X.shape[0], model.dtype)
     if model.is_regressor and opts.class_weight is not None:
         raise ValueError("class_weight is for classifiers; weight samples with sample_weight")
+    if model.is_multilabel and opts.class_weight is not None:
+        raise ValueError("class_weight is for one label per sample; weight samples instead")
     cw = class_weights(opts.class_weight, model.classes_, codes)
     if cw is not None:
         w = (np.ones(X.shape[0], model.dtype) if w is None else w) * cw[codes].astype(model.dtype)

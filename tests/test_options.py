@@ -950,3 +950,215 @@ def test_partial_fit_with_a_given_validation_set(kind):
     for X, y in chunks[1:]:
         ref.partial_fit(X, y)
     assert np.array_equal(est.model_.params_, ref.model_.params_)
+
+
+# -- multilabel classification -----------------------------------------------------------
+
+
+def multilabel_data(rng, n, n_features=6, k=4, dtype=np.float64):
+    X = rng.standard_normal((n, n_features)).astype(dtype)
+    W = rng.standard_normal((n_features, k))
+    Y = (X @ W + 0.3 * rng.standard_normal((n, k)) > 0).astype(int)
+    return X, Y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(1, 1), (5, 3), (17, 10), (33, 129)])
+def test_sigmoid_xent_kernel_matches_reference(n, k, dtype):
+    rng = rng_for("bce", n, k, dtype)
+    Z = (3 * rng.standard_normal((n, k))).astype(dtype)
+    Z[0, 0] = 60.0  # far in the tail: still finite
+    Y = (rng.random((n, k)) < 0.4).astype(dtype)
+    w = rng.uniform(0.0, 2.0, n).astype(dtype)
+    loss_ref, correct_ref, dZ_ref = R.sigmoid_cross_entropy(
+        Z.astype(np.float64), Y.astype(np.float64), w.astype(np.float64), 0.3
+    )
+    P = Z.copy()
+    loss, correct, dZ = K.sigmoid_cross_entropy(P, Y, w, 0.3)
+    assert loss == pytest.approx(loss_ref, rel=10 * tol(dtype))
+    assert correct == correct_ref
+    np.testing.assert_allclose(dZ, dZ_ref, rtol=10 * tol(dtype), atol=10 * tol(dtype))
+    np.testing.assert_allclose(P, R.activate(Z.astype(np.float64), "sigmoid"), rtol=tol(dtype))
+
+
+@pytest.mark.may_skip("torch is optional (not in CI); the reference test above is required")
+def test_sigmoid_xent_reference_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = rng_for("torch-bce")
+    Z = 3 * rng.standard_normal((9, 4))
+    Y = (rng.random((9, 4)) < 0.5).astype(float)
+    z = torch.tensor(Z, requires_grad=True)
+    out = torch.nn.functional.binary_cross_entropy_with_logits(z, torch.tensor(Y), reduction="sum")
+    out.backward()
+    loss, _, dZ = R.sigmoid_cross_entropy(Z, Y)
+    assert loss == pytest.approx(out.item(), rel=1e-13)
+    np.testing.assert_allclose(dZ, z.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("hidden", [(), (5,), (5, 4, 3, 6)], ids=str)
+def test_multilabel_finite_differences_and_reference(hidden):
+    rng = rng_for("bce-fd", hidden)
+    model = random_model(rng, (4, *hidden, 3), "tanh", np.float64, "binary_cross_entropy")
+    X = rng.standard_normal((11, 4))
+    Y = (rng.random((11, 3)) < 0.5).astype(float)
+    w = rng.uniform(0.5, 2.0, 11)
+    fd_check(model, X, Y, sample_weight=w)
+    f, dW, db = model.loss_and_gradients(X, Y, sample_weight=w, l2=0.01)
+    f_ref, dW_ref, db_ref = R.loss_and_gradients(
+        model.weights, model.biases, X, Y, acts_of(model), "binary_cross_entropy", 0.01, w
+    )
+    assert f == pytest.approx(f_ref, rel=1e-12)
+    for got, want in zip(dW + db, dW_ref + db_ref):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,B", [((), 17), ((7, 3), 1), ((5, 4, 3, 6), 33)], ids=str)
+def test_multilabel_steps_match_reference(hidden, B, dtype):
+    rng = rng_for("bce-steps", hidden, B, dtype)
+    model = random_model(rng, (5, *hidden, 4), "relu", dtype, "binary_cross_entropy")
+    X = rng.standard_normal((3 * B, 5)).astype(dtype)
+    Y = (rng.random((3 * B, 4)) < 0.5).astype(int)
+    hyper = dict(lr=0.01, optimizer="adam")
+    ref_w, ref_b = steps_both(model, X, Y.astype(float), B, 3, train_opts=hyper, ref_opts=hyper)
+    assert_weights_close(model, ref_w, ref_b, 1e-10 if dtype == np.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multilabel_train_predict_threads(dtype):
+    rng = rng_for("bce-train", dtype)
+    X, Y = multilabel_data(rng, 600, dtype=dtype)
+    runs = [
+        fastmlp.train(X, Y, hidden=(32,), epochs=15, lr=3e-3, seed=2, n_threads=t, dtype=dtype,
+                      validation_split=0.2)
+        for t in (1, 2)
+    ]  # fmt: skip
+    model = runs[0]
+    assert np.array_equal(runs[0].params_, runs[1].params_)
+    assert runs[0].history["val_accuracy"] == runs[1].history["val_accuracy"]
+    assert model.loss == "binary_cross_entropy" and model.is_multilabel
+    assert model.classes_.tolist() == [0, 1, 2, 3]
+    pred, proba = model.predict(X), model.predict_proba(X)
+    assert pred.shape == proba.shape == Y.shape and set(np.unique(pred)) <= {0, 1}
+    np.testing.assert_array_equal(pred, (proba > 0.5).astype(int))
+    assert proba.dtype == np.dtype(dtype)
+    assert model.score(X, Y) == np.mean(np.all(pred == Y, axis=1))
+    assert model.score(X, Y) > 0.4  # subset accuracy of 4 labels (chance: about 0.06)
+    assert model.history["accuracy"][-1] > 0.5
+
+
+def test_multilabel_bad_values():
+    rng = rng_for("bce-bad")
+    X, Y = multilabel_data(rng, 40)
+    bad = Y.copy()
+    bad[2, 1] = 2
+    with pytest.raises(ValueError, match="holds only 0 and 1 .* got 2"):
+        fastmlp.train(X, bad)
+    with pytest.raises(ValueError, match="holds only 0 and 1"):
+        fastmlp.train(X, Y - 0.5)
+    model = fastmlp.train(X, Y, epochs=1)
+    with pytest.raises(ValueError, match="y has 3 labels but the model has 4"):
+        model.fit_more(X, Y[:, :3])
+    with pytest.raises(ValueError, match="2-D indicator matrix"):
+        model.score(X, Y[:, 0])
+    with pytest.raises(ValueError, match="label_smoothing smooths the targets"):
+        fastmlp.train(X, Y, label_smoothing=0.1)
+    with pytest.raises(ValueError, match="class_weight is for one label per sample"):
+        fastmlp.train(X, Y, class_weight="balanced")
+
+
+def test_multilabel_saved_onnx_and_c(tmp_path):
+    rng = rng_for("bce-save")
+    X, Y = multilabel_data(rng, 80, dtype=np.float32)
+    model = fastmlp.train(X, Y, hidden=(7,), epochs=3, seed=0)
+    save(model, tmp_path / "m.npz")
+    back = load(tmp_path / "m.npz")
+    assert back.is_multilabel
+    assert np.array_equal(back.predict(X), model.predict(X))
+    with np.load(tmp_path / "m.npz") as f:
+        assert int(f["version"]) == 3
+        arrays = dict(f)
+    arrays["version"] = np.array(1)
+    np.savez(tmp_path / "old.npz", **arrays)
+    with pytest.raises(ValueError, match="format version 1 holds no multilabel"):
+        load(tmp_path / "old.npz")
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model.to_onnx(tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"X": X})[0], model.predict_proba(X), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multilabel_c_export(tmp_path, dtype):
+    import subprocess
+
+    from test_export_c import compile_c
+
+    rng = rng_for("bce-c", dtype)
+    X, Y = multilabel_data(rng, 80, dtype=dtype)
+    model = fastmlp.train(X, Y, hidden=(7, 5), epochs=3, seed=0, dtype=dtype)
+    model.to_c(tmp_path, "ml")
+    real = "float" if dtype == np.float32 else "double"
+    (tmp_path / "main.c").write_text(
+        f"""#include <stdio.h>
+#include "ml.h"
+static {real} x[80 * ML_N_FEATURES], p_row[ML_N_OUTPUTS], p_batch[80 * ML_N_OUTPUTS];
+static int l_row[ML_N_OUTPUTS], l_batch[80 * ML_N_OUTPUTS];
+int main(void)
+{{
+    size_t r, j;
+    if (fread(x, sizeof x, 1, stdin) != 1) return 1;
+    ml_predict_proba_batch(80, x, p_batch);
+    ml_predict_batch(80, x, l_batch);
+    for (r = 0; r < 80; r++) {{
+        ml_predict_proba(x + r * ML_N_FEATURES, p_row);
+        ml_predict(x + r * ML_N_FEATURES, l_row);
+        for (j = 0; j < ML_N_OUTPUTS; j++) {{
+            if (p_row[j] != p_batch[r * ML_N_OUTPUTS + j]) return 2;
+            if (l_row[j] != l_batch[r * ML_N_OUTPUTS + j]) return 3;
+        }}
+    }}
+    fwrite(p_batch, sizeof p_batch, 1, stdout);
+    fwrite(l_batch, sizeof l_batch, 1, stdout);
+    return 0;
+}}
+"""
+    )
+    exe = compile_c(tmp_path, ["main.c", "ml.c"], "main")
+    out = subprocess.run([str(exe)], input=X.tobytes(), capture_output=True, timeout=60)
+    assert out.returncode == 0
+    size = 80 * 4 * np.dtype(dtype).itemsize
+    proba = np.frombuffer(out.stdout[:size], dtype).reshape(80, 4)
+    labels = np.frombuffer(out.stdout[size:], np.intc).reshape(80, 4)
+    np.testing.assert_allclose(proba, model.predict_proba(X), atol=1e-6)
+    np.testing.assert_array_equal(labels, model.predict(X))
+
+
+def test_multilabel_in_the_classifier():
+    pytest.importorskip("sklearn")
+    from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning
+
+    from fastmlp.sklearn import MLPClassifier
+
+    rng = rng_for("bce-sklearn")
+    X, Y = multilabel_data(rng, 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier((16,), max_iter=40, learning_rate_init=0.01, random_state=0)
+        clf.fit(X, Y.astype(bool))
+        pred = clf.predict(X)
+        assert pred.dtype == bool and pred.shape == Y.shape
+        assert clf.predict_proba(X).shape == Y.shape
+        assert clf.score(X, Y.astype(bool)) > 0.6
+        assert clf.classes_.tolist() == [0, 1, 2, 3]
+        es = clone(clf).set_params(early_stopping=True).fit(X, Y)
+        assert len(es.validation_scores_) >= 1
+        with pytest.raises(ValueError, match="holds only 0 and 1"):
+            clone(clf).fit(X, Y * 2)
+        with pytest.raises(ValueError, match="multilabel indicator matrix of 0 and 1"):
+            clone(clf).fit(X, Y * np.arange(1, 5))  # several values per column
+        clf.set_params(warm_start=True)
+        with pytest.raises(ValueError, match="keep the kind of y"):
+            clf.fit(X, Y[:, 0])
