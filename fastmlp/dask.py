@@ -57,13 +57,15 @@ def predict(model: Any, X: dask.array.Array) -> dask.array.Array:
     """
     X, network = _prepare(model, X, proba=False)
     k = network.layer_sizes[-1]
-    if network.is_regressor and k > 1:
+    if (network.is_regressor and k > 1) or network.is_multilabel:
+        # A row of outputs per sample: a multi-output regressor's, or the 0/1 labels.
+        dtype = _multilabel_dtype(model) if network.is_multilabel else network.dtype
         return X.map_blocks(
             _predict_block,
             _shipped(model),
-            dtype=network.dtype,
+            dtype=dtype,
             chunks=(X.chunks[0], (k,)),
-            meta=np.empty((0, 0), dtype=network.dtype),
+            meta=np.empty((0, 0), dtype=dtype),
         )
     dtype = network.dtype if network.is_regressor else np.asarray(network.classes_).dtype
     return X.map_blocks(
@@ -137,7 +139,7 @@ def _prepare(model: Any, X: Any, *, proba: bool) -> tuple[dask.array.Array, MLP]
     import dask.array as da
 
     network = _network_of(model)
-    if proba and network.loss != "cross_entropy":
+    if proba and network.loss not in ("cross_entropy", "binary_cross_entropy"):
         raise ValueError(
             "predict_proba needs a cross-entropy model; this one was trained with "
             f"loss={network.loss!r}."
@@ -170,10 +172,17 @@ def _predict_block(block: np.ndarray, model: Any) -> np.ndarray:
     if block.shape[0] == 0:  # an empty chunk, e.g. after filtering rows
         network = _network_of(model)
         k = network.layer_sizes[-1]
+        if network.is_multilabel:
+            return np.empty((0, k), dtype=_multilabel_dtype(model))
         if network.is_regressor:
             return np.empty((0, k) if k > 1 else (0,), dtype=network.dtype)
         return np.empty((0,), dtype=np.asarray(network.classes_).dtype)
     return model.predict(block)
+
+
+def _multilabel_dtype(model: Any) -> np.dtype:
+    """The dtype a multilabel model's predict returns: the fitted y's for an estimator."""
+    return np.dtype(getattr(model, "_y_dtype", np.int64))
 
 
 def _predict_proba_block(block: np.ndarray, model: Any) -> np.ndarray:

@@ -1162,3 +1162,21 @@ def test_multilabel_in_the_classifier():
         clf.set_params(warm_start=True)
         with pytest.raises(ValueError, match="keep the kind of y"):
             clf.fit(X, Y[:, 0])
+
+
+def test_multilabel_on_dask():
+    pytest.importorskip("dask")
+    import dask.array as da
+
+    from fastmlp.dask import predict, predict_proba
+
+    rng = rng_for("bce-dask")
+    X, Y = multilabel_data(rng, 90, dtype=np.float32)
+    model = fastmlp.train(X, Y, hidden=(7,), epochs=2, seed=0)
+    dX = da.from_array(X, chunks=(40, 6))
+    labels = predict(model, dX)
+    assert labels.shape == Y.shape and labels.dtype == np.int64
+    np.testing.assert_array_equal(labels.compute(scheduler="threads"), model.predict(X))
+    np.testing.assert_allclose(
+        predict_proba(model, dX).compute(scheduler="threads"), model.predict_proba(X)
+    )
