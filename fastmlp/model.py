@@ -114,8 +114,9 @@ class MLP:
                 f"output_activation must be one of {tuple(ACTIVATIONS)}; got {output_activation!r}"
             )
         if loss in ("cross_entropy", MULTILABEL_LOSS) and output_activation != "identity":
+            own = "softmax" if loss == "cross_entropy" else "sigmoid per label"
             raise ValueError(
-                f"{loss} applies its own softmax (sigmoid): use output_activation=None"
+                f"{loss.replace('_', '-')} applies its own {own}: use output_activation=None"
             )
         delta = check_float(delta, "delta", 0.0, float("inf"), low_open=True)
         if loss != "huber" and delta != 1.0:
