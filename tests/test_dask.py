@@ -151,6 +151,10 @@ def client(request):
     distributed = pytest.importorskip("distributed")
     # Worker processes must import fastmlp from this tree, however pytest found it.
     root = str(Path(fastmlp.__file__).resolve().parents[1])
+    # LocalCluster also sets OMP_NUM_THREADS=1 (and the BLAS counts) in this process's
+    # environment and leaves them: a library that reads them later (torch's first
+    # parallel op calls omp_set_num_threads) would cap fastmlp's OpenMP for the session.
+    saved_environ = dict(os.environ)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([root] + ([old] if old else []))
     cluster = distributed.LocalCluster(
@@ -166,10 +170,8 @@ def client(request):
     def close():
         client.close(timeout=10)
         cluster.close(timeout=10)
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        os.environ.clear()
+        os.environ.update(saved_environ)
 
     request.addfinalizer(close)
     client.wait_for_workers(2, timeout=30)
