@@ -48,12 +48,26 @@ int fm_all_finite_d(ptrdiff_t n, const double *x);
 void fm_softmax_f(ptrdiff_t n, ptrdiff_t k, float *Z);
 void fm_softmax_d(ptrdiff_t n, ptrdiff_t k, double *Z);
 
-/* Fused softmax + cross-entropy, returns sum_i w_i * -log p[i, y_i].  Z: INOUT logits in,
-   probabilities out; y: IN n labels in [0, k); w: IN n weights or NULL (all 1); dZ: OUT
-   n*k or NULL, scale * w_i * (p - onehot(y)); n_correct: INOUT, += rows argmax(Z) == y. */
+/* Fused softmax + cross-entropy against the label-smoothed target q = (1 - smoothing)
+   onehot(y) + smoothing / k (smoothing in [0, 1), as torch.nn.CrossEntropyLoss), returns
+   sum_i w_i * -sum_j q[i, j] log p[i, j] (with smoothing 0: -log p[i, y_i]).  Z: INOUT
+   logits in, probabilities out; y: IN n labels in [0, k); w: IN n weights or NULL (all 1);
+   dZ: OUT n*k or NULL, scale * w_i * (p - q); n_correct: INOUT, += rows argmax(Z) == y. */
 double fm_softmax_xent_f(ptrdiff_t n, ptrdiff_t k, float *Z, const int32_t *y, const float *w,
-                         double scale, float *dZ, int64_t *n_correct);
+                         double scale, double smoothing, float *dZ, int64_t *n_correct);
 double fm_softmax_xent_d(ptrdiff_t n, ptrdiff_t k, double *Z, const int32_t *y,
+                         const double *w, double scale, double smoothing, double *dZ,
+                         int64_t *n_correct);
+
+/* Multilabel: a sigmoid and binary cross-entropy per label, summed over the k labels,
+   returns sum_i w_i * sum_j (-y log p - (1 - y) log(1 - p)) with p = sigmoid(z) (as
+   torch.nn.BCEWithLogitsLoss per element; scikit-learn's multilabel log loss).  Z: INOUT
+   logits in, probabilities out; Y: IN n*k targets of 0 or 1; w: IN n or NULL; dZ: OUT
+   n*k or NULL, scale * w_i * (p - y); n_correct: INOUT, += rows with every label right
+   (z > 0 exactly where y is 1). */
+double fm_sigmoid_xent_f(ptrdiff_t n, ptrdiff_t k, float *Z, const float *Y, const float *w,
+                         double scale, float *dZ, int64_t *n_correct);
+double fm_sigmoid_xent_d(ptrdiff_t n, ptrdiff_t k, double *Z, const double *Y,
                          const double *w, double scale, double *dZ, int64_t *n_correct);
 
 /* Squared error against one-hot targets, returns sum_i w_i * 0.5 * |a_i - t_i|^2.  A: IN
@@ -71,6 +85,26 @@ double fm_squared_error_f(ptrdiff_t n, ptrdiff_t k, const float *A, const float 
 double fm_squared_error_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
                           const double *w, double scale, double *dA);
 
+/* The other regression losses, each averaged over the k outputs as fm_squared_error and
+   with its arguments; d = a - y elementwise.
+   fm_huber: 0.5 d^2 where |d| < delta, else delta (|d| - delta / 2) (torch.nn.HuberLoss);
+     gradient clip(d, -delta, delta).
+   fm_absolute_error: |d|; gradient sign(d), 0 at d == 0 (torch.nn.L1Loss).
+   fm_poisson: a is the log of the mean: exp(a) - y a (torch.nn.PoissonNLLLoss with
+     log_input=True, full=False); gradient exp(a) - y. */
+double fm_huber_f(ptrdiff_t n, ptrdiff_t k, const float *A, const float *Y, const float *w,
+                  double scale, double delta, float *dA);
+double fm_huber_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
+                  const double *w, double scale, double delta, double *dA);
+double fm_absolute_error_f(ptrdiff_t n, ptrdiff_t k, const float *A, const float *Y,
+                           const float *w, double scale, float *dA);
+double fm_absolute_error_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
+                           const double *w, double scale, double *dA);
+double fm_poisson_f(ptrdiff_t n, ptrdiff_t k, const float *A, const float *Y, const float *w,
+                    double scale, float *dA);
+double fm_poisson_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
+                    const double *w, double scale, double *dA);
+
 /* db[j] = sum_i dZ[i,j].  dZ: IN n*m, db: OUT m. */
 void fm_col_sum_f(ptrdiff_t n, ptrdiff_t m, const float *dZ, float *db);
 void fm_col_sum_d(ptrdiff_t n, ptrdiff_t m, const double *dZ, double *db);
@@ -83,12 +117,13 @@ void fm_dropout_f(ptrdiff_t n, ptrdiff_t m, const float *A, float *mask, float *
 void fm_dropout_d(ptrdiff_t n, ptrdiff_t m, const double *A, double *mask, double *out,
                   double p, uint64_t seed, ptrdiff_t row0);
 
-/* Adam step t >= 1 with bias correction, as Kingma & Ba and torch.optim.Adam.  p, m, v:
-   INOUT n; g: IN n. */
+/* Adam step t >= 1 with bias correction, as Kingma & Ba and torch.optim.Adam; with
+   weight_decay > 0 AdamW's decoupled decay first, p *= 1 - lr * weight_decay, as
+   torch.optim.AdamW (0: plain Adam).  p, m, v: INOUT n; g: IN n. */
 void fm_adam_f(ptrdiff_t n, float *p, const float *g, float *m, float *v, double lr,
-               double beta1, double beta2, double eps, int64_t t);
+               double beta1, double beta2, double eps, int64_t t, double weight_decay);
 void fm_adam_d(ptrdiff_t n, double *p, const double *g, double *m, double *v, double lr,
-               double beta1, double beta2, double eps, int64_t t);
+               double beta1, double beta2, double eps, int64_t t, double weight_decay);
 
 /* SGD with momentum, torch convention: vel = momentum * vel + g; p -= lr * vel.  p, vel:
    INOUT n; g: IN n. */

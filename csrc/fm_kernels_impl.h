@@ -134,25 +134,73 @@ void FN(fm_softmax)(ptrdiff_t n, ptrdiff_t k, T *Z)
 }
 
 double FN(fm_softmax_xent)(ptrdiff_t n, ptrdiff_t k, T *Z, const int32_t *y, const T *w,
-                           double scale, T *dZ, int64_t *n_correct)
+                           double scale, double smoothing, T *dZ, int64_t *n_correct)
 {
+    /* Label smoothing (torch.nn.CrossEntropyLoss): the target is q = (1 - s) onehot(y)
+       + s / k, so the loss is -sum_j q_j log p_j = lse - on (z_y - max) - off sum_j
+       (z_j - max) and its gradient p - q. Without smoothing the plain formulas run. */
+    const T on = (T)(1 - smoothing), off = (T)(smoothing / (double)k);
     double loss = 0;
     int64_t correct = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
         T *z = Z + i * k;
         const ptrdiff_t yi = y[i];
         const T zy = z[yi];
-        correct += FN(argmax_row)(k, z) == yi;
+        const ptrdiff_t best = FN(argmax_row)(k, z);
+        correct += best == yi;
+        T zsum = 0; /* sum_j (z_j - max), before softmax_row overwrites z */
+        if (smoothing > 0)
+            for (ptrdiff_t j = 0; j < k; j++) zsum += z[j] - z[best];
         T mx;
         /* -log p_y = log sum exp(z - max) - (z_y - max): finite even for logits of 1e4. */
         const T lse = FN(softmax_row)(k, z, &mx);
         const T wi = w ? w[i] : 1;
-        loss += (double)wi * (double)(lse - (zy - mx));
+        if (smoothing > 0)
+            loss += (double)wi * (double)(lse - on * (zy - mx) - off * zsum);
+        else
+            loss += (double)wi * (double)(lse - (zy - mx));
         if (dZ) {
             T *restrict d = dZ + i * k;
             const T c = (T)scale * wi;
-            for (ptrdiff_t j = 0; j < k; j++) d[j] = c * z[j];
-            d[yi] -= c;
+            if (smoothing > 0) {
+                const T c_off = c * off;
+                for (ptrdiff_t j = 0; j < k; j++) d[j] = c * z[j] - c_off;
+                d[yi] -= c * on;
+            } else {
+                for (ptrdiff_t j = 0; j < k; j++) d[j] = c * z[j];
+                d[yi] -= c;
+            }
+        }
+    }
+    *n_correct += correct;
+    return loss;
+}
+
+double FN(fm_sigmoid_xent)(ptrdiff_t n, ptrdiff_t k, T *Z, const T *Y, const T *w,
+                           double scale, T *dZ, int64_t *n_correct)
+{
+    double loss = 0;
+    int64_t correct = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        T *z = Z + i * k;
+        const T *t = Y + i * k;
+        const T wi = w ? w[i] : 1;
+        T sum = 0;
+        int all_right = 1;
+        for (ptrdiff_t j = 0; j < k; j++) {
+            /* -y log p - (1 - y) log(1 - p) = softplus(z) - y z, as max(z, 0) - y z +
+               log(1 + exp(-|z|)): exp never overflows, finite for any z. */
+            const T zj = z[j], e = EXP(-FABS(zj));
+            sum += (zj > 0 ? zj : 0) - t[j] * zj + LOG(1 + e);
+            all_right &= (zj > 0) == (t[j] > (T)0.5);
+            z[j] = zj >= 0 ? 1 / (1 + e) : e / (1 + e);
+        }
+        loss += (double)wi * (double)sum;
+        correct += all_right;
+        if (dZ) {
+            T *restrict d = dZ + i * k;
+            const T c = (T)scale * wi;
+            for (ptrdiff_t j = 0; j < k; j++) d[j] = c * (z[j] - t[j]);
         }
     }
     *n_correct += correct;
@@ -210,6 +258,77 @@ double FN(fm_squared_error)(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y, co
     return loss;
 }
 
+double FN(fm_huber)(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y, const T *w,
+                    double scale, double delta, T *dA)
+{
+    double loss = 0;
+    const T inv_k = (T)1 / (T)k, dl = (T)delta, half_dl = (T)(0.5 * delta);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *a = A + i * k, *t = Y + i * k;
+        const T wi = w ? w[i] : 1;
+        T sum = 0;
+        for (ptrdiff_t j = 0; j < k; j++) {
+            const T d = a[j] - t[j], ad = FABS(d);
+            sum += ad < dl ? (T)0.5 * d * d : dl * (ad - half_dl);
+        }
+        loss += (double)wi * (double)(sum * inv_k);
+        if (dA) {
+            T *restrict g = dA + i * k;
+            const T c = (T)scale * wi * inv_k;
+            for (ptrdiff_t j = 0; j < k; j++) {
+                /* clip(d, -delta, delta): d inside, delta * sign(d) outside */
+                const T d = a[j] - t[j];
+                g[j] = c * (d > dl ? dl : d < -dl ? -dl : d);
+            }
+        }
+    }
+    return loss;
+}
+
+double FN(fm_absolute_error)(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y, const T *w,
+                             double scale, T *dA)
+{
+    double loss = 0;
+    const T inv_k = (T)1 / (T)k;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *a = A + i * k, *t = Y + i * k;
+        const T wi = w ? w[i] : 1;
+        T sum = 0;
+        for (ptrdiff_t j = 0; j < k; j++) sum += FABS(a[j] - t[j]);
+        loss += (double)wi * (double)(sum * inv_k);
+        if (dA) {
+            T *restrict g = dA + i * k;
+            const T c = (T)scale * wi * inv_k;
+            /* The subgradient sign(d), 0 at d == 0 (as torch's L1Loss). */
+            for (ptrdiff_t j = 0; j < k; j++) {
+                const T d = a[j] - t[j];
+                g[j] = d > 0 ? c : d < 0 ? -c : 0;
+            }
+        }
+    }
+    return loss;
+}
+
+double FN(fm_poisson)(ptrdiff_t n, ptrdiff_t k, const T *A, const T *Y, const T *w,
+                      double scale, T *dA)
+{
+    double loss = 0;
+    const T inv_k = (T)1 / (T)k;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *a = A + i * k, *t = Y + i * k;
+        const T wi = w ? w[i] : 1;
+        T sum = 0;
+        for (ptrdiff_t j = 0; j < k; j++) sum += EXP(a[j]) - t[j] * a[j];
+        loss += (double)wi * (double)(sum * inv_k);
+        if (dA) {
+            T *restrict g = dA + i * k;
+            const T c = (T)scale * wi * inv_k;
+            for (ptrdiff_t j = 0; j < k; j++) g[j] = c * (EXP(a[j]) - t[j]);
+        }
+    }
+    return loss;
+}
+
 FM_CPU_DISPATCH
 void FN(fm_col_sum)(ptrdiff_t n, ptrdiff_t m, const T *dZ, T *db)
 {
@@ -240,11 +359,14 @@ void FN(fm_dropout)(ptrdiff_t n, ptrdiff_t m, const T *A, T *mask, T *out, doubl
 
 FM_CPU_DISPATCH
 void FN(fm_adam)(ptrdiff_t n, T *p, const T *g, T *m, T *v, double lr, double beta1,
-                 double beta2, double eps, int64_t t)
+                 double beta2, double eps, int64_t t, double weight_decay)
 {
     /* Fold both bias corrections into the step size and eps (Kingma & Ba, sec. 2). */
     const double c1 = 1 - pow(beta1, (double)t), c2 = 1 - pow(beta2, (double)t);
     const T step = (T)(lr / c1), inv_sqrt_c2 = (T)(1 / sqrt(c2));
+    /* AdamW's decoupled decay, p *= 1 - lr * wd before the Adam step (torch.optim.AdamW;
+       Loshchilov & Hutter 2019). Without decay it is 1, and p * 1 - x rounds as p - x. */
+    const T decay = (T)(1 - lr * weight_decay);
     const T b1 = (T)beta1, b2 = (T)beta2, e = (T)eps, one = 1;
     T *restrict pp = p, *restrict mm = m, *restrict vv = v;
     const T *restrict gg = g;
@@ -252,7 +374,7 @@ void FN(fm_adam)(ptrdiff_t n, T *p, const T *g, T *m, T *v, double lr, double be
         const T gi = gg[i];
         mm[i] = b1 * mm[i] + (one - b1) * gi;
         vv[i] = b2 * vv[i] + (one - b2) * gi * gi;
-        pp[i] -= step * mm[i] / (SQRT(vv[i]) * inv_sqrt_c2 + e);
+        pp[i] = pp[i] * decay - step * mm[i] / (SQRT(vv[i]) * inv_sqrt_c2 + e);
     }
 }
 

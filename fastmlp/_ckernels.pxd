@@ -39,8 +39,14 @@ cdef extern from "fm_kernels.h" nogil:
     void fm_softmax_f(Py_ssize_t n, Py_ssize_t k, float *Z)
     void fm_softmax_d(Py_ssize_t n, Py_ssize_t k, double *Z)
     double fm_softmax_xent_f(Py_ssize_t n, Py_ssize_t k, float *Z, const int32_t *y,
-                             const float *w, double scale, float *dZ, int64_t *n_correct)
+                             const float *w, double scale, double smoothing, float *dZ,
+                             int64_t *n_correct)
     double fm_softmax_xent_d(Py_ssize_t n, Py_ssize_t k, double *Z, const int32_t *y,
+                             const double *w, double scale, double smoothing, double *dZ,
+                             int64_t *n_correct)
+    double fm_sigmoid_xent_f(Py_ssize_t n, Py_ssize_t k, float *Z, const float *Y,
+                             const float *w, double scale, float *dZ, int64_t *n_correct)
+    double fm_sigmoid_xent_d(Py_ssize_t n, Py_ssize_t k, double *Z, const double *Y,
                              const double *w, double scale, double *dZ, int64_t *n_correct)
     double fm_mse_f(Py_ssize_t n, Py_ssize_t k, const float *A, const int32_t *y,
                     const float *w, double scale, float *dA, int64_t *n_correct)
@@ -50,6 +56,18 @@ cdef extern from "fm_kernels.h" nogil:
                               const float *w, double scale, float *dA)
     double fm_squared_error_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
                               const double *w, double scale, double *dA)
+    double fm_huber_f(Py_ssize_t n, Py_ssize_t k, const float *A, const float *Y,
+                      const float *w, double scale, double delta, float *dA)
+    double fm_huber_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
+                      const double *w, double scale, double delta, double *dA)
+    double fm_absolute_error_f(Py_ssize_t n, Py_ssize_t k, const float *A, const float *Y,
+                               const float *w, double scale, float *dA)
+    double fm_absolute_error_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
+                               const double *w, double scale, double *dA)
+    double fm_poisson_f(Py_ssize_t n, Py_ssize_t k, const float *A, const float *Y,
+                        const float *w, double scale, float *dA)
+    double fm_poisson_d(Py_ssize_t n, Py_ssize_t k, const double *A, const double *Y,
+                        const double *w, double scale, double *dA)
     void fm_col_sum_f(Py_ssize_t n, Py_ssize_t m, const float *dZ, float *db)
     void fm_col_sum_d(Py_ssize_t n, Py_ssize_t m, const double *dZ, double *db)
     void fm_dropout_f(Py_ssize_t n, Py_ssize_t m, const float *A, float *mask, float *out,
@@ -57,9 +75,10 @@ cdef extern from "fm_kernels.h" nogil:
     void fm_dropout_d(Py_ssize_t n, Py_ssize_t m, const double *A, double *mask,
                       double *out, double p, uint64_t seed, Py_ssize_t row0)
     void fm_adam_f(Py_ssize_t n, float *p, const float *g, float *m, float *v, double lr,
-                   double beta1, double beta2, double eps, int64_t t)
+                   double beta1, double beta2, double eps, int64_t t, double weight_decay)
     void fm_adam_d(Py_ssize_t n, double *p, const double *g, double *m, double *v,
-                   double lr, double beta1, double beta2, double eps, int64_t t)
+                   double lr, double beta1, double beta2, double eps, int64_t t,
+                   double weight_decay)
     void fm_sgd_f(Py_ssize_t n, float *p, const float *g, float *vel, double lr,
                   double momentum)
     void fm_sgd_d(Py_ssize_t n, double *p, const double *g, double *vel, double lr,
@@ -151,12 +170,21 @@ cdef inline void softmax(Py_ssize_t n, Py_ssize_t k, floating *Z) noexcept nogil
 
 
 cdef inline double softmax_xent(Py_ssize_t n, Py_ssize_t k, floating *Z, const int32_t *y,
+                                const floating *w, double scale, double smoothing,
+                                floating *dZ, int64_t *n_correct) noexcept nogil:
+    if floating is float:
+        return fm_softmax_xent_f(n, k, Z, y, w, scale, smoothing, dZ, n_correct)
+    else:
+        return fm_softmax_xent_d(n, k, Z, y, w, scale, smoothing, dZ, n_correct)
+
+
+cdef inline double sigmoid_xent(Py_ssize_t n, Py_ssize_t k, floating *Z, const floating *Y,
                                 const floating *w, double scale, floating *dZ,
                                 int64_t *n_correct) noexcept nogil:
     if floating is float:
-        return fm_softmax_xent_f(n, k, Z, y, w, scale, dZ, n_correct)
+        return fm_sigmoid_xent_f(n, k, Z, Y, w, scale, dZ, n_correct)
     else:
-        return fm_softmax_xent_d(n, k, Z, y, w, scale, dZ, n_correct)
+        return fm_sigmoid_xent_d(n, k, Z, Y, w, scale, dZ, n_correct)
 
 
 cdef inline double mse(Py_ssize_t n, Py_ssize_t k, const floating *A, const int32_t *y,
@@ -177,6 +205,32 @@ cdef inline double squared_error(Py_ssize_t n, Py_ssize_t k, const floating *A,
         return fm_squared_error_d(n, k, A, Y, w, scale, dA)
 
 
+cdef inline double huber(Py_ssize_t n, Py_ssize_t k, const floating *A, const floating *Y,
+                         const floating *w, double scale, double delta,
+                         floating *dA) noexcept nogil:
+    if floating is float:
+        return fm_huber_f(n, k, A, Y, w, scale, delta, dA)
+    else:
+        return fm_huber_d(n, k, A, Y, w, scale, delta, dA)
+
+
+cdef inline double absolute_error(Py_ssize_t n, Py_ssize_t k, const floating *A,
+                                  const floating *Y, const floating *w, double scale,
+                                  floating *dA) noexcept nogil:
+    if floating is float:
+        return fm_absolute_error_f(n, k, A, Y, w, scale, dA)
+    else:
+        return fm_absolute_error_d(n, k, A, Y, w, scale, dA)
+
+
+cdef inline double poisson(Py_ssize_t n, Py_ssize_t k, const floating *A, const floating *Y,
+                           const floating *w, double scale, floating *dA) noexcept nogil:
+    if floating is float:
+        return fm_poisson_f(n, k, A, Y, w, scale, dA)
+    else:
+        return fm_poisson_d(n, k, A, Y, w, scale, dA)
+
+
 cdef inline void col_sum(Py_ssize_t n, Py_ssize_t m, const floating *dZ,
                          floating *db) noexcept nogil:
     if floating is float:
@@ -195,11 +249,11 @@ cdef inline void dropout(Py_ssize_t n, Py_ssize_t m, const floating *A, floating
 
 cdef inline void adam(Py_ssize_t n, floating *p, const floating *g, floating *m, floating *v,
                       double lr, double beta1, double beta2, double eps,
-                      int64_t t) noexcept nogil:
+                      int64_t t, double weight_decay) noexcept nogil:
     if floating is float:
-        fm_adam_f(n, p, g, m, v, lr, beta1, beta2, eps, t)
+        fm_adam_f(n, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay)
     else:
-        fm_adam_d(n, p, g, m, v, lr, beta1, beta2, eps, t)
+        fm_adam_d(n, p, g, m, v, lr, beta1, beta2, eps, t, weight_decay)
 
 
 cdef inline void sgd(Py_ssize_t n, floating *p, const floating *g, floating *vel, double lr,

@@ -64,11 +64,13 @@ def _labels(y, Py_ssize_t n, Py_ssize_t k):
 
 
 def softmax_cross_entropy(floating[:, ::1] Z, y, const floating[::1] sample_weight=None,
-                          double scale=1.0):
+                          double scale=1.0, double label_smoothing=0.0):
     """Fused softmax + cross-entropy; Z becomes the probabilities.
 
-    Returns ``(loss_sum, n_correct, dZ)`` with dZ = scale * w * (softmax(Z) - onehot(y)).
+    Returns ``(loss_sum, n_correct, dZ)`` with dZ = scale * w * (softmax(Z) - q), q the
+    one-hot target smoothed by `label_smoothing` (q = onehot(y) without).
     """
+    _check(0 <= label_smoothing < 1, "label_smoothing must lie in [0, 1)")
     cdef int32_t[::1] yy = _labels(y, Z.shape[0], Z.shape[1])
     cdef const floating *w = NULL
     if sample_weight is not None:
@@ -80,6 +82,26 @@ def softmax_cross_entropy(floating[:, ::1] Z, y, const floating[::1] sample_weig
     cdef double loss
     with nogil:
         loss = fm.softmax_xent(Z.shape[0], Z.shape[1], &Z[0, 0], &yy[0], w, scale,
+                               label_smoothing, &d[0, 0], &correct)
+    return loss, correct, dZ
+
+
+def sigmoid_cross_entropy(floating[:, ::1] Z, const floating[:, ::1] Y,
+                          const floating[::1] sample_weight=None, double scale=1.0):
+    """Fused sigmoid + binary cross-entropy per label (multilabel); Z becomes the
+    probabilities. Returns ``(loss_sum, n_correct, dZ)``, dZ = scale * w * (p - Y)."""
+    cdef const floating *w = NULL
+    _check(Y.shape[0] == Z.shape[0] and Y.shape[1] == Z.shape[1], "Y must match Z")
+    _check(Z.shape[0] >= 1 and Z.shape[1] >= 1, "need at least one row and column")
+    if sample_weight is not None:
+        _check(sample_weight.shape[0] == Z.shape[0], "one weight per row")
+        w = &sample_weight[0]
+    dZ = np.empty_like(np.asarray(Z))
+    cdef floating[:, ::1] d = dZ
+    cdef int64_t correct = 0
+    cdef double loss
+    with nogil:
+        loss = fm.sigmoid_xent(Z.shape[0], Z.shape[1], &Z[0, 0], &Y[0, 0], w, scale,
                                &d[0, 0], &correct)
     return loss, correct, dZ
 
@@ -122,6 +144,45 @@ def squared_error(const floating[:, ::1] A, const floating[:, ::1] Y,
     return loss, dA
 
 
+def regression_loss(str loss, const floating[:, ::1] A, const floating[:, ::1] Y,
+                    const floating[::1] sample_weight=None, double scale=1.0,
+                    double delta=1.0):
+    """A regression loss kernel ("huber", "absolute_error", "poisson" or
+    "squared_error"), averaged over the outputs: ``(loss_sum, dA)``."""
+    cdef const floating *w = NULL
+    cdef int code
+    _check(loss in REGRESSION_CODES, f"loss must be one of {tuple(REGRESSION_CODES)}")
+    code = REGRESSION_CODES[loss]
+    _check(A.shape[1] >= 1, "need at least one column")
+    _check(Y.shape[0] == A.shape[0] and Y.shape[1] == A.shape[1], "Y must match A")
+    _check(delta > 0, "delta must be > 0")
+    if sample_weight is not None:
+        _check(sample_weight.shape[0] == A.shape[0], "one weight per row")
+        w = &sample_weight[0]
+    dA = np.empty_like(np.asarray(A))
+    cdef floating[:, ::1] d = dA
+    cdef double loss_value = 0
+    if A.shape[0] == 0:
+        return loss_value, dA
+    with nogil:
+        if code == 0:
+            loss_value = fm.huber(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w, scale,
+                                  delta, &d[0, 0])
+        elif code == 1:
+            loss_value = fm.absolute_error(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w,
+                                           scale, &d[0, 0])
+        elif code == 2:
+            loss_value = fm.poisson(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w, scale,
+                                    &d[0, 0])
+        else:
+            loss_value = fm.squared_error(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w,
+                                          scale, &d[0, 0])
+    return loss_value, dA
+
+
+REGRESSION_CODES = {"huber": 0, "absolute_error": 1, "poisson": 2, "squared_error": 3}
+
+
 def col_sum(const floating[:, ::1] dZ):
     """Column sums of dZ (the bias gradient)."""
     db = np.empty(dZ.shape[1], dtype=np.asarray(dZ).dtype)
@@ -144,12 +205,16 @@ def dropout(const floating[:, ::1] A, double p, uint64_t seed, Py_ssize_t row0=0
 
 
 def adam(floating[::1] p, const floating[::1] g, floating[::1] m, floating[::1] v,
-         double lr, double beta1, double beta2, double eps, int64_t t):
-    """One Adam update of p (and its moments m, v) in place; t is the step, from 1."""
+         double lr, double beta1, double beta2, double eps, int64_t t,
+         double weight_decay=0.0):
+    """One Adam update of p (and its moments m, v) in place; t is the step, from 1.
+    With weight_decay, AdamW's decoupled decay p *= 1 - lr * weight_decay comes first."""
     _check(g.shape[0] == p.shape[0] == m.shape[0] == v.shape[0], "sizes differ")
     _check(t >= 1, "t counts from 1")
+    _check(weight_decay >= 0, "weight_decay must be >= 0")
     with nogil:
-        fm.adam(p.shape[0], &p[0], &g[0], &m[0], &v[0], lr, beta1, beta2, eps, t)
+        fm.adam(p.shape[0], &p[0], &g[0], &m[0], &v[0], lr, beta1, beta2, eps, t,
+                weight_decay)
 
 
 def sgd(floating[::1] p, const floating[::1] g, floating[::1] velocity, double lr,

@@ -1,6 +1,9 @@
 # cython: language_level=3
 """The compiled network (``Network``), shared with the trainer."""
+from cython cimport floating
 from libc.stdint cimport int32_t, int64_t
+
+from fastmlp cimport _ckernels as fm
 
 cdef enum:
     MAX_LAYERS = 64      # Linear layers
@@ -9,7 +12,11 @@ cdef enum:
 cpdef enum Loss:
     LOSS_CROSS_ENTROPY = 0
     LOSS_MSE = 1             # squared error against one-hot targets (a classifier)
-    LOSS_SQUARED_ERROR = 2   # regression: real targets instead of labels
+    LOSS_SQUARED_ERROR = 2   # regression: real targets instead of labels; the codes from
+    LOSS_HUBER = 3           # here on are all regression losses
+    LOSS_ABSOLUTE_ERROR = 4
+    LOSS_POISSON = 5         # log link: the output is the log of the mean
+    LOSS_BINARY_XENT = 6     # multilabel classifier: sigmoid + cross-entropy per label
 
 
 cdef struct Layout:
@@ -34,4 +41,27 @@ cdef class Network:
     cdef readonly object params         # flat ndarray: W_1, b_1, W_2, b_2, ...
     cdef readonly object dtype
     cdef readonly int loss
+    cdef readonly double delta          # Huber's threshold
     cdef bint is_double
+
+
+cdef inline bint is_regression(int loss) noexcept nogil:
+    return LOSS_SQUARED_ERROR <= loss <= LOSS_POISSON
+
+
+cdef inline bint uses_targets(int loss) noexcept nogil:
+    """Rows of real targets (regression, and multilabel 0/1 rows) instead of labels."""
+    return loss >= LOSS_SQUARED_ERROR
+
+
+cdef inline double regression_loss(int loss, Py_ssize_t n, Py_ssize_t k, const floating *A,
+                                   const floating *Y, const floating *w, double scale,
+                                   double delta, floating *dA) noexcept nogil:
+    """The regression loss `loss` (its fm_ kernel) of outputs A against targets Y."""
+    if loss == LOSS_HUBER:
+        return fm.huber(n, k, A, Y, w, scale, delta, dA)
+    if loss == LOSS_ABSOLUTE_ERROR:
+        return fm.absolute_error(n, k, A, Y, w, scale, dA)
+    if loss == LOSS_POISSON:
+        return fm.poisson(n, k, A, Y, w, scale, dA)
+    return fm.squared_error(n, k, A, Y, w, scale, dA)

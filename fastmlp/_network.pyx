@@ -14,6 +14,7 @@ wherever it falls, so results are bitwise the same for any thread count and bloc
 This module is the one home of the names and limits the Python layer checks against.
 """
 from cython.parallel cimport prange, threadid
+from libc.math cimport INFINITY
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
 
@@ -41,8 +42,13 @@ ACTIVATIONS = {"identity": FM_IDENTITY, "relu": FM_RELU, "tanh": FM_TANH,
                "sigmoid": FM_SIGMOID}
 HIDDEN_ACTIVATIONS = ("relu", "tanh", "sigmoid")
 LOSSES = {"cross_entropy": LOSS_CROSS_ENTROPY, "mse": LOSS_MSE,
-          "squared_error": LOSS_SQUARED_ERROR}
-REGRESSION_LOSS = "squared_error"   # the loss that makes a regressor
+          "squared_error": LOSS_SQUARED_ERROR, "huber": LOSS_HUBER,
+          "absolute_error": LOSS_ABSOLUTE_ERROR, "poisson": LOSS_POISSON,
+          "binary_cross_entropy": LOSS_BINARY_XENT}
+MULTILABEL_LOSS = "binary_cross_entropy"   # a multilabel classifier's loss
+REGRESSION_LOSS = "squared_error"   # the default loss of a regressor
+# The losses that make a regressor (real targets, no classes).
+REGRESSION_LOSSES = ("squared_error", "huber", "absolute_error", "poisson")
 LAYERS_LIMIT = MAX_LAYERS           # Linear layers per network
 WIDTH_LIMIT = 2**31 - 1             # units per layer (C int sizes)
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -107,9 +113,11 @@ cdef class Network:
     params : ndarray, optional
         The flat parameter buffer; used in place when it is a C-contiguous, aligned,
         writeable array of ``dtype`` and the right size, else copied. Zeros if omitted.
+    delta : float > 0
+        The threshold of the Huber loss (unused by the others).
     """
 
-    def __init__(self, sizes, activations, str loss, dtype, params=None):
+    def __init__(self, sizes, activations, str loss, dtype, params=None, double delta=1.0):
         cdef int L = len(sizes) - 1, l
         cdef Py_ssize_t p = 0
         if not 1 <= L <= MAX_LAYERS or len(activations) != L:
@@ -118,14 +126,18 @@ cdef class Network:
             raise ValueError(f"layer sizes must lie in [1, {WIDTH_LIMIT}]; got {sizes!r}")
         if any(a not in ACTIVATIONS for a in activations) or loss not in LOSSES:
             raise ValueError(f"unknown activation or loss: {activations!r}, {loss!r}")
-        if loss == "cross_entropy" and activations[L - 1] != "identity":
-            raise ValueError("cross-entropy applies its own softmax: the output layer "
-                             "must be 'identity'")
+        if loss in ("cross_entropy", "binary_cross_entropy") and \
+                activations[L - 1] != "identity":
+            raise ValueError("cross-entropy applies its own softmax (sigmoid): the output "
+                             "layer must be 'identity'")
         self.dtype = np.dtype(dtype)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be float32 or float64; got {self.dtype}")
         self.is_double = self.dtype == np.float64
         self.loss = LOSSES[loss]
+        if not delta > 0 or delta == INFINITY:
+            raise ValueError(f"delta must be a finite number > 0; got {delta}")
+        self.delta = delta
         self.layout.n_layers = L
         self.layout.sizes[0] = sizes[0]
         for l in range(1, L + 1):
@@ -213,9 +225,9 @@ cdef class Network:
         check_codes(self.loss, y, X.shape[0], k)
         self.forward(X, out, softmax=False, n_threads=n_threads)
         if self.is_double:
-            total = loss_sum[double](self.loss, out, y, &n_correct)
+            total = loss_sum[double](self.loss, self.delta, out, y, &n_correct)
         else:
-            total = loss_sum[float](self.loss, out, y, &n_correct)
+            total = loss_sum[float](self.loss, self.delta, out, y, &n_correct)
         return total, n_correct
 
 
@@ -232,9 +244,9 @@ def check_codes(int loss, y, Py_ssize_t n, int k):
     cdef bint bad = False
     if n == 0:
         raise ValueError("X is empty")
-    if loss == LOSS_SQUARED_ERROR:
+    if uses_targets(loss):
         if not isinstance(y, np.ndarray) or y.shape != (n, k):
-            raise ValueError(f"regression needs targets of shape ({n}, {k})")
+            raise ValueError(f"regression and multilabel need targets of shape ({n}, {k})")
         return
     if not isinstance(y, np.ndarray) or y.shape != (n,):
         raise ValueError(f"classification needs {n} labels")
@@ -287,24 +299,31 @@ def check_csr(X, dtype, Py_ssize_t n_features):
                          f"and its column indices lie in [0, {n_features})")
 
 
-cdef double loss_sum(int loss, floating[:, ::1] out, y, int64_t *n_correct) except? -1:
+cdef double loss_sum(int loss, double delta, floating[:, ::1] out, y,
+                     int64_t *n_correct) except? -1:
     """The loss kernel over the outputs in `out` (see Network.evaluate)."""
     cdef const floating[:, ::1] targets
     cdef const int32_t[::1] labels
     cdef const floating *wp = NULL   # every row weighs 1
     cdef double total
     cdef Py_ssize_t n = out.shape[0], k = out.shape[1]
-    if loss == LOSS_SQUARED_ERROR:
+    if is_regression(loss):
         targets = y
         with nogil:
-            total = fm.squared_error(n, k, &out[0, 0], &targets[0, 0], wp, 0,
-                                     <floating *> NULL)
+            total = regression_loss(loss, n, k, &out[0, 0], &targets[0, 0], wp, 0, delta,
+                                    <floating *> NULL)
+        return total
+    if loss == LOSS_BINARY_XENT:
+        targets = y
+        with nogil:
+            total = fm.sigmoid_xent(n, k, &out[0, 0], &targets[0, 0], wp, 0,
+                                    <floating *> NULL, n_correct)
         return total
     labels = y
     with nogil:
         if loss == LOSS_CROSS_ENTROPY:
-            total = fm.softmax_xent(n, k, &out[0, 0], &labels[0], wp, 0, <floating *> NULL,
-                                    n_correct)
+            total = fm.softmax_xent(n, k, &out[0, 0], &labels[0], wp, 0, 0,
+                                    <floating *> NULL, n_correct)
         else:
             total = fm.mse(n, k, &out[0, 0], &labels[0], wp, 0, <floating *> NULL,
                            n_correct)

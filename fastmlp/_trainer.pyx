@@ -39,8 +39,8 @@ from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
 from fastmlp._ckernels cimport (FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_init,
                                 fm_tuner_step, fm_tuner_threads)
-from fastmlp._network cimport (LOSS_CROSS_ENTROPY, LOSS_SQUARED_ERROR, MAX_LAYERS, Csr,
-                               Layout, Network)
+from fastmlp._network cimport (LOSS_BINARY_XENT, LOSS_CROSS_ENTROPY, MAX_LAYERS, Csr, Layout,
+                               Network, is_regression, regression_loss, uses_targets)
 
 import numpy as np
 
@@ -67,13 +67,15 @@ cdef enum:
 cpdef enum Optimizer:
     OPT_ADAM = 0
     OPT_SGD = 1
+    OPT_ADAMW = 2        # Adam with decoupled weight decay; Adam's state layout
 
 cpdef enum Status:
     STATUS_DONE = 0          # the epoch ran to its end
     STATUS_TIME = 1          # stopped at the deadline
     STATUS_NONFINITE = 2     # stopped on a NaN or inf mini-batch loss
 
-OPTIMIZERS = {"adam": OPT_ADAM, "sgd": OPT_SGD}
+OPTIMIZERS = {"adam": OPT_ADAM, "sgd": OPT_SGD, "adamw": OPT_ADAMW}
+ADAM_FAMILY = ("adam", "adamw")   # the optimizers with two moments (state2)
 MAX_STEPS = 1 << 62      # optimizer step counts beyond this are refused
 
 
@@ -97,6 +99,9 @@ cdef struct Hyper:
     int loss
     int optimizer
     double lr, beta1, beta2, eps, momentum, l2, dropout
+    double weight_decay                 # AdamW's decoupled decay (0 for the others)
+    double smoothing                    # label smoothing of the cross-entropy
+    double delta                        # Huber's threshold
     int64_t t                           # optimizer step, >= 1 during an update
 
 
@@ -192,6 +197,8 @@ cdef class Trainer:
         L2 penalty ``0.5 * l2 * sum W^2`` (weights only), part of the gradient.
     dropout : float in [0, 1)
         Inverted-dropout rate of the hidden layers' outputs.
+    label_smoothing : float in [0, 1)
+        Label smoothing of the cross-entropy (torch.nn.CrossEntropyLoss's).
     adaptive_threads : bool
         Let csrc/fm_tuner.c choose, step by step, how many of the `n_threads` to use:
         fewer when they run faster (cores shared with other processes).
@@ -210,7 +217,7 @@ cdef class Trainer:
 
     def __init__(self, Network network, X, y, sample_weight=None, *,
                  Py_ssize_t batch_size, int n_threads, double l2=0.0, double dropout=0.0,
-                 bint adaptive_threads=False):
+                 double label_smoothing=0.0, bint adaptive_threads=False):
         dtype = network.dtype
         sparse = is_csr(X)
         if sparse:
@@ -224,6 +231,10 @@ cdef class Trainer:
             raise ValueError("batch_size and n_threads must be at least 1")
         if not (l2 >= 0 and isfinite(l2)) or not 0 <= dropout < 1:
             raise ValueError("l2 must be >= 0 and dropout in [0, 1)")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1); got {label_smoothing}")
+        if label_smoothing and network.loss != LOSS_CROSS_ENTROPY:
+            raise ValueError("label_smoothing applies to the cross-entropy loss only")
         check_codes(network.loss, y, X.shape[0],
                       network.layout.sizes[network.layout.n_layers])
         if sample_weight is not None and not (
@@ -233,7 +244,7 @@ cdef class Trainer:
         self.network = network
         self.lay = &network.layout
         self.X = X
-        self.y = np.require(y, dtype if network.loss == LOSS_SQUARED_ERROR else np.int32,
+        self.y = np.require(y, dtype if uses_targets(network.loss) else np.int32,
                             ["C", "A"])
         self.sample_weight = (None if sample_weight is None
                               else np.require(sample_weight, requirements=["C", "A"]))
@@ -243,12 +254,14 @@ cdef class Trainer:
         fm_tuner_init(&self.tuner, n_threads, monotonic())
         self.h.loss = network.loss
         self.h.optimizer = -1
+        self.h.weight_decay = 0
         self.h.l2 = l2
         self.h.dropout = dropout
+        self.h.smoothing = label_smoothing
+        self.h.delta = network.delta
         self.h.t = 0
         self.wsl = workspace_layout(self.lay, self.batch_size, dropout > 0,
-                                    network.loss == LOSS_SQUARED_ERROR, dtype.itemsize,
-                                    sparse)
+                                    uses_targets(network.loss), dtype.itemsize, sparse)
         self.ws = np.empty(self.wsl.size, dtype=dtype)
         self.ybuf = np.empty(self.batch_size, dtype=np.int32)
         self.grads = np.zeros_like(network.params)
@@ -260,23 +273,29 @@ cdef class Trainer:
         """Bytes a Trainer of mini-batches of batch_size rows allocates (workspace,
         gradients), for a memory check before it does; `sparse`: for a CSR X."""
         cdef Workspace w = workspace_layout(&network.layout, batch_size, dropout > 0,
-                                            network.loss == LOSS_SQUARED_ERROR,
+                                            uses_targets(network.loss),
                                             network.dtype.itemsize, sparse)
         return (w.size + network.layout.n_params) * network.dtype.itemsize
 
     def set_optimizer(self, str name, dict state, *, betas=(0.9, 0.999), double eps=1e-8,
-                      double momentum=0.9):
-        """Use optimizer `name` ("adam" or "sgd") with its memory in `state`.
+                      double momentum=0.9, double weight_decay=0.0):
+        """Use optimizer `name` ("adam", "adamw" or "sgd") with its memory in `state`.
 
         state: ``{"t": steps so far, "state1": ..., "state2": ...}``, arrays shaped like
         the parameters (Adam's two moments, or SGD's velocity in state1), updated in
-        place; ``t`` is read here and kept in :attr:`t`.
+        place; ``t`` is read here and kept in :attr:`t`. `weight_decay` is AdamW's
+        decoupled decay of every parameter (weights and biases, as torch.optim.AdamW).
         """
         if name not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}; got {name!r}")
+        if not (weight_decay >= 0 and isfinite(weight_decay)):
+            raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay}")
+        if weight_decay and name != "adamw":
+            raise ValueError("weight_decay is AdamW's decoupled decay: use optimizer='adamw' "
+                             "(or l2 for a penalty in the gradient)")
         s1, s2, t = state["state1"], state["state2"], state["t"]
         shape, dtype = self.network.params.shape, self.network.dtype
-        for s in ((s1, s2) if name == "adam" else (s1,)):
+        for s in ((s1, s2) if name in ADAM_FAMILY else (s1,)):
             if not (isinstance(s, np.ndarray) and s.shape == shape and s.dtype == dtype
                     and s.flags.c_contiguous and s.flags.aligned and s.flags.writeable):
                 raise ValueError("optimizer state does not match the parameters")
@@ -286,8 +305,9 @@ cdef class Trainer:
         self.h.beta1, self.h.beta2 = betas
         self.h.eps = eps
         self.h.momentum = momentum
+        self.h.weight_decay = weight_decay
         self.h.t = t
-        self.state1, self.state2 = s1, s2 if name == "adam" else s1
+        self.state1, self.state2 = s1, s2 if name in ADAM_FAMILY else s1
 
     @property
     def threads(self):
@@ -416,7 +436,7 @@ cdef Buffers buffers(Trainer tr, floating[::1] params) except *:
     buf.sample_weight = NULL
     buf.state1 = NULL
     buf.state2 = NULL
-    if tr.h.loss == LOSS_SQUARED_ERROR:
+    if uses_targets(tr.h.loss):
         T = tr.y
         buf.targets = &T[0, 0]
     else:
@@ -580,13 +600,15 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
 
     forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr, b.rows + r0)
 
-    if h.loss == LOSS_SQUARED_ERROR:
-        loss = fm.squared_error(nr, k, zL, trow, wrow, scale, dL)
+    if is_regression(h.loss):
+        loss = regression_loss(h.loss, nr, k, zL, trow, wrow, scale, h.delta, dL)
+    elif h.loss == LOSS_BINARY_XENT:   # its sigmoid is part of the loss
+        loss = fm.sigmoid_xent(nr, k, zL, trow, wrow, scale, dL, n_correct)
     elif h.loss == LOSS_CROSS_ENTROPY:   # its softmax is part of the loss
-        loss = fm.softmax_xent(nr, k, zL, yrow, wrow, scale, dL, n_correct)
+        loss = fm.softmax_xent(nr, k, zL, yrow, wrow, scale, h.smoothing, dL, n_correct)
     else:
         loss = fm.mse(nr, k, zL, yrow, wrow, scale, dL, n_correct)
-    if h.loss != LOSS_CROSS_ENTROPY:
+    if h.loss != LOSS_CROSS_ENTROPY and h.loss != LOSS_BINARY_XENT:
         fm.act_backward(nr, k, zL, <floating *> NULL, dL, lay.acts[L])
 
     for l in range(L, 1, -1):
@@ -688,9 +710,9 @@ cdef inline void optimizer_update(const Hyper *h, const Buffers *buf, floating *
     cdef floating *p = params + off
     cdef const floating *g = (<const floating *> buf.grads) + off
     cdef floating *s1 = (<floating *> buf.state1) + off
-    if h.optimizer == OPT_ADAM:
+    if h.optimizer == OPT_ADAM or h.optimizer == OPT_ADAMW:
         fm.adam(n, p, g, s1, (<floating *> buf.state2) + off, h.lr, h.beta1, h.beta2, h.eps,
-                h.t)
+                h.t, h.weight_decay)
     else:
         fm.sgd(n, p, g, s1, h.lr, h.momentum)
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastmlp import training
-from fastmlp._network import REGRESSION_LOSS
+from fastmlp._network import REGRESSION_LOSSES
 from fastmlp._validation import check_X
 from fastmlp.model import MLP
 
@@ -66,13 +66,15 @@ def predict(model: Any, X: dask.array.Array) -> dask.array.Array:
     """
     X, network = _prepare(model, X, proba=False)
     k = network.layer_sizes[-1]
-    if network.is_regressor and k > 1:
+    if (network.is_regressor and k > 1) or network.is_multilabel:
+        # A row of outputs per sample: a multi-output regressor's, or the 0/1 labels.
+        dtype = _multilabel_dtype(model) if network.is_multilabel else network.dtype
         return X.map_blocks(
             _predict_block,
             _shipped(model),
-            dtype=network.dtype,
+            dtype=dtype,
             chunks=(X.chunks[0], (k,)),
-            meta=np.empty((0, 0), dtype=network.dtype),
+            meta=np.empty((0, 0), dtype=dtype),
         )
     dtype = network.dtype if network.is_regressor else np.asarray(network.classes_).dtype
     return X.map_blocks(
@@ -341,7 +343,7 @@ def _prepare(model: Any, X: Any, *, proba: bool) -> tuple[dask.array.Array, MLP]
     import dask.array as da
 
     network = _network_of(model)
-    if proba and network.loss != "cross_entropy":
+    if proba and network.loss not in ("cross_entropy", "binary_cross_entropy"):
         raise ValueError(
             "predict_proba needs a cross-entropy model; this one was trained with "
             f"loss={network.loss!r}."
@@ -374,10 +376,17 @@ def _predict_block(block: np.ndarray, model: Any) -> np.ndarray:
     if block.shape[0] == 0:  # an empty chunk, e.g. after filtering rows
         network = _network_of(model)
         k = network.layer_sizes[-1]
+        if network.is_multilabel:
+            return np.empty((0, k), dtype=_multilabel_dtype(model))
         if network.is_regressor:
             return np.empty((0, k) if k > 1 else (0,), dtype=network.dtype)
         return np.empty((0,), dtype=np.asarray(network.classes_).dtype)
     return model.predict(block)
+
+
+def _multilabel_dtype(model: Any) -> np.dtype:
+    """The dtype a multilabel model's predict returns: the fitted y's for an estimator."""
+    return np.dtype(getattr(model, "_y_dtype", np.int64))
 
 
 def _predict_proba_block(block: np.ndarray, model: Any) -> np.ndarray:
@@ -427,6 +436,7 @@ def _stream_model(X, y, class_weight, opts: training._Options, rng: np.random.Ge
     """The model to train (``init``, or new, built as :func:`fastmlp.train` builds it) and
     the class weights as a dict over all of ``y``."""
     import dask
+    import dask.array as da
 
     n_features = X.shape[1]
     if opts.init is not None:
@@ -435,29 +445,21 @@ def _stream_model(X, y, class_weight, opts: training._Options, rng: np.random.Ge
             raise ValueError(
                 f"X has {n_features} columns but init was trained on {model.n_features_in_}"
             )
-    elif opts.loss == REGRESSION_LOSS:
-        # Shapes are all that building needs: one row of zeros of X's and y's widths.
-        model = training._build(
-            np.zeros((1, n_features)), np.zeros((1,) + y.shape[1:]), opts, rng
-        )[0]
+    elif opts.loss in REGRESSION_LOSSES or y.ndim == 2:
+        # Shapes are all that building a regressor or a multilabel classifier needs: rows
+        # of X's width and targets (or 0/1 labels) of y's.
+        fake_y = np.zeros((2,) + y.shape[1:])
+        fake_y[1] = 1
+        model = training._build(np.zeros((2, n_features)), fake_y, opts, rng)[0]
     else:
-        classes = dask.compute(_da_unique(y))[0]
+        classes = dask.compute(da.unique(y))[0]
         model = training._build(np.zeros((len(classes), n_features)), classes, opts, rng)[0]
-    if class_weight == "balanced" and not model.is_regressor:
-        labels, counts = dask.compute(*_da_unique(y, return_counts=True))
+    if class_weight == "balanced" and not (model.is_regressor or model.is_multilabel):
+        labels, counts = dask.compute(*da.unique(y, return_counts=True))
         k = len(model.classes_)
         # As scikit-learn: n_samples / (n_classes * count), over every block.
         class_weight = {c: counts.sum() / (k * n) for c, n in zip(labels.tolist(), counts)}
     return model, class_weight
-
-
-def _da_unique(y, **kwargs):
-    """``dask.array.unique`` of labels, which must be 1-D."""
-    import dask.array as da
-
-    if y.ndim != 1:
-        raise ValueError(f"a classifier's y must be 1-D labels; got shape {y.shape}")
-    return da.unique(y, **kwargs)
 
 
 def _validation_set(model: MLP, validation_data: tuple) -> tuple:

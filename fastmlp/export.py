@@ -3,8 +3,9 @@
 The graph is the standard one: per layer a ``Gemm`` (weights stored as ``(fan_in,
 fan_out)``, so no transpose) and the activation node, then ``Softmax`` over the classes for
 cross-entropy models. Input ``X`` is ``(batch, n_features)``; output ``probabilities`` (or
-``outputs`` for MSE models). Labels are not part of the graph: map the arg-max through
-``model.classes_``.
+``outputs`` for MSE models and regressors, after an ``Exp`` for the Poisson loss's log
+link, so they are what ``predict`` returns). Labels are not part of the graph: map the
+arg-max through ``model.classes_``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
         ) from exc
 
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
-    acts = [model.activation] * (len(model.weights) - 1) + [model.output_activation]
+    acts = [*model.activations, model.output_activation]
     nodes, inits, current = [], [], "X"
     for i, (W, b, act) in enumerate(zip(model.weights, model.biases, acts)):
         inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
@@ -53,9 +54,14 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
         if act in _NODES:
             nodes.append(helper.make_node(_NODES[act], [current], [f"a{i}"]))
             current = f"a{i}"
-    output = "probabilities" if model.loss == "cross_entropy" else "outputs"
+    proba = model.loss in ("cross_entropy", "binary_cross_entropy")
+    output = "probabilities" if proba else "outputs"
     if model.loss == "cross_entropy":
         nodes.append(helper.make_node("Softmax", [current], [output], axis=1))
+    elif model.is_multilabel:  # one independent probability per label
+        nodes.append(helper.make_node("Sigmoid", [current], [output]))
+    elif model.loss == "poisson":  # the log link: predictions are exp of the outputs
+        nodes.append(helper.make_node("Exp", [current], [output]))
     else:
         nodes.append(helper.make_node("Identity", [current], [output]))
     graph = helper.make_graph(

@@ -267,6 +267,17 @@ static void {ctx.name}_sigmoid(size_t n, {ctx.real} *y)
 """
 
 
+def _kernel_exp(ctx: _Ctx) -> str:
+    return f"""\
+/* exp(y) in place: the inverse of the Poisson loss's log link. */
+static void {ctx.name}_exp(size_t n, {ctx.real} *y)
+{{
+    size_t j;
+    for (j = 0; j < n; j++) y[j] = exp{ctx.suffix}(y[j]);
+}}
+"""
+
+
 def _kernel_softmax(ctx: _Ctx) -> str:
     r = ctx.real
     return f"""\
@@ -307,6 +318,7 @@ _KERNELS = {
     "sigmoid": _kernel_sigmoid,
     "softmax": _kernel_softmax,
     "argmax": _kernel_argmax,
+    "exp": _kernel_exp,
 }
 
 
@@ -379,7 +391,7 @@ class _DenseLayer:
 
 
 def _layers(model: MLP) -> list[_DenseLayer]:
-    acts = [model.activation] * (len(model.weights) - 1) + [model.output_activation]
+    acts = [*model.activations, model.output_activation]
     layers = []
     for i, (W, b, act) in enumerate(zip(model.weights, model.biases, acts)):
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
@@ -387,7 +399,7 @@ def _layers(model: MLP) -> list[_DenseLayer]:
                 f"layer {i + 1} of the model holds NaN or infinite parameters; a model that "
                 "diverged cannot be exported"
             )
-        layers.append(_DenseLayer(i, W, b, act, "input" if i == 0 else model.activation))
+        layers.append(_DenseLayer(i, W, b, act, "input" if i == 0 else acts[i - 1]))
     return layers
 
 
@@ -397,6 +409,8 @@ def _layers(model: MLP) -> list[_DenseLayer]:
 def _kind(model: MLP) -> str:
     if model.is_regressor:
         return "regressor"
+    if model.is_multilabel:
+        return "multilabel"
     return "proba" if model.loss == "cross_entropy" else "scores"
 
 
@@ -404,6 +418,28 @@ def _api(ctx: _Ctx, kind: str) -> list[tuple[str, str]]:
     """(prototype, one-sentence comment) of every public function."""
     n, r, M = ctx.name, ctx.real, ctx.macro
     x = f"const {r} *x"
+    if kind == "multilabel":
+        return [
+            (
+                f"void {n}_predict_proba({x}, {r} *proba)",
+                f"The {M}_N_OUTPUTS label probabilities (a sigmoid each, independent) for one "
+                f"row x of {M}_N_FEATURES values.",
+            ),
+            (
+                f"void {n}_predict({x}, int *labels)",
+                f"labels[j] = 1 if label j applies to row x (probability above 0.5), else 0; "
+                f"{M}_N_OUTPUTS of them.",
+            ),
+            (
+                f"void {n}_predict_proba_batch(size_t n_rows, {x}, {r} *proba)",
+                f"predict_proba for n_rows rows: x is n_rows x {M}_N_FEATURES, proba n_rows x "
+                f"{M}_N_OUTPUTS, row-major.",
+            ),
+            (
+                f"void {n}_predict_batch(size_t n_rows, {x}, int *labels)",
+                f"predict for n_rows rows: labels is n_rows x {M}_N_OUTPUTS, row-major.",
+            ),
+        ]
     if kind == "regressor":
         return [
             (
@@ -446,15 +482,22 @@ def _api(ctx: _Ctx, kind: str) -> list[tuple[str, str]]:
 
 def _describe(model: MLP) -> str:
     sizes = "-".join(str(s) for s in model.layer_sizes)
-    if model.is_regressor:
+    if model.is_multilabel:
+        what = "multilabel classifier (a sigmoid and binary cross-entropy per label)"
+    elif model.is_regressor:
         what = f"regressor ({model.loss})"
     elif model.loss == "cross_entropy":
         what = "classifier (softmax + cross-entropy)"
     else:
         what = f"classifier ({model.loss})"
+    hidden = (
+        f"hidden activation {model.activation}"
+        if isinstance(model.activation, str)
+        else f"hidden activations {', '.join(model.activations)}"
+    )
     return (
-        f"{sizes} {what}, hidden activation {model.activation}, output activation "
-        f"{model.output_activation}, {np.dtype(model.dtype).name}"
+        f"{sizes} {what}, {hidden}, output activation {model.output_activation}, "
+        f"{np.dtype(model.dtype).name}"
     )
 
 
@@ -480,10 +523,18 @@ def _header(model: MLP, ctx: _Ctx, layers: list[_DenseLayer], kind: str) -> str:
         "output arrays of a call must not overlap.",
     ]
     classes = []
-    if kind != "regressor":
+    if kind == "multilabel":
+        classes = ["", "   Labels (index j of the outputs: label):"]
+        classes += [f"     {i}: {_label_text(c)}" for i, c in enumerate(model.classes_)]
+    elif kind != "regressor":
         classes = ["", f"   Classes (index returned by {n}_predict: label):"]
         classes += [f"     {i}: {_label_text(c)}" for i, c in enumerate(model.classes_)]
-    if kind == "regressor":
+    if kind == "multilabel":
+        use = (
+            f"{ctx.real} proba[{M}_N_OUTPUTS]; {n}_predict_proba(x, proba); or int "
+            f"labels[{M}_N_OUTPUTS]; {n}_predict(x, labels);"
+        )
+    elif kind == "regressor":
         use = f"{ctx.real} y[{M}_N_OUTPUTS]; {n}_predict(x, y);"
     else:
         func, out = ("predict_proba", "proba") if kind == "proba" else ("decision_function", "s")
@@ -534,13 +585,35 @@ def _forward(ctx: _Ctx, layers: list[_DenseLayer]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _public(ctx: _Ctx, kind: str) -> str:
-    """The definitions of the public functions, in the header's order."""
+def _public(ctx: _Ctx, kind: str, exp_link: bool = False) -> str:
+    """The definitions of the public functions, in the header's order; ``exp_link``: a
+    Poisson regressor, which predicts exp of its outputs."""
     n, r, M = ctx.name, ctx.real, ctx.macro
     out = []
     protos = [p for p, _ in _api(ctx, kind)]
+    if kind == "multilabel":
+        out.append(
+            f"{protos[0]}\n{{\n    {n}_forward(x, proba);\n"
+            f"    {n}_sigmoid({M}_N_OUTPUTS, proba);\n}}\n"
+        )
+        # A label applies where its logit is above 0, as MLP.predict decides.
+        out.append(
+            f"{protos[1]}\n{{\n    size_t j;\n    {r} z[{M}_N_OUTPUTS];\n    {n}_forward(x, z);\n"
+            f"    for (j = 0; j < {M}_N_OUTPUTS; j++) labels[j] = z[j] > 0;\n}}\n"
+        )
+        out.append(
+            f"{protos[2]}\n{{\n    size_t row;\n    for (row = 0; row < n_rows; row++)\n"
+            f"        {n}_predict_proba(x + row * {M}_N_FEATURES, proba + row * {M}_N_OUTPUTS);"
+            f"\n}}\n"
+        )
+        out.append(
+            f"{protos[3]}\n{{\n    size_t row;\n    for (row = 0; row < n_rows; row++)\n"
+            f"        {n}_predict(x + row * {M}_N_FEATURES, labels + row * {M}_N_OUTPUTS);\n}}\n"
+        )
+        return "\n".join(out)
     if kind == "regressor":
-        out.append(f"{protos[0]}\n{{\n    {n}_forward(x, y);\n}}\n")
+        link = f"    {n}_exp({M}_N_OUTPUTS, y);\n" if exp_link else ""
+        out.append(f"{protos[0]}\n{{\n    {n}_forward(x, y);\n{link}}}\n")
         out.append(
             f"{protos[1]}\n{{\n    size_t row;\n    for (row = 0; row < n_rows; row++)\n"
             f"        {n}_predict(x + row * {M}_N_FEATURES, y + row * {M}_N_OUTPUTS);\n}}\n"
@@ -586,13 +659,17 @@ def _source(model: MLP, ctx: _Ctx, layers: list[_DenseLayer], kind: str) -> str:
         )
     parts += [layer.arrays(ctx) for layer in layers]
     needed = {key for layer in layers for key in layer.kernels()}
-    if kind != "regressor":
+    if kind == "multilabel":
+        needed.add("sigmoid")
+    elif kind != "regressor":
         needed.add("argmax")
     if kind == "proba":
         needed.add("softmax")
+    if model.loss == "poisson":
+        needed.add("exp")
     parts += [emit(ctx) for key, emit in _KERNELS.items() if key in needed]
     parts.append(_forward(ctx, layers))
-    parts.append(_public(ctx, kind))
+    parts.append(_public(ctx, kind, exp_link=model.loss == "poisson"))
     return "\n".join(parts)
 
 

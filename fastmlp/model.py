@@ -6,13 +6,16 @@ from collections.abc import Sequence
 from os import PathLike
 
 import numpy as np
+from scipy.special import expit
 
 from fastmlp._network import (
     ACTIVATIONS,
     HIDDEN_ACTIVATIONS,
     LAYERS_LIMIT,
     LOSSES,
+    MULTILABEL_LOSS,
     REGRESSION_LOSS,
+    REGRESSION_LOSSES,
     WIDTH_LIMIT,
     Network,
     count_params,
@@ -35,7 +38,8 @@ from fastmlp._validation import (
 class MLP:
     """A multi-layer perceptron: Linear layers with an activation between them.
 
-    A classifier, or with ``loss="squared_error"`` a regressor of real-valued targets.
+    A classifier, or with a regression loss (``"squared_error"``, ``"huber"``,
+    ``"absolute_error"``, ``"poisson"``) a regressor of real-valued targets.
     Build one with :func:`fastmlp.train`, :meth:`MLP.from_weights` or :func:`fastmlp.load`.
 
     Parameters
@@ -45,12 +49,21 @@ class MLP:
     classes : array-like or None
         The class labels, one per output, in the order of the outputs; None for a
         regressor.
-    activation : {"relu", "tanh", "sigmoid"}
-        Activation of the hidden layers.
-    loss : {"cross_entropy", "mse", "squared_error"}
+    activation : {"relu", "tanh", "sigmoid"} or sequence of them
+        Activation of the hidden layers: one name for all, or one per hidden layer (kept
+        as given, a tuple; :attr:`activations` always lists one per layer).
+    loss : {"cross_entropy", "mse", "squared_error", "huber", "absolute_error", "poisson"}
         Classifiers: softmax + cross-entropy, or half squared error against one-hot
-        targets. Regressors: "squared_error", half the squared error against real
-        targets averaged over the outputs (scikit-learn's MLPRegressor loss).
+        targets. Regressors, each averaged over the outputs: "squared_error", half the
+        squared error (scikit-learn's MLPRegressor loss); "huber" (``torch.nn.HuberLoss``:
+        half the squared error within ``delta`` of the target, linear beyond);
+        "absolute_error" (its subgradient is 0 where an output equals its target);
+        "poisson" (log link: the network's output z is the log of the mean, the loss
+        ``exp(z) - y z`` as ``torch.nn.PoissonNLLLoss(log_input=True)``, targets >= 0,
+        and :meth:`predict` returns ``exp(z)``). "binary_cross_entropy" makes a multilabel
+        classifier: a sigmoid and binary cross-entropy per output, summed over the labels
+        (its classes are the label indices; :func:`fastmlp.train` picks it for a 2-D 0/1
+        y).
     output_activation : {"identity", "relu", "tanh", "sigmoid"} or None
         Activation of the output layer; None means "identity". Cross-entropy requires
         "identity" (the softmax is part of the loss).
@@ -60,6 +73,8 @@ class MLP:
         The flat parameter buffer (W_1, b_1, W_2, b_2, ... row-major); zeros if omitted.
     n_threads : int or None
         Default thread count for prediction (None: all cores OpenMP offers).
+    delta : float > 0
+        The threshold of ``loss="huber"`` (other losses refuse any other value than 1).
 
     Attributes
     ----------
@@ -75,12 +90,13 @@ class MLP:
         layer_sizes: Sequence[int],
         classes=None,
         *,
-        activation: str = "relu",
+        activation: str | Sequence[str] = "relu",
         loss: str = "cross_entropy",
         output_activation: str | None = None,
         dtype=np.float32,
         params: np.ndarray | None = None,
         n_threads: int | None = None,
+        delta: float = 1.0,
     ) -> None:
         sizes = tuple(int(s) for s in layer_sizes)
         if not 2 <= len(sizes) <= LAYERS_LIMIT + 1 or not all(
@@ -90,8 +106,7 @@ class MLP:
                 f"layer_sizes must be 2 to {LAYERS_LIMIT + 1} positive ints below 2**31; got "
                 f"{layer_sizes!r}"
             )
-        if activation not in HIDDEN_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {HIDDEN_ACTIVATIONS}; got {activation!r}")
+        activation = check_activation(activation, len(sizes) - 2)
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {tuple(LOSSES)}; got {loss!r}")
         output_activation = output_activation or "identity"
@@ -99,13 +114,17 @@ class MLP:
             raise ValueError(
                 f"output_activation must be one of {tuple(ACTIVATIONS)}; got {output_activation!r}"
             )
-        if loss == "cross_entropy" and output_activation != "identity":
-            raise ValueError("cross-entropy applies its own softmax: use output_activation=None")
-        if loss == REGRESSION_LOSS:
+        if loss in ("cross_entropy", MULTILABEL_LOSS) and output_activation != "identity":
+            own = "softmax" if loss == "cross_entropy" else "sigmoid per label"
+            raise ValueError(
+                f"{loss.replace('_', '-')} applies its own {own}: use output_activation=None"
+            )
+        delta = check_float(delta, "delta", 0.0, float("inf"), low_open=True)
+        if loss != "huber" and delta != 1.0:
+            raise ValueError(f"delta is the threshold of loss='huber'; this loss is {loss!r}")
+        if loss in REGRESSION_LOSSES:
             if classes is not None:
-                raise ValueError(
-                    f"a regressor (loss={REGRESSION_LOSS!r}) has no classes: pass classes=None"
-                )
+                raise ValueError(f"a regressor (loss={loss!r}) has no classes: pass classes=None")
         elif classes is None:
             raise ValueError(
                 f"a classifier needs its classes, one label per output; for a regressor use "
@@ -127,6 +146,7 @@ class MLP:
         self.activation = activation
         self.loss = loss
         self.output_activation = output_activation
+        self.delta = delta
         self.dtype = check_dtype(dtype)
         self.classes_ = classes
         self.n_threads = n_threads
@@ -148,10 +168,20 @@ class MLP:
     def params_(self, params: np.ndarray | None) -> None:
         # A new compiled network around the new buffer (zeros for None): it checks the
         # size and dtype, and copies only a buffer C cannot use in place.
-        acts = [self.activation] * (len(self.layer_sizes) - 2) + [self.output_activation]
+        acts = [*self.activations, self.output_activation]
         if params is not None:
             params = np.asarray(params)
-        self._network = Network(self.layer_sizes, acts, self.loss, self.dtype, params)
+        self._network = Network(
+            self.layer_sizes, acts, self.loss, self.dtype, params, delta=self.delta
+        )
+
+    @property
+    def activations(self) -> tuple[str, ...]:
+        """The activation of each hidden layer, one name per layer."""
+        n_hidden = len(self.layer_sizes) - 2
+        if isinstance(self.activation, str):
+            return (self.activation,) * n_hidden
+        return self.activation
 
     @property
     def n_features_in_(self) -> int:
@@ -160,8 +190,13 @@ class MLP:
 
     @property
     def is_regressor(self) -> bool:
-        """True for a regressor (``loss="squared_error"``), False for a classifier."""
-        return self.loss == REGRESSION_LOSS
+        """True for a regressor (a regression loss), False for a classifier."""
+        return self.loss in REGRESSION_LOSSES
+
+    @property
+    def is_multilabel(self) -> bool:
+        """True for a multilabel classifier (``loss="binary_cross_entropy"``)."""
+        return self.loss == MULTILABEL_LOSS
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -182,11 +217,12 @@ class MLP:
         weights: Sequence[np.ndarray],
         biases: Sequence[np.ndarray],
         *,
-        activation: str = "relu",
+        activation: str | Sequence[str] = "relu",
         classes=None,
         loss: str = "cross_entropy",
         output_activation: str | None = None,
         dtype=None,
+        delta: float = 1.0,
     ) -> MLP:
         """Build a model from weight matrices and bias vectors.
 
@@ -196,7 +232,7 @@ class MLP:
             ``weights[i]`` of shape (fan_in, fan_out); consecutive shapes must chain.
         biases : sequence of ndarray
             ``biases[i]`` of shape (fan_out,).
-        activation, loss, output_activation
+        activation, loss, output_activation, delta
             As for :class:`MLP`.
         classes : array-like, optional
             One label per output; default ``0 .. n_outputs - 1`` (None for a regressor).
@@ -226,7 +262,7 @@ class MLP:
                     f"shape (fan_out,); got W {W.shape} after width {sizes[-1]}, b {b.shape}"
                 )
             sizes.append(W.shape[1])
-        if classes is None and loss != REGRESSION_LOSS:
+        if classes is None and loss not in REGRESSION_LOSSES:
             classes = np.arange(sizes[-1])
         model = cls(
             sizes,
@@ -235,6 +271,7 @@ class MLP:
             loss=loss,
             output_activation=output_activation,
             dtype=dtype,
+            delta=delta,
         )
         for W, b, dst_W, dst_b in zip(mats, vecs, model.weights, model.biases):
             dst_W[...] = check_X(W, model.dtype, name="weights")
@@ -281,6 +318,8 @@ class MLP:
         ndarray of shape (n_samples, n_classes)
             Columns in the order of ``classes_``.
         """
+        if self.is_multilabel:  # one sigmoid per label
+            return expit(self._outputs(X, n_threads, softmax=False))
         if self.loss != "cross_entropy":
             instead = "predict" if self.is_regressor else "decision_function"
             raise ValueError(
@@ -309,8 +348,19 @@ class MLP:
         """
         out = self._outputs(X, n_threads, softmax=False)
         if self.is_regressor:
+            out = self._inverse_link(out)
             return out.ravel() if out.shape[1] == 1 else out
+        if self.is_multilabel:  # probability above 0.5: logit above 0
+            return (out > 0).astype(np.int64)
         return self.classes_[out.argmax(axis=1)]
+
+    def _inverse_link(self, out: np.ndarray) -> np.ndarray:
+        """A regressor's predictions from its outputs: exp for the Poisson loss's log link
+        (in place), else the outputs themselves."""
+        if self.loss == "poisson":
+            with np.errstate(over="ignore"):
+                np.exp(out, out=out)
+        return out
 
     def score(self, X, y, sample_weight=None) -> float:
         """Mean accuracy on (X, y); for a regressor the coefficient of determination R^2.
@@ -322,18 +372,30 @@ class MLP:
         w = check_sample_weight(sample_weight, X.shape[0], np.dtype(np.float64))
         out = self._outputs(X, None, softmax=False)
         if self.is_regressor:
+            out = self._inverse_link(out)
             Y = check_targets(y, X.shape[0], np.dtype(np.float64), out.shape[1])
             return r2_score(Y, out, w)
+        if self.is_multilabel:  # subset accuracy, as scikit-learn's for multilabel
+            Y = check_multilabel(y, X.shape[0], self.dtype, out.shape[1])
+            return float(np.average(np.all((out > 0) == (Y > 0.5), axis=1), weights=w))
         codes = encode_labels(check_labels(y, X.shape[0]), self.classes_)
         return float(np.average(out.argmax(axis=1) == codes, weights=w))
 
     def loss_and_gradients(
-        self, X, y, *, sample_weight=None, l2: float = 0.0, n_threads: int | None = None
+        self,
+        X,
+        y,
+        *,
+        sample_weight=None,
+        l2: float = 0.0,
+        label_smoothing: float = 0.0,
+        n_threads: int | None = None,
     ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
         """Objective and gradient of every parameter, computed by the fast kernels.
 
         The objective is the weighted mean loss over (X, y) plus ``0.5 * l2 * sum W^2``
-        (weights, not biases). Use a float64 model for exact checks. ``y`` holds labels,
+        (weights, not biases); ``label_smoothing`` smooths the cross-entropy's targets (see
+        :func:`fastmlp.train`). Use a float64 model for exact checks. ``y`` holds labels,
         or a regressor's targets.
 
         Returns
@@ -348,6 +410,7 @@ class MLP:
         codes, targets = self._encode_y(y, X.shape[0])
         w = check_sample_weight(sample_weight, X.shape[0], self.dtype)
         l2 = check_float(l2, "l2", 0.0, float("inf"))
+        label_smoothing = check_label_smoothing(label_smoothing, self.loss)
         threads = effective_n_threads(self.n_threads if n_threads is None else n_threads)
         trainer = Trainer(
             self._network,
@@ -357,6 +420,7 @@ class MLP:
             batch_size=X.shape[0],
             n_threads=threads,
             l2=l2,
+            label_smoothing=label_smoothing,
         )
         with blas_guard():
             value = trainer.gradient()
@@ -370,7 +434,10 @@ class MLP:
     def _encode_y(self, y, n_samples: int, name: str = "y"):
         """``(label codes, None)`` for a classifier, ``(None, targets)`` for a regressor."""
         if self.is_regressor:
-            return None, check_targets(y, n_samples, self.dtype, self.layer_sizes[-1], name)
+            targets = check_targets(y, n_samples, self.dtype, self.layer_sizes[-1], name)
+            return None, check_loss_targets(self.loss, targets, name)
+        if self.is_multilabel:
+            return None, check_multilabel(y, n_samples, self.dtype, self.layer_sizes[-1], name)
         return encode_labels(check_labels(y, n_samples, name), self.classes_, name), None
 
     # -- training, saving -------------------------------------------------------------
@@ -418,6 +485,7 @@ class MLP:
             "params": self.params_,
             "n_threads": self.n_threads,
             "history": self.history,
+            "delta": self.delta,
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -430,6 +498,7 @@ class MLP:
             dtype=np.dtype(state["dtype"]),
             params=state["params"],
             n_threads=state["n_threads"],
+            delta=state.get("delta", 1.0),  # pickles of fastmlp before Huber lack it
         )
         self.history = state["history"]
 
@@ -438,6 +507,74 @@ class MLP:
         return (
             f"MLP({arch}, activation={self.activation!r}, loss={self.loss!r}, dtype={self.dtype})"
         )
+
+
+def check_activation(activation, n_hidden: int) -> str | tuple[str, ...]:
+    """One hidden activation name, or a tuple of one per hidden layer; else ValueError."""
+    if isinstance(activation, str):
+        if activation not in HIDDEN_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {HIDDEN_ACTIVATIONS}; got {activation!r}")
+        return activation
+    if not isinstance(activation, (list, tuple)):
+        raise ValueError(
+            f"activation must be a name from {HIDDEN_ACTIVATIONS} or a list of one per hidden "
+            f"layer; got {activation!r}"
+        )
+    if len(activation) != n_hidden:
+        raise ValueError(
+            f"activation lists {len(activation)} names but the network has {n_hidden} hidden "
+            f"layers: give exactly {n_hidden}, one per hidden layer, or a single name for all"
+        )
+    bad = [a for a in activation if not isinstance(a, str) or a not in HIDDEN_ACTIVATIONS]
+    if bad:
+        raise ValueError(f"activation names must be from {HIDDEN_ACTIVATIONS}; got {bad[0]!r}")
+    return tuple(activation)
+
+
+def check_multilabel(
+    y, n_samples: int, dtype: np.dtype, n_labels: int | None = None, name: str = "y"
+) -> np.ndarray:
+    """A multilabel indicator matrix (n_samples, n_labels) of 0 and 1, as a C-contiguous
+    array of ``dtype``; else a ValueError saying what is wrong."""
+    arr = np.asarray(y)
+    if arr.ndim != 2 or arr.shape[0] != n_samples:
+        raise ValueError(
+            f"a multilabel {name} is a 2-D indicator matrix (n_samples={n_samples}, n_labels); "
+            f"got shape {arr.shape}"
+        )
+    if n_labels is not None and arr.shape[1] != n_labels:
+        raise ValueError(f"{name} has {arr.shape[1]} labels but the model has {n_labels}")
+    if arr.shape[1] == 0 or arr.dtype.kind not in "biuf":
+        raise ValueError(f"a multilabel {name} holds 0 or 1 per label; got dtype {arr.dtype}")
+    bad = (arr != 0) & (arr != 1)
+    if bad.any():
+        raise ValueError(
+            f"a multilabel {name} holds only 0 and 1 (one column per label); got "
+            f"{arr[bad].flat[0].item()!r}. For one label per sample pass a 1-D y."
+        )
+    return np.require(arr, dtype, ["C", "A"])
+
+
+def check_loss_targets(loss: str, targets: np.ndarray, name: str = "y") -> np.ndarray:
+    """``targets`` (checked by check_targets), refused where ``loss`` cannot take them."""
+    if loss == "poisson" and (targets < 0).any():
+        raise ValueError(
+            f"{name} holds negative values; loss='poisson' models counts or rates, which are "
+            ">= 0 (for targets of any sign use 'squared_error' or 'huber')"
+        )
+    return targets
+
+
+def check_label_smoothing(value, loss: str) -> float:
+    """``value`` as a float in [0, 1), refused (unless 0) for losses other than
+    cross-entropy."""
+    value = check_float(value, "label_smoothing", 0.0, 1.0)
+    if value and loss != "cross_entropy":
+        raise ValueError(
+            f"label_smoothing smooths the targets of loss='cross_entropy'; this model's loss "
+            f"is {loss!r}: leave label_smoothing at 0"
+        )
+    return value
 
 
 def r2_score(Y: np.ndarray, pred: np.ndarray, sample_weight: np.ndarray | None) -> float:

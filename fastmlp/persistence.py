@@ -1,6 +1,6 @@
 """Saving and loading models: one ``.npz`` file, written atomically, read without pickle.
 
-File format, version 2
+File format, version 3
 ----------------------
 A zip archive of ``.npy`` arrays as :func:`numpy.savez` writes it (members stored, not
 compressed). No array holds Python objects, so loading never unpickles anything.
@@ -9,7 +9,7 @@ compressed). No array holds Python objects, so loading never unpickles anything.
 array           dtype, shape                content
 ==============  ==========================  =================================================
 ``format``      unicode, ()                 the marker ``"fastmlp-model"``
-``version``     int64, ()                   the format version: 1, or 2 for a regressor
+``version``     int64, ()                   the format version: 1, 2 or 3 (see below)
 ``meta``        unicode, ()                 a JSON object, keys below
 ``params``      float32 or float64,         the flat parameter buffer: W_1, b_1, W_2, b_2, ...
                 (n_params,)                 row-major, W_i of shape (fan_in, fan_out)
@@ -17,7 +17,7 @@ array           dtype, shape                content
                 unicode, (n_outputs,)       (a regressor: float64, empty, shape (0,))
 ``opt_state1``  as ``params``, (n_params,)  optimizer memory: Adam's first moment, SGD's
                                             velocity (only with saved optimizer state)
-``opt_state2``  as ``params``, (n_params,)  Adam's second moment; empty, shape (0,), for SGD
+``opt_state2``  as ``params``, (n_params,)  Adam's (AdamW's) second moment; empty, (0,), for SGD
                 or (0,)                     (only with saved optimizer state)
 ==============  ==========================  =================================================
 
@@ -27,11 +27,17 @@ array           dtype, shape                content
 for a regressor),
 ``classes_dtype`` (the numpy dtype string of ``classes``, e.g. ``"<i8"`` or ``"<U7"``),
 ``history`` (``{name: [number, ...]}``; NaN and infinities as Python's :mod:`json`
-writes them), ``optimizer`` (null, or ``{"name": "adam" | "sgd", "t": steps taken}``)
+writes them), ``optimizer`` (null, or ``{"name": "adam" | "adamw" | "sgd", "t": steps taken}``)
 and ``fastmlp_version`` (the writer's version, for information only).
 
-Version 2 added regressors (``loss`` ``"squared_error"``, no classes). A classifier is
-still written as version 1, so fastmlp releases that read only version 1 load it.
+Version 2 added regressors (``loss`` ``"squared_error"``, no classes). Version 3 added
+AdamW's optimizer state (``"adamw"``), per-layer activations (``activation`` a list of
+one name per hidden layer), the regression losses ``"huber"`` (with the meta key
+``delta``, present only for it), ``"absolute_error"`` and ``"poisson"``, and multilabel
+classifiers (``"binary_cross_entropy"``, classes the label indices). A file is
+written with the lowest version that holds what it uses (a plain classifier as version 1,
+a squared-error regressor as 2), so older fastmlp releases load every file they can
+represent; a reader refuses a feature that its file's version does not have.
 
 A reader refuses files of a newer format version rather than guess at them, and checks
 every array against ``meta`` before it decompresses or allocates anything, so a damaged or
@@ -61,11 +67,13 @@ from fastmlp._network import (
     HIDDEN_ACTIVATIONS,
     LAYERS_LIMIT,
     LOSSES,
+    MULTILABEL_LOSS,
     REGRESSION_LOSS,
+    REGRESSION_LOSSES,
     WIDTH_LIMIT,
     count_params,
 )
-from fastmlp._trainer import OPTIMIZERS
+from fastmlp._trainer import ADAM_FAMILY, OPTIMIZERS
 from fastmlp.model import MLP
 
 if TYPE_CHECKING:
@@ -75,7 +83,7 @@ __all__ = ["FORMAT_VERSION", "load", "save"]
 
 FORMAT_MARKER = "fastmlp-model"
 INT8_MARKER = "fastmlp-int8-model"  # written by fastmlp.int8.QuantizedMLP.save
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 NO_CLASSES = "none"  # classes_kind of a regressor
 # Slack for the .npy header in front of each array's data: numpy itself refuses headers
 # over 10000 bytes, and its own are about 128.
@@ -88,6 +96,7 @@ FLOAT_NAMES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 CLASS_KINDS = {"b": "bool", "i": "int", "u": "uint", "f": "float", "U": "str"}
 REQUIRED_ARRAYS = ("format", "version", "meta", "params", "classes")
 OPTIMIZER_ARRAYS = ("opt_state1", "opt_state2")
+OPTIONAL_META_KEYS = frozenset({"delta"})  # the Huber loss's threshold (format 3)
 META_KEYS = frozenset(
     {
         "layer_sizes",
@@ -169,12 +178,18 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
             "load() would reject (did training diverge?)"
         )
     regressor = model.is_regressor
+    delta = float(model.delta)
+    if not (np.isfinite(delta) and delta > 0):
+        raise ValueError(f"the model's delta {delta!r} is not a finite number > 0")
     classes = np.zeros(0) if regressor else _storable_classes(model.classes_)
     import fastmlp  # here, not at the top: fastmlp/__init__ imports this module
 
     meta: dict[str, Any] = {
         "layer_sizes": [int(s) for s in model.layer_sizes],
-        "activation": model.activation,
+        # One name, or (format 3) a list of one per hidden layer.
+        "activation": model.activation
+        if isinstance(model.activation, str)
+        else list(model.activation),
         "loss": model.loss,
         "output_activation": model.output_activation,
         "dtype": model.dtype.name,
@@ -185,9 +200,11 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
         "optimizer": None,
         "fastmlp_version": str(getattr(fastmlp, "__version__", "unknown")),
     }
+    if model.loss == "huber":
+        meta["delta"] = delta
     arrays = {
         "format": np.array(FORMAT_MARKER),
-        "version": np.array(2 if regressor else 1, dtype=np.int64),
+        "version": np.array(1, dtype=np.int64),
         "params": params,
         "classes": classes,
     }
@@ -196,6 +213,7 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
         meta["optimizer"] = {"name": name, "t": t}
         arrays["opt_state1"] = state1
         arrays["opt_state2"] = state2
+    arrays["version"] = np.array(_format_version(meta), dtype=np.int64)
     text = json.dumps(meta)
     if len(text) > MAX_META_CHARS:
         raise ValueError(
@@ -205,6 +223,19 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
     # A 0-d unicode array, not an object array: it loads without pickle.
     arrays["meta"] = np.array(text)
     return arrays
+
+
+def _format_version(meta: dict[str, Any]) -> int:
+    """The lowest format version that holds what ``meta`` describes."""
+    if meta["optimizer"] is not None and meta["optimizer"]["name"] == "adamw":
+        return 3
+    if not isinstance(meta["activation"], str):
+        return 3
+    if meta["loss"] in REGRESSION_LOSSES and meta["loss"] != REGRESSION_LOSS:
+        return 3
+    if meta["loss"] == MULTILABEL_LOSS:
+        return 3
+    return 2 if meta["loss"] == REGRESSION_LOSS else 1
 
 
 def _storable_classes(classes: np.ndarray) -> np.ndarray:
@@ -271,7 +302,7 @@ def _checked_optimizer(state: Any, params: np.ndarray) -> tuple[str, int, np.nda
         ) from None
     state1, state2 = np.asarray(state1), np.asarray(state2)
     n = params.size
-    shape2 = (n,) if name == "adam" else (0,)
+    shape2 = (n,) if name in ADAM_FAMILY else (0,)
     if (
         name not in OPTIMIZERS
         or isinstance(t, bool)
@@ -479,7 +510,7 @@ class _Reader:
         if optimizer is not None:
             if len(present) != 2:
                 raise self.error(f"optimizer state is incomplete: it has only {present}")
-            n2 = n_params if optimizer["name"] == "adam" else 0
+            n2 = n_params if optimizer["name"] in ADAM_FAMILY else 0
             state1 = self._array("opt_state1", limit, "f", (n_params,), dtype)
             state2 = self._array(
                 "opt_state2", n2 * dtype.itemsize + HEADER_ALLOWANCE, "f", (n2,), dtype
@@ -505,6 +536,7 @@ class _Reader:
                 output_activation=meta["output_activation"],
                 dtype=dtype,
                 params=params,
+                delta=meta.get("delta", 1.0),
             )
         except ValueError as exc:  # checked above already; this is a second line of defence
             raise self.error(str(exc)) from None
@@ -599,7 +631,7 @@ class _Reader:
         if not isinstance(meta, dict):
             raise self.error("its metadata is not a JSON object")
         missing = sorted(META_KEYS - meta.keys())
-        unknown = sorted(meta.keys() - META_KEYS)
+        unknown = sorted(meta.keys() - META_KEYS - OPTIONAL_META_KEYS)
         if missing or unknown:
             raise self.error(f"metadata keys missing: {missing}, unknown: {unknown}")
 
@@ -612,8 +644,23 @@ class _Reader:
             raise self.error(
                 f"layer_sizes must be 2 to {LAYERS_LIMIT + 1} positive ints; got {sizes!r:.200}"
             )
+        activation = meta["activation"]
+        if isinstance(activation, list):
+            if self.version < 3:
+                raise self.error(f"format version {self.version} holds no per-layer activations")
+            if len(activation) != len(sizes) - 2 or not all(
+                isinstance(a, str) and a in HIDDEN_ACTIVATIONS for a in activation
+            ):
+                raise self.error(
+                    f"activation must list one of {HIDDEN_ACTIVATIONS} per hidden layer "
+                    f"({len(sizes) - 2}); got {activation!r:.200}"
+                )
+        elif not isinstance(activation, str) or activation not in HIDDEN_ACTIVATIONS:
+            raise self.error(
+                f"activation must be one of {HIDDEN_ACTIVATIONS} or a list of them; got "
+                f"{activation!r:.200}"
+            )
         for key, allowed in (
-            ("activation", HIDDEN_ACTIVATIONS),
             ("loss", tuple(LOSSES)),
             ("output_activation", tuple(ACTIVATIONS)),
             ("dtype", tuple(FLOAT_NAMES)),
@@ -621,10 +668,27 @@ class _Reader:
             # isinstance first: `in` on a dict would raise TypeError for a JSON list.
             if not isinstance(meta[key], str) or meta[key] not in allowed:
                 raise self.error(f"{key} must be one of {allowed}; got {meta[key]!r:.200}")
-        if meta["loss"] == "cross_entropy" and meta["output_activation"] != "identity":
+        if (
+            meta["loss"] in ("cross_entropy", MULTILABEL_LOSS)
+            and meta["output_activation"] != "identity"
+        ):
             raise self.error("a cross-entropy model must have output_activation 'identity'")
-        if meta["loss"] == REGRESSION_LOSS and self.version < 2:
+        if meta["loss"] == MULTILABEL_LOSS and self.version < 3:
+            raise self.error(f"format version {self.version} holds no multilabel classifiers")
+        if meta["loss"] in REGRESSION_LOSSES and self.version < 2:
             raise self.error(f"format version {self.version} holds no regressors")
+        if meta["loss"] in REGRESSION_LOSSES[1:] and self.version < 3:
+            raise self.error(f"format version {self.version} holds no {meta['loss']!r} loss")
+        if meta["loss"] == "huber":
+            delta = meta.get("delta")
+            if (
+                not isinstance(delta, (int, float))
+                or isinstance(delta, bool)
+                or not (0 < delta < float("inf"))
+            ):
+                raise self.error(f"delta of a Huber model must be a number > 0; got {delta!r:.50}")
+        elif "delta" in meta:
+            raise self.error("only a Huber model ('huber' loss) has a delta")
         n_params = count_params(sizes)
         if not _is_int(meta["n_params"]) or meta["n_params"] != n_params:
             raise self.error(
@@ -643,9 +707,11 @@ class _Reader:
             and 0 <= optimizer["t"] < 2**62
         ):
             raise self.error(
-                f'optimizer must be null or {{"name": "adam" or "sgd", "t": int >= 0}}; '
-                f"got {optimizer!r:.200}"
+                f'optimizer must be null or {{"name": one of {tuple(OPTIMIZERS)}, "t": '
+                f"int >= 0}}; got {optimizer!r:.200}"
             )
+        if optimizer is not None and optimizer["name"] == "adamw" and self.version < 3:
+            raise self.error(f"format version {self.version} holds no AdamW state")
         return meta
 
     def _check_history(self, history: Any) -> None:
@@ -660,7 +726,7 @@ class _Reader:
         """The labels, checked against meta: dtype, one per output, distinct; a regressor's
         None."""
         kind, spec = meta["classes_kind"], meta["classes_dtype"]
-        if (meta["loss"] == REGRESSION_LOSS) != (kind == NO_CLASSES):
+        if (meta["loss"] in REGRESSION_LOSSES) != (kind == NO_CLASSES):
             raise self.error(
                 f"classes_kind {kind!r:.50} does not fit loss {meta['loss']!r}: a regressor "
                 f"(and only a regressor) has classes_kind {NO_CLASSES!r}"

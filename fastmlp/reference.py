@@ -102,29 +102,61 @@ def softmax_cross_entropy(
     y: np.ndarray,
     sample_weight: np.ndarray | None = None,
     scale: float = 1.0,
+    label_smoothing: float = 0.0,
 ) -> tuple[float, int, np.ndarray]:
     """Softmax + cross-entropy of logits Z against labels y.
+
+    With ``label_smoothing = s`` the target of row i is ``q_i = (1 - s) onehot(y_i) + s / k``
+    (torch.nn.CrossEntropyLoss's label smoothing); without, ``q_i = onehot(y_i)``.
 
     Returns
     -------
     loss_sum : float
-        ``sum_i w_i * -log softmax(Z)[i, y_i]``, computed as log-sum-exp so that logits of
-        1e4 stay finite.
+        ``sum_i w_i * -sum_j q_ij log softmax(Z)_ij``, computed from log-sum-exp so that
+        logits of 1e4 stay finite.
     n_correct : int
         Rows whose arg-max is the label.
     dZ : ndarray
-        ``scale * w_i * (softmax(Z) - onehot(y))``, the gradient of ``scale * loss_sum``.
+        ``scale * w_i * (softmax(Z) - q_i)``, the gradient of ``scale * loss_sum``.
+    """
+    n, k = Z.shape
+    w = _weights(n, sample_weight, Z.dtype)
+    shifted = Z - Z.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1))[:, None]
+    rows = np.arange(n)
+    q = np.full(Z.shape, label_smoothing / k)
+    q[rows, y] += 1 - label_smoothing
+    loss = float(np.sum(w.astype(np.float64) * -(q * log_p).sum(axis=1)))
+    dZ = softmax(Z) - q
+    dZ *= (scale * w)[:, None]
+    return loss, int(np.sum(Z.argmax(axis=1) == y)), dZ.astype(Z.dtype)
+
+
+def sigmoid_cross_entropy(
+    Z: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, int, np.ndarray]:
+    """Multilabel loss: a sigmoid and binary cross-entropy per label, summed over labels.
+
+    Returns
+    -------
+    loss_sum : float
+        ``sum_i w_i sum_j -(Y log p + (1 - Y) log(1 - p))``, ``p = sigmoid(Z)``, computed
+        as ``logaddexp(0, Z) - Y Z`` so that any logit stays finite.
+    n_correct : int
+        Rows whose every label is predicted right (``Z > 0`` exactly where ``Y`` is 1).
+    dZ : ndarray
+        ``scale * w_i * (p - Y)``.
     """
     n = Z.shape[0]
     w = _weights(n, sample_weight, Z.dtype)
-    shifted = Z - Z.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(shifted).sum(axis=1))
-    rows = np.arange(n)
-    loss = float(np.sum(w.astype(np.float64) * (lse - shifted[rows, y])))
-    dZ = softmax(Z)
-    dZ[rows, y] -= 1
-    dZ *= (scale * w)[:, None]
-    return loss, int(np.sum(Z.argmax(axis=1) == y)), dZ.astype(Z.dtype)
+    per = np.logaddexp(0, Z) - Y * Z
+    loss = float(np.sum(w.astype(np.float64) * per.sum(axis=1)))
+    correct = int(np.sum(np.all((Z > 0) == (Y > 0.5), axis=1)))
+    p = activate(Z, "sigmoid")
+    return loss, correct, (scale * w)[:, None] * (p - Y)
 
 
 def mse(
@@ -163,6 +195,58 @@ def squared_error(
     return loss, (scale * w / k)[:, None] * diff
 
 
+def huber(
+    A: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+    delta: float = 1.0,
+) -> tuple[float, np.ndarray]:
+    """Huber loss of outputs A against targets Y (torch.nn.HuberLoss), averaged over the k
+    outputs: ``0.5 d^2`` where ``|d| < delta``, else ``delta * (|d| - delta / 2)``, for
+    ``d = A - Y``. Returns the weighted sum over rows and ``scale * w * clip(d, -delta,
+    delta) / k``."""
+    n, k = A.shape
+    w = _weights(n, sample_weight, A.dtype)
+    d = A - Y
+    quadratic = np.abs(d) < delta
+    per = np.where(quadratic, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+    loss = float(np.sum(w.astype(np.float64) * per.sum(axis=1) / k))
+    return loss, (scale * w / k)[:, None] * np.clip(d, -delta, delta)
+
+
+def absolute_error(
+    A: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, np.ndarray]:
+    """Absolute error ``|A - Y|`` averaged over the k outputs (torch.nn.L1Loss); the
+    gradient is the subgradient ``scale * w * sign(A - Y) / k``, 0 where A == Y."""
+    n, k = A.shape
+    w = _weights(n, sample_weight, A.dtype)
+    d = A - Y
+    loss = float(np.sum(w.astype(np.float64) * np.abs(d).sum(axis=1) / k))
+    return loss, (scale * w / k)[:, None] * np.sign(d)
+
+
+def poisson(
+    A: np.ndarray,
+    Y: np.ndarray,
+    sample_weight: np.ndarray | None = None,
+    scale: float = 1.0,
+) -> tuple[float, np.ndarray]:
+    """Poisson negative log-likelihood with the log link (torch.nn.PoissonNLLLoss with
+    log_input=True, full=False): the output A is the log of the mean, the loss
+    ``exp(A) - Y * A`` (the log(Y!) constant left out), averaged over the k outputs.
+    Returns its weighted sum over rows and ``scale * w * (exp(A) - Y) / k``."""
+    n, k = A.shape
+    w = _weights(n, sample_weight, A.dtype)
+    mean = np.exp(A)
+    loss = float(np.sum(w.astype(np.float64) * (mean - Y * A).sum(axis=1) / k))
+    return loss, (scale * w / k)[:, None] * (mean - Y)
+
+
 def col_sum(dZ: np.ndarray) -> np.ndarray:
     """Bias gradient: the column sums of dZ."""
     return dZ.sum(axis=0)
@@ -178,6 +262,14 @@ def adam(p, g, m, v, lr, beta1, beta2, eps, t):
     m_hat = m / (1 - beta1**t)
     v_hat = v / (1 - beta2**t)
     return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+
+
+def adamw(p, g, m, v, lr, beta1, beta2, eps, t, weight_decay):
+    """One AdamW step (Loshchilov & Hutter 2019), in torch.optim.AdamW's order: the
+    decoupled decay ``p * (1 - lr * weight_decay)`` first, then the Adam step of the loss
+    gradient alone. Returns the new ``(p, m, v)``."""
+    p = p * (1 - lr * weight_decay)
+    return adam(p, g, m, v, lr, beta1, beta2, eps, t)
 
 
 def sgd(p, g, velocity, lr, momentum):
@@ -218,13 +310,15 @@ def loss_and_gradients(
     l2: float = 0.0,
     sample_weight: np.ndarray | None = None,
     masks: Sequence[np.ndarray | None] | None = None,
+    label_smoothing: float = 0.0,
+    delta: float = 1.0,
 ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
     """Objective and its gradient by backpropagation.
 
     The objective is the weighted mean of the per-sample losses,
     ``sum_i w_i L_i / sum_i w_i``, plus ``0.5 * l2 * sum ||W||^2`` over the weights (not
     the biases).
-    ``y`` holds integer labels in [0, k), or with ``loss="squared_error"`` the real
+    ``y`` holds integer labels in [0, k), or with a regression loss the real
     targets, shape (n, k).
 
     Returns
@@ -241,12 +335,21 @@ def loss_and_gradients(
     A = forward(weights, biases, X, activations, masks)
     L = len(weights)
     if loss == "cross_entropy":
-        total, _, dZ = softmax_cross_entropy(A[L], y, w, scale)
+        total, _, dZ = softmax_cross_entropy(A[L], y, w, scale, label_smoothing)
+    elif loss == "binary_cross_entropy":
+        total, _, dZ = sigmoid_cross_entropy(A[L], y, w, scale)
     elif loss == "mse":
         total, _, dA = mse(A[L], y, w, scale)
         dZ = act_backward(A[L], dA, activations[L - 1])
-    elif loss == "squared_error":
-        total, dA = squared_error(A[L], y, w, scale)
+    elif loss in ("squared_error", "huber", "absolute_error", "poisson"):
+        if loss == "huber":
+            total, dA = huber(A[L], y, w, scale, delta)
+        elif loss == "absolute_error":
+            total, dA = absolute_error(A[L], y, w, scale)
+        elif loss == "poisson":
+            total, dA = poisson(A[L], y, w, scale)
+        else:
+            total, dA = squared_error(A[L], y, w, scale)
         dZ = act_backward(A[L], dA, activations[L - 1])
     else:
         raise ValueError(f"unknown loss {loss!r}")
@@ -277,15 +380,19 @@ def train_step(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.9,
+    weight_decay: float = 0.0,
     l2: float = 0.0,
     sample_weight: np.ndarray | None = None,
     masks: Sequence[np.ndarray | None] | None = None,
+    label_smoothing: float = 0.0,
+    delta: float = 1.0,
 ) -> float:
     """One mini-batch step, updating ``weights``, ``biases`` and ``state`` in place.
 
     ``state`` holds the optimizer's memory: ``{"t": steps so far, "m": [...], "v": [...]}``
     for Adam (moments per parameter, weights then bias per layer) or
-    ``{"velocity": [...]}`` for SGD; missing entries start at zero.
+    ``{"velocity": [...]}`` for SGD; missing entries start at zero. ``optimizer="adamw"``
+    is Adam with the decoupled ``weight_decay`` of every parameter.
 
     Returns
     -------
@@ -293,16 +400,19 @@ def train_step(
         The mini-batch objective before the update.
     """
     value, dW, db = loss_and_gradients(
-        weights, biases, X, y, activations, loss, l2, sample_weight, masks
+        weights, biases, X, y, activations, loss, l2, sample_weight, masks, label_smoothing, delta
     )
     params = [p for pair in zip(weights, biases) for p in pair]
     grads = [g for pair in zip(dW, db) for g in pair]
     zeros = [np.zeros_like(p) for p in params]
-    if optimizer == "adam":
+    if optimizer in ("adam", "adamw"):
         state["t"] = state.get("t", 0) + 1
         m, v = state.setdefault("m", zeros), state.setdefault("v", list(zeros))
+        wd = weight_decay if optimizer == "adamw" else 0.0
         for i, (p, g) in enumerate(zip(params, grads)):
-            new_p, m[i], v[i] = adam(p, g, m[i], v[i], lr, betas[0], betas[1], eps, state["t"])
+            new_p, m[i], v[i] = adamw(
+                p, g, m[i], v[i], lr, betas[0], betas[1], eps, state["t"], wd
+            )
             p[...] = new_p
     elif optimizer == "sgd":
         vel = state.setdefault("velocity", zeros)

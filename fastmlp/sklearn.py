@@ -24,10 +24,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from fastmlp._network import HIDDEN_ACTIVATIONS, REGRESSION_LOSS
+from fastmlp._network import HIDDEN_ACTIVATIONS, MULTILABEL_LOSS, REGRESSION_LOSSES
 from fastmlp._trainer import OPTIMIZERS
 from fastmlp._validation import check_dtype
 from fastmlp.model import MLP
@@ -63,8 +63,10 @@ def _validate(estimator, X, *y, reset: bool, dtype, **options):
 # The parameters both estimators share, spliced into their docstrings below.
 _SHARED_PARAMETERS = """hidden_layer_sizes : int or tuple of int, default=(100,)
         Width of each hidden layer; ``()`` gives a linear model.
-    activation : {"relu", "tanh", "logistic"}, default="relu"
-        Activation of the hidden layers ("sigmoid" is accepted for "logistic").
+    activation : {"relu", "tanh", "logistic"} or list of them, default="relu"
+        Activation of the hidden layers ("sigmoid" is accepted for "logistic"): one name
+        for all, or a list or tuple with one per hidden layer (kept as given, so
+        ``get_params`` and ``clone`` return it unchanged; fastmlp only).
     alpha : float, default=0.0001
         Strength of the L2 penalty, passed to fastmlp as ``l2``: every mini-batch
         minimises its weighted mean loss plus ``0.5 * alpha * sum(W ** 2)`` over the
@@ -87,9 +89,10 @@ _SHARED_PARAMETERS = """hidden_layer_sizes : int or tuple of int, default=(100,)
         Improvement of the training loss (or, with ``early_stopping``, of the validation
         score) below which an epoch counts as no progress.
     early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the data, stop when its score has not
-        improved by ``tol`` for ``n_iter_no_change`` epochs, and keep the weights of the
-        best epoch.
+        Hold out ``validation_fraction`` of the data (or use the ``X_val``, ``y_val``
+        given to :meth:`fit`), stop when its score has not improved by ``tol`` for
+        ``n_iter_no_change`` epochs, and keep the weights of the best epoch. Also
+        works with :meth:`partial_fit` (see there).
     validation_fraction : float, default=0.1
         Share of the training data held out for ``early_stopping``.
     n_iter_no_change : int, default=10
@@ -98,8 +101,13 @@ _SHARED_PARAMETERS = """hidden_layer_sizes : int or tuple of int, default=(100,)
         Adam's decay rates of the first and second moment estimates.
     epsilon : float, default=1e-8
         Adam's numerical-stability constant.
-    solver : {"adam", "sgd"}, default="adam"
-        Optimizer ("lbfgs" is not available).
+    solver : {"adam", "adamw", "sgd"}, default="adam"
+        Optimizer ("lbfgs" is not available); "adamw" is Adam with decoupled
+        ``weight_decay`` (PyTorch's AdamW).
+    weight_decay : float or None, default=None
+        AdamW's decoupled weight decay of every parameter, biases included (as
+        ``torch.optim.AdamW``); None means PyTorch's 0.01 with ``solver="adamw"``. Only
+        "adamw" takes it: ``alpha`` is the L2 penalty of the other solvers (fastmlp only).
     momentum : float, default=0.9
         Momentum of SGD.
     warm_start : bool, default=False
@@ -126,7 +134,10 @@ _SHARED_ATTRIBUTES = """n_features_in_ : int
     best_loss_ : float or None
         Lowest training loss of the last :meth:`fit`; None with ``early_stopping``.
     validation_scores_ : list of float or None
-        Validation score of each epoch with ``early_stopping``, else None.
+        Validation score of each epoch with ``early_stopping`` or a given ``X_val``
+        (of each :meth:`partial_fit` call with a validation set there), else None.
+    early_stopped_ : bool
+        True once early stopping has ended a series of :meth:`partial_fit` calls.
     best_validation_score_ : float or None
         Best of ``validation_scores_``, else None.
     n_iter_ : int
@@ -159,7 +170,7 @@ class _BaseMLP(BaseEstimator):
     def __init__(
         self,
         hidden_layer_sizes: int | Sequence[int] = (100,),
-        activation: str = "relu",
+        activation: str | Sequence[str] = "relu",
         *,
         solver: str = "adam",
         alpha: float = 0.0001,
@@ -172,6 +183,7 @@ class _BaseMLP(BaseEstimator):
         verbose: bool = False,
         warm_start: bool = False,
         momentum: float = 0.9,
+        weight_decay: float | None = None,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         beta_1: float = 0.9,
@@ -195,6 +207,7 @@ class _BaseMLP(BaseEstimator):
         self.verbose = verbose
         self.warm_start = warm_start
         self.momentum = momentum
+        self.weight_decay = weight_decay
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.beta_1 = beta_1
@@ -217,9 +230,21 @@ class _BaseMLP(BaseEstimator):
         """Check the parameters fastmlp.train does not check itself, with sklearn names."""
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}; got {self.solver!r}")
-        if self.activation not in ACTIVATIONS:
+        names = [self.activation] if isinstance(self.activation, str) else self.activation
+        if not (
+            isinstance(names, (list, tuple))
+            and all(isinstance(a, str) and a in ACTIVATIONS for a in names)
+        ):
             raise ValueError(
-                f'activation must be "relu", "tanh" or "logistic"; got {self.activation!r}'
+                'activation must be "relu", "tanh" or "logistic", or a list of them (one per '
+                f"hidden layer); got {self.activation!r}"
+            )
+        n_hidden = len(self._hidden())
+        if not isinstance(self.activation, str) and len(names) != n_hidden:
+            raise ValueError(
+                f"activation lists {len(names)} names but hidden_layer_sizes="
+                f"{self.hidden_layer_sizes!r} has {n_hidden} hidden layers: give exactly "
+                f"{n_hidden}, or a single name for all"
             )
         if not (self.batch_size == "auto" or _is_int(self.batch_size, 1)):
             raise ValueError(f'batch_size must be "auto" or an int >= 1; got {self.batch_size!r}')
@@ -258,6 +283,7 @@ class _BaseMLP(BaseEstimator):
             "betas": (self.beta_1, self.beta_2),
             "eps": self.epsilon,
             "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
             "l2": self.alpha,
             "dropout": self.dropout,
             "shuffle": self.shuffle,
@@ -266,7 +292,13 @@ class _BaseMLP(BaseEstimator):
         }
 
     def _network(self, n_inputs: int, n_outputs: int, classes, seed: int, **options) -> MLP:
-        activation = "sigmoid" if self.activation == "logistic" else self.activation
+        def fastmlp_name(a: str) -> str:
+            return "sigmoid" if a == "logistic" else a
+
+        if isinstance(self.activation, str):
+            activation = fastmlp_name(self.activation)
+        else:
+            activation = tuple(fastmlp_name(a) for a in self.activation)
         model = MLP(
             (n_inputs, *self._hidden(), n_outputs),
             classes,
@@ -293,20 +325,50 @@ class _BaseMLP(BaseEstimator):
         self.model_ = self._new_model(X, y, seed, classes)
         self.loss_curve_ = []
         self.n_iter_ = 0
+        self._reset_partial_validation()
+
+    def _reset_partial_validation(self) -> None:
+        # partial_fit's validation set and early-stopping state (see partial_fit).
+        self._partial_validation = None
+        self._partial_calls = 0
+        self._partial_best = None
+        self._partial_bad = 0
+        self.early_stopped_ = False
+
+    def _check_validation_set(self, X_val, y_val):
+        """(X_val, y_val) checked against the fitted features, or None if neither given."""
+        if X_val is None and y_val is None:
+            return None
+        if X_val is None or y_val is None:
+            raise ValueError("give X_val and y_val together (a validation set and its targets)")
+        X_val = _validate(self, X_val, reset=False, dtype=self.model_.dtype)
+        y_val = np.asarray(y_val)
+        if y_val.shape[0] != X_val.shape[0]:
+            raise ValueError(f"X_val has {X_val.shape[0]} rows but y_val {y_val.shape[0]} targets")
+        # The model's own check: unknown labels, wrong output count, NaN, negative counts.
+        self.model_._encode_y(y_val, X_val.shape[0], "y_val")
+        return X_val, y_val
 
     # -- fitting -----------------------------------------------------------------------
-    def _fit(self, X, y, sample_weight):
+    def _fit(self, X, y, sample_weight, X_val=None, y_val=None):
         self._check_params()
         continuing = self.warm_start and hasattr(self, "model_")
         X, y, sample_weight = self._check_Xy(X, y, sample_weight, reset=not continuing)
         rng = check_random_state(self.random_state)
         if continuing:
             self._check_continuation(y)
+            self._reset_partial_validation()
         else:
             self._start(X, y, rng.randint(2**31))
 
-        validation_data = None
-        if self.early_stopping:
+        validation_data = self._check_validation_set(X_val, y_val)
+        validating = validation_data is not None or self.early_stopping
+        if validation_data is not None:
+            X_val, y_val = validation_data
+            self.validation_scores_ = []
+            self.best_validation_score_ = -math.inf
+            self.best_loss_ = None if self.early_stopping else math.inf
+        elif self.early_stopping:
             split = train_test_split(
                 X,
                 y,
@@ -331,14 +393,15 @@ class _BaseMLP(BaseEstimator):
         def progress(figures: dict) -> bool:
             self.loss_curve_.append(float(figures["loss"]))
             self.n_iter_ += 1
-            if self.early_stopping:
+            if validating:
                 score = self._validation_score(figures, X_val, y_val)
                 self.validation_scores_.append(score)
                 improved = score > self.best_validation_score_ + self.tol
                 if score > self.best_validation_score_:
                     self.best_validation_score_ = score
-                    state["best_params"] = figures["model"].params_.copy()
-            else:
+                    if self.early_stopping:
+                        state["best_params"] = figures["model"].params_.copy()
+            if not self.early_stopping:
                 loss = self.loss_curve_[-1]
                 improved = loss < self.best_loss_ - self.tol
                 self.best_loss_ = min(self.best_loss_, loss)
@@ -376,17 +439,49 @@ class _BaseMLP(BaseEstimator):
             )
         return self
 
-    def _partial_fit(self, X, y, sample_weight, classes=None):
+    def _partial_fit(self, X, y, sample_weight, classes=None, X_val=None, y_val=None):
+        """One epoch over (X, y); the validation set is fixed on the first call (see the
+        estimators' partial_fit)."""
         self._check_params()
         first = not hasattr(self, "model_")
         X, y, sample_weight = self._check_Xy(X, y, sample_weight, reset=first)
+        rng = check_random_state(self.random_state)
         if first:
-            self._start(X, y, check_random_state(self.random_state).randint(2**31), classes)
+            self._start(X, y, rng.randint(2**31), classes)
             self.best_loss_ = math.inf
             self.validation_scores_ = None
             self.best_validation_score_ = None
         else:
             self._check_continuation(y)
+        if not hasattr(self, "_partial_validation"):  # fitted by an older fastmlp
+            self._reset_partial_validation()
+        given = self._check_validation_set(X_val, y_val)
+        if given is not None and self._partial_calls > 0:
+            raise ValueError(
+                "partial_fit takes X_val and y_val on its first call only: the validation "
+                "set stays fixed for the calls that follow (fit() starts anew)"
+            )
+        if self._partial_calls == 0:
+            if given is None and self.early_stopping:
+                # Hold out validation_fraction of the first chunk, for all later calls.
+                split = train_test_split(
+                    X,
+                    y,
+                    *(() if sample_weight is None else (sample_weight,)),
+                    test_size=self.validation_fraction,
+                    random_state=rng.randint(2**31),
+                    stratify=self._stratify(y),
+                )
+                X, X_val_, y, y_val_ = split[:4]
+                sample_weight = split[4] if sample_weight is not None else None
+                given = (X_val_, y_val_)
+            if given is not None:
+                self._partial_validation = given
+                self.validation_scores_ = []
+                self.best_validation_score_ = -math.inf
+        self._partial_calls += 1
+        if self.early_stopped_:
+            return self  # early stopping ended training; fit() starts anew
         # A different seed per call, so that successive epochs shuffle differently.
         seed = None
         if self.random_state is not None:
@@ -403,7 +498,30 @@ class _BaseMLP(BaseEstimator):
         self.loss_curve_.append(float(self.model_.history["loss"][-1]))
         self.best_loss_ = min(self.best_loss_ or math.inf, self.loss_curve_[-1])
         self.n_iter_ += 1
+        if self._partial_validation is not None:
+            self._partial_validate()
         return self
+
+    def _partial_validate(self) -> None:
+        """Score the fixed validation set after a partial_fit call; with early stopping,
+        keep the best weights and stop after n_iter_no_change calls without progress."""
+        X_val, y_val = self._partial_validation
+        score = float(self.model_.score(X_val, y_val))
+        self.validation_scores_.append(score)
+        improved = score > self.best_validation_score_ + self.tol
+        if score > self.best_validation_score_:
+            self.best_validation_score_ = score
+            if self.early_stopping:
+                self._partial_best = self.model_.params_.copy()
+        self._partial_bad = 0 if improved else self._partial_bad + 1
+        if self.early_stopping and self._partial_bad > self.n_iter_no_change:
+            self.model_.params_[...] = self._partial_best
+            self.early_stopped_ = True
+            if self.verbose:
+                print(
+                    f"Validation score did not improve more than tol={self.tol} for "
+                    f"{self.n_iter_no_change} consecutive calls. Stopping."
+                )
 
     def _stratify(self, y):
         return None
@@ -419,12 +537,19 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier trained by fastmlp's multi-threaded kernels.
 
     A drop-in for :class:`sklearn.neural_network.MLPClassifier` with the "adam" and
-    "sgd" solvers. The output layer is a softmax over all classes, binary problems
-    included (two outputs, not one logistic unit); the loss is cross-entropy.
+    "sgd" solvers (and "adamw"). The output layer is a softmax over all classes, binary problems
+    included (two outputs, not one logistic unit); the loss is cross-entropy. A 2-D y of 0
+    and 1 (a multilabel indicator matrix) trains one sigmoid output per label with binary
+    cross-entropy: :meth:`predict` returns the 0/1 matrix, :meth:`predict_proba` each
+    label's probability, ``classes_`` the label indices.
 
     Parameters
     ----------
     %(parameters)s
+
+    label_smoothing : float in [0, 1), default=0.0
+        Train against smoothed targets ``(1 - s) * onehot(y) + s / n_classes``, as
+        ``torch.nn.CrossEntropyLoss(label_smoothing=s)`` (fastmlp only).
 
     Attributes
     ----------
@@ -443,19 +568,99 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     sklearn.neural_network.MLPClassifier : scikit-learn's own implementation.
     """
 
+    def __init__(
+        self,
+        hidden_layer_sizes: int | Sequence[int] = (100,),
+        activation: str | Sequence[str] = "relu",
+        *,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 0.001,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state=None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        weight_decay: float | None = None,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        dtype=np.float32,
+        n_threads: int | None = None,
+    ) -> None:
+        super().__init__(
+            hidden_layer_sizes,
+            activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate_init=learning_rate_init,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            dropout=dropout,
+            dtype=dtype,
+            n_threads=n_threads,
+        )
+        self.label_smoothing = label_smoothing
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = True
+        tags.classifier_tags.multi_label = True
         return tags
+
+    def _train_options(self, n_samples: int) -> dict:
+        return {**super()._train_options(n_samples), "label_smoothing": self.label_smoothing}
 
     def _validate_Xy(self, X, y, reset: bool):
         X, y = _validate(
-            self, X, y, reset=reset, dtype=check_dtype(self.dtype), accept_sparse=SPARSE
+            self,
+            X,
+            y,
+            reset=reset,
+            dtype=check_dtype(self.dtype),
+            accept_sparse=SPARSE,
+            multi_output=True,
         )
         check_classification_targets(y)
-        return X, y
+        if type_of_target(y) == "multilabel-indicator":
+            return X, y  # one 0/1 column per label
+        if y.ndim == 2 and y.shape[1] != 1:
+            raise ValueError(
+                "MLPClassifier takes one label per sample (1-D y) or a multilabel indicator "
+                f"matrix of 0 and 1 (one column per label); got a {y.shape} y with other "
+                "values"
+            )
+        return X, column_or_1d(y, warn=True)
 
     def _new_model(self, X, y, seed: int, classes=None) -> MLP:
+        if y.ndim == 2:  # multilabel: one sigmoid output per column
+            self._y_dtype = y.dtype
+            model = self._network(
+                X.shape[1], y.shape[1], np.arange(y.shape[1]), seed, loss=MULTILABEL_LOSS
+            )
+            self.classes_ = model.classes_
+            return model
         classes = np.unique(y if classes is None else np.asarray(classes))
         if len(classes) < 2:
             raise ValueError(
@@ -467,6 +672,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return model
 
     def _check_continuation(self, y) -> None:
+        if self.model_.is_multilabel != (y.ndim == 2):
+            raise ValueError(
+                "warm_start and partial_fit keep the kind of y: the network was fitted "
+                f"{'with' if self.model_.is_multilabel else 'without'} a multilabel y"
+            )
+        if y.ndim == 2:
+            if y.shape[1] != len(self.classes_):
+                raise ValueError(
+                    f"y has {y.shape[1]} labels but the network was fitted with "
+                    f"{len(self.classes_)}"
+                )
+            return
         if not np.isin(np.unique(y), self.classes_).all():
             raise ValueError(
                 "warm_start and partial_fit can not add classes: y has labels outside "
@@ -474,12 +691,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             )
 
     def _stratify(self, y):
+        if y.ndim == 2:  # multilabel
+            return None
         return y if np.unique(y, return_counts=True)[1].min() >= 2 else None
 
     def _validation_score(self, figures: dict, X_val, y_val) -> float:
         return float(figures["val_accuracy"])
 
-    def fit(self, X, y, sample_weight=None) -> MLPClassifier:
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None) -> MLPClassifier:
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
         Parameters
@@ -490,15 +709,23 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Class labels.
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of each sample in the loss.
+        X_val : array-like of shape (n_val, n_features), default=None
+            A validation set of your own, given with ``y_val``: every epoch is scored on
+            it (``validation_scores_``), and ``early_stopping`` stops on it instead of
+            holding out ``validation_fraction`` of X (fastmlp only).
+        y_val : array-like, default=None
+            Its targets.
 
         Returns
         -------
         self : MLPClassifier
             The fitted estimator.
         """
-        return self._fit(X, y, sample_weight)
+        return self._fit(X, y, sample_weight, X_val, y_val)
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None) -> MLPClassifier:
+    def partial_fit(
+        self, X, y, classes=None, sample_weight=None, *, X_val=None, y_val=None
+    ) -> MLPClassifier:
         """Train for one epoch over (X, y), continuing with the optimizer's state.
 
         Parameters
@@ -512,6 +739,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             see them all; ignored (but checked) afterwards.
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of each sample in the loss.
+        X_val : array-like of shape (n_val, n_features), default=None
+            A validation set, given with ``y_val`` on the first call only (later calls
+            refuse it): every call is scored on it (``validation_scores_``), and with
+            ``early_stopping`` training stops after ``n_iter_no_change`` calls without
+            improvement by ``tol``, the best weights restored (``early_stopped_``; later
+            calls then do nothing until :meth:`fit`). With ``early_stopping`` and no
+            X_val, ``validation_fraction`` of the first call's chunk is held out (never
+            trained on) and used for every call. scikit-learn raises here instead.
+        y_val : array-like, default=None
+            Its targets.
 
         Returns
         -------
@@ -529,7 +766,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 f"classes={classes!r} is not the same as on the first call to partial_fit: "
                 f"{self.classes_.tolist()}"
             )
-        return self._partial_fit(X, y, sample_weight, classes)
+        return self._partial_fit(X, y, sample_weight, classes, X_val, y_val)
 
     def predict_proba(self, X) -> np.ndarray:
         """Probability of each class.
@@ -572,10 +809,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
         Returns
         -------
-        ndarray of shape (n_samples,)
-            Labels from ``classes_``.
+        ndarray of shape (n_samples,) or (n_samples, n_labels)
+            Labels from ``classes_``; for a multilabel fit the 0/1 indicator matrix (a
+            label where its probability is above 0.5), in the dtype of the fitted y.
         """
         X = self._check_X(X)
+        if self.model_.is_multilabel:
+            return self.model_.predict(X).astype(self._y_dtype, copy=False)
         return self.model_.predict(X)
 
 
@@ -584,14 +824,24 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     """Multi-layer perceptron regressor trained by fastmlp's multi-threaded kernels.
 
     A drop-in for :class:`sklearn.neural_network.MLPRegressor` with the "adam" and
-    "sgd" solvers: identity output layer, one unit per target, trained on half the
-    squared error averaged over the outputs (scikit-learn's ``squared_error``).
+    "sgd" solvers (and "adamw"): identity output layer, one unit per target, trained on half the
+    squared error averaged over the outputs (scikit-learn's ``squared_error``; see
+    ``loss`` for the others).
     Targets are fitted as given: standardise them (e.g. with
     :class:`sklearn.compose.TransformedTargetRegressor`) when they are far from unit scale.
 
     Parameters
     ----------
     %(parameters)s
+
+    loss : {"squared_error", "huber", "absolute_error", "poisson"}, default="squared_error"
+        The loss, averaged over the outputs: half the squared error (scikit-learn's);
+        Huber's with ``delta`` (``torch.nn.HuberLoss``); the absolute error (subgradient
+        0 at a perfect fit); or Poisson's with the log link (targets >= 0, the network's
+        output is the log of the mean and :meth:`predict` returns its exp, as
+        ``torch.nn.PoissonNLLLoss(log_input=True)`` and scikit-learn's "poisson").
+    delta : float, default=1.0
+        The threshold of the Huber loss; other losses take only 1.0 (fastmlp only).
 
     Attributes
     ----------
@@ -615,6 +865,68 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags.target_tags.multi_output = True
         return tags
 
+    def __init__(
+        self,
+        hidden_layer_sizes: int | Sequence[int] = (100,),
+        activation: str | Sequence[str] = "relu",
+        *,
+        loss: str = "squared_error",
+        delta: float = 1.0,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 0.001,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state=None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        weight_decay: float | None = None,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        dropout: float = 0.0,
+        dtype=np.float32,
+        n_threads: int | None = None,
+    ) -> None:
+        super().__init__(
+            hidden_layer_sizes,
+            activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate_init=learning_rate_init,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            dropout=dropout,
+            dtype=dtype,
+            n_threads=n_threads,
+        )
+        self.loss = loss
+        self.delta = delta
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.loss not in REGRESSION_LOSSES:
+            raise ValueError(f"loss must be one of {REGRESSION_LOSSES}; got {self.loss!r}")
+
     def _validate_Xy(self, X, y, reset: bool):
         return _validate(
             self,
@@ -629,9 +941,17 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _new_model(self, X, y, seed: int, classes=None) -> MLP:
         self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
-        return self._network(X.shape[1], self.n_outputs_, None, seed, loss=REGRESSION_LOSS)
+        return self._network(
+            X.shape[1], self.n_outputs_, None, seed, loss=self.loss, delta=self.delta
+        )
 
     def _check_continuation(self, y) -> None:
+        if (self.loss, self.delta) != (self.model_.loss, self.model_.delta):
+            raise ValueError(
+                f"warm_start and partial_fit continue the loss the network was fitted with "
+                f"({self.model_.loss!r}, delta={self.model_.delta}); got loss={self.loss!r}, "
+                f"delta={self.delta}"
+            )
         n_outputs = 1 if y.ndim == 1 else y.shape[1]
         if n_outputs != self.n_outputs_:
             raise ValueError(
@@ -641,7 +961,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _validation_score(self, figures: dict, X_val, y_val) -> float:
         return figures["model"].score(X_val, y_val)
 
-    def fit(self, X, y, sample_weight=None) -> MLPRegressor:
+    def fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None) -> MLPRegressor:
         """Train the network on (X, y) for up to ``max_iter`` epochs.
 
         Parameters
@@ -652,15 +972,21 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Targets.
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of each sample in the loss.
+        X_val : array-like of shape (n_val, n_features), default=None
+            A validation set of your own, given with ``y_val``: every epoch is scored on
+            it (``validation_scores_``), and ``early_stopping`` stops on it instead of
+            holding out ``validation_fraction`` of X (fastmlp only).
+        y_val : array-like, default=None
+            Its targets.
 
         Returns
         -------
         self : MLPRegressor
             The fitted estimator.
         """
-        return self._fit(X, y, sample_weight)
+        return self._fit(X, y, sample_weight, X_val, y_val)
 
-    def partial_fit(self, X, y, sample_weight=None) -> MLPRegressor:
+    def partial_fit(self, X, y, sample_weight=None, *, X_val=None, y_val=None) -> MLPRegressor:
         """Train for one epoch over (X, y), continuing with the optimizer's state.
 
         Parameters
@@ -671,13 +997,23 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             Its targets.
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of each sample in the loss.
+        X_val : array-like of shape (n_val, n_features), default=None
+            A validation set, given with ``y_val`` on the first call only (later calls
+            refuse it): every call is scored on it (``validation_scores_``), and with
+            ``early_stopping`` training stops after ``n_iter_no_change`` calls without
+            improvement by ``tol``, the best weights restored (``early_stopped_``; later
+            calls then do nothing until :meth:`fit`). With ``early_stopping`` and no
+            X_val, ``validation_fraction`` of the first call's chunk is held out (never
+            trained on) and used for every call. scikit-learn raises here instead.
+        y_val : array-like, default=None
+            Its targets.
 
         Returns
         -------
         self : MLPRegressor
             The updated estimator.
         """
-        return self._partial_fit(X, y, sample_weight)
+        return self._partial_fit(X, y, sample_weight, None, X_val, y_val)
 
     def predict(self, X) -> np.ndarray:
         """Predicted targets.

@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastmlp._network import LAYERS_LIMIT, REGRESSION_LOSS
+from fastmlp._network import LAYERS_LIMIT, MULTILABEL_LOSS, REGRESSION_LOSS, REGRESSION_LOSSES
 from fastmlp._threads import adaptive_threads, blas_guard, effective_n_threads
-from fastmlp._trainer import OPTIMIZERS, Status, Trainer
+from fastmlp._trainer import ADAM_FAMILY, OPTIMIZERS, Status, Trainer
 from fastmlp._validation import (
     CSR,
     check_dtype,
@@ -31,7 +31,7 @@ from fastmlp._validation import (
     check_targets,
     check_X,
 )
-from fastmlp.model import MLP
+from fastmlp.model import MLP, check_label_smoothing, check_loss_targets, check_multilabel
 
 
 def init_params(model: MLP, rng: np.random.Generator) -> None:
@@ -40,9 +40,15 @@ def init_params(model: MLP, rng: np.random.Generator) -> None:
     Biases start at zero. He (2015) keeps the variance of ReLU activations constant
     across layers; Glorot & Bengio (2010) do so for tanh and sigmoid.
     """
-    for W, b in zip(model.weights, model.biases):
+    acts = model.activations
+    for i, (W, b) in enumerate(zip(model.weights, model.biases)):
         fan_in, fan_out = W.shape
-        if model.activation == "relu":
+        # A hidden layer by its own activation, the output layer by the last hidden one's.
+        if acts:
+            act = acts[min(i, len(acts) - 1)]
+        else:
+            act = model.activation if isinstance(model.activation, str) else "relu"
+        if act == "relu":
             W[...] = rng.standard_normal(W.shape) * math.sqrt(2.0 / fan_in)
         else:
             limit = math.sqrt(6.0 / (fan_in + fan_out))
@@ -109,8 +115,9 @@ def train(
     y,
     *,
     hidden: Sequence[int] = (128, 64),
-    activation: str = "relu",
+    activation: str | Sequence[str] = "relu",
     loss: str = "cross_entropy",
+    delta: float = 1.0,
     optimizer: str = "adam",
     epochs: int = 10,
     batch_size: int = 128,
@@ -119,8 +126,10 @@ def train(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.9,
+    weight_decay: float | None = None,
     l2: float = 0.0,
     dropout: float = 0.0,
+    label_smoothing: float = 0.0,
     validation_split: float = 0.0,
     validation_data: tuple | None = None,
     early_stopping: bool = False,
@@ -147,18 +156,32 @@ def train(
         kernels on its nonzeros alone, without densifying it.
     y : array-like of shape (n_samples,) or (n_samples, n_outputs)
         Class labels of any sortable type (ints, strings, ...); for a regressor
-        (``loss="squared_error"``) real-valued targets, one column per output.
+        (``loss="squared_error"``) real-valued targets, one column per output. A 2-D y of
+        0 and 1 for a classifier is multilabel: one sigmoid output per column, trained
+        with binary cross-entropy summed over the labels (``loss`` becomes
+        "binary_cross_entropy"); ``predict`` returns the 0/1 matrix, ``predict_proba``
+        each label's probability, ``classes_`` the column indices.
     hidden : sequence of int
         Widths of the hidden layers; ``()`` gives a linear (softmax regression) model.
-    activation : {"relu", "tanh", "sigmoid"}
-        Activation of the hidden layers.
-    loss : {"cross_entropy", "mse", "squared_error"}
+    activation : {"relu", "tanh", "sigmoid"} or sequence of them
+        Activation of the hidden layers: one name for all, or a list with one per hidden
+        layer, e.g. ``hidden=(64, 32), activation=["relu", "tanh"]``.
+    loss : {"cross_entropy", "mse", "squared_error", "huber", "absolute_error", "poisson"}
         Classifiers: softmax + cross-entropy, or half squared error against one-hot
         targets. "squared_error" trains a regressor: half the squared error against
         real targets, averaged over the outputs (as scikit-learn's MLPRegressor).
-        Targets are used as given; standardising them helps, as it does X.
-    optimizer : {"adam", "sgd"}
-        Adam (``lr``, ``betas``, ``eps``) or SGD with ``momentum``.
+        Targets are used as given; standardising them helps, as it does X. The other
+        regressor losses, also averaged over the outputs: "huber" (``torch.nn.HuberLoss``
+        with ``delta``), "absolute_error" (subgradient 0 where an output equals its
+        target) and "poisson" (log link, ``torch.nn.PoissonNLLLoss(log_input=True)``:
+        the output z is the log of the mean, the loss ``exp(z) - y z``; targets must be
+        >= 0, and ``predict`` returns ``exp(z)``).
+    delta : float > 0
+        The threshold of ``loss="huber"``: squared error within ``delta`` of the target,
+        linear beyond (other losses refuse any value other than 1).
+    optimizer : {"adam", "adamw", "sgd"}
+        Adam (``lr``, ``betas``, ``eps``), AdamW (Adam with ``weight_decay``) or SGD with
+        ``momentum``.
     epochs : int
         Passes over the training data.
     batch_size : int
@@ -166,6 +189,12 @@ def train(
         of at least n_samples gives full-batch gradient descent.
     lr, betas, eps, momentum : float
         Optimizer settings, named as in ``torch.optim``.
+    weight_decay : float >= 0, optional
+        AdamW's decoupled weight decay, as ``torch.optim.AdamW``: every step first
+        multiplies each parameter by ``1 - lr * weight_decay``, then takes the Adam step
+        on the loss gradient alone. It applies to all parameters, biases included (as
+        PyTorch does by default; ``l2`` penalises the weights only). Default 0.01
+        (PyTorch's) with ``optimizer="adamw"``; other optimizers refuse it (use ``l2``).
     lr_schedule : {"cosine", "warmup_cosine"} or callable, optional
         Learning-rate multiplier. "cosine" anneals from ``lr`` towards 0 over the
         ``epochs`` of this call (Loshchilov & Hutter 2017, without restarts), epoch ``e``
@@ -179,6 +208,10 @@ def train(
         L2 penalty ``0.5 * l2 * sum W^2`` on the weights (not the biases).
     dropout : float in [0, 1)
         Inverted-dropout rate of the hidden layers' outputs during training only.
+    label_smoothing : float in [0, 1)
+        Cross-entropy against smoothed targets ``(1 - s) * onehot(y) + s / n_classes``, as
+        ``torch.nn.CrossEntropyLoss(label_smoothing=s)``; ``history["loss"]`` is that
+        objective, ``val_loss`` the plain cross-entropy. ``loss="cross_entropy"`` only.
     validation_split : float in [0, 1)
         Fraction of (X, y) held out, at random, to validate on after each epoch.
     validation_data : tuple (X_val, y_val), optional
@@ -211,7 +244,8 @@ def train(
         and keeps the best weights so far.
     init : MLP, optional
         Continue training this model (its architecture, dtype, classes and optimizer
-        state are kept; ``hidden``, ``activation``, ``loss`` and ``dtype`` are ignored).
+        state are kept; ``hidden``, ``activation``, ``loss``, ``delta`` and ``dtype`` are
+        ignored).
     output_activation : str, optional
         Activation of the output layer for ``loss="mse"`` (e.g. "sigmoid").
 
@@ -240,8 +274,9 @@ class _Options:
     """The keyword arguments of :func:`train`, checked and normalised on creation."""
 
     hidden: Sequence[int]
-    activation: str
+    activation: Any
     loss: str
+    delta: float
     optimizer: str
     epochs: int
     batch_size: int
@@ -250,8 +285,10 @@ class _Options:
     betas: tuple[float, float]
     eps: float
     momentum: float
+    weight_decay: float | None
     l2: float
     dropout: float
+    label_smoothing: float
     validation_split: float
     validation_data: tuple | None
     early_stopping: bool
@@ -284,12 +321,21 @@ class _Options:
         self.momentum = check_float(self.momentum, "momentum", 0.0, 1.0)
         self.l2 = check_float(self.l2, "l2", 0.0, math.inf)
         self.dropout = check_float(self.dropout, "dropout", 0.0, 1.0)
+        self.label_smoothing = check_float(self.label_smoothing, "label_smoothing", 0.0, 1.0)
         self.validation_split = check_float(self.validation_split, "validation_split", 0.0, 1.0)
         if self.max_time is not None:
             self.max_time = check_float(self.max_time, "max_time", 0.0, math.inf, low_open=True)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"optimizer must be one of {tuple(OPTIMIZERS)}; got {self.optimizer!r}"
+            )
+        if self.weight_decay is None:
+            self.weight_decay = 0.01 if self.optimizer == "adamw" else 0.0
+        self.weight_decay = check_float(self.weight_decay, "weight_decay", 0.0, math.inf)
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ValueError(
+                f"weight_decay={self.weight_decay} is AdamW's decoupled decay: use "
+                f"optimizer='adamw', or l2 for a penalty with optimizer={self.optimizer!r}"
             )
         if self.early_stopping and self.validation_data is None and not self.validation_split:
             raise ValueError("early_stopping needs validation_split > 0 or validation_data")
@@ -325,9 +371,17 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
     for width in hidden:
         check_positive_int(width, "every hidden layer size")
     X = check_X(X, dt, accept_sparse=True)
-    if opts.loss == REGRESSION_LOSS:
+    loss = opts.loss
+    multilabel = loss == MULTILABEL_LOSS or (loss == "cross_entropy" and np.ndim(y) == 2)
+    if multilabel:
+        # A 2-D y of 0/1 columns: one sigmoid output per label, binary cross-entropy.
+        loss = MULTILABEL_LOSS
+        targets = check_multilabel(y, X.shape[0], dt)
+        classes = np.arange(targets.shape[1])
+        n_outputs = targets.shape[1]
+    elif loss in REGRESSION_LOSSES:
         classes = None
-        targets = check_targets(y, X.shape[0], dt)
+        targets = check_loss_targets(loss, check_targets(y, X.shape[0], dt))
         n_outputs = targets.shape[1]
     else:
         labels = check_labels(y, X.shape[0])
@@ -342,13 +396,14 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
         (X.shape[1], *hidden, n_outputs),
         classes,
         activation=opts.activation,
-        loss=opts.loss,
+        loss=loss,
         output_activation=opts.output_activation,
         dtype=dt,
         n_threads=opts.n_threads,
+        delta=opts.delta,
     )
     init_params(model, rng)
-    if classes is None:
+    if classes is None or multilabel:
         return model, X, targets
     return model, X, model._encode_y(labels, X.shape[0])[0]
 
@@ -368,6 +423,8 @@ def _prepare(model: MLP, X, codes, opts: _Options, rng: np.random.Generator) -> 
     w = check_sample_weight(opts.sample_weight, X.shape[0], model.dtype)
     if model.is_regressor and opts.class_weight is not None:
         raise ValueError("class_weight is for classifiers; weight samples with sample_weight")
+    if model.is_multilabel and opts.class_weight is not None:
+        raise ValueError("class_weight is for one label per sample; weight samples instead")
     cw = class_weights(opts.class_weight, model.classes_, codes)
     if cw is not None:
         w = (np.ones(X.shape[0], model.dtype) if w is None else w) * cw[codes].astype(model.dtype)
@@ -397,10 +454,11 @@ def _allocate(model: MLP, data: _Data, opts: _Options) -> Trainer:
         l2=opts.l2,
         dropout=opts.dropout,
         adaptive_threads=adaptive_threads(),
+        label_smoothing=check_label_smoothing(opts.label_smoothing, model.loss),
     )
     state = model._optimizer
     if state is None or state["name"] != opts.optimizer:
-        adam = opts.optimizer == "adam"
+        adam = opts.optimizer in ADAM_FAMILY
         state = {
             "name": opts.optimizer,
             "t": 0,
@@ -412,7 +470,12 @@ def _allocate(model: MLP, data: _Data, opts: _Options) -> Trainer:
         for key in ("state1", "state2"):
             state[key] = np.require(state[key], requirements=["C", "A", "W"])
     trainer.set_optimizer(
-        opts.optimizer, state, betas=opts.betas, eps=opts.eps, momentum=opts.momentum
+        opts.optimizer,
+        state,
+        betas=opts.betas,
+        eps=opts.eps,
+        momentum=opts.momentum,
+        weight_decay=opts.weight_decay,
     )
     return trainer
 

@@ -253,6 +253,23 @@ def test_train_regressor_with_sample_weight_and_validation():
     assert not np.array_equal(model.params_, unweighted.params_)
 
 
+def test_train_multilabel_and_poisson():
+    X, y = make_data(900, seed=12)
+    Y = np.stack([y == 0, y == 2, X[:, 3] > 0], axis=1).astype(int)
+    counts = np.random.default_rng(1).poisson(np.exp(0.5 * X[:, 0]))
+    with dask.config.set(scheduler="synchronous"):
+        labels = train(
+            da.from_array(X, chunks=(300, N_FEATURES)), Y, **{**STREAM, "epochs": 15, "lr": 1e-2}
+        )
+        poisson = train(
+            da.from_array(X, chunks=(300, N_FEATURES)), counts, loss="poisson", **STREAM
+        )
+    assert labels.is_multilabel and labels.predict(X).shape == (900, 3)
+    assert (labels.predict(X) == Y).mean() > 0.85  # per-label accuracy
+    assert labels.history["loss"][-1] < labels.history["loss"][0]
+    assert poisson.is_regressor and poisson.loss == "poisson" and np.all(poisson.predict(X) > 0)
+
+
 def test_train_stop_rules_and_continuation():
     X, y = make_data(600, seed=10)
     Xd = da.from_array(X, chunks=(200, N_FEATURES))
@@ -307,8 +324,8 @@ def test_train_errors():
         train(Xd, y, hiden=(4,))
     with pytest.raises(ValueError, match="lr"):
         train(Xd, y, lr=-1.0)
-    with pytest.raises(ValueError, match="1-D labels"):
-        train(Xd, np.stack([y, y], axis=1))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        train(Xd, np.stack([y, y], axis=1))  # 2-D: multilabel, whose labels are 0/1
     small = fastmlp.train(X[:, :5], y, hidden=(4,), epochs=1, seed=0)
     with pytest.raises(ValueError, match="init was trained on 5"):
         train(Xd, y, init=small)
@@ -323,6 +340,10 @@ def client(request):
     distributed = pytest.importorskip("distributed")
     # Worker processes must import fastmlp from this tree, however pytest found it.
     root = str(Path(fastmlp.__file__).resolve().parents[1])
+    # LocalCluster also sets OMP_NUM_THREADS=1 (and the BLAS counts) in this process's
+    # environment and leaves them: a library that reads them later (torch's first
+    # parallel op calls omp_set_num_threads) would cap fastmlp's OpenMP for the session.
+    saved_environ = dict(os.environ)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([root] + ([old] if old else []))
     cluster = distributed.LocalCluster(
@@ -338,10 +359,8 @@ def client(request):
     def close():
         client.close(timeout=10)
         cluster.close(timeout=10)
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        os.environ.clear()
+        os.environ.update(saved_environ)
 
     request.addfinalizer(close)
     client.wait_for_workers(2, timeout=30)
