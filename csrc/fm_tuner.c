@@ -3,13 +3,17 @@
 /* A window lasts at least this many steps and this long: long enough that one window
    sees what the OS does to the threads (its time slices are milliseconds). */
 #define FM_TUNER_MIN_STEPS 4
-#define FM_TUNER_MIN_SECONDS 4e-3
-/* Probes come after 4 to 64 windows; a probe must be 5% faster per row to win, and a
-   window 50% slower than the one before it calls a probe of fewer threads at once. */
+#define FM_TUNER_MIN_SECONDS 8e-3
+/* Probes come after 4 to 64 windows. A probe of fewer threads must be 20% faster per row
+   to win, of more threads 5%: a paused thread costs 2-5x, while a quiet VM's windows jitter
+   by tens of percent, which must not talk the tuner out of threads that help (at batch 32
+   two threads are only 1.2-1.4x one). A window twice as slow as the one before it calls a
+   probe of fewer threads at once. */
 #define FM_TUNER_PERIOD_MIN 4
 #define FM_TUNER_PERIOD_MAX 64
-#define FM_TUNER_MARGIN 0.05
-#define FM_TUNER_SLOWDOWN 1.5
+#define FM_TUNER_MARGIN_DOWN 0.20
+#define FM_TUNER_MARGIN_UP 0.05
+#define FM_TUNER_SLOWDOWN 2.0
 
 static void window_reset(fm_tuner *t, double now)
 {
@@ -58,7 +62,8 @@ void fm_tuner_step(fm_tuner *t, double rows, double now)
         return;
     per_row = (now - t->start) / t->rows;
     if (t->probe) {
-        if (t->rate > 0.0 && per_row < (1.0 - FM_TUNER_MARGIN) * t->rate) {
+        double margin = t->probe < t->current ? FM_TUNER_MARGIN_DOWN : FM_TUNER_MARGIN_UP;
+        if (t->rate > 0.0 && per_row < (1.0 - margin) * t->rate) {
             t->current = t->probe;
             t->rate = per_row;
             t->period = FM_TUNER_PERIOD_MIN;

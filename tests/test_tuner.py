@@ -67,8 +67,8 @@ def test_one_thread_and_short_steps():
     tuner = _kernels.Tuner(1)
     used, _ = run(tuner, {1: 1e-3}, 100)
     assert np.all(used == 1) and not tuner.probing
-    # Steps of a microsecond: a window lasts 4 ms, so no probe for the first 4000 steps.
-    used, _ = run(_kernels.Tuner(2), {1: 1e-6, 2: 1e-6}, 3_900, rows=1)
+    # Steps of a microsecond: a window lasts 8 ms, so no probe for the first 8000 steps.
+    used, _ = run(_kernels.Tuner(2), {1: 1e-6, 2: 1e-6}, 7_900, rows=1)
     assert np.all(used == 2)
 
 
