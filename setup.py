@@ -41,6 +41,7 @@ CSRC_HEADERS = [
     "csrc/fm_fpu.h",
     "csrc/fm_openmp.h",
     "csrc/fm_kernels.h",
+    "csrc/fm_dispatch.h",
     "csrc/fm_tuner.h",
     "csrc/fm_kernels_impl.h",
     "csrc/fm_sparse_impl.h",

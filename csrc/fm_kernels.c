@@ -3,18 +3,9 @@
 
 #include "fm_kernels.h"
 
-/* The default build targets baseline x86-64 (SSE2). The kernels whose loops dominate
-   (the one-row product, Adam, the element-wise passes) also get copies for AVX2 and
-   AVX-512, chosen at load time by the CPU they run on (GCC/clang function
-   multiversioning on ELF platforms); FASTMLP_NATIVE=1 builds for the build machine.
-   Features, not "arch=haswell": GCC picks an arch= clone by CPU model, so no AMD CPU ever
-   ran it (found in gdb on a Zen 3). */
-#if defined(__x86_64__) && defined(__ELF__) && (defined(__clang__) || __GNUC__ >= 8) && \
-    !defined(FM_NO_DISPATCH)
-#define FM_CPU_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FM_CPU_DISPATCH
-#endif
+/* The kernels whose loops dominate (the one-row product, Adam, the element-wise passes)
+   get copies per instruction set. */
+#include "fm_dispatch.h"
 
 uint64_t fm_hash64(uint64_t seed, uint64_t index)
 {
