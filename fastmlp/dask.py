@@ -401,8 +401,8 @@ def _rows_like(values: Any, row_chunks: tuple, name: str) -> dask.array.Array:
 
     if not isinstance(values, da.Array):
         values = np.asarray(values)
-        if values.dtype == object and values.ndim == 1:
-            values = values.astype(str)  # labels as strings, which dask can chunk and unique
+        if values.dtype == object and all(isinstance(v, str) for v in values.ravel()):
+            values = values.astype(str)  # string labels in a dtype dask can find unique
         values = da.from_array(values, chunks=-1)
     n = sum(row_chunks)
     if values.ndim not in (1, 2) or values.shape[0] != n:

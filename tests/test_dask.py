@@ -223,9 +223,12 @@ def test_train_reads_classes_and_balanced_weights_from_every_block():
         by_hand = {c: len(y) / (3 * n) for c, n in zip(["ant", "bee", "cat"], counts)}
         same = train(Xd, labels, class_weight=by_hand, **STREAM)
         unweighted = train(Xd, labels, **STREAM)
+        as_objects = train(Xd, labels.astype(object), **STREAM)  # e.g. from pandas
     assert list(model.classes_) == ["ant", "bee", "cat"]
     assert np.array_equal(model.params_, same.params_)
     assert not np.array_equal(model.params_, unweighted.params_)
+    assert np.array_equal(as_objects.params_, unweighted.params_)
+    assert list(as_objects.classes_) == ["ant", "bee", "cat"]
 
 
 def test_train_regressor_with_sample_weight_and_validation():
