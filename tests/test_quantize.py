@@ -256,7 +256,10 @@ def test_pickle_round_trip():
 @pytest.fixture(scope="module")
 def mnist_pair():
     """A 784-256-128-10 model trained briefly on MNIST (fixed seed), and its int8 copy."""
-    (X_train, y_train), (X_test, y_test) = fastmlp.datasets.load_mnist()
+    # The repository's copy, beside the tests: load_mnist()'s default finds it only when
+    # fastmlp runs from the source tree, not installed.
+    mnist = Path(__file__).resolve().parent.parent / "benches" / "data" / "mnist"
+    (X_train, y_train), (X_test, y_test) = fastmlp.datasets.load_mnist(mnist)
     model = fastmlp.train(X_train[:20000], y_train[:20000], hidden=(256, 128), epochs=2, seed=0)
     q = fastmlp.quantize(model, X_train[:2000], validation_data=(X_test, y_test))
     return model, q, X_test, y_test
