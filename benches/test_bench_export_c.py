@@ -77,7 +77,11 @@ def c_library(model, tmp_path_factory):
     """The exported model and the timing loop, compiled into a shared library (ctypes)."""
     if CC is None:
         pytest.skip("no C compiler (cc, gcc or clang) on PATH")
-    directory = tmp_path_factory.mktemp("c_export")
+    return _compiled(model, tmp_path_factory.mktemp("c_export"))
+
+
+def _compiled(model, directory):
+    """``model.to_c`` in ``directory`` with the timing loop, built into a ctypes library."""
     model.to_c(directory, "mnist")
     (directory / "bench_rows.c").write_text(_TIMING_LOOP)
     cmd = [CC, *CFLAGS, "bench_rows.c", "mnist.c", "-o", "libmnist.so", "-lm"]
@@ -150,19 +154,7 @@ def c_library_int8(model, mnist, tmp_path_factory):
     if CC is None:
         pytest.skip("no C compiler (cc, gcc or clang) on PATH")
     q = fastmlp.quantize(model, mnist.X[DTYPE][:2000])
-    directory = tmp_path_factory.mktemp("c_export_int8")
-    q.to_c(directory, "mnist")
-    (directory / "bench_rows.c").write_text(_TIMING_LOOP)
-    cmd = [CC, *CFLAGS, "bench_rows.c", "mnist.c", "-o", "libmnist.so", "-lm"]
-    proc = subprocess.run(cmd, cwd=directory, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    lib = ctypes.CDLL(str(directory / "libmnist.so"))
-    floats = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
-    lib.bench_rows.argtypes = [floats, ctypes.c_size_t, ctypes.c_size_t, floats]
-    lib.bench_rows.restype = ctypes.c_double
-    lib.mnist_predict_proba_batch.argtypes = [ctypes.c_size_t, floats, floats]
-    lib.mnist_predict_proba_batch.restype = None
+    lib = _compiled(q, tmp_path_factory.mktemp("c_export_int8"))
     return lib, q
 
 

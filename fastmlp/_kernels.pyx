@@ -124,24 +124,9 @@ def mse(const floating[:, ::1] A, y, const floating[::1] sample_weight=None,
     return loss, correct, dA
 
 
-def squared_error(const floating[:, ::1] A, const floating[:, ::1] Y,
-                  const floating[::1] sample_weight=None, double scale=1.0):
+def squared_error(A, Y, sample_weight=None, double scale=1.0):
     """Squared error against real targets, averaged over outputs: ``(loss_sum, dA)``."""
-    cdef const floating *w = NULL
-    _check(A.shape[1] >= 1, "need at least one column")
-    _check(Y.shape[0] == A.shape[0] and Y.shape[1] == A.shape[1], "Y must match A")
-    if sample_weight is not None:
-        _check(sample_weight.shape[0] == A.shape[0], "one weight per row")
-        w = &sample_weight[0]
-    dA = np.empty_like(np.asarray(A))
-    cdef floating[:, ::1] d = dA
-    cdef double loss = 0
-    if A.shape[0] == 0:
-        return loss, dA
-    with nogil:
-        loss = fm.squared_error(A.shape[0], A.shape[1], &A[0, 0], &Y[0, 0], w, scale,
-                                &d[0, 0])
-    return loss, dA
+    return regression_loss("squared_error", A, Y, sample_weight, scale)
 
 
 def regression_loss(str loss, const floating[:, ::1] A, const floating[:, ::1] Y,

@@ -91,6 +91,17 @@ def effective_n_threads(n_threads: int | None) -> int:
     return int(n_threads)
 
 
+def forward_on_cores(network, X, out, *, softmax: bool, n_threads: int | None) -> None:
+    """``network.forward(X, out)`` on the calling thread when X is one block, else on
+    cores borrowed from the process-wide budget (at most ``n_threads``)."""
+    if network.parallel_blocks(X.shape[0]) == 1:
+        # One block runs on the calling thread: no parallel region, no core budget.
+        network.forward(X, out, softmax=softmax, n_threads=1)
+        return
+    with borrowed_cores(effective_n_threads(n_threads)) as threads:
+        network.forward(X, out, softmax=softmax, n_threads=threads)
+
+
 def adaptive_threads() -> bool:
     """Whether training may run stretches of steps on fewer of its threads.
 

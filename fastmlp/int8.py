@@ -37,7 +37,7 @@ import numpy as np
 from fastmlp import reference
 from fastmlp._int8 import MAX_FAN_IN, QMAX, Int8Network
 from fastmlp._network import LAYERS_LIMIT, WIDTH_LIMIT
-from fastmlp._threads import borrowed_cores, effective_n_threads
+from fastmlp._threads import forward_on_cores
 from fastmlp._validation import check_labels, check_sample_weight, check_X, encode_labels
 from fastmlp.model import MLP
 from fastmlp.persistence import INT8_MARKER
@@ -257,13 +257,8 @@ class QuantizedMLP:
         ):
             X = check_X(X, np.dtype(np.float32), self.layer_sizes[0], finite=False)
         out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=np.float32)
-        network = self._network
-        if network.parallel_blocks(X.shape[0]) == 1:
-            network.forward(X, out, softmax=softmax, n_threads=1)
-        else:
-            wanted = effective_n_threads(self.n_threads if n_threads is None else n_threads)
-            with borrowed_cores(wanted) as threads:
-                network.forward(X, out, softmax=softmax, n_threads=threads)
+        threads = self.n_threads if n_threads is None else n_threads
+        forward_on_cores(self._network, X, out, softmax=softmax, n_threads=threads)
         return out
 
     def predict_proba(self, X, *, n_threads: int | None = None) -> np.ndarray:

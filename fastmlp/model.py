@@ -20,7 +20,7 @@ from fastmlp._network import (
     Network,
     count_params,
 )
-from fastmlp._threads import blas_guard, borrowed_cores, effective_n_threads
+from fastmlp._threads import blas_guard, effective_n_threads, forward_on_cores
 from fastmlp._trainer import Trainer
 from fastmlp._validation import (
     check_dtype,
@@ -293,14 +293,8 @@ class MLP:
         ):
             X = check_X(X, self.dtype, self.layer_sizes[0], finite=False, accept_sparse=True)
         out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
-        network = self._network
-        if network.parallel_blocks(X.shape[0]) == 1:
-            # One block runs on the calling thread: no parallel region, no core budget.
-            network.forward(X, out, softmax=softmax, n_threads=1)
-        else:
-            wanted = effective_n_threads(self.n_threads if n_threads is None else n_threads)
-            with borrowed_cores(wanted) as threads:
-                network.forward(X, out, softmax=softmax, n_threads=threads)
+        threads = self.n_threads if n_threads is None else n_threads
+        forward_on_cores(self._network, X, out, softmax=softmax, n_threads=threads)
         return out
 
     def predict_proba(self, X, *, n_threads: int | None = None) -> np.ndarray:
