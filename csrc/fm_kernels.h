@@ -109,6 +109,26 @@ double fm_poisson_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
 void fm_col_sum_f(ptrdiff_t n, ptrdiff_t m, const float *dZ, float *db);
 void fm_col_sum_d(ptrdiff_t n, ptrdiff_t m, const double *dZ, double *db);
 
+/* Layer normalization of each row over its m columns (torch.nn.LayerNorm, biased
+   variance, eps inside the root), then scale, shift and the activation:
+   Z[i,:] = act(gamma * zhat + beta), zhat = (z - mean) * rstd, rstd = 1 / sqrt(var + eps).
+   Z: INOUT n*m; gamma, beta: IN m; Zhat: OUT n*m or NULL; rstd: OUT n or NULL (training
+   keeps both for the backward pass). */
+void fm_layer_norm_f(ptrdiff_t n, ptrdiff_t m, float *Z, const float *gamma,
+                     const float *beta, double eps, int act, float *Zhat, float *rstd);
+void fm_layer_norm_d(ptrdiff_t n, ptrdiff_t m, double *Z, const double *gamma,
+                     const double *beta, double eps, int act, double *Zhat, double *rstd);
+
+/* The backward pass of fm_layer_norm's normalization, per row: from D = dL/dy (y = gamma
+   zhat + beta, the activation's gradient already applied), dL/dz = rstd (gamma D -
+   mean(gamma D) - zhat mean(gamma D zhat)).  gamma: IN m; rstd: IN n; Zhat: INOUT n*m,
+   zhat in, D * zhat out (its column sums are dgamma); D: INOUT n*m, dL/dy in, dL/dz out;
+   G: OUT n*m, dL/dy (its column sums are dbeta). */
+void fm_layer_norm_backward_f(ptrdiff_t n, ptrdiff_t m, const float *gamma, const float *rstd,
+                              float *Zhat, float *D, float *G);
+void fm_layer_norm_backward_d(ptrdiff_t n, ptrdiff_t m, const double *gamma,
+                              const double *rstd, double *Zhat, double *D, double *G);
+
 /* Inverted dropout, mask = 0 with probability p else 1/(1-p), out = A * mask, bits hashed
    from (seed, row0 + i, j) so the mask ignores how rows are split.  A: IN n*m, mask: OUT
    n*m, out: OUT n*m. */

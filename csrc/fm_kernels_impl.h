@@ -340,6 +340,84 @@ void FN(fm_col_sum)(ptrdiff_t n, ptrdiff_t m, const T *dZ, T *db)
     }
 }
 
+/* Sum of x[0..m) in FM_LANES partial sums, added together in a fixed order at the end:
+   GCC vectorises the lanes (a single running sum is a chain of dependent adds), and the
+   order, so the bits, depend on m alone. */
+#ifndef FM_LANES
+#define FM_LANES 16
+#endif
+static T FN(row_sum)(ptrdiff_t m, const T *restrict x)
+{
+    T acc[FM_LANES] = {0};
+    ptrdiff_t j = 0;
+    for (; j + FM_LANES <= m; j += FM_LANES)
+        for (int u = 0; u < FM_LANES; u++) acc[u] += x[j + u];
+    for (int u = 0; j < m; j++, u++) acc[u] += x[j];
+    T s = 0;
+    for (int u = 0; u < FM_LANES; u++) s += acc[u];
+    return s;
+}
+
+/* sum_j x[j] * y[j], summed as row_sum. */
+static T FN(row_dot)(ptrdiff_t m, const T *restrict x, const T *restrict y)
+{
+    T acc[FM_LANES] = {0};
+    ptrdiff_t j = 0;
+    for (; j + FM_LANES <= m; j += FM_LANES)
+        for (int u = 0; u < FM_LANES; u++) acc[u] += x[j + u] * y[j + u];
+    for (int u = 0; j < m; j++, u++) acc[u] += x[j] * y[j];
+    T s = 0;
+    for (int u = 0; u < FM_LANES; u++) s += acc[u];
+    return s;
+}
+
+FM_CPU_DISPATCH
+void FN(fm_layer_norm)(ptrdiff_t n, ptrdiff_t m, T *Z, const T *gamma, const T *beta,
+                       double eps, int act, T *Zhat, T *rstd)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        T *restrict z = Z + i * m;
+        const T *restrict g = gamma;
+        /* Two passes (mean, then the mean square about it): no cancellation when the
+           mean is large against the spread. */
+        const T mean = FN(row_sum)(m, z) / (T)m;
+        for (ptrdiff_t j = 0; j < m; j++) z[j] -= mean;
+        const T r = 1 / SQRT(FN(row_dot)(m, z, z) / (T)m + (T)eps);
+        for (ptrdiff_t j = 0; j < m; j++) z[j] *= r;
+        if (Zhat) {
+            T *restrict h = Zhat + i * m;
+            for (ptrdiff_t j = 0; j < m; j++) h[j] = z[j];
+        }
+        if (rstd) rstd[i] = r;
+        for (ptrdiff_t j = 0; j < m; j++) z[j] *= g[j];
+        FN(fm_bias_act)(1, m, z, beta, act);
+    }
+}
+
+FM_CPU_DISPATCH
+void FN(fm_layer_norm_backward)(ptrdiff_t n, ptrdiff_t m, const T *gamma, const T *rstd,
+                                T *Zhat, T *D, T *G)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        T *restrict h = Zhat + i * m;
+        T *restrict d = D + i * m;
+        T *restrict gk = G + i * m;
+        const T *restrict g = gamma;
+        /* dzhat = gamma * G; dz = rstd (dzhat - mean(dzhat) - zhat mean(dzhat zhat)). */
+        for (ptrdiff_t j = 0; j < m; j++) {
+            gk[j] = d[j];
+            d[j] *= g[j];
+        }
+        const T mean_d = FN(row_sum)(m, d) / (T)m;
+        const T mean_dh = FN(row_dot)(m, d, h) / (T)m;
+        const T r = rstd[i];
+        for (ptrdiff_t j = 0; j < m; j++) {
+            d[j] = r * (d[j] - mean_d - h[j] * mean_dh);
+            h[j] *= gk[j];
+        }
+    }
+}
+
 void FN(fm_dropout)(ptrdiff_t n, ptrdiff_t m, const T *A, T *mask, T *out, double p,
                     uint64_t seed, ptrdiff_t row0)
 {

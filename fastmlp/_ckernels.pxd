@@ -70,6 +70,15 @@ cdef extern from "fm_kernels.h" nogil:
                         const double *w, double scale, double *dA)
     void fm_col_sum_f(Py_ssize_t n, Py_ssize_t m, const float *dZ, float *db)
     void fm_col_sum_d(Py_ssize_t n, Py_ssize_t m, const double *dZ, double *db)
+    void fm_layer_norm_f(Py_ssize_t n, Py_ssize_t m, float *Z, const float *gamma,
+                         const float *beta, double eps, int act, float *Zhat, float *rstd)
+    void fm_layer_norm_d(Py_ssize_t n, Py_ssize_t m, double *Z, const double *gamma,
+                         const double *beta, double eps, int act, double *Zhat,
+                         double *rstd)
+    void fm_layer_norm_backward_f(Py_ssize_t n, Py_ssize_t m, const float *gamma,
+                                  const float *rstd, float *Zhat, float *D, float *G)
+    void fm_layer_norm_backward_d(Py_ssize_t n, Py_ssize_t m, const double *gamma,
+                                  const double *rstd, double *Zhat, double *D, double *G)
     void fm_dropout_f(Py_ssize_t n, Py_ssize_t m, const float *A, float *mask, float *out,
                       double p, uint64_t seed, Py_ssize_t row0)
     void fm_dropout_d(Py_ssize_t n, Py_ssize_t m, const double *A, double *mask,
@@ -237,6 +246,24 @@ cdef inline void col_sum(Py_ssize_t n, Py_ssize_t m, const floating *dZ,
         fm_col_sum_f(n, m, dZ, db)
     else:
         fm_col_sum_d(n, m, dZ, db)
+
+
+cdef inline void layer_norm(Py_ssize_t n, Py_ssize_t m, floating *Z, const floating *gamma,
+                            const floating *beta, double eps, int act, floating *Zhat,
+                            floating *rstd) noexcept nogil:
+    if floating is float:
+        fm_layer_norm_f(n, m, Z, gamma, beta, eps, act, Zhat, rstd)
+    else:
+        fm_layer_norm_d(n, m, Z, gamma, beta, eps, act, Zhat, rstd)
+
+
+cdef inline void layer_norm_backward(Py_ssize_t n, Py_ssize_t m, const floating *gamma,
+                                     const floating *rstd, floating *Zhat, floating *D,
+                                     floating *G) noexcept nogil:
+    if floating is float:
+        fm_layer_norm_backward_f(n, m, gamma, rstd, Zhat, D, G)
+    else:
+        fm_layer_norm_backward_d(n, m, gamma, rstd, Zhat, D, G)
 
 
 cdef inline void dropout(Py_ssize_t n, Py_ssize_t m, const floating *A, floating *mask,

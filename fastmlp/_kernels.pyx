@@ -177,6 +177,41 @@ def col_sum(const floating[:, ::1] dZ):
     return db
 
 
+def layer_norm(floating[:, ::1] Z, const floating[::1] gamma, const floating[::1] beta,
+               double eps, str activation):
+    """Z = activation(gamma * zhat + beta) in place, zhat the rows of Z normalized; returns
+    ``(zhat, rstd)``, what training keeps for the backward pass."""
+    cdef Py_ssize_t n = Z.shape[0], m = Z.shape[1]
+    _check(m >= 1 and gamma.shape[0] == m and beta.shape[0] == m,
+           "gamma and beta must have Z.shape[1] >= 1 elements")
+    _check(eps > 0, "eps must be > 0")
+    dt = np.asarray(Z).dtype
+    zhat = np.empty((n, m), dtype=dt)
+    rstd = np.empty(n, dtype=dt)
+    cdef floating[:, ::1] h = zhat
+    cdef floating[::1] r = rstd
+    cdef int act = _ACT[activation]
+    if n:
+        with nogil:
+            fm.layer_norm(n, m, &Z[0, 0], &gamma[0], &beta[0], eps, act, &h[0, 0], &r[0])
+    return zhat, rstd
+
+
+def layer_norm_backward(const floating[::1] gamma, const floating[::1] rstd,
+                        floating[:, ::1] zhat, floating[:, ::1] D):
+    """D: dL/dy in, dL/dz out (in place); zhat becomes D * zhat; returns dL/dy (a copy)."""
+    cdef Py_ssize_t n = D.shape[0], m = D.shape[1]
+    _check(gamma.shape[0] == m and rstd.shape[0] == n and zhat.shape[0] == n
+           and zhat.shape[1] == m, "gamma, rstd, zhat and D do not match")
+    G = np.empty((n, m), dtype=np.asarray(D).dtype)
+    cdef floating[:, ::1] g = G
+    if n and m:
+        with nogil:
+            fm.layer_norm_backward(n, m, &gamma[0], &rstd[0], &zhat[0, 0], &D[0, 0],
+                                   &g[0, 0])
+    return G
+
+
 def dropout(const floating[:, ::1] A, double p, uint64_t seed, Py_ssize_t row0=0):
     """Inverted dropout: returns ``(mask, A * mask)``."""
     _check(0 <= p < 1, "p must lie in [0, 1)")

@@ -25,6 +25,9 @@ cdef struct Layout:
     int acts[MAX_LAYERS + 1]            # activation code of layer l = 1..L
     Py_ssize_t w_off[MAX_LAYERS + 1]    # offsets of W_l (fan_in x fan_out, row-major)
     Py_ssize_t b_off[MAX_LAYERS + 1]    # and of b_l in the flat parameter buffer
+    bint norm                           # LayerNorm after each hidden layer's Linear part
+    double norm_eps                     # its eps, inside the square root
+    Py_ssize_t g_off[MAX_LAYERS + 1]    # with norm, hidden l's gamma_l then beta_l
     Py_ssize_t n_params
 
 
@@ -42,6 +45,7 @@ cdef class Network:
     cdef readonly object dtype
     cdef readonly int loss
     cdef readonly double delta          # Huber's threshold
+    cdef readonly object normalization  # None or "layer"
     cdef bint is_double
 
 

@@ -49,6 +49,10 @@ MULTILABEL_LOSS = "binary_cross_entropy"   # a multilabel classifier's loss
 REGRESSION_LOSS = "squared_error"   # the default loss of a regressor
 # The losses that make a regressor (real targets, no classes).
 REGRESSION_LOSSES = ("squared_error", "huber", "absolute_error", "poisson")
+# normalization="layer": LayerNorm after each hidden Linear layer, with torch.nn.LayerNorm's
+# default eps.
+NORMALIZATIONS = ("layer",)
+NORM_EPS = 1e-5
 LAYERS_LIMIT = MAX_LAYERS           # Linear layers per network
 WIDTH_LIMIT = 2**31 - 1             # units per layer (C int sizes)
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -115,9 +119,13 @@ cdef class Network:
         writeable array of ``dtype`` and the right size, else copied. Zeros if omitted.
     delta : float > 0
         The threshold of the Huber loss (unused by the others).
+    normalization : {None, "layer"}
+        "layer": LayerNorm (scale gamma_l, shift beta_l; eps NORM_EPS) between each hidden
+        layer's Linear part and its activation; its parameters follow b_l in params.
     """
 
-    def __init__(self, sizes, activations, str loss, dtype, params=None, double delta=1.0):
+    def __init__(self, sizes, activations, str loss, dtype, params=None, double delta=1.0,
+                 normalization=None):
         cdef int L = len(sizes) - 1, l
         cdef Py_ssize_t p = 0
         if not 1 <= L <= MAX_LAYERS or len(activations) != L:
@@ -138,6 +146,12 @@ cdef class Network:
         if not delta > 0 or delta == INFINITY:
             raise ValueError(f"delta must be a finite number > 0; got {delta}")
         self.delta = delta
+        if normalization is not None and normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be None or one of {NORMALIZATIONS}; "
+                             f"got {normalization!r}")
+        self.normalization = normalization
+        self.layout.norm = normalization is not None
+        self.layout.norm_eps = NORM_EPS
         self.layout.n_layers = L
         self.layout.sizes[0] = sizes[0]
         for l in range(1, L + 1):
@@ -147,6 +161,9 @@ cdef class Network:
             p += <Py_ssize_t> sizes[l - 1] * sizes[l]
             self.layout.b_off[l] = p
             p += sizes[l]
+            self.layout.g_off[l] = p
+            if self.layout.norm and l < L:
+                p += 2 * sizes[l]
         self.layout.n_params = p
         if params is None:
             self.params = np.zeros(p, dtype=self.dtype)
@@ -176,6 +193,13 @@ cdef class Network:
         """``[(w_offset, b_offset), ...]``: where each layer's W and b start in params."""
         return [(self.layout.w_off[l], self.layout.b_off[l])
                 for l in range(1, self.layout.n_layers + 1)]
+
+    def norm_offsets(self):
+        """Where each hidden layer's LayerNorm gamma starts in params (beta follows it);
+        empty without normalization."""
+        if not self.layout.norm:
+            return []
+        return [self.layout.g_off[l] for l in range(1, self.layout.n_layers)]
 
     def parallel_blocks(self, Py_ssize_t n_rows):
         """Row blocks :meth:`forward` makes of n_rows (1: it runs on the calling thread)."""
@@ -231,9 +255,11 @@ cdef class Network:
         return total, n_correct
 
 
-def count_params(sizes):
-    """Parameters (weights and biases) of a network of these layer sizes."""
-    return sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+def count_params(sizes, normalization=None):
+    """Parameters (weights, biases, and LayerNorm's gamma and beta with normalization)
+    of a network of these layer sizes."""
+    norm = 2 * sum(sizes[1:-1]) if normalization is not None else 0
+    return sum(a * b + b for a, b in zip(sizes, sizes[1:])) + norm
 
 
 def check_codes(int loss, y, Py_ssize_t n, int k):
@@ -423,12 +449,15 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
     """Forward pass of block b of X (dense, or csr if csr.indptr) into out; 1 if the block
     holds NaN or infinity."""
     cdef Py_ssize_t r0 = b * block_rows, nr = min(block_rows, n - r0)
-    cdef int L = lay.n_layers, k = lay.sizes[L], l, fan_in, fan_out, ok
+    cdef int L = lay.n_layers, k = lay.sizes[L], l, fan_in, fan_out, ok, act
+    cdef bint norm
     cdef const floating *inp = (X + r0 * lay.sizes[0]) if X != NULL else NULL
     cdef floating *z
     for l in range(1, L + 1):
         fan_in = lay.sizes[l - 1]
         fan_out = lay.sizes[l]
+        norm = lay.norm and l < L
+        act = FM_IDENTITY if norm else lay.acts[l]   # LayerNorm applies it
         z = out + r0 * k if l == L else ws + h_off[l]
         if l == 1 and csr.indptr != NULL:
             # Sparse X: its rows' nonzeros times rows of W (the block's row pointers start
@@ -437,20 +466,22 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
                           <const floating *> csr.data, <const int64_t *> NULL,
                           params + lay.w_off[l], z, fan_out)
             ok = fm.all_finite(nr * fan_out, z)
-            fm.bias_act(nr, fan_out, z, params + lay.b_off[l], lay.acts[l])
+            fm.bias_act(nr, fan_out, z, params + lay.b_off[l], act)
         elif n == 1:
             # One sample: fm_vecmat streams W once and skips the zeros of the input.
             fm.vecmat(fan_in, fan_out, inp, params + lay.w_off[l], z)
             ok = fm.all_finite(fan_out, z) if l == 1 else 1
-            fm.bias_act(1, fan_out, z, params + lay.b_off[l], lay.acts[l])
+            fm.bias_act(1, fan_out, z, params + lay.b_off[l], act)
         else:
             ok = fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
-                          params + lay.b_off[l], tails + t_off[l], lay.acts[l], z, fan_out,
-                          isa)
+                          params + lay.b_off[l], tails + t_off[l], act, z, fan_out, isa)
         # NaN/inf in X show in the first layer's products (NaN propagates, inf * w is
         # inf or NaN): a test on fan_out columns instead of fan_in.
         if l == 1 and not ok:
             return 1
+        if norm:
+            fm.layer_norm(nr, fan_out, z, params + lay.g_off[l], params + lay.g_off[l] + fan_out,
+                          lay.norm_eps, lay.acts[l], <floating *> NULL, <floating *> NULL)
         inp = z
     if softmax:
         fm.softmax(nr, k, out + r0 * k)

@@ -37,7 +37,7 @@ from cython cimport floating
 
 from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
-from fastmlp._ckernels cimport (FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_init,
+from fastmlp._ckernels cimport (FM_IDENTITY, FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_init,
                                 fm_tuner_step, fm_tuner_threads)
 from fastmlp._network cimport (LOSS_BINARY_XENT, LOSS_CROSS_ENTROPY, MAX_LAYERS, Csr, Layout,
                                Network, is_regression, regression_loss, uses_targets)
@@ -82,11 +82,16 @@ MAX_STEPS = 1 << 62      # optimizer step counts beyond this are refused
 cdef struct Workspace:
     # Offsets in the workspace buffer, each a (capacity x sizes[l]) block: activations
     # A_l (A_0: the gathered input rows), deltas D_l, dropout masks M_l and dropped
-    # activations Ad_l; then per-row sample weights and regression target rows.
+    # activations Ad_l, LayerNorm's normalized rows H_l (zhat, then D * zhat in the
+    # backward pass) and output gradients G_l, with its per-row 1 / std (capacity each);
+    # then per-row sample weights and regression target rows.
     Py_ssize_t a_off[MAX_LAYERS + 1]
     Py_ssize_t d_off[MAX_LAYERS + 1]
     Py_ssize_t m_off[MAX_LAYERS + 1]
     Py_ssize_t ad_off[MAX_LAYERS + 1]
+    Py_ssize_t h_off[MAX_LAYERS + 1]
+    Py_ssize_t g_off[MAX_LAYERS + 1]
+    Py_ssize_t rstd_off[MAX_LAYERS + 1]
     Py_ssize_t w_off
     Py_ssize_t t_off
     Py_ssize_t size
@@ -164,6 +169,11 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
             w.m_off[l] = p
             w.ad_off[l] = p + capacity * lay.sizes[l]
             p += 2 * capacity * lay.sizes[l]
+        if lay.norm and l < L:
+            w.h_off[l] = p
+            w.g_off[l] = p + capacity * lay.sizes[l]
+            w.rstd_off[l] = p + 2 * capacity * lay.sizes[l]
+            p += (2 * lay.sizes[l] + 1) * capacity
     w.w_off = p
     p += capacity
     w.t_off = p
@@ -621,6 +631,12 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
         mask = (ws + wsl.m_off[l - 1] + r0 * width) if wsl.dropout else NULL
         fm.act_backward(nr, width, (ws + wsl.a_off[l - 1] + r0 * width), mask,
                         (ws + wsl.d_off[l - 1] + r0 * width), lay.acts[l - 1])
+        if lay.norm:   # then through LayerNorm, keeping what its parameters' gradients need
+            fm.layer_norm_backward(nr, width, params + lay.g_off[l - 1],
+                                   (ws + wsl.rstd_off[l - 1] + r0),
+                                   (ws + wsl.h_off[l - 1] + r0 * width),
+                                   (ws + wsl.d_off[l - 1] + r0 * width),
+                                   (ws + wsl.g_off[l - 1] + r0 * width))
     return loss
 
 
@@ -634,7 +650,8 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
     fm_dense reads W in place (unlike OpenBLAS, which repacks W for every block of a few
     rows), its last n % 16 columns element by element (tail NULL: W changes every step).
     """
-    cdef int L = lay.n_layers, l, fan_in, fan_out
+    cdef int L = lay.n_layers, l, fan_in, fan_out, act
+    cdef bint norm
     cdef const floating *params = <const floating *> buf.params
     cdef const floating *inp = (ws + wsl.a_off[0] + r0 * lay.sizes[0])
     cdef floating *z
@@ -642,16 +659,22 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
     for l in range(1, L + 1):
         fan_in = lay.sizes[l - 1]
         fan_out = lay.sizes[l]
+        norm = lay.norm and l < L
+        act = FM_IDENTITY if norm else lay.acts[l]   # LayerNorm applies it
         z = (ws + wsl.a_off[l] + r0 * fan_out)
         if l == 1 and wsl.sparse:
             fm.csr_matmul(nr, fan_out, buf.csr.indptr, buf.csr.indices,
                           <const floating *> buf.csr.data, rows, params + lay.w_off[l], z,
                           fan_out)
-            fm.bias_act(nr, fan_out, z, params + lay.b_off[l], lay.acts[l])
+            fm.bias_act(nr, fan_out, z, params + lay.b_off[l], act)
         else:
             fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
-                     params + lay.b_off[l], <const floating *> NULL, lay.acts[l], z,
-                     fan_out, FM_ISA_AUTO)
+                     params + lay.b_off[l], <const floating *> NULL, act, z, fan_out,
+                     FM_ISA_AUTO)
+        if norm:
+            fm.layer_norm(nr, fan_out, z, params + lay.g_off[l],
+                          params + lay.g_off[l] + fan_out, lay.norm_eps, lay.acts[l],
+                          (ws + wsl.h_off[l] + r0 * fan_out), (ws + wsl.rstd_off[l] + r0))
         inp = z
         if wsl.dropout and l < L:
             dropped = (ws + wsl.ad_off[l] + r0 * fan_out)
@@ -698,10 +721,16 @@ cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
         if update:
             optimizer_update(h, buf, params, off, cnt)
     if part == 0:
+        # b_l, and LayerNorm's gamma_l and beta_l right after it: one update.
         off = lay.b_off[l]
+        cnt = fan_out
         fm.col_sum(nb, fan_out, dz, grads + off)
+        if lay.norm and l < lay.n_layers:
+            fm.col_sum(nb, fan_out, (ws + wsl.h_off[l]), grads + lay.g_off[l])
+            fm.col_sum(nb, fan_out, (ws + wsl.g_off[l]), grads + lay.g_off[l] + fan_out)
+            cnt = 3 * fan_out
         if update:
-            optimizer_update(h, buf, params, off, fan_out)
+            optimizer_update(h, buf, params, off, cnt)
 
 
 cdef inline void optimizer_update(const Hyper *h, const Buffers *buf, floating *params,

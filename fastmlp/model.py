@@ -14,6 +14,7 @@ from fastmlp._network import (
     LAYERS_LIMIT,
     LOSSES,
     MULTILABEL_LOSS,
+    NORMALIZATIONS,
     REGRESSION_LOSS,
     REGRESSION_LOSSES,
     WIDTH_LIMIT,
@@ -75,6 +76,11 @@ class MLP:
         Default thread count for prediction (None: all cores OpenMP offers).
     delta : float > 0
         The threshold of ``loss="huber"`` (other losses refuse any other value than 1).
+    normalization : {None, "layer"}
+        "layer": a LayerNorm (``torch.nn.LayerNorm`` over the layer's units, eps 1e-5,
+        with a scale gamma and a shift beta per unit) between each hidden layer's Linear
+        part and its activation. Its parameters follow each hidden layer's bias in
+        :attr:`params_` (see :attr:`norm_weights`).
 
     Attributes
     ----------
@@ -97,6 +103,7 @@ class MLP:
         params: np.ndarray | None = None,
         n_threads: int | None = None,
         delta: float = 1.0,
+        normalization: str | None = None,
     ) -> None:
         sizes = tuple(int(s) for s in layer_sizes)
         if not 2 <= len(sizes) <= LAYERS_LIMIT + 1 or not all(
@@ -122,6 +129,10 @@ class MLP:
         delta = check_float(delta, "delta", 0.0, float("inf"), low_open=True)
         if loss != "huber" and delta != 1.0:
             raise ValueError(f"delta is the threshold of loss='huber'; this loss is {loss!r}")
+        if normalization is not None and normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be None or one of {NORMALIZATIONS}; got {normalization!r}"
+            )
         if loss in REGRESSION_LOSSES:
             if classes is not None:
                 raise ValueError(f"a regressor (loss={loss!r}) has no classes: pass classes=None")
@@ -147,11 +158,13 @@ class MLP:
         self.loss = loss
         self.output_activation = output_activation
         self.delta = delta
+        self.normalization = normalization
         self.dtype = check_dtype(dtype)
         self.classes_ = classes
         self.n_threads = n_threads
         check_memory(
-            count_params(sizes) * self.dtype.itemsize, f"the parameters of layers {sizes}"
+            count_params(sizes, normalization) * self.dtype.itemsize,
+            f"the parameters of layers {sizes}",
         )
         self.params_ = params
         self.history: dict[str, list] = {}
@@ -161,7 +174,8 @@ class MLP:
     # -- parameters -------------------------------------------------------------------
     @property
     def params_(self) -> np.ndarray:
-        """All parameters in one flat buffer: W_1, b_1, W_2, b_2, ... (W row-major)."""
+        """All parameters in one flat buffer: W_1, b_1, W_2, b_2, ... (W row-major); with
+        normalization, each hidden layer's LayerNorm gamma and beta follow its bias."""
         return self._network.params
 
     @params_.setter
@@ -172,7 +186,13 @@ class MLP:
         if params is not None:
             params = np.asarray(params)
         self._network = Network(
-            self.layer_sizes, acts, self.loss, self.dtype, params, delta=self.delta
+            self.layer_sizes,
+            acts,
+            self.loss,
+            self.dtype,
+            params,
+            delta=self.delta,
+            normalization=self.normalization,
         )
 
     @property
@@ -211,6 +231,21 @@ class MLP:
         s = self.layer_sizes
         return [self.params_[b : b + s[i + 1]] for i, (_, b) in enumerate(self._network.slices())]
 
+    @property
+    def norm_weights(self) -> list[np.ndarray]:
+        """LayerNorm's scale gamma of each hidden layer (``torch.nn.LayerNorm.weight``);
+        views, not copies; empty without normalization."""
+        return [self.params_[g : g + n] for g, n in self._norms()]
+
+    @property
+    def norm_biases(self) -> list[np.ndarray]:
+        """LayerNorm's shift beta of each hidden layer (``torch.nn.LayerNorm.bias``);
+        views, not copies; empty without normalization."""
+        return [self.params_[g + n : g + 2 * n] for g, n in self._norms()]
+
+    def _norms(self) -> list[tuple[int, int]]:
+        return list(zip(self._network.norm_offsets(), self.layer_sizes[1:-1]))
+
     @classmethod
     def from_weights(
         cls,
@@ -223,6 +258,7 @@ class MLP:
         output_activation: str | None = None,
         dtype=None,
         delta: float = 1.0,
+        normalization: str | None = None,
     ) -> MLP:
         """Build a model from weight matrices and bias vectors.
 
@@ -234,6 +270,9 @@ class MLP:
             ``biases[i]`` of shape (fan_out,).
         activation, loss, output_activation, delta
             As for :class:`MLP`.
+        normalization : {None, "layer"}
+            As for :class:`MLP`; each LayerNorm starts as gamma = 1, beta = 0 (set
+            :attr:`norm_weights` and :attr:`norm_biases` in place for other values).
         classes : array-like, optional
             One label per output; default ``0 .. n_outputs - 1`` (None for a regressor).
         dtype : numpy.float32 or numpy.float64, optional
@@ -272,7 +311,10 @@ class MLP:
             output_activation=output_activation,
             dtype=dtype,
             delta=delta,
+            normalization=normalization,
         )
+        for gamma in model.norm_weights:
+            gamma[...] = 1
         for W, b, dst_W, dst_b in zip(mats, vecs, model.weights, model.biases):
             dst_W[...] = check_X(W, model.dtype, name="weights")
             dst_b[...] = check_X(b[None, :], model.dtype, name="biases")[0]
@@ -384,7 +426,7 @@ class MLP:
         l2: float = 0.0,
         label_smoothing: float = 0.0,
         n_threads: int | None = None,
-    ) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
+    ) -> tuple:
         """Objective and gradient of every parameter, computed by the fast kernels.
 
         The objective is the weighted mean loss over (X, y) plus ``0.5 * l2 * sum W^2``
@@ -399,6 +441,9 @@ class MLP:
             Same shapes as :attr:`weights`.
         db : list of ndarray
             Same shapes as :attr:`biases`.
+        dnorm : list of (ndarray, ndarray)
+            Only with normalization: each hidden layer's LayerNorm gradient
+            ``(d gamma, d beta)``, as :attr:`norm_weights` and :attr:`norm_biases`.
         """
         X = check_X(X, self.dtype, self.layer_sizes[0], accept_sparse=True)
         codes, targets = self._encode_y(y, X.shape[0])
@@ -423,6 +468,9 @@ class MLP:
         slices = self._network.slices()
         dW = [grads[a:b].reshape(s[i], s[i + 1]) for i, (a, b) in enumerate(slices)]
         db = [grads[b : b + s[i + 1]] for i, (_, b) in enumerate(slices)]
+        if self.normalization is not None:
+            dnorm = [(grads[g : g + n], grads[g + n : g + 2 * n]) for g, n in self._norms()]
+            return float(value), dW, db, dnorm
         return float(value), dW, db
 
     def _encode_y(self, y, n_samples: int, name: str = "y"):
@@ -480,6 +528,7 @@ class MLP:
             "n_threads": self.n_threads,
             "history": self.history,
             "delta": self.delta,
+            "normalization": self.normalization,
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -493,13 +542,16 @@ class MLP:
             params=state["params"],
             n_threads=state["n_threads"],
             delta=state.get("delta", 1.0),  # pickles of fastmlp before Huber lack it
+            normalization=state.get("normalization"),  # and before LayerNorm
         )
         self.history = state["history"]
 
     def __repr__(self) -> str:
         arch = "-".join(map(str, self.layer_sizes))
+        norm = f", normalization={self.normalization!r}" if self.normalization else ""
         return (
-            f"MLP({arch}, activation={self.activation!r}, loss={self.loss!r}, dtype={self.dtype})"
+            f"MLP({arch}, activation={self.activation!r}, loss={self.loss!r}{norm}, "
+            f"dtype={self.dtype})"
         )
 
 

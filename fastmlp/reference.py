@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
+NORM_EPS = 1e-5  # LayerNorm's eps, torch.nn.LayerNorm's default
 
 
 def activate(Z: np.ndarray, activation: str) -> np.ndarray:
@@ -252,6 +253,37 @@ def col_sum(dZ: np.ndarray) -> np.ndarray:
     return dZ.sum(axis=0)
 
 
+def layer_norm(
+    Z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, activation: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LayerNorm of each row (torch.nn.LayerNorm: biased variance, eps inside the root),
+    scaled and shifted, then the activation.
+
+    Returns ``(act(gamma * zhat + beta), zhat, rstd)``: the normalized rows
+    ``zhat = (z - mean) * rstd`` and ``rstd = 1 / sqrt(var + eps)`` per row, which the
+    backward pass reuses.
+    """
+    mean = Z.mean(axis=1, keepdims=True)
+    rstd = 1 / np.sqrt(((Z - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+    zhat = (Z - mean) * rstd
+    return activate(gamma * zhat + beta, activation), zhat, rstd[:, 0]
+
+
+def layer_norm_backward(
+    dY: np.ndarray, zhat: np.ndarray, rstd: np.ndarray, gamma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients through LayerNorm from ``dY``, that of its output ``gamma * zhat + beta``.
+
+    Returns ``(dZ, dgamma, dbeta)``. With ``g = gamma * dY``, the gradient of the
+    normalization is ``rstd * (g - mean(g) - zhat * mean(g * zhat))`` per row.
+    """
+    g = gamma * dY
+    dZ = rstd[:, None] * (
+        g - g.mean(axis=1, keepdims=True) - zhat * (g * zhat).mean(axis=1, keepdims=True)
+    )
+    return dZ, (dY * zhat).sum(axis=0), dY.sum(axis=0)
+
+
 def adam(p, g, m, v, lr, beta1, beta2, eps, t):
     """One Adam step with bias correction (Kingma & Ba 2015, Algorithm 1).
 
@@ -284,20 +316,36 @@ def forward(
     X: np.ndarray,
     activations: Sequence[str],
     masks: Sequence[np.ndarray | None] | None = None,
+    norms: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[np.ndarray]:
     """Forward pass; returns ``[A_0 = X, A_1, ..., A_L]``.
 
     ``masks[l]`` (optional) is the inverted-dropout mask multiplied into the output of
     hidden layer ``l + 1``; the returned list holds the activations *before* dropout.
+    ``norms[l]`` (optional) is ``(gamma, beta)`` of the LayerNorm between hidden layer
+    ``l + 1``'s Linear part and its activation.
     """
+    return _forward(weights, biases, X, activations, masks, norms)[0]
+
+
+def _forward(weights, biases, X, activations, masks, norms):
+    """:func:`forward`, and per hidden layer LayerNorm's ``(zhat, rstd)`` (or None)."""
     A = [X]
+    saved: list[tuple[np.ndarray, np.ndarray] | None] = []
     inp = X
     for layer, (W, b, act) in enumerate(zip(weights, biases, activations)):
-        out = bias_act(inp @ W, b, act)
+        hidden = layer < len(weights) - 1
+        if norms is not None and hidden:
+            gamma, beta = norms[layer]
+            out, zhat, rstd = layer_norm(inp @ W + b, gamma, beta, NORM_EPS, act)
+            saved.append((zhat, rstd))
+        else:
+            out = bias_act(inp @ W, b, act)
+            saved.append(None)
         A.append(out)
-        mask = masks[layer] if masks is not None and layer < len(weights) - 1 else None
+        mask = masks[layer] if masks is not None and hidden else None
         inp = out if mask is None else out * mask
-    return A
+    return A, saved
 
 
 def loss_and_gradients(
@@ -312,7 +360,8 @@ def loss_and_gradients(
     masks: Sequence[np.ndarray | None] | None = None,
     label_smoothing: float = 0.0,
     delta: float = 1.0,
-) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
+    norms: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple:
     """Objective and its gradient by backpropagation.
 
     The objective is the weighted mean of the per-sample losses,
@@ -328,11 +377,13 @@ def loss_and_gradients(
         Gradients of the weights, shapes as the weights.
     db : list of ndarray
         Gradients of the biases.
+    dnorms : list of (ndarray, ndarray)
+        Only with ``norms``: the gradients of each LayerNorm's ``(gamma, beta)``.
     """
     n = X.shape[0]
     w = _weights(n, sample_weight, X.dtype)
     scale = 1.0 / float(w.astype(np.float64).sum())
-    A = forward(weights, biases, X, activations, masks)
+    A, saved = _forward(weights, biases, X, activations, masks, norms)
     L = len(weights)
     if loss == "cross_entropy":
         total, _, dZ = softmax_cross_entropy(A[L], y, w, scale, label_smoothing)
@@ -355,6 +406,7 @@ def loss_and_gradients(
         raise ValueError(f"unknown loss {loss!r}")
     dW: list[np.ndarray] = [np.empty(0)] * L
     db: list[np.ndarray] = [np.empty(0)] * L
+    dnorms: list = [None] * (L - 1)
     for layer in range(L - 1, -1, -1):
         mask = masks[layer - 1] if masks is not None and layer > 0 else None
         inp = A[layer] if mask is None else A[layer] * mask
@@ -362,7 +414,13 @@ def loss_and_gradients(
         db[layer] = col_sum(dZ)
         if layer > 0:
             dZ = act_backward(A[layer], dZ @ weights[layer].T, activations[layer - 1], mask)
+            if norms is not None:
+                zhat, rstd = saved[layer - 1]
+                dZ, dgamma, dbeta = layer_norm_backward(dZ, zhat, rstd, norms[layer - 1][0])
+                dnorms[layer - 1] = (dgamma, dbeta)
     penalty = 0.5 * l2 * sum(float(np.sum(W.astype(np.float64) ** 2)) for W in weights)
+    if norms is not None:
+        return total * scale + penalty, dW, db, dnorms
     return total * scale + penalty, dW, db
 
 
@@ -386,24 +444,34 @@ def train_step(
     masks: Sequence[np.ndarray | None] | None = None,
     label_smoothing: float = 0.0,
     delta: float = 1.0,
+    norms: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> float:
-    """One mini-batch step, updating ``weights``, ``biases`` and ``state`` in place.
+    """One mini-batch step, updating ``weights``, ``biases`` (and LayerNorm's ``norms``)
+    and ``state`` in place.
 
     ``state`` holds the optimizer's memory: ``{"t": steps so far, "m": [...], "v": [...]}``
-    for Adam (moments per parameter, weights then bias per layer) or
-    ``{"velocity": [...]}`` for SGD; missing entries start at zero. ``optimizer="adamw"``
-    is Adam with the decoupled ``weight_decay`` of every parameter.
+    for Adam (moments per parameter: per layer the weights, the bias, and with ``norms``
+    a hidden layer's gamma and beta) or ``{"velocity": [...]}`` for SGD; missing entries
+    start at zero. ``optimizer="adamw"`` is Adam with the decoupled ``weight_decay`` of
+    every parameter.
 
     Returns
     -------
     float
         The mini-batch objective before the update.
     """
-    value, dW, db = loss_and_gradients(
-        weights, biases, X, y, activations, loss, l2, sample_weight, masks, label_smoothing, delta
+    options = dict(loss=loss, l2=l2, sample_weight=sample_weight, masks=masks, delta=delta)
+    value, dW, db, *dnorms = loss_and_gradients(
+        weights, biases, X, y, activations, label_smoothing=label_smoothing, norms=norms, **options
     )
-    params = [p for pair in zip(weights, biases) for p in pair]
-    grads = [g for pair in zip(dW, db) for g in pair]
+    params: list[np.ndarray] = []
+    grads: list[np.ndarray] = []
+    for layer in range(len(weights)):
+        params += [weights[layer], biases[layer]]
+        grads += [dW[layer], db[layer]]
+        if norms is not None and layer < len(weights) - 1:
+            params += list(norms[layer])
+            grads += list(dnorms[0][layer])
     zeros = [np.zeros_like(p) for p in params]
     if optimizer in ("adam", "adamw"):
         state["t"] = state.get("t", 0) + 1
