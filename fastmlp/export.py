@@ -1,7 +1,8 @@
 """Export of a model to ONNX, for runtimes other than fastmlp (needs the ``onnx`` extra).
 
 The graph is the standard one: per layer a ``Gemm`` (weights stored as ``(fan_in,
-fan_out)``, so no transpose) and the activation node, then ``Softmax`` over the classes for
+fan_out)``, so no transpose), with normalization a ``LayerNormalization`` (opset 17) in
+hidden layers, and the activation node, then ``Softmax`` over the classes for
 cross-entropy models. Input ``X`` is ``(batch, n_features)``; output ``probabilities`` (or
 ``outputs`` for MSE models and regressors, after an ``Exp`` for the Poisson loss's log
 link, so they are what ``predict`` returns). Labels are not part of the graph: map the
@@ -15,9 +16,11 @@ from os import PathLike
 
 import numpy as np
 
+from fastmlp._network import NORM_EPS
 from fastmlp.model import MLP
 
 OPSET = 13  # Softmax over one axis, as the model computes it, is defined from opset 13
+OPSET_NORM = 17  # LayerNormalization is defined from opset 17
 _NODES = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}
 
 
@@ -47,10 +50,27 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
     acts = [*model.activations, model.output_activation]
     nodes, inits, current = [], [], "X"
+    norms = list(zip(model.norm_weights, model.norm_biases))
     for i, (W, b, act) in enumerate(zip(model.weights, model.biases, acts)):
         inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
         nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"]))
         current = f"z{i}"
+        if i < len(norms):
+            gamma, beta = norms[i]
+            inits += [
+                numpy_helper.from_array(gamma, f"g{i}"),
+                numpy_helper.from_array(beta, f"be{i}"),
+            ]
+            nodes.append(
+                helper.make_node(
+                    "LayerNormalization",
+                    [current, f"g{i}", f"be{i}"],
+                    [f"n{i}"],
+                    axis=-1,
+                    epsilon=NORM_EPS,
+                )
+            )
+            current = f"n{i}"
         if act in _NODES:
             nodes.append(helper.make_node(_NODES[act], [current], [f"a{i}"]))
             current = f"a{i}"
@@ -71,8 +91,9 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
         [helper.make_tensor_value_info(output, elem, ["batch", model.layer_sizes[-1]])],
         inits,
     )
+    opset = OPSET_NORM if norms else OPSET
     onnx_model = helper.make_model(
-        graph, producer_name="fastmlp", opset_imports=[helper.make_opsetid("", OPSET)]
+        graph, producer_name="fastmlp", opset_imports=[helper.make_opsetid("", opset)]
     )
     onnx.checker.check_model(onnx_model)
     tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"

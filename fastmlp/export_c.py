@@ -37,6 +37,7 @@ from os import PathLike
 
 import numpy as np
 
+from fastmlp._network import NORM_EPS
 from fastmlp.model import MLP
 from fastmlp.persistence import _copy_mode, _fsync_directory
 
@@ -297,6 +298,29 @@ static void {ctx.name}_softmax(size_t n, {r} *z)
 """
 
 
+def _kernel_layer_norm(ctx: _Ctx) -> str:
+    r, sfx = ctx.real, ctx.suffix
+    eps = ctx.literal(NORM_EPS)
+    return f"""\
+/* LayerNorm in place, as torch.nn.LayerNorm: (y - mean) / sqrt(var + eps) * gamma + beta
+   over the n values, var the biased variance, computed about the mean (two passes). */
+static void {ctx.name}_layer_norm(size_t n, const {r} *restrict gamma, const {r} *restrict beta,
+    {r} *restrict y)
+{{
+    size_t j;
+    {r} mean = 0, var = 0, rstd;
+    for (j = 0; j < n; j++) mean += y[j];
+    mean /= ({r})n;
+    for (j = 0; j < n; j++) {{
+        y[j] -= mean;
+        var += y[j] * y[j];
+    }}
+    rstd = 1 / sqrt{sfx}(var / ({r})n + {eps});
+    for (j = 0; j < n; j++) y[j] = y[j] * rstd * gamma[j] + beta[j];
+}}
+"""
+
+
 def _kernel_argmax(ctx: _Ctx) -> str:
     return f"""\
 /* Index of the largest of z[0..n-1], the first one on ties (as numpy.argmax). */
@@ -319,6 +343,7 @@ _KERNELS = {
     "softmax": _kernel_softmax,
     "argmax": _kernel_argmax,
     "exp": _kernel_exp,
+    "layer_norm": _kernel_layer_norm,
 }
 
 
@@ -326,14 +351,22 @@ _KERNELS = {
 
 
 class _DenseLayer:
-    """A float layer: ``y = act(x W + b)`` with W and b as ``static const`` arrays."""
+    """A float layer: ``y = act(x W + b)`` with W and b as ``static const`` arrays; with
+    ``norm`` (LayerNorm's gamma and beta), ``y = act(layer_norm(x W + b))``."""
 
     def __init__(
-        self, index: int, W: np.ndarray, b: np.ndarray, activation: str, input_activation: str
+        self,
+        index: int,
+        W: np.ndarray,
+        b: np.ndarray,
+        activation: str,
+        input_activation: str,
+        norm: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self.index = index
         self.W = W
         self.b = b
+        self.norm = norm
         self.activation = activation
         self.n_in, self.n_out = W.shape
         # Skipping a zero input costs a branch, which the CPU mispredicts on ReLU's scattered
@@ -348,7 +381,8 @@ class _DenseLayer:
     def kernels(self) -> list[str]:
         """Keys of ``_KERNELS`` this layer calls."""
         dense = "dense_skip" if self.skip_zeros else "dense"
-        return [dense] + ([] if self.activation == "identity" else [self.activation])
+        norm = [] if self.norm is None else ["layer_norm"]
+        return [dense, *norm] + ([] if self.activation == "identity" else [self.activation])
 
     def arrays(self, ctx: _Ctx) -> str:
         """The definitions of the layer's weights and biases."""
@@ -372,9 +406,14 @@ class _DenseLayer:
             lines[-1] += ","
         lines[-1] = lines[-1][:-1]  # no comma after the last row
         lines.append("};")
-        lines.append(f"static const {r} {ctx.name}_b{i}[{self.n_out}] = {{")
-        lines += _wrap(_literals(self.b, ctx.suffix), "    ")
-        lines.append("};")
+        vectors = [("b", self.b)]
+        if self.norm is not None:
+            lines += _comment_lines([f"Layer {i + 1}'s LayerNorm: scale g{i}, shift be{i}."])
+            vectors += [("g", self.norm[0]), ("be", self.norm[1])]
+        for prefix, values in vectors:
+            lines.append(f"static const {r} {ctx.name}_{prefix}{i}[{self.n_out}] = {{")
+            lines += _wrap(_literals(values, ctx.suffix), "    ")
+            lines.append("};")
         return "\n".join(lines) + "\n"
 
     def call(self, ctx: _Ctx, src: str, dst: str) -> list[str]:
@@ -385,6 +424,8 @@ class _DenseLayer:
             f"{n}_{self.kernels()[0]}({self.n_in}, {self.n_out}, {n}_W{i}, {n}_b{i}, {src}, "
             f"{dst});",
         ]
+        if self.norm is not None:
+            lines.append(f"{n}_layer_norm({self.n_out}, {n}_g{i}, {n}_be{i}, {dst});")
         if self.activation != "identity":
             lines.append(f"{n}_{self.activation}({self.n_out}, {dst});")
         return lines
@@ -392,14 +433,16 @@ class _DenseLayer:
 
 def _layers(model: MLP) -> list[_DenseLayer]:
     acts = [*model.activations, model.output_activation]
+    norms = list(zip(model.norm_weights, model.norm_biases))
     layers = []
     for i, (W, b, act) in enumerate(zip(model.weights, model.biases, acts)):
-        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+        norm = norms[i] if i < len(norms) else None
+        if not all(np.isfinite(p).all() for p in (W, b, *(norm or ()))):
             raise ValueError(
                 f"layer {i + 1} of the model holds NaN or infinite parameters; a model that "
                 "diverged cannot be exported"
             )
-        layers.append(_DenseLayer(i, W, b, act, "input" if i == 0 else acts[i - 1]))
+        layers.append(_DenseLayer(i, W, b, act, "input" if i == 0 else acts[i - 1], norm))
     return layers
 
 
@@ -495,6 +538,8 @@ def _describe(model: MLP) -> str:
         if isinstance(model.activation, str)
         else f"hidden activations {', '.join(model.activations)}"
     )
+    if model.normalization is not None:
+        hidden += " (each after a LayerNorm)"
     return (
         f"{sizes} {what}, {hidden}, output activation {model.output_activation}, "
         f"{np.dtype(model.dtype).name}"

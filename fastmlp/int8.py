@@ -102,7 +102,8 @@ def quantize(
     TypeError
         If ``model`` is not an :class:`MLP`.
     ValueError
-        If the model is a regressor or not a ReLU cross-entropy classifier, if
+        If the model is a regressor, not a ReLU cross-entropy classifier, or has a
+        LayerNorm (``normalization="layer"``), if
         ``X_calibration`` has the wrong width, NaN or infinity, or fewer than 32 rows, or
         if ``validation_data`` does not fit the model.
     """
@@ -117,6 +118,12 @@ def quantize(
         raise ValueError(
             "int8 quantization supports cross-entropy classifiers with ReLU hidden layers; "
             f"this model has loss={model.loss!r}, activation={model.activation!r}"
+        )
+    if model.normalization is not None:
+        # Each LayerNorm needs its row's mean and spread in float between the int8 layers.
+        raise ValueError(
+            f"int8 quantization does not support normalization={model.normalization!r} "
+            "yet; keep the float model (or train one without normalization to quantize)"
         )
     if max(model.layer_sizes[:-1]) > MAX_FAN_IN:
         raise ValueError(

@@ -1,6 +1,6 @@
 """Saving and loading models: one ``.npz`` file, written atomically, read without pickle.
 
-File format, version 3
+File format, version 4
 ----------------------
 A zip archive of ``.npy`` arrays as :func:`numpy.savez` writes it (members stored, not
 compressed). No array holds Python objects, so loading never unpickles anything.
@@ -9,10 +9,12 @@ compressed). No array holds Python objects, so loading never unpickles anything.
 array           dtype, shape                content
 ==============  ==========================  =================================================
 ``format``      unicode, ()                 the marker ``"fastmlp-model"``
-``version``     int64, ()                   the format version: 1, 2 or 3 (see below)
+``version``     int64, ()                   the format version: 1 to 4 (see below)
 ``meta``        unicode, ()                 a JSON object, keys below
 ``params``      float32 or float64,         the flat parameter buffer: W_1, b_1, W_2, b_2, ...
-                (n_params,)                 row-major, W_i of shape (fan_in, fan_out)
+                (n_params,)                 row-major, W_i of shape (fan_in, fan_out); with
+                                            normalization, a hidden layer's LayerNorm gamma
+                                            and beta follow its b_i
 ``classes``     bool, int, uint, float or   the labels of the outputs, distinct, in output order
                 unicode, (n_outputs,)       (a regressor: float64, empty, shape (0,))
 ``opt_state1``  as ``params``, (n_params,)  optimizer memory: Adam's first moment, SGD's
@@ -34,7 +36,8 @@ Version 2 added regressors (``loss`` ``"squared_error"``, no classes). Version 3
 AdamW's optimizer state (``"adamw"``), per-layer activations (``activation`` a list of
 one name per hidden layer), the regression losses ``"huber"`` (with the meta key
 ``delta``, present only for it), ``"absolute_error"`` and ``"poisson"``, and multilabel
-classifiers (``"binary_cross_entropy"``, classes the label indices). A file is
+classifiers (``"binary_cross_entropy"``, classes the label indices). Version 4 added
+LayerNorm (the meta key ``normalization``, ``"layer"``, present only for it). A file is
 written with the lowest version that holds what it uses (a plain classifier as version 1,
 a squared-error regressor as 2), so older fastmlp releases load every file they can
 represent; a reader refuses a feature that its file's version does not have.
@@ -68,6 +71,7 @@ from fastmlp._network import (
     LAYERS_LIMIT,
     LOSSES,
     MULTILABEL_LOSS,
+    NORMALIZATIONS,
     REGRESSION_LOSS,
     REGRESSION_LOSSES,
     WIDTH_LIMIT,
@@ -83,7 +87,7 @@ __all__ = ["FORMAT_VERSION", "load", "save"]
 
 FORMAT_MARKER = "fastmlp-model"
 INT8_MARKER = "fastmlp-int8-model"  # written by fastmlp.int8.QuantizedMLP.save
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 NO_CLASSES = "none"  # classes_kind of a regressor
 # Slack for the .npy header in front of each array's data: numpy itself refuses headers
 # over 10000 bytes, and its own are about 128.
@@ -96,7 +100,8 @@ FLOAT_NAMES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 CLASS_KINDS = {"b": "bool", "i": "int", "u": "uint", "f": "float", "U": "str"}
 REQUIRED_ARRAYS = ("format", "version", "meta", "params", "classes")
 OPTIMIZER_ARRAYS = ("opt_state1", "opt_state2")
-OPTIONAL_META_KEYS = frozenset({"delta"})  # the Huber loss's threshold (format 3)
+# The Huber loss's threshold (format 3), LayerNorm (format 4).
+OPTIONAL_META_KEYS = frozenset({"delta", "normalization"})
 META_KEYS = frozenset(
     {
         "layer_sizes",
@@ -202,6 +207,8 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
     }
     if model.loss == "huber":
         meta["delta"] = delta
+    if model.normalization is not None:
+        meta["normalization"] = model.normalization
     arrays = {
         "format": np.array(FORMAT_MARKER),
         "version": np.array(1, dtype=np.int64),
@@ -227,6 +234,8 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
 
 def _format_version(meta: dict[str, Any]) -> int:
     """The lowest format version that holds what ``meta`` describes."""
+    if "normalization" in meta:
+        return 4
     if meta["optimizer"] is not None and meta["optimizer"]["name"] == "adamw":
         return 3
     if not isinstance(meta["activation"], str):
@@ -537,6 +546,7 @@ class _Reader:
                 dtype=dtype,
                 params=params,
                 delta=meta.get("delta", 1.0),
+                normalization=meta.get("normalization"),
             )
         except ValueError as exc:  # checked above already; this is a second line of defence
             raise self.error(str(exc)) from None
@@ -689,7 +699,15 @@ class _Reader:
                 raise self.error(f"delta of a Huber model must be a number > 0; got {delta!r:.50}")
         elif "delta" in meta:
             raise self.error("only a Huber model ('huber' loss) has a delta")
-        n_params = count_params(sizes)
+        normalization = meta.get("normalization")
+        if "normalization" in meta:
+            if self.version < 4:
+                raise self.error(f"format version {self.version} holds no normalization")
+            if not isinstance(normalization, str) or normalization not in NORMALIZATIONS:
+                raise self.error(
+                    f"normalization must be one of {NORMALIZATIONS}; got {normalization!r:.50}"
+                )
+        n_params = count_params(sizes, normalization)
         if not _is_int(meta["n_params"]) or meta["n_params"] != n_params:
             raise self.error(
                 f"n_params is {meta['n_params']!r:.100} but layers {sizes} have {n_params}"
