@@ -117,6 +117,10 @@ _SHARED_PARAMETERS = """hidden_layer_sizes : int or tuple of int, default=(100,)
         Print one line per epoch.
     dropout : float, default=0.0
         Inverted-dropout rate of the hidden layers during training (fastmlp only).
+    normalization : {None, "layer"}, default=None
+        "layer": a LayerNorm between each hidden layer's Linear part and its activation
+        (``torch.nn.LayerNorm``; fastmlp only). warm_start and partial_fit refuse a
+        change of it.
     dtype : numpy.float32 or numpy.float64, default=numpy.float32
         Precision of the parameters and of all computation (fastmlp only).
     n_threads : int or None, default=None
@@ -191,6 +195,7 @@ class _BaseMLP(BaseEstimator):
         epsilon: float = 1e-8,
         n_iter_no_change: int = 10,
         dropout: float = 0.0,
+        normalization: str | None = None,
         dtype=np.float32,
         n_threads: int | None = None,
     ) -> None:
@@ -215,6 +220,7 @@ class _BaseMLP(BaseEstimator):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.dropout = dropout
+        self.normalization = normalization
         self.dtype = dtype
         self.n_threads = n_threads
 
@@ -305,10 +311,19 @@ class _BaseMLP(BaseEstimator):
             activation=activation,
             dtype=self.dtype,
             n_threads=self.n_threads,
+            normalization=self.normalization,
             **options,
         )
         init_params(model, np.random.default_rng(seed))
         return model
+
+    def _check_continuation(self, y) -> None:
+        """Refuse what a warm start or a later partial_fit cannot change."""
+        if self.normalization != self.model_.normalization:
+            raise ValueError(
+                "warm_start and partial_fit keep the network's layers: it was fitted with "
+                f"normalization={self.model_.normalization!r}; got {self.normalization!r}"
+            )
 
     def _check_Xy(self, X, y, sample_weight, reset: bool):
         X, y = self._validate_Xy(X, y, reset)
@@ -592,6 +607,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         epsilon: float = 1e-8,
         n_iter_no_change: int = 10,
         dropout: float = 0.0,
+        normalization: str | None = None,
         label_smoothing: float = 0.0,
         dtype=np.float32,
         n_threads: int | None = None,
@@ -618,6 +634,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             epsilon=epsilon,
             n_iter_no_change=n_iter_no_change,
             dropout=dropout,
+            normalization=normalization,
             dtype=dtype,
             n_threads=n_threads,
         )
@@ -672,6 +689,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return model
 
     def _check_continuation(self, y) -> None:
+        super()._check_continuation(y)
         if self.model_.is_multilabel != (y.ndim == 2):
             raise ValueError(
                 "warm_start and partial_fit keep the kind of y: the network was fitted "
@@ -891,6 +909,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         epsilon: float = 1e-8,
         n_iter_no_change: int = 10,
         dropout: float = 0.0,
+        normalization: str | None = None,
         dtype=np.float32,
         n_threads: int | None = None,
     ) -> None:
@@ -916,6 +935,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             epsilon=epsilon,
             n_iter_no_change=n_iter_no_change,
             dropout=dropout,
+            normalization=normalization,
             dtype=dtype,
             n_threads=n_threads,
         )
@@ -946,6 +966,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         )
 
     def _check_continuation(self, y) -> None:
+        super()._check_continuation(y)
         if (self.loss, self.delta) != (self.model_.loss, self.model_.delta):
             raise ValueError(
                 f"warm_start and partial_fit continue the loss the network was fitted with "

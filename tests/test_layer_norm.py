@@ -403,6 +403,28 @@ def test_c_export_matches(tmp_path, dtype):
     assert "LayerNorm" in (tmp_path / "model.c").read_text()
 
 
+def test_sklearn_estimators():
+    pytest.importorskip("sklearn")
+    from sklearn.base import clone
+
+    from fastmlp.sklearn import MLPClassifier, MLPRegressor
+
+    rng = rng_for("sklearn")
+    X = rng.standard_normal((150, 6))
+    y = rng.integers(0, 3, 150)
+    clf = MLPClassifier((8, 5), normalization="layer", max_iter=3, random_state=0)
+    clf.fit(X, y)
+    assert clf.model_.normalization == "layer" and len(clf.model_.norm_weights) == 2
+    assert clone(clf).get_params()["normalization"] == "layer"
+    reg = MLPRegressor((8,), normalization="layer", max_iter=3, random_state=0).fit(X, X[:, 0])
+    assert reg.model_.normalization == "layer"
+    clf.set_params(warm_start=True, normalization=None)
+    with pytest.raises(ValueError, match="fitted with normalization='layer'; got None"):
+        clf.fit(X, y)
+    with pytest.raises(ValueError, match="fitted with normalization='layer'; got None"):
+        clf.partial_fit(X, y)
+
+
 def test_quantize_refuses_normalization():
     rng = rng_for("int8")
     X = rng.standard_normal((200, 5)).astype(np.float32)
