@@ -425,6 +425,19 @@ def test_sklearn_estimators():
         clf.partial_fit(X, y)
 
 
+def test_dask_streaming():
+    da = pytest.importorskip("dask.array")
+    import fastmlp.dask
+
+    rng = rng_for("dask")
+    X = rng.standard_normal((120, 5))
+    y = rng.integers(0, 3, 120)
+    options = dict(hidden=(7,), normalization="layer", epochs=2, seed=4, shuffle=False)
+    model = fastmlp.dask.train(da.from_array(X, chunks=(60, 5)), y, **options)
+    assert model.normalization == "layer"
+    assert not np.array_equal(model.norm_weights[0], np.ones(7))  # trained, from 1
+
+
 def test_quantize_refuses_normalization():
     rng = rng_for("int8")
     X = rng.standard_normal((200, 5)).astype(np.float32)
