@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse
-from test_cli import assert_ok, assert_user_error, run
+from test_cli import assert_ok, assert_user_error, idx_dir, run  # noqa: F401 (idx_dir: a fixture)
 
 import fastmlp
 from fastmlp.cli import load_data
@@ -226,3 +226,12 @@ def test_help_lists_the_options(data):
                    "--loss", "--delta", "--validation-data", "training options"):  # fmt: skip
         assert option in proc.stdout
     assert all(len(line) <= 100 for line in proc.stdout.splitlines())
+
+
+def test_validation_data_of_an_idx_directory(idx_dir, tmp_path):  # noqa: F811 (fixture)
+    # An IDX directory validates on its t10k-* files, as evaluate reads them.
+    proc = run(tmp_path, "train", str(idx_dir), *BASE, "--validation-data", str(idx_dir),
+               "--out", "m.npz")  # fmt: skip
+    assert_ok(proc)
+    assert "600 samples (100 for validation), 784 features, 10 classes" in proc.stdout
+    assert len(fastmlp.load(tmp_path / "m.npz").history["val_accuracy"]) == 3
