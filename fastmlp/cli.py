@@ -11,9 +11,11 @@ Examples
     python -m fastmlp quantize model.npz benches/data/mnist --out q.npz --report change.png
 
 Data (``DATA``) is an IDX directory in the MNIST layout, a ``.npz`` holding arrays ``X``
-and ``y``, or a CSV file with a header and a label column. Every expected failure (a
-missing file, a malformed one, a model that does not fit the data) is reported as one
-line on stderr with exit status 2.
+and ``y``, or a CSV file with a header and a label column. A ``.npz`` may hold a sparse X
+instead, in ``scipy.sparse.save_npz``'s layout (with the array ``y`` added for labelled
+data); a 2-D ``y`` of 0 and 1 in a ``.npz`` trains a multilabel classifier. Every expected
+failure (a missing file, a malformed one, a model that does not fit the data, an option
+``fastmlp.train`` refuses) is reported as one line on stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse
 
 __all__ = ["main", "load_data", "load_features"]
 
@@ -149,26 +152,47 @@ def _is_float(text: str) -> bool:
     return True
 
 
+# The arrays scipy.sparse.save_npz writes (every format has these; CSR adds indices, indptr).
+_SPARSE_NPZ = {"format", "shape", "data"}
+
+
 def _read_npz(path: Path, need_labels: bool):
-    """Arrays ``X`` and ``y`` (``y`` optional unless ``need_labels``) of a .npz file."""
+    """Arrays ``X`` and ``y`` (``y`` optional unless ``need_labels``) of a .npz file.
+
+    A file in ``scipy.sparse.save_npz``'s layout (no array ``X``) holds a sparse X; for
+    labelled data it also holds ``y``: ``np.savez(path, y=y, **np.load(sparse_npz))``.
+    """
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)
-            if "X" not in names:
+            sparse = "X" not in names and _SPARSE_NPZ <= names
+            if "X" not in names and not sparse:
                 raise CLIError(
-                    f"{path} has no array 'X' (arrays: {', '.join(sorted(names)) or 'none'})"
+                    f"{path} has no array 'X' (arrays: {', '.join(sorted(names)) or 'none'}) "
+                    "and is not a scipy.sparse.save_npz file"
                 )
             if need_labels and "y" not in names:
+                if sparse:
+                    raise CLIError(
+                        f"{path} holds a sparse X but no array 'y' of labels: add them with "
+                        f"np.savez(path, y=y, **np.load({str(path)!r}))"
+                    )
                 raise CLIError(f"{path} has no array 'y' of labels")
-            X = npz["X"]
+            X = None if sparse else npz["X"]
             y = npz["y"] if "y" in names else None
+        if sparse:
+            X = scipy.sparse.load_npz(path)  # reads only its own arrays, not y
     except (zipfile.BadZipFile, EOFError) as exc:
         raise CLIError(f"{path} is not a valid .npz archive ({exc})") from None
     return X, y
 
 
 def load_data(
-    path: str | Path, *, command: str = "train", label_column: str = "label"
+    path: str | Path,
+    *,
+    command: str = "train",
+    label_column: str = "label",
+    multi_output: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Read a labelled data set given on the command line.
 
@@ -182,11 +206,13 @@ def load_data(
         present, else ``train-*``.
     label_column : str
         Name of the CSV column holding the labels; the other columns are features.
+    multi_output : bool
+        Accept a 2-D ``y`` (a multilabel indicator, or several regression targets).
 
     Returns
     -------
-    X : numpy.ndarray of shape (n_samples, n_features)
-    y : numpy.ndarray of shape (n_samples,)
+    X : numpy.ndarray or scipy.sparse matrix of shape (n_samples, n_features)
+    y : numpy.ndarray of shape (n_samples,), or (n_samples, n_outputs) if ``multi_output``
     is_image : bool
         True for IDX data (images).
 
@@ -211,15 +237,18 @@ def load_data(
             f"{p}: unknown data format {suffix or '(no suffix)'!r}; expected an IDX directory, "
             "a .npz with arrays X and y, or a .csv"
         )
-    return _check_arrays(p, X, y) + (False,)
+    return _check_arrays(p, X, y, multi_output) + (False,)
 
 
-def _check_arrays(p: Path, X: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    X = np.asarray(X)
-    if X.ndim == 1:
-        X = X.reshape(-1, 1)
-    elif X.ndim > 2:
-        X = X.reshape(X.shape[0], -1)
+def _check_arrays(
+    p: Path, X, y: np.ndarray | None, multi_output: bool = False
+) -> tuple[np.ndarray, ...]:
+    if not scipy.sparse.issparse(X):  # sparse X is 2-D already
+        X = np.asarray(X)
+        if X.ndim == 1:
+            X = X.reshape(-1, 1)
+        elif X.ndim > 2:
+            X = X.reshape(X.shape[0], -1)
     if X.dtype.kind not in "biuf":
         raise CLIError(f"{p}: X must hold numbers; got dtype {X.dtype}")
     if X.shape[0] == 0:
@@ -227,8 +256,11 @@ def _check_arrays(p: Path, X: np.ndarray, y: np.ndarray | None) -> tuple[np.ndar
     if y is None:
         return (X,)
     y = np.asarray(y)
-    if y.ndim != 1 or y.shape[0] != X.shape[0]:
-        raise CLIError(f"{p}: y has shape {y.shape}; expected ({X.shape[0]},), one label per row")
+    if y.ndim not in ((1, 2) if multi_output else (1,)) or y.shape[0] != X.shape[0]:
+        expected = f"({X.shape[0]},), one label per row"
+        if multi_output:
+            expected += f", or ({X.shape[0]}, n_outputs)"
+        raise CLIError(f"{p}: y has shape {y.shape}; expected {expected}")
     return X, y
 
 
@@ -244,7 +276,8 @@ def load_features(path: str | Path, *, label_column: str = "label") -> np.ndarra
 
     Returns
     -------
-    numpy.ndarray of shape (n_samples, n_features)
+    numpy.ndarray or scipy.sparse matrix of shape (n_samples, n_features)
+        Sparse for a ``scipy.sparse.save_npz`` file.
     """
     p = Path(path)
     if not p.is_file():
@@ -278,10 +311,11 @@ def _load_model(path: str) -> Any:
     if not Path(path).exists():
         raise CLIError(f"model file {path} does not exist")
     model = fastmlp.load(path)
-    if model.is_regressor:
+    if model.is_regressor or getattr(model, "is_multilabel", False):
+        kind = "regressor" if model.is_regressor else "multilabel classifier"
         raise CLIError(
-            f"{path} holds a regressor; the command line evaluates and predicts with "
-            "classifiers. Use fastmlp.load(path).predict(X) from Python."
+            f"{path} holds a {kind}; the command line evaluates and predicts with "
+            "classifiers of one label per sample. Use fastmlp.load(path).predict(X) from Python."
         )
     return model
 
@@ -312,17 +346,18 @@ def _report_dir(path: str) -> Path:
 
 
 def plot_learning_curves(plt: Any, history: dict, out: Path) -> None:
-    """Write loss and accuracy per epoch (train and, if any, validation) to ``out``."""
+    """Write loss and accuracy (a regressor has none) per epoch, train and, if any,
+    validation, to ``out``."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    names = ("loss", "accuracy") if "accuracy" in history else ("loss",)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), squeeze=False)
     epochs = history["epoch"]
-    ax_loss.plot(epochs, history["loss"], "o-", label="train")
-    ax_acc.plot(epochs, history["accuracy"], "o-", label="train")
-    if history.get("val_loss"):
-        ax_loss.plot(epochs, history["val_loss"], "s--", label="validation")
-        ax_acc.plot(epochs, history["val_accuracy"], "s--", label="validation")
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    for ax, name in zip(axes[0], names):
+        ax.plot(epochs, history[name], "o-", label="train")
+        if history.get(f"val_{name}"):
+            ax.plot(epochs, history[f"val_{name}"], "s--", label="validation")
+    for ax, name in zip(axes[0], names):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
@@ -398,34 +433,83 @@ def plot_confident_errors(
 
 
 def _print_epoch(figures: dict, total: int, n_train: int) -> None:
-    line = (
-        f"epoch {figures['epoch']}/{total}  loss {figures['loss']:.4f}  "
-        f"accuracy {100 * figures['accuracy']:.2f}%"
-    )
+    line = f"epoch {figures['epoch']}/{total}  loss {figures['loss']:.4f}"
+    if "accuracy" in figures:
+        line += f"  accuracy {100 * figures['accuracy']:.2f}%"
     if "val_accuracy" in figures:
         line += f"  val_accuracy {100 * figures['val_accuracy']:.2f}%"
+    elif "val_loss" in figures:  # a regressor
+        line += f"  val_loss {figures['val_loss']:.4f}"
     seconds = figures["seconds"]
     rate = n_train / seconds if seconds > 0 else math.inf
     print(line + f"  {rate:,.0f} samples/s", flush=True)
 
 
+def _targets(y: np.ndarray, source: str) -> np.ndarray:
+    """A regressor's targets as numbers (a CSV's label column is read as text)."""
+    if y.dtype.kind not in "US":
+        return y
+    try:
+        return y.astype(np.float64)
+    except ValueError:
+        bad = next(str(v) for v in y.ravel() if not _is_float(str(v)))
+        raise CLIError(
+            f"{source}: target {bad!r} is not a number; a regression --loss needs numeric targets"
+        ) from None
+
+
+def _outputs(y: np.ndarray, loss: str | None) -> tuple[int, str]:
+    """Output count and its description (for the line printed before training)."""
+    from fastmlp._network import REGRESSION_LOSSES
+
+    if loss in REGRESSION_LOSSES:
+        k = 1 if y.ndim == 1 else y.shape[1]
+        return k, f"{k} target{'s' if k > 1 else ''} ({loss} regression)"
+    if y.ndim == 2:  # fastmlp.train: a 2-D y of a classifier is multilabel
+        return y.shape[1], f"{y.shape[1]} labels (multilabel)"
+    k = len(np.unique(y))
+    return k, f"{k} classes"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """``train``: fit a model on DATA and save it to ``--out``."""
     import fastmlp
+    from fastmlp._network import REGRESSION_LOSSES
 
     plt = _pyplot() if args.report else None  # fail before training, not after
     report = _report_dir(args.report) if args.report else None
     out = Path(args.out)
     if not out.parent.is_dir():
         raise CLIError(f"--out {out}: directory {out.parent} does not exist")
-    X, y, _ = load_data(args.data, command="train", label_column=args.label_column)
-    n_val = int(round(args.validation_split * X.shape[0])) if args.validation_split else 0
-    n_train = X.shape[0] - n_val
+    options = _train_options(args)
+    regressor = options.get("loss") in REGRESSION_LOSSES
+    X, y, _ = load_data(
+        args.data, command="train", label_column=args.label_column, multi_output=True
+    )
+    if regressor:
+        y = _targets(y, args.data)
+    if args.validation_data is not None:
+        # IDX: the t10k-* split if present, as evaluate reads it.
+        X_val, y_val, _ = load_data(
+            args.validation_data,
+            command="evaluate",
+            label_column=args.label_column,
+            multi_output=True,
+        )
+        if regressor:
+            y_val = _targets(y_val, args.validation_data)
+        options["validation_data"] = (X_val, y_val)
+        n_val, n_train = X_val.shape[0], X.shape[0]
+    else:
+        n_val = int(round(args.validation_split * X.shape[0])) if args.validation_split else 0
+        n_train = X.shape[0] - n_val
+    k, outputs = _outputs(y, options.get("loss"))
+    sparse = " (sparse)" if scipy.sparse.issparse(X) else ""
     print(
-        f"training on {n_train} samples ({n_val} for validation), {X.shape[1]} features, "
-        f"{len(np.unique(y))} classes; layers {X.shape[1]}-"
+        f"training on {n_train} samples ({n_val} for validation), {X.shape[1]} features"
+        f"{sparse}, {outputs}; layers {X.shape[1]}-"
         + "".join(f"{h}-" for h in args.hidden)
-        + f"{len(np.unique(y))}",
+        + f"{k}",
         flush=True,
     )
 
@@ -433,29 +517,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         _print_epoch(figures, args.epochs, n_train)
 
     tic = time.perf_counter()
-    model = fastmlp.train(
-        X,
-        y,
-        hidden=args.hidden,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        dropout=args.dropout,
-        l2=args.l2,
-        seed=args.seed,
-        n_threads=args.threads,
-        validation_split=args.validation_split,
-        callbacks=[progress],
-    )
+    # fastmlp.train checks every option: its ValueError is the one-line error.
+    model = fastmlp.train(X, y, n_threads=args.threads, callbacks=[progress], **options)
     elapsed = time.perf_counter() - tic
     fastmlp.save(model, out)
     h = model.history
-    final = f"final: loss {h['loss'][-1]:.4f}  accuracy {100 * h['accuracy'][-1]:.2f}%"
+    final = f"final: loss {h['loss'][-1]:.4f}"
+    if h.get("accuracy"):
+        final += f"  accuracy {100 * h['accuracy'][-1]:.2f}%"
+    if h.get("val_loss"):
+        final += f"  val_loss {h['val_loss'][-1]:.4f}"
     if h.get("val_accuracy"):
-        final += (
-            f"  val_loss {h['val_loss'][-1]:.4f}  val_accuracy {100 * h['val_accuracy'][-1]:.2f}%"
-        )
+        final += f"  val_accuracy {100 * h['val_accuracy'][-1]:.2f}%"
     print(final + f"  time {elapsed:.2f} s")
     print(f"model saved to {out}")
     if report is not None:
@@ -533,7 +606,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         plot_confusion_matrix(plt, cm, classes, target)
         print(f"confusion matrix written to {target}")
         side = math.isqrt(X.shape[1])
-        if side * side == X.shape[1] and (is_image or side >= 8):
+        square = side * side == X.shape[1] and (is_image or side >= 8)
+        if square and not scipy.sparse.issparse(X):
             if model.loss == "cross_entropy":
                 proba = model.predict_proba(X, n_threads=args.threads)
             else:
@@ -641,6 +715,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if isinstance(model, fastmlp.QuantizedMLP):
         raise CLIError(f"{args.model} is already an int8 model; quantize its float model")
     X, y, _ = load_data(args.data, command="evaluate", label_column=args.label_column)
+    if scipy.sparse.issparse(X):
+        raise CLIError(f"{args.data} holds a sparse X; quantize calibrates on dense data")
     _check_features(model, X, args.data)
     labels = model.classes_[_encode(y, model.classes_, args.data)] if not model.is_regressor else y
     # Calibration rows: a fixed random sample of DATA (no labels are used).
@@ -707,9 +783,85 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _activation(text: str) -> str | tuple[str, ...]:
+    """Parse ``--activation relu`` (every hidden layer) or ``relu,tanh`` (one per layer)."""
+    names = tuple(part.strip() for part in text.split(","))
+    return names[0] if len(names) == 1 else names
+
+
+def _train_option_specs() -> tuple[tuple[str, dict], ...]:
+    """The train command's options that go to :func:`fastmlp.train` as they are.
+
+    Each is ``(flag, add_argument settings)``; the keyword is the flag's name with "_"
+    for "-". An option left at None is not passed, so train's own default applies, and
+    train checks every value (its ValueError becomes the one-line error). Exposing one
+    more train keyword is one more entry here.
+    """
+    from fastmlp._network import HIDDEN_ACTIVATIONS, LOSSES, MULTILABEL_LOSS, REGRESSION_LOSSES
+    from fastmlp._trainer import OPTIMIZERS
+
+    losses = [name for name in LOSSES if name != MULTILABEL_LOSS]  # that one: a 2-D y
+    return (
+        ("--hidden", {"type": _hidden, "default": (128, 64), "metavar": "W1,W2,...",
+                      "help": 'hidden layer widths, comma-separated; "none" for no hidden '
+                      "layer (default: 128,64)"}),
+        ("--activation", {"type": _activation, "metavar": "NAME[,NAME...]",
+                          "help": "activation of the hidden layers, one of "
+                          f"{', '.join(HIDDEN_ACTIVATIONS)}: one name for all, or one per "
+                          "hidden layer, comma-separated (default: relu)"}),
+        ("--loss", {"choices": losses, "metavar": "LOSS",
+                    "help": "cross_entropy (default) or mse train a classifier; "
+                    f"{', '.join(REGRESSION_LOSSES)} a regressor on numeric targets "
+                    "(poisson: counts >= 0). A 2-D 0/1 y in a .npz trains a multilabel "
+                    "classifier (binary cross-entropy)"}),
+        ("--delta", {"type": float,
+                     "help": "threshold of --loss huber: squared error within it, linear "
+                     "beyond (default: 1)"}),
+        ("--optimizer", {"choices": list(OPTIMIZERS), "metavar": "NAME",
+                         "help": f"{', '.join(OPTIMIZERS)} (default: adam)"}),
+        ("--epochs", {"type": _positive_int, "default": 10,
+                      "help": "passes over the data (default: 10)"}),
+        ("--batch-size", {"type": _positive_int, "default": 128, "metavar": "N",
+                          "help": "samples per mini-batch (default: 128)"}),
+        ("--lr", {"type": float, "default": 1e-3,
+                  "help": "learning rate of the optimizer (default: 1e-3)"}),
+        ("--lr-schedule", {"choices": ["cosine", "warmup_cosine"],
+                           "help": "learning-rate schedule: cosine anneals from --lr towards "
+                           "0; warmup_cosine runs the first epoch at 0.35 --lr first "
+                           "(default: constant)"}),
+        ("--weight-decay", {"type": float, "metavar": "DECAY",
+                            "help": "decoupled weight decay of --optimizer adamw, as "
+                            "torch.optim.AdamW (default with adamw: 0.01)"}),
+        ("--dropout", {"type": _fraction, "default": 0.0, "metavar": "RATE",
+                       "help": "dropout rate of the hidden layers during training, in "
+                       "[0, 1) (default: 0)"}),
+        ("--l2", {"type": _non_negative, "default": 0.0, "metavar": "LAMBDA",
+                  "help": "L2 penalty 0.5*LAMBDA*sum(W^2) on the weights (default: 0)"}),
+        ("--label-smoothing", {"type": float, "metavar": "S",
+                               "help": "cross-entropy against (1 - S) onehot(y) + S / "
+                               "n_classes, in [0, 1) (default: 0)"}),
+        ("--seed", {"type": int,
+                    "help": "random seed, for reproducible training (default: unseeded)"}),
+        ("--validation-split", {"type": _fraction, "default": 0.0, "metavar": "FRACTION",
+                                "help": "fraction of DATA held out to validate on after "
+                                "each epoch (default: 0)"}),
+    )  # fmt: skip
+
+
+def _train_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of :func:`fastmlp.train` given on the command line."""
+    options = {}
+    for flag, _ in _train_option_specs():
+        keyword = flag[2:].replace("-", "_")
+        if getattr(args, keyword) is not None:
+            options[keyword] = getattr(args, keyword)
+    return options
+
+
 _DATA_HELP = (
-    "an IDX directory in the MNIST layout ({split} files), a .npz with arrays X and y, "
-    "or a CSV file with a header line and a label column"
+    "an IDX directory in the MNIST layout ({split} files), a .npz with arrays X and y (or "
+    "a scipy.sparse.save_npz file of X with an array y added), or a CSV file with a header "
+    "line and a label column"
 )
 
 
@@ -744,62 +896,21 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         parents=[common],
         help="train a model and save it",
-        description="Train an MLP classifier on DATA, printing one line per epoch, and save it.",
+        description="Train an MLP classifier (or, with a regression --loss, a regressor) on "
+        "DATA, printing one line per epoch, and save it.",
     )
     train.add_argument("data", metavar="DATA", help=_DATA_HELP.format(split="train-*"))
-    train.add_argument(
-        "--hidden",
-        type=_hidden,
-        default=(128, 64),
-        metavar="W1,W2,...",
-        help='hidden layer widths, comma-separated; "none" for no hidden layer (default: 128,64)',
+    options = train.add_argument_group(
+        "training options", "passed to fastmlp.train, which checks them (see its docstring)"
     )
+    for flag, settings in _train_option_specs():
+        options.add_argument(flag, **settings)
     train.add_argument(
-        "--epochs", type=_positive_int, default=10, help="passes over the data (default: 10)"
-    )
-    train.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=128,
-        metavar="N",
-        help="samples per mini-batch (default: 128)",
-    )
-    train.add_argument(
-        "--lr", type=float, default=1e-3, help="learning rate of Adam (default: 1e-3)"
-    )
-    train.add_argument(
-        "--lr-schedule",
-        choices=["cosine", "warmup_cosine"],
+        "--validation-data",
+        metavar="DATA",
         default=None,
-        help="learning-rate schedule: cosine anneals from --lr towards 0; warmup_cosine "
-        "runs the first epoch at 0.35 --lr first (default: constant)",
-    )
-    train.add_argument(
-        "--dropout",
-        type=_fraction,
-        default=0.0,
-        metavar="RATE",
-        help="dropout rate of the hidden layers during training, in [0, 1) (default: 0)",
-    )
-    train.add_argument(
-        "--l2",
-        type=_non_negative,
-        default=0.0,
-        metavar="LAMBDA",
-        help="L2 penalty 0.5*LAMBDA*sum(W^2) on the weights (default: 0)",
-    )
-    train.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="random seed, for reproducible training (default: unseeded)",
-    )
-    train.add_argument(
-        "--validation-split",
-        type=_fraction,
-        default=0.0,
-        metavar="FRACTION",
-        help="fraction of DATA held out to validate on after each epoch (default: 0)",
+        help="a validation set of your own, in a DATA format (an IDX directory's "
+        "t10k-* files if present), scored after each epoch; instead of --validation-split",
     )
     train.add_argument(
         "--out",

@@ -672,6 +672,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _new_model(self, X, y, seed: int, classes=None) -> MLP:
         if y.ndim == 2:  # multilabel: one sigmoid output per column
+            # partial_fit's classes are then the label indices, as in scikit-learn; a
+            # different set would be refused on the next call, so refuse it now.
+            k = y.shape[1]
+            if classes is not None and set(np.ravel(classes).tolist()) != set(range(k)):
+                raise ValueError(
+                    f"for a multilabel y of {k} columns, classes are the label indices "
+                    f"0..{k - 1} (classes=range({k})); got classes={classes!r}"
+                )
             self._y_dtype = y.dtype
             model = self._network(
                 X.shape[1], y.shape[1], np.arange(y.shape[1]), seed, loss=MULTILABEL_LOSS
@@ -750,11 +758,13 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         ----------
         X : array-like or scipy.sparse matrix of shape (n_samples, n_features)
             A chunk of training inputs.
-        y : array-like of shape (n_samples,)
-            Its class labels.
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+            Its class labels, or a multilabel indicator matrix of 0 and 1 (the same
+            number of columns on every call).
         classes : array-like of shape (n_classes,), default=None
             Every class of the whole problem. Required on the first call, which may not
-            see them all; ignored (but checked) afterwards.
+            see them all; ignored (but checked) afterwards. For a multilabel y, the label
+            indices ``range(n_labels)``, as in scikit-learn.
         sample_weight : array-like of shape (n_samples,), default=None
             Weight of each sample in the loss.
         X_val : array-like of shape (n_val, n_features), default=None
