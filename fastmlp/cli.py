@@ -797,7 +797,13 @@ def _train_option_specs() -> tuple[tuple[str, dict], ...]:
     train checks every value (its ValueError becomes the one-line error). Exposing one
     more train keyword is one more entry here.
     """
-    from fastmlp._network import HIDDEN_ACTIVATIONS, LOSSES, MULTILABEL_LOSS, REGRESSION_LOSSES
+    from fastmlp._network import (
+        HIDDEN_ACTIVATIONS,
+        LOSSES,
+        MULTILABEL_LOSS,
+        NORMALIZATIONS,
+        REGRESSION_LOSSES,
+    )
     from fastmlp._trainer import OPTIMIZERS
 
     losses = [name for name in LOSSES if name != MULTILABEL_LOSS]  # that one: a 2-D y
@@ -809,6 +815,10 @@ def _train_option_specs() -> tuple[tuple[str, dict], ...]:
                           "help": "activation of the hidden layers, one of "
                           f"{', '.join(HIDDEN_ACTIVATIONS)}: one name for all, or one per "
                           "hidden layer, comma-separated (default: relu)"}),
+        ("--normalization", {"choices": list(NORMALIZATIONS), "metavar": "KIND",
+                             "help": f"{', '.join(NORMALIZATIONS)}: a normalization between "
+                             "each hidden layer's Linear part and its activation (layer: "
+                             "LayerNorm; default: none)"}),
         ("--loss", {"choices": losses, "metavar": "LOSS",
                     "help": "cross_entropy (default) or mse train a classifier; "
                     f"{', '.join(REGRESSION_LOSSES)} a regressor on numeric targets "
@@ -827,8 +837,8 @@ def _train_option_specs() -> tuple[tuple[str, dict], ...]:
                   "help": "learning rate of the optimizer (default: 1e-3)"}),
         ("--lr-schedule", {"choices": ["cosine", "warmup_cosine"],
                            "help": "learning-rate schedule: cosine anneals from --lr towards "
-                           "0; warmup_cosine runs the first epoch at 0.35 --lr first "
-                           "(default: constant)"}),
+                           "0 per epoch; warmup_cosine warms up from 0.1 --lr over half an "
+                           "epoch, then anneals to 0 per mini-batch (default: constant)"}),
         ("--weight-decay", {"type": float, "metavar": "DECAY",
                             "help": "decoupled weight decay of --optimizer adamw, as "
                             "torch.optim.AdamW (default with adamw: 0.01)"}),

@@ -80,6 +80,7 @@ CASES = [  # id, data, flags, train's keywords
     ("absolute_error", "reg.npz", ["--loss", "absolute_error"], {"loss": "absolute_error"}),
     ("poisson", "counts.npz", ["--loss", "poisson"], {"loss": "poisson"}),
     ("csv_targets", "reg.csv", ["--loss", "huber"], {"loss": "huber"}),
+    ("normalization", "cls.npz", ["--normalization", "layer"], {"normalization": "layer"}),
 ]  # fmt: skip
 
 
@@ -104,7 +105,7 @@ def test_flag_trains_as_the_keyword(data, source, flags, keywords):
             assert model.activations == ((value,) if isinstance(value, str) else value)
         elif key == "hidden":
             assert model.layer_sizes[1:-1] == value
-        elif key in ("loss", "delta"):
+        elif key in ("loss", "delta", "normalization"):
             assert getattr(model, key) == value, key
     if "loss" in keywords:  # regressors: no accuracy on the epoch lines
         assert model.is_regressor
@@ -210,6 +211,7 @@ def test_bad_values_exit_2_with_one_line_before_training(data):
     [
         (["--loss", "hinge"], "invalid choice: 'hinge'"),
         (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["--normalization", "group"], "invalid choice: 'group'"),
         (["--weight-decay", "lots"], "invalid float value: 'lots'"),
     ],
 )
