@@ -310,14 +310,12 @@ def _load_model(path: str) -> Any:
 
     if not Path(path).exists():
         raise CLIError(f"model file {path} does not exist")
-    model = fastmlp.load(path)
-    if model.is_regressor or getattr(model, "is_multilabel", False):
-        kind = "regressor" if model.is_regressor else "multilabel classifier"
-        raise CLIError(
-            f"{path} holds a {kind}; the command line evaluates and predicts with "
-            "classifiers of one label per sample. Use fastmlp.load(path).predict(X) from Python."
-        )
-    return model
+    return fastmlp.load(path)
+
+
+def _one_label(model: Any) -> bool:
+    """True for a classifier of one label per sample (an int8 model is one)."""
+    return not (model.is_regressor or getattr(model, "is_multilabel", False))
 
 
 # --------------------------------------------------------------------------- reports
@@ -578,9 +576,11 @@ def _encode(labels: np.ndarray, classes: np.ndarray, source: str) -> np.ndarray:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``evaluate``: accuracy, per-class accuracy and confusion matrix of a model on DATA."""
+    model = _load_model(args.model)
+    if not _one_label(model):
+        return _evaluate_outputs(model, args)
     plt = _pyplot() if args.report else None
     report = _report_dir(args.report) if args.report else None
-    model = _load_model(args.model)
     X, y, is_image = load_data(args.data, command="evaluate", label_column=args.label_column)
     _check_features(model, X, args.data)
     classes = model.classes_
@@ -619,30 +619,74 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_outputs(model: Any, args: argparse.Namespace) -> int:
+    """``evaluate`` of a regressor (R^2, and per output the mean absolute and root mean
+    squared error) or a multilabel classifier (subset accuracy, and per label accuracy)."""
+    kind = "a regressor" if model.is_regressor else "a multilabel classifier"
+    if args.report:
+        raise CLIError(
+            f"--report draws a confusion matrix, for classifiers of one label per sample; "
+            f"{args.model} holds {kind}"
+        )
+    X, y, _ = load_data(
+        args.data, command="evaluate", label_column=args.label_column, multi_output=True
+    )
+    _check_features(model, X, args.data)
+    if model.is_regressor:
+        y = _targets(y, args.data)
+    model.n_threads = args.threads
+    score = model.score(X, y)  # checks y's shape and values
+    out = np.asarray(model.predict(X), dtype=np.float64)
+    Y = np.asarray(y, dtype=np.float64).reshape(out.shape)
+    print(f"samples: {X.shape[0]}")
+    if model.is_regressor:
+        print(f"R^2: {score:.6g}")
+        print("per output: mean absolute error, root mean squared error")
+        for j in range(Y.shape[1] if Y.ndim == 2 else 1):
+            d = (out - Y) if Y.ndim == 1 else (out[:, j] - Y[:, j])
+            print(f"  {j:>8}: {np.mean(np.abs(d)):.6g}, {np.sqrt(np.mean(d * d)):.6g}")
+    else:
+        print(f"subset accuracy (every label right): {100 * score:.2f}%")
+        print("per-label accuracy:")
+        for j, name in enumerate(model.classes_):
+            print(f"  {str(name):>8}: {100 * np.mean(out[:, j] == Y[:, j]):6.2f}%")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``predict``: one label (and optionally the class probabilities) per input row."""
+    """``predict``: per input row, a classifier's label (and optionally the class
+    probabilities), a regressor's outputs, or a multilabel classifier's 0/1 labels (and
+    optionally their probabilities)."""
     model = _load_model(args.model)
+    if args.proba and model.is_regressor:
+        raise CLIError(f"--proba: {args.model} holds a regressor, which has no probabilities")
     X = load_features(args.input, label_column=args.label_column)
     _check_features(model, X, args.input)
-    labels = model.predict(X, n_threads=args.threads)
+    pred = model.predict(X, n_threads=args.threads)
     proba = model.predict_proba(X, n_threads=args.threads) if args.proba else None
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    header = ["label"]
+    if _one_label(model):
+        header, rows = ["label"], [[str(label)] for label in pred]
+    elif model.is_regressor:
+        pred = pred.reshape(len(pred), -1)
+        k = pred.shape[1]
+        header = ["y"] if k == 1 else [f"y_{j}" for j in range(k)]
+        rows = [[f"{v:.9g}" for v in row] for row in pred]
+    else:
+        header = [f"label_{c}" for c in model.classes_]
+        rows = [[str(int(v)) for v in row] for row in pred]
     if proba is not None:
         header += [f"p_{c}" for c in model.classes_]
+        rows = [row + [f"{p:.6g}" for p in ps] for row, ps in zip(rows, proba)]
     writer.writerow(header)
-    for i, label in enumerate(labels):
-        row = [str(label)]
-        if proba is not None:
-            row += [f"{p:.6g}" for p in proba[i]]
-        writer.writerow(row)
+    writer.writerows(rows)
     if args.out:
         out = Path(args.out)
         if not out.parent.is_dir():
             raise CLIError(f"--out {out}: directory {out.parent} does not exist")
         out.write_text(buf.getvalue(), encoding="utf-8")
-        print(f"{len(labels)} predictions written to {out}", file=sys.stderr)
+        print(f"{len(rows)} predictions written to {out}", file=sys.stderr)
     else:
         sys.stdout.write(buf.getvalue())
     return 0
@@ -940,7 +984,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         parents=[common],
         help="accuracy and confusion matrix of a model on labelled data",
-        description="Print the accuracy, per-class accuracy and confusion matrix of a model.",
+        description="Print the accuracy, per-class accuracy and confusion matrix of a "
+        "classifier; for a regressor R^2 and each output's errors, for a multilabel "
+        "classifier the subset accuracy and each label's accuracy.",
     )
     evaluate.add_argument("model", metavar="MODEL.npz", help="a model saved by train")
     evaluate.add_argument(
@@ -958,8 +1004,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict",
         parents=[common],
-        help="predict the label of each input row",
-        description="Print (or write as CSV) the predicted label of each row of INPUT.",
+        help="predict the label (or a regressor's outputs) of each input row",
+        description="Print (or write as CSV) the prediction for each row of INPUT: a "
+        "classifier's label (column label), a regressor's outputs (y, or y_0, y_1, ...), a "
+        "multilabel classifier's 0/1 labels (label_0, label_1, ...).",
     )
     predict.add_argument("model", metavar="MODEL.npz", help="a model saved by train")
     predict.add_argument(
@@ -969,7 +1017,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(its label column, if any, is ignored)",
     )
     predict.add_argument(
-        "--proba", action="store_true", help="also give the probability of every class"
+        "--proba",
+        action="store_true",
+        help="also give the probability of every class (or label): p_CLASS columns",
     )
     predict.add_argument(
         "--out",

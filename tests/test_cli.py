@@ -254,8 +254,8 @@ def test_errors_exit_2_with_one_line(work, npz_model, tmp_path):
         (("evaluate", path, "wide.npz"), ("expects 5 features", "has 7")),
         (("predict", path, "wide.npy"), ("expects 5 features", "has 7")),
         (("predict", path, "missing.npy"), ("does not exist",)),
-        (("predict", "regressor.npz", "wide.npy"), ("holds a regressor", ".predict(X)")),
-        (("evaluate", "regressor.npz", "wide.npz"), ("holds a regressor",)),
+        (("predict", "regressor.npz", "wide.npy", "--proba"), ("holds a regressor",)),
+        (("evaluate", "regressor.npz", "wide.npz", "--report", "r"), ("holds a regressor",)),
     ]
     for args, fragments in cases:
         assert_user_error(run(tmp_path, *args), *fragments)

@@ -152,6 +152,47 @@ def test_multilabel(data):
     assert model.predict(X).shape == Y.shape
 
 
+def read_csv(text: str) -> tuple[list[str], np.ndarray]:
+    lines = text.strip().splitlines()
+    return lines[0].split(","), np.array([[float(v) for v in ln.split(",")] for ln in lines[1:]])
+
+
+@pytest.mark.parametrize("source", ["reg.npz", "reg2.npz", "multi.npz"])
+def test_evaluate_and_predict_regressors_and_multilabel(data, source):
+    """Predictions as the model's own, one column per output or label; evaluate's figures
+    as the model's score and the errors computed here."""
+    if source == "reg2.npz":
+        X, y = read(data, "reg.npz")
+        np.savez(data / source, X=X, y=np.stack([y, -y], axis=1))
+    flags = ["--loss", "huber"] if source.startswith("reg") else []
+    model, _ = train_cli(data, source, *flags, out=f"model_{source}")
+    X, y = read(data, source)
+    proc = run(data, "predict", f"model_{source}", source, *([] if flags else ["--proba"]))
+    assert_ok(proc)
+    header, values = read_csv(proc.stdout)
+    pred = model.predict(X).reshape(len(X), -1)
+    k = pred.shape[1]
+    if model.is_regressor:
+        assert header == (["y"] if k == 1 else ["y_0", "y_1"])
+        np.testing.assert_allclose(values, pred, rtol=1e-6, atol=1e-7)
+    else:
+        assert header == ["label_0", "label_1", "label_2", "p_0", "p_1", "p_2"]
+        assert np.array_equal(values[:, :3], pred)
+        np.testing.assert_allclose(values[:, 3:], model.predict_proba(X), rtol=1e-5)
+    proc = run(data, "evaluate", f"model_{source}", source)
+    assert_ok(proc)
+    if model.is_regressor:
+        assert f"R^2: {model.score(X, y):.6g}" in proc.stdout
+        d = pred - np.asarray(y, dtype=np.float64).reshape(len(X), -1)
+        mae, rmse = np.mean(np.abs(d[:, -1])), np.sqrt(np.mean(d[:, -1] ** 2))
+        assert f"{k - 1:>8}: {mae:.6g}, {rmse:.6g}" in proc.stdout
+    else:
+        assert f"subset accuracy (every label right): {100 * model.score(X, y):.2f}%" in (
+            proc.stdout
+        )
+        assert f"{2:>8}: {100 * np.mean(pred[:, 2] == y[:, 2]):6.2f}%" in proc.stdout
+
+
 def test_sparse_data(data):
     model, proc = train_cli(data, "sparse.npz", "--validation-data", "sparse.npz")
     assert "40 features (sparse), 3 classes" in proc.stdout
@@ -172,6 +213,7 @@ def test_sparse_data(data):
 def test_bad_values_exit_2_with_one_line_before_training(data):
     model = train_cli(data, "multi.npz", out="multi_model.npz")[0]
     assert model.is_multilabel
+    train_cli(data, "cls.npz", out="m.npz")  # for quantize below, whatever ran before
     cases = [
         (["--optimizer", "adamw", "--weight-decay", "-1"], "cls.npz", "weight_decay must lie"),
         (["--weight-decay", "0.1"], "cls.npz", "optimizer='adamw'"),
@@ -199,8 +241,8 @@ def test_bad_values_exit_2_with_one_line_before_training(data):
         assert "epoch" not in proc.stdout
         assert not (data / "never.npz").exists()
     for args, message in [
-        (("predict", "multi_model.npz", "cls_val.npz"), "holds a multilabel classifier"),
-        (("evaluate", "multi_model.npz", "multi.npz"), "holds a multilabel classifier"),
+        (("evaluate", "multi_model.npz", "cls.npz"), "a multilabel y is a 2-D indicator"),
+        (("evaluate", "multi_model.npz", "multi.npz", "--report", "r"), "confusion matrix"),
         (("quantize", "m.npz", "sparse.npz", "--out", "q.npz"), "calibrates on dense data"),
     ]:
         assert_user_error(run(data, *args), message)
