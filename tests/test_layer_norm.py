@@ -355,7 +355,7 @@ def _rewrite(path, out, **changes):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        ({"normalization": "batch"}, "normalization must be one of"),
+        ({"normalization": "group"}, "normalization must be one of"),
         ({"normalization": 1}, "normalization must be one of"),
         ({"version": 3}, "format version 3 holds no normalization"),
         ({"normalization": None}, "n_params"),  # the buffer no longer fits the layers
