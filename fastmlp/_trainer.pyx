@@ -276,7 +276,8 @@ cdef class Trainer:
         if network.layout.norm == NORM_BATCH and self.batch_size < 2:
             raise ValueError(
                 "normalization='batch' needs mini-batches of at least 2 rows (a batch "
-                f"variance); got batch_size {batch_size} and {X.shape[0]} rows")
+                f"variance); got {X.shape[0]} sample{'s' if X.shape[0] != 1 else ''} and "
+                f"batch_size {batch_size}")
         self.n_threads = n_threads
         self.adaptive_threads = adaptive_threads
         fm_tuner_init(&self.tuner, n_threads, monotonic())
