@@ -329,8 +329,8 @@ class _Options:
         norm = getattr(self.init, "normalization", None) if self.init else self.normalization
         if norm == "batch" and self.batch_size < 2:
             raise ValueError(
-                "normalization='batch' needs batch_size >= 2 (a mini-batch variance); "
-                f"got {self.batch_size}"
+                "normalization='batch' needs batch_size >= 2: one sample per mini-batch "
+                f"has no variance; got batch_size={self.batch_size}"
             )
         self.patience = check_positive_int(self.patience, "patience")
         self.lr = check_float(self.lr, "lr", 0.0, math.inf, low_open=True)
