@@ -257,8 +257,8 @@ def train(
                 Xb, yb, wb = pending.result()
                 if j + 1 < n_blocks:
                     pending = fetcher.submit(dask.compute, *blocks[order[j + 1]])
-                if Xb.shape[0] == 0:
-                    continue
+                if Xb.shape[0] == 0 or (Xb.shape[0] == 1 and model.normalization == "batch"):
+                    continue  # (a single row has no BatchNorm variance: skipped)
                 if time.monotonic() >= deadline:
                     stop_reason = "max_time"
                     break

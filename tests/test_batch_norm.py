@@ -604,3 +604,18 @@ def test_bad_values():
     # Without hidden layers there is nothing to normalize: a plain linear model.
     linear = MLP((3, 2), np.arange(2), normalization="batch")
     assert linear.running_means == [] and linear.norm_weights == []
+
+
+def test_dask_streaming():
+    da = pytest.importorskip("dask.array")
+    import fastmlp.dask
+
+    rng = rng_for("dask")
+    X = rng.standard_normal((121, 5))
+    y = rng.integers(0, 3, 121)
+    options = dict(hidden=(7,), normalization="batch", epochs=2, seed=4, shuffle=False)
+    model = fastmlp.dask.train(da.from_array(X, chunks=(60, 5)), y, **options)
+    assert model.normalization == "batch"
+    assert not np.array_equal(model.running_means[0], np.zeros(7))  # moved, from 0
+    again = fastmlp.dask.train(da.from_array(X, chunks=(60, 5)), y, **options)
+    assert np.array_equal(again._network.stats, model._network.stats)
