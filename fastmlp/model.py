@@ -190,6 +190,8 @@ class MLP:
             params = np.asarray(params)
         # BatchNorm's running statistics stay with the model, not with a parameter buffer.
         old = getattr(self, "_network", None)
+        same = (self.normalization, self.layer_sizes, self.dtype)
+        keep = old is not None and (old.normalization, old.sizes, old.dtype) == same
         self._network = Network(
             self.layer_sizes,
             acts,
@@ -198,7 +200,7 @@ class MLP:
             params,
             delta=self.delta,
             normalization=self.normalization,
-            stats=None if old is None else old.stats,
+            stats=old.stats if keep else None,
         )
 
     @property
