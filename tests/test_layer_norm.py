@@ -449,7 +449,7 @@ def test_quantize_refuses_normalization():
 def test_bad_normalization_values():
     X = np.zeros((10, 3), np.float32)
     y = np.arange(10) % 2
-    for bad in ("batch", "Layer", 1, True):
+    for bad in ("group", "Layer", 1, True):
         with pytest.raises(ValueError, match="normalization must be None or one of"):
             fastmlp.train(X, y, normalization=bad)
     with pytest.raises(ValueError, match="normalization must be None or one of"):
