@@ -123,8 +123,9 @@ cdef class Network:
     normalization : {None, "layer", "batch"}
         "layer": LayerNorm (scale gamma_l, shift beta_l; eps NORM_EPS) between each hidden
         layer's Linear part and its activation; its parameters follow b_l in params.
-        "batch": BatchNorm there instead (same parameters; batch statistics in training,
-        the running ones in :meth:`forward`).
+        "batch": BatchNorm there instead (same parameters; batch statistics in a Trainer's
+        steps, which move the running ones (momentum BN_MOMENTUM); :meth:`forward` uses
+        the running ones).
     stats : ndarray, optional
         With "batch": the running statistics, per hidden layer its running mean then its
         running variance (:attr:`stats`; used in place as params is). Means 0 and
@@ -257,7 +258,8 @@ cdef class Network:
         first layer runs fm_csr_matmul. `isa` picks an fm_dense variant (tests); the default is the best
         this CPU runs. NaN and infinity in X raise ValueError (found in the first layer's
         products, see fm_dense), as do finite inputs so large that the first layer
-        overflows.
+        overflows. BatchNorm uses the running statistics (inference mode): a row's output
+        does not depend on the other rows.
         """
         cdef int bad
         if max_block_rows < 1:
@@ -296,12 +298,6 @@ cdef class Network:
         else:
             total = loss_sum[float](self.loss, self.delta, out, y, &n_correct)
         return total, n_correct
-
-
-def count_stats(sizes, normalization=None):
-    """BatchNorm's running statistics (a mean and a variance per hidden unit) of a network
-    of these layer sizes; 0 without normalization="batch"."""
-    return 2 * sum(sizes[1:-1]) if normalization == "batch" else 0
 
 
 def count_params(sizes, normalization=None):
