@@ -372,6 +372,27 @@ def test_training_is_bitwise_identical_for_any_thread_count(dtype):
     assert not np.array_equal(models[0].running_means[0], np.zeros(33, dtype))
 
 
+def test_validation_scores_use_the_running_statistics():
+    """The last epoch's val_loss is the cross-entropy of predict_proba on the validation
+    set (running statistics), and early stopping restores the best epoch's statistics
+    with its parameters."""
+    rng = rng_for("validation")
+    X = rng.standard_normal((300, 6))
+    y = (X[:, 0] + X[:, 1] ** 2 > 1).astype(int)
+    Xv, yv = X[200:], y[200:]
+    options = dict(hidden=(12, 8), normalization="batch", seed=2, dtype=np.float64)
+    model = fastmlp.train(X[:200], y[:200], epochs=3, validation_data=(Xv, yv), **options)
+    p = model.predict_proba(Xv)[np.arange(100), yv]
+    assert model.history["val_loss"][-1] == pytest.approx(-np.mean(np.log(p)), rel=1e-10)
+    # Early stopping: the restored model scores the best epoch's val_loss.
+    model = fastmlp.train(
+        X[:200], y[:200], epochs=30, lr=0.05, validation_data=(Xv, yv), early_stopping=True,
+        patience=2, **options,
+    )  # fmt: skip
+    p = model.predict_proba(Xv)[np.arange(100), yv]
+    assert -np.mean(np.log(p)) == pytest.approx(min(model.history["val_loss"]), rel=1e-10)
+
+
 def test_a_last_batch_of_one_row_is_skipped():
     rng = rng_for("one row")
     model = MLP((3, 4, 2), np.arange(2), dtype=np.float64, normalization="batch")
@@ -574,6 +595,15 @@ def test_sklearn_estimators():
         clf.fit(X, y)
     with pytest.raises(ValueError, match="batch_size >= 2"):
         MLPClassifier((4,), normalization="batch", batch_size=1).fit(X, y)
+    # Early stopping keeps the statistics with the best weights: fit and partial_fit.
+    options = dict(normalization="batch", early_stopping=True, n_iter_no_change=1)
+    clf = MLPClassifier((8,), max_iter=20, random_state=0, **options).fit(X, y)
+    assert 0 <= clf.score(X, y) <= 1
+    clf = MLPClassifier((8,), random_state=0, **options)
+    clf.partial_fit(X[:100], y[:100], classes=[0, 1, 2], X_val=X[100:], y_val=y[100:])
+    for _ in range(5):
+        clf.partial_fit(X[:100], y[:100])
+    assert clf.model_.running_vars[0].min() > 0
 
 
 def test_quantize_refuses_it():
