@@ -129,6 +129,51 @@ void fm_layer_norm_backward_f(ptrdiff_t n, ptrdiff_t m, const float *gamma, cons
 void fm_layer_norm_backward_d(ptrdiff_t n, ptrdiff_t m, const double *gamma,
                               const double *rstd, double *Zhat, double *D, double *G);
 
+/* Batch normalization (torch.nn.BatchNorm1d: per column, biased batch variance in
+   training, eps inside the root, running estimates with the unbiased variance).
+   fm_batch_norm_partial: a part's n >= 1 rows Z (n*m): column means (OUT m) and sums of
+   squared deviations m2 (OUT m).
+   fm_batch_norm_stats: combines `parts` such partials (pmean, pm2: parts*m, part p holding
+   rows [p n / parts, (p + 1) n / parts)) in part order into the batch mean (OUT m) and
+   rstd = 1 / sqrt(var + eps) (OUT m); run_mean, run_var (INOUT m, or NULL: no update)
+   become (1 - momentum) run + momentum * batch, the batch variance unbiased (n >= 2).
+   fm_batch_norm: Z (INOUT n*m) = act(gamma * zhat + beta), zhat = (z - mean) * rstd;
+   Zhat: OUT n*m or NULL.
+   fm_batch_norm_eval: the same with the running estimates (inference).
+   fm_batch_norm_backward_partial: sums (OUT 2m) = column sums of D * Zhat, then of D,
+   over n rows (D = dL/dy, y = gamma zhat + beta): a part's dgamma and dbeta.
+   fm_batch_norm_backward: D (INOUT n*m) from dL/dy to dL/dz = gamma rstd (D - (dbeta +
+   zhat dgamma) / count), dgb (IN 2m) the batch's dgamma then dbeta, count its rows. */
+void fm_batch_norm_partial_f(ptrdiff_t n, ptrdiff_t m, const float *Z, float *mean, float *m2);
+void fm_batch_norm_partial_d(ptrdiff_t n, ptrdiff_t m, const double *Z, double *mean,
+                             double *m2);
+void fm_batch_norm_stats_f(ptrdiff_t parts, ptrdiff_t n, ptrdiff_t m, const float *pmean,
+                           const float *pm2, double eps, double momentum, float *mean,
+                           float *rstd, float *run_mean, float *run_var);
+void fm_batch_norm_stats_d(ptrdiff_t parts, ptrdiff_t n, ptrdiff_t m, const double *pmean,
+                           const double *pm2, double eps, double momentum, double *mean,
+                           double *rstd, double *run_mean, double *run_var);
+void fm_batch_norm_f(ptrdiff_t n, ptrdiff_t m, float *Z, const float *mean, const float *rstd,
+                     const float *gamma, const float *beta, int act, float *Zhat);
+void fm_batch_norm_d(ptrdiff_t n, ptrdiff_t m, double *Z, const double *mean,
+                     const double *rstd, const double *gamma, const double *beta, int act,
+                     double *Zhat);
+void fm_batch_norm_eval_f(ptrdiff_t n, ptrdiff_t m, float *Z, const float *run_mean,
+                          const float *run_var, const float *gamma, const float *beta,
+                          double eps, int act);
+void fm_batch_norm_eval_d(ptrdiff_t n, ptrdiff_t m, double *Z, const double *run_mean,
+                          const double *run_var, const double *gamma, const double *beta,
+                          double eps, int act);
+void fm_batch_norm_backward_partial_f(ptrdiff_t n, ptrdiff_t m, const float *D,
+                                      const float *Zhat, float *sums);
+void fm_batch_norm_backward_partial_d(ptrdiff_t n, ptrdiff_t m, const double *D,
+                                      const double *Zhat, double *sums);
+void fm_batch_norm_backward_f(ptrdiff_t n, ptrdiff_t m, const float *gamma, const float *rstd,
+                              const float *dgb, ptrdiff_t count, const float *Zhat, float *D);
+void fm_batch_norm_backward_d(ptrdiff_t n, ptrdiff_t m, const double *gamma,
+                              const double *rstd, const double *dgb, ptrdiff_t count,
+                              const double *Zhat, double *D);
+
 /* Inverted dropout, mask = 0 with probability p else 1/(1-p), out = A * mask, bits hashed
    from (seed, row0 + i, j) so the mask ignores how rows are split.  A: IN n*m, mask: OUT
    n*m, out: OUT n*m. */

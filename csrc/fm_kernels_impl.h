@@ -418,6 +418,136 @@ void FN(fm_layer_norm_backward)(ptrdiff_t n, ptrdiff_t m, const T *gamma, const 
     }
 }
 
+/* Batch normalization (torch.nn.BatchNorm1d). Training splits the batch into parts (the
+   row blocks); each part's column means and sums of squared deviations are combined in
+   part order (Chan, Golub & LeVeque's pairwise update), so the bits depend on the
+   partition alone, never on which thread ran a part. */
+FM_CPU_DISPATCH
+void FN(fm_batch_norm_partial)(ptrdiff_t n, ptrdiff_t m, const T *Z, T *mean, T *m2)
+{
+    T *restrict mu = mean, *restrict s = m2;
+    for (ptrdiff_t j = 0; j < m; j++) mu[j] = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *restrict z = Z + i * m;
+        for (ptrdiff_t j = 0; j < m; j++) mu[j] += z[j];
+    }
+    for (ptrdiff_t j = 0; j < m; j++) {
+        mu[j] /= (T)n;
+        s[j] = 0;
+    }
+    /* About the part's mean (two passes): no cancellation when the mean is large. */
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *restrict z = Z + i * m;
+        for (ptrdiff_t j = 0; j < m; j++) {
+            const T d = z[j] - mu[j];
+            s[j] += d * d;
+        }
+    }
+}
+
+void FN(fm_batch_norm_stats)(ptrdiff_t parts, ptrdiff_t n, ptrdiff_t m, const T *pmean,
+                             const T *pm2, double eps, double momentum, T *mean, T *rstd,
+                             T *run_mean, T *run_var)
+{
+    /* rstd holds the running M2 until the end. */
+    for (ptrdiff_t j = 0; j < m; j++) {
+        mean[j] = pmean[j];
+        rstd[j] = pm2[j];
+    }
+    ptrdiff_t na = n / parts;   /* rows of part 0: (p + 1) n / parts - p n / parts */
+    for (ptrdiff_t p = 1; p < parts; p++) {
+        const ptrdiff_t nb = (p + 1) * n / parts - p * n / parts, nab = na + nb;
+        const T fb = (T)nb / (T)nab, fab = (T)na * (T)nb / (T)nab;
+        const T *restrict mb = pmean + p * m, *restrict sb = pm2 + p * m;
+        for (ptrdiff_t j = 0; j < m; j++) {
+            const T d = mb[j] - mean[j];
+            mean[j] += d * fb;
+            rstd[j] += sb[j] + d * d * fab;
+        }
+        na = nab;
+    }
+    for (ptrdiff_t j = 0; j < m; j++) {
+        const T sum_sq = rstd[j];
+        rstd[j] = 1 / SQRT(sum_sq / (T)n + (T)eps);
+        if (run_mean) {
+            /* PyTorch's running estimates: the unbiased variance (n >= 2). */
+            run_mean[j] = (T)(1 - momentum) * run_mean[j] + (T)momentum * mean[j];
+            run_var[j] = (T)(1 - momentum) * run_var[j] + (T)momentum * (sum_sq / (T)(n - 1));
+        }
+    }
+}
+
+FM_CPU_DISPATCH
+void FN(fm_batch_norm)(ptrdiff_t n, ptrdiff_t m, T *Z, const T *mean, const T *rstd,
+                       const T *gamma, const T *beta, int act, T *Zhat)
+{
+    for (ptrdiff_t i = 0; i < n; i++) {
+        T *restrict z = Z + i * m;
+        const T *restrict mu = mean, *restrict r = rstd, *restrict g = gamma;
+        for (ptrdiff_t j = 0; j < m; j++) z[j] = (z[j] - mu[j]) * r[j];
+        if (Zhat) {
+            T *restrict h = Zhat + i * m;
+            for (ptrdiff_t j = 0; j < m; j++) h[j] = z[j];
+        }
+        for (ptrdiff_t j = 0; j < m; j++) z[j] *= g[j];
+        FN(fm_bias_act)(1, m, z, beta, act);
+    }
+}
+
+#ifndef FM_BN_CHUNK
+#define FM_BN_CHUNK 256
+#endif
+FM_CPU_DISPATCH
+void FN(fm_batch_norm_eval)(ptrdiff_t n, ptrdiff_t m, T *Z, const T *run_mean,
+                            const T *run_var, const T *gamma, const T *beta, double eps,
+                            int act)
+{
+    /* One scale and shift per column, a chunk of columns at a time (no allocation). */
+    T scale[FM_BN_CHUNK], shift[FM_BN_CHUNK];
+    for (ptrdiff_t j0 = 0; j0 < m; j0 += FM_BN_CHUNK) {
+        const ptrdiff_t w = m - j0 < FM_BN_CHUNK ? m - j0 : FM_BN_CHUNK;
+        for (ptrdiff_t j = 0; j < w; j++) {
+            scale[j] = gamma[j0 + j] / SQRT(run_var[j0 + j] + (T)eps);
+            shift[j] = beta[j0 + j] - run_mean[j0 + j] * scale[j];
+        }
+        for (ptrdiff_t i = 0; i < n; i++) {
+            T *restrict z = Z + i * m + j0;
+            for (ptrdiff_t j = 0; j < w; j++) z[j] *= scale[j];
+        }
+        for (ptrdiff_t i = 0; i < n; i++)
+            FN(fm_bias_act)(1, w, Z + i * m + j0, shift, act);
+    }
+}
+
+FM_CPU_DISPATCH
+void FN(fm_batch_norm_backward_partial)(ptrdiff_t n, ptrdiff_t m, const T *D, const T *Zhat,
+                                        T *sums)
+{
+    T *restrict sh = sums, *restrict sd = sums + m;
+    for (ptrdiff_t j = 0; j < 2 * m; j++) sums[j] = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const T *restrict d = D + i * m, *restrict h = Zhat + i * m;
+        for (ptrdiff_t j = 0; j < m; j++) {
+            sh[j] += d[j] * h[j];
+            sd[j] += d[j];
+        }
+    }
+}
+
+FM_CPU_DISPATCH
+void FN(fm_batch_norm_backward)(ptrdiff_t n, ptrdiff_t m, const T *gamma, const T *rstd,
+                                const T *dgb, ptrdiff_t count, const T *Zhat, T *D)
+{
+    const T inv = 1 / (T)count;
+    const T *restrict dg = dgb, *restrict db = dgb + m;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        T *restrict d = D + i * m;
+        const T *restrict h = Zhat + i * m, *restrict g = gamma, *restrict r = rstd;
+        for (ptrdiff_t j = 0; j < m; j++)
+            d[j] = g[j] * r[j] * (d[j] - (db[j] + h[j] * dg[j]) * inv);
+    }
+}
+
 void FN(fm_dropout)(ptrdiff_t n, ptrdiff_t m, const T *A, T *mask, T *out, double p,
                     uint64_t seed, ptrdiff_t row0)
 {

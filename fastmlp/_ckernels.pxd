@@ -79,6 +79,40 @@ cdef extern from "fm_kernels.h" nogil:
                                   const float *rstd, float *Zhat, float *D, float *G)
     void fm_layer_norm_backward_d(Py_ssize_t n, Py_ssize_t m, const double *gamma,
                                   const double *rstd, double *Zhat, double *D, double *G)
+    void fm_batch_norm_partial_f(Py_ssize_t n, Py_ssize_t m, const float *Z, float *mean,
+                                 float *m2)
+    void fm_batch_norm_partial_d(Py_ssize_t n, Py_ssize_t m, const double *Z, double *mean,
+                                 double *m2)
+    void fm_batch_norm_stats_f(Py_ssize_t parts, Py_ssize_t n, Py_ssize_t m,
+                               const float *pmean, const float *pm2, double eps,
+                               double momentum, float *mean, float *rstd, float *run_mean,
+                               float *run_var)
+    void fm_batch_norm_stats_d(Py_ssize_t parts, Py_ssize_t n, Py_ssize_t m,
+                               const double *pmean, const double *pm2, double eps,
+                               double momentum, double *mean, double *rstd,
+                               double *run_mean, double *run_var)
+    void fm_batch_norm_f(Py_ssize_t n, Py_ssize_t m, float *Z, const float *mean,
+                         const float *rstd, const float *gamma, const float *beta, int act,
+                         float *Zhat)
+    void fm_batch_norm_d(Py_ssize_t n, Py_ssize_t m, double *Z, const double *mean,
+                         const double *rstd, const double *gamma, const double *beta,
+                         int act, double *Zhat)
+    void fm_batch_norm_eval_f(Py_ssize_t n, Py_ssize_t m, float *Z, const float *run_mean,
+                              const float *run_var, const float *gamma, const float *beta,
+                              double eps, int act)
+    void fm_batch_norm_eval_d(Py_ssize_t n, Py_ssize_t m, double *Z, const double *run_mean,
+                              const double *run_var, const double *gamma,
+                              const double *beta, double eps, int act)
+    void fm_batch_norm_backward_partial_f(Py_ssize_t n, Py_ssize_t m, const float *D,
+                                          const float *Zhat, float *sums)
+    void fm_batch_norm_backward_partial_d(Py_ssize_t n, Py_ssize_t m, const double *D,
+                                          const double *Zhat, double *sums)
+    void fm_batch_norm_backward_f(Py_ssize_t n, Py_ssize_t m, const float *gamma,
+                                  const float *rstd, const float *dgb, Py_ssize_t count,
+                                  const float *Zhat, float *D)
+    void fm_batch_norm_backward_d(Py_ssize_t n, Py_ssize_t m, const double *gamma,
+                                  const double *rstd, const double *dgb, Py_ssize_t count,
+                                  const double *Zhat, double *D)
     void fm_dropout_f(Py_ssize_t n, Py_ssize_t m, const float *A, float *mask, float *out,
                       double p, uint64_t seed, Py_ssize_t row0)
     void fm_dropout_d(Py_ssize_t n, Py_ssize_t m, const double *A, double *mask,
@@ -264,6 +298,64 @@ cdef inline void layer_norm_backward(Py_ssize_t n, Py_ssize_t m, const floating 
         fm_layer_norm_backward_f(n, m, gamma, rstd, Zhat, D, G)
     else:
         fm_layer_norm_backward_d(n, m, gamma, rstd, Zhat, D, G)
+
+
+cdef inline void batch_norm_partial(Py_ssize_t n, Py_ssize_t m, const floating *Z,
+                                    floating *mean, floating *m2) noexcept nogil:
+    if floating is float:
+        fm_batch_norm_partial_f(n, m, Z, mean, m2)
+    else:
+        fm_batch_norm_partial_d(n, m, Z, mean, m2)
+
+
+cdef inline void batch_norm_stats(Py_ssize_t parts, Py_ssize_t n, Py_ssize_t m,
+                                  const floating *pmean, const floating *pm2, double eps,
+                                  double momentum, floating *mean, floating *rstd,
+                                  floating *run_mean, floating *run_var) noexcept nogil:
+    if floating is float:
+        fm_batch_norm_stats_f(parts, n, m, pmean, pm2, eps, momentum, mean, rstd, run_mean,
+                              run_var)
+    else:
+        fm_batch_norm_stats_d(parts, n, m, pmean, pm2, eps, momentum, mean, rstd, run_mean,
+                              run_var)
+
+
+cdef inline void batch_norm(Py_ssize_t n, Py_ssize_t m, floating *Z, const floating *mean,
+                            const floating *rstd, const floating *gamma,
+                            const floating *beta, int act, floating *Zhat) noexcept nogil:
+    if floating is float:
+        fm_batch_norm_f(n, m, Z, mean, rstd, gamma, beta, act, Zhat)
+    else:
+        fm_batch_norm_d(n, m, Z, mean, rstd, gamma, beta, act, Zhat)
+
+
+cdef inline void batch_norm_eval(Py_ssize_t n, Py_ssize_t m, floating *Z,
+                                 const floating *run_mean, const floating *run_var,
+                                 const floating *gamma, const floating *beta, double eps,
+                                 int act) noexcept nogil:
+    if floating is float:
+        fm_batch_norm_eval_f(n, m, Z, run_mean, run_var, gamma, beta, eps, act)
+    else:
+        fm_batch_norm_eval_d(n, m, Z, run_mean, run_var, gamma, beta, eps, act)
+
+
+cdef inline void batch_norm_backward_partial(Py_ssize_t n, Py_ssize_t m, const floating *D,
+                                             const floating *Zhat,
+                                             floating *sums) noexcept nogil:
+    if floating is float:
+        fm_batch_norm_backward_partial_f(n, m, D, Zhat, sums)
+    else:
+        fm_batch_norm_backward_partial_d(n, m, D, Zhat, sums)
+
+
+cdef inline void batch_norm_backward(Py_ssize_t n, Py_ssize_t m, const floating *gamma,
+                                     const floating *rstd, const floating *dgb,
+                                     Py_ssize_t count, const floating *Zhat,
+                                     floating *D) noexcept nogil:
+    if floating is float:
+        fm_batch_norm_backward_f(n, m, gamma, rstd, dgb, count, Zhat, D)
+    else:
+        fm_batch_norm_backward_d(n, m, gamma, rstd, dgb, count, Zhat, D)
 
 
 cdef inline void dropout(Py_ssize_t n, Py_ssize_t m, const floating *A, floating *mask,

@@ -212,6 +212,95 @@ def layer_norm_backward(const floating[::1] gamma, const floating[::1] rstd,
     return G
 
 
+def batch_norm_stats(const floating[:, ::1] Z, Py_ssize_t parts, double eps,
+                     double momentum=0.1, floating[::1] run_mean=None,
+                     floating[::1] run_var=None):
+    """The batch mean and rstd of Z's columns, from `parts` row blocks' partial statistics
+    (fm_batch_norm_partial) combined in block order; moves run_mean and run_var (in
+    place) if given. Returns ``(mean, rstd)``."""
+    cdef Py_ssize_t n = Z.shape[0], m = Z.shape[1], p, r0, r1
+    _check(m >= 1 and 1 <= parts <= n, "need 1 <= parts <= rows and columns >= 1")
+    _check(eps > 0, "eps must be > 0")
+    _check((run_mean is None) == (run_var is None), "run_mean and run_var go together")
+    _check(run_mean is None or n >= 2, "the running variance needs 2 rows or more")
+    _check(run_mean is None or (run_mean.shape[0] == m and run_var.shape[0] == m),
+           "run_mean and run_var need Z.shape[1] elements")
+    dt = np.asarray(Z).dtype
+    part = np.empty((2, parts, m), dtype=dt)
+    mean = np.empty(m, dtype=dt)
+    rstd = np.empty(m, dtype=dt)
+    cdef floating[:, :, ::1] pv = part
+    cdef floating[::1] mv = mean
+    cdef floating[::1] rv = rstd
+    cdef floating *rm = &run_mean[0] if run_mean is not None else NULL
+    cdef floating *rvar = &run_var[0] if run_var is not None else NULL
+    with nogil:
+        for p in range(parts):
+            r0 = p * n // parts
+            r1 = (p + 1) * n // parts
+            fm.batch_norm_partial(r1 - r0, m, &Z[r0, 0], &pv[0, p, 0], &pv[1, p, 0])
+        fm.batch_norm_stats(parts, n, m, &pv[0, 0, 0], &pv[1, 0, 0], eps, momentum,
+                            &mv[0], &rv[0], rm, rvar)
+    return mean, rstd
+
+
+def batch_norm(floating[:, ::1] Z, const floating[::1] mean, const floating[::1] rstd,
+               const floating[::1] gamma, const floating[::1] beta, str activation):
+    """Z = activation(gamma * zhat + beta) in place, zhat = (Z - mean) * rstd per column;
+    returns zhat."""
+    cdef Py_ssize_t n = Z.shape[0], m = Z.shape[1]
+    _check(m >= 1 and mean.shape[0] == m and rstd.shape[0] == m and gamma.shape[0] == m
+           and beta.shape[0] == m, "mean, rstd, gamma and beta need Z.shape[1] elements")
+    zhat = np.empty((n, m), dtype=np.asarray(Z).dtype)
+    cdef floating[:, ::1] hv = zhat
+    cdef int act = _ACT[activation]
+    if n:
+        with nogil:
+            fm.batch_norm(n, m, &Z[0, 0], &mean[0], &rstd[0], &gamma[0], &beta[0], act,
+                          &hv[0, 0])
+    return zhat
+
+
+def batch_norm_eval(floating[:, ::1] Z, const floating[::1] run_mean,
+                    const floating[::1] run_var, const floating[::1] gamma,
+                    const floating[::1] beta, double eps, str activation):
+    """Z = activation(gamma * (Z - run_mean) / sqrt(run_var + eps) + beta), in place."""
+    cdef Py_ssize_t n = Z.shape[0], m = Z.shape[1]
+    _check(m >= 1 and run_mean.shape[0] == m and run_var.shape[0] == m
+           and gamma.shape[0] == m and beta.shape[0] == m,
+           "run_mean, run_var, gamma and beta need Z.shape[1] elements")
+    _check(eps > 0, "eps must be > 0")
+    cdef int act = _ACT[activation]
+    if n:
+        with nogil:
+            fm.batch_norm_eval(n, m, &Z[0, 0], &run_mean[0], &run_var[0], &gamma[0],
+                               &beta[0], eps, act)
+
+
+def batch_norm_backward(floating[:, ::1] D, const floating[:, ::1] zhat,
+                        const floating[::1] gamma, const floating[::1] rstd,
+                        Py_ssize_t parts):
+    """D: dL/dy in, dL/dz out (in place), with the column sums over `parts` row blocks
+    added in block order. Returns ``(dgamma, dbeta)``."""
+    cdef Py_ssize_t n = D.shape[0], m = D.shape[1], p, r0, r1
+    _check(m >= 1 and 1 <= parts <= n, "need 1 <= parts <= rows and columns >= 1")
+    _check(zhat.shape[0] == n and zhat.shape[1] == m and gamma.shape[0] == m
+           and rstd.shape[0] == m, "D, zhat, gamma and rstd do not match")
+    dt = np.asarray(D).dtype
+    part = np.empty((parts, 2 * m), dtype=dt)
+    dgb = np.empty(2 * m, dtype=dt)
+    cdef floating[:, ::1] pv = part
+    cdef floating[::1] g = dgb
+    with nogil:
+        for p in range(parts):
+            r0 = p * n // parts
+            r1 = (p + 1) * n // parts
+            fm.batch_norm_backward_partial(r1 - r0, m, &D[r0, 0], &zhat[r0, 0], &pv[p, 0])
+        fm.col_sum(parts, 2 * m, &pv[0, 0], &g[0])
+        fm.batch_norm_backward(n, m, &gamma[0], &rstd[0], &g[0], n, &zhat[0, 0], &D[0, 0])
+    return dgb[:m].copy(), dgb[m:].copy()
+
+
 def dropout(const floating[:, ::1] A, double p, uint64_t seed, Py_ssize_t row0=0):
     """Inverted dropout: returns ``(mask, A * mask)``."""
     _check(0 <= p < 1, "p must lie in [0, 1)")

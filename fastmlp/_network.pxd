@@ -19,15 +19,26 @@ cpdef enum Loss:
     LOSS_BINARY_XENT = 6     # multilabel classifier: sigmoid + cross-entropy per label
 
 
+cpdef enum Norm:
+    NORM_NONE = 0
+    NORM_LAYER = 1           # LayerNorm: row-local
+    NORM_BATCH = 2           # BatchNorm: batch statistics in training, running ones after
+
+
 cdef struct Layout:
     int n_layers                        # L, the number of Linear layers
     int sizes[MAX_LAYERS + 1]           # sizes[0] inputs ... sizes[L] outputs
     int acts[MAX_LAYERS + 1]            # activation code of layer l = 1..L
     Py_ssize_t w_off[MAX_LAYERS + 1]    # offsets of W_l (fan_in x fan_out, row-major)
     Py_ssize_t b_off[MAX_LAYERS + 1]    # and of b_l in the flat parameter buffer
-    bint norm                           # LayerNorm after each hidden layer's Linear part
+    int norm                            # a Norm after each hidden layer's Linear part
     double norm_eps                     # its eps, inside the square root
     Py_ssize_t g_off[MAX_LAYERS + 1]    # with norm, hidden l's gamma_l then beta_l
+    # NORM_BATCH: the Network's running statistics (not parameters): hidden l's running
+    # mean at stats + s_off[l], its running variance after it; momentum of their update.
+    void *stats
+    Py_ssize_t s_off[MAX_LAYERS + 1]
+    double bn_momentum
     Py_ssize_t n_params
 
 
@@ -45,8 +56,10 @@ cdef class Network:
     cdef readonly object dtype
     cdef readonly int loss
     cdef readonly double delta          # Huber's threshold
-    cdef readonly object normalization  # None or "layer"
+    cdef readonly object normalization  # None, "layer" or "batch"
+    cdef readonly object stats          # BatchNorm's running means and variances (flat)
     cdef bint is_double
+    cdef init_stats(self, stats)
 
 
 cdef inline bint is_regression(int loss) noexcept nogil:

@@ -50,9 +50,10 @@ REGRESSION_LOSS = "squared_error"   # the default loss of a regressor
 # The losses that make a regressor (real targets, no classes).
 REGRESSION_LOSSES = ("squared_error", "huber", "absolute_error", "poisson")
 # normalization="layer": LayerNorm after each hidden Linear layer, with torch.nn.LayerNorm's
-# default eps.
-NORMALIZATIONS = ("layer",)
+# default eps; "batch": BatchNorm (torch.nn.BatchNorm1d's eps and momentum).
+NORMALIZATIONS = ("layer", "batch")
 NORM_EPS = 1e-5
+BN_MOMENTUM = 0.1
 LAYERS_LIMIT = MAX_LAYERS           # Linear layers per network
 WIDTH_LIMIT = 2**31 - 1             # units per layer (C int sizes)
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -119,13 +120,20 @@ cdef class Network:
         writeable array of ``dtype`` and the right size, else copied. Zeros if omitted.
     delta : float > 0
         The threshold of the Huber loss (unused by the others).
-    normalization : {None, "layer"}
+    normalization : {None, "layer", "batch"}
         "layer": LayerNorm (scale gamma_l, shift beta_l; eps NORM_EPS) between each hidden
         layer's Linear part and its activation; its parameters follow b_l in params.
+        "batch": BatchNorm there instead (same parameters; batch statistics in a Trainer's
+        steps, which move the running ones (momentum BN_MOMENTUM); :meth:`forward` uses
+        the running ones).
+    stats : ndarray, optional
+        With "batch": the running statistics, per hidden layer its running mean then its
+        running variance (:attr:`stats`; used in place as params is). Means 0 and
+        variances 1 if omitted.
     """
 
     def __init__(self, sizes, activations, str loss, dtype, params=None, double delta=1.0,
-                 normalization=None):
+                 normalization=None, stats=None):
         cdef int L = len(sizes) - 1, l
         cdef Py_ssize_t p = 0
         if not 1 <= L <= MAX_LAYERS or len(activations) != L:
@@ -150,8 +158,10 @@ cdef class Network:
             raise ValueError(f"normalization must be None or one of {NORMALIZATIONS}; "
                              f"got {normalization!r}")
         self.normalization = normalization
-        self.layout.norm = normalization is not None
+        self.layout.norm = (NORM_NONE if normalization is None else
+                            NORM_LAYER if normalization == "layer" else NORM_BATCH)
         self.layout.norm_eps = NORM_EPS
+        self.layout.bn_momentum = BN_MOMENTUM
         self.layout.n_layers = L
         self.layout.sizes[0] = sizes[0]
         for l in range(1, L + 1):
@@ -165,6 +175,7 @@ cdef class Network:
             if self.layout.norm and l < L:
                 p += 2 * sizes[l]
         self.layout.n_params = p
+        self.init_stats(stats)
         if params is None:
             self.params = np.zeros(p, dtype=self.dtype)
             return
@@ -178,6 +189,32 @@ cdef class Network:
         # Unaligned buffers (protocol-5 pickles, Dask transfers) are copied: C reads
         # elements with aligned loads.
         self.params = np.require(params, requirements=["C", "A", "W"])
+
+    cdef init_stats(self, stats):
+        cdef int l, L = self.layout.n_layers
+        cdef Py_ssize_t q = 0
+        cdef size_t addr
+        for l in range(1, L):
+            self.layout.s_off[l] = q
+            if self.layout.norm == NORM_BATCH:
+                q += 2 * self.layout.sizes[l]
+        if stats is None:
+            self.stats = np.zeros(q, dtype=self.dtype)
+            for l in range(1, L):
+                self.stats[self.layout.s_off[l] + self.layout.sizes[l]:
+                           self.layout.s_off[l] + 2 * self.layout.sizes[l]] = 1
+        elif (not isinstance(stats, np.ndarray) or stats.shape != (q,)
+              or stats.dtype != self.dtype):
+            raise ValueError(
+                f"stats must be a flat {self.dtype} array of {q} values (each hidden "
+                f"layer's running mean and variance); got "
+                f"{getattr(stats, 'dtype', type(stats).__name__)} of shape {np.shape(stats)}")
+        else:
+            self.stats = np.require(stats, requirements=["C", "A", "W"])
+        self.layout.stats = NULL
+        if q:   # the array is never replaced (only written in place): the pointer holds
+            addr = self.stats.ctypes.data
+            self.layout.stats = <void *> addr
 
     @property
     def sizes(self):
@@ -201,6 +238,13 @@ cdef class Network:
             return []
         return [self.layout.g_off[l] for l in range(1, self.layout.n_layers)]
 
+    def stats_offsets(self):
+        """Where each hidden layer's running mean starts in stats (its running variance
+        follows it); empty without normalization="batch"."""
+        if self.layout.norm != NORM_BATCH:
+            return []
+        return [self.layout.s_off[l] for l in range(1, self.layout.n_layers)]
+
     def parallel_blocks(self, Py_ssize_t n_rows):
         """Row blocks :meth:`forward` makes of n_rows (1: it runs on the calling thread)."""
         return predict_blocks(n_rows, PREDICT_BLOCK_ROWS)
@@ -214,7 +258,8 @@ cdef class Network:
         first layer runs fm_csr_matmul. `isa` picks an fm_dense variant (tests); the default is the best
         this CPU runs. NaN and infinity in X raise ValueError (found in the first layer's
         products, see fm_dense), as do finite inputs so large that the first layer
-        overflows.
+        overflows. BatchNorm uses the running statistics (inference mode): a row's output
+        does not depend on the other rows.
         """
         cdef int bad
         if max_block_rows < 1:
@@ -256,8 +301,8 @@ cdef class Network:
 
 
 def count_params(sizes, normalization=None):
-    """Parameters (weights, biases, and LayerNorm's gamma and beta with normalization)
-    of a network of these layer sizes."""
+    """Parameters (weights, biases, and the normalization's gamma and beta) of a network
+    of these layer sizes."""
     norm = 2 * sum(sizes[1:-1]) if normalization is not None else 0
     return sum(a * b + b for a, b in zip(sizes, sizes[1:])) + norm
 
@@ -451,13 +496,14 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
     cdef Py_ssize_t r0 = b * block_rows, nr = min(block_rows, n - r0)
     cdef int L = lay.n_layers, k = lay.sizes[L], l, fan_in, fan_out, ok, act
     cdef bint norm
+    cdef const floating *stats = <const floating *> lay.stats
     cdef const floating *inp = (X + r0 * lay.sizes[0]) if X != NULL else NULL
     cdef floating *z
     for l in range(1, L + 1):
         fan_in = lay.sizes[l - 1]
         fan_out = lay.sizes[l]
-        norm = lay.norm and l < L
-        act = FM_IDENTITY if norm else lay.acts[l]   # LayerNorm applies it
+        norm = lay.norm != NORM_NONE and l < L
+        act = FM_IDENTITY if norm else lay.acts[l]   # the normalization applies it
         z = out + r0 * k if l == L else ws + h_off[l]
         if l == 1 and csr.indptr != NULL:
             # Sparse X: its rows' nonzeros times rows of W (the block's row pointers start
@@ -479,7 +525,11 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
         # inf or NaN): a test on fan_out columns instead of fan_in.
         if l == 1 and not ok:
             return 1
-        if norm:
+        if norm and lay.norm == NORM_BATCH:   # the running statistics: one affine map
+            fm.batch_norm_eval(nr, fan_out, z, stats + lay.s_off[l],
+                               stats + lay.s_off[l] + fan_out, params + lay.g_off[l],
+                               params + lay.g_off[l] + fan_out, lay.norm_eps, lay.acts[l])
+        elif norm:
             fm.layer_norm(nr, fan_out, z, params + lay.g_off[l], params + lay.g_off[l] + fan_out,
                           lay.norm_eps, lay.acts[l], <floating *> NULL, <floating *> NULL)
         inp = z

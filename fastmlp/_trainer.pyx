@@ -39,8 +39,9 @@ from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
 from fastmlp._ckernels cimport (FM_IDENTITY, FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_init,
                                 fm_tuner_step, fm_tuner_threads)
-from fastmlp._network cimport (LOSS_BINARY_XENT, LOSS_CROSS_ENTROPY, MAX_LAYERS, Csr, Layout,
-                               Network, is_regression, regression_loss, uses_targets)
+from fastmlp._network cimport (LOSS_BINARY_XENT, LOSS_CROSS_ENTROPY, MAX_LAYERS, NORM_BATCH,
+                               NORM_LAYER, NORM_NONE, Csr, Layout, Network, is_regression,
+                               regression_loss, uses_targets)
 
 import numpy as np
 
@@ -84,6 +85,8 @@ cdef struct Workspace:
     # A_l (A_0: the gathered input rows), deltas D_l, dropout masks M_l and dropped
     # activations Ad_l, LayerNorm's normalized rows H_l (zhat, then D * zhat in the
     # backward pass) and output gradients G_l, with its per-row 1 / std (capacity each);
+    # BatchNorm's H_l (zhat) and its batch mean and 1 / std per column (st_off, 2 sizes[l]),
+    # with one buffer of per-block partial sums shared by its layers (part_off);
     # then per-row sample weights and regression target rows.
     Py_ssize_t a_off[MAX_LAYERS + 1]
     Py_ssize_t d_off[MAX_LAYERS + 1]
@@ -92,6 +95,8 @@ cdef struct Workspace:
     Py_ssize_t h_off[MAX_LAYERS + 1]
     Py_ssize_t g_off[MAX_LAYERS + 1]
     Py_ssize_t rstd_off[MAX_LAYERS + 1]
+    Py_ssize_t st_off[MAX_LAYERS + 1]
+    Py_ssize_t part_off
     Py_ssize_t w_off
     Py_ssize_t t_off
     Py_ssize_t size
@@ -157,7 +162,7 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
     cdef Workspace w
     cdef int L = lay.n_layers, l
     # A sparse X is read in place: no gathered A_0.
-    cdef Py_ssize_t p = 0 if sparse else capacity * lay.sizes[0]
+    cdef Py_ssize_t p = 0 if sparse else capacity * lay.sizes[0], widest = 0
     w.dropout = dropout
     w.sparse = sparse
     w.a_off[0] = 0
@@ -169,18 +174,27 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
             w.m_off[l] = p
             w.ad_off[l] = p + capacity * lay.sizes[l]
             p += 2 * capacity * lay.sizes[l]
-        if lay.norm and l < L:
+        if lay.norm == NORM_LAYER and l < L:
             w.h_off[l] = p
             w.g_off[l] = p + capacity * lay.sizes[l]
             w.rstd_off[l] = p + 2 * capacity * lay.sizes[l]
             p += (2 * lay.sizes[l] + 1) * capacity
+        if lay.norm == NORM_BATCH and l < L:
+            w.h_off[l] = p
+            w.st_off[l] = p + capacity * lay.sizes[l]
+            p += (capacity + 2) * lay.sizes[l]
+            widest = max(widest, lay.sizes[l])
+    w.block_rows = block_rows_for(lay, capacity, elem)
+    # BatchNorm's partial sums: 2 rows of the widest hidden layer per row block.
+    w.part_off = p
+    p += 2 * widest * min((capacity + w.block_rows - 1) // w.block_rows,
+                          <Py_ssize_t> MAX_BLOCKS)
     w.w_off = p
     p += capacity
     w.t_off = p
     if targets:
         p += capacity * lay.sizes[L]
     w.size = p
-    w.block_rows = block_rows_for(lay, capacity, elem)
     return w
 
 
@@ -259,6 +273,11 @@ cdef class Trainer:
         self.sample_weight = (None if sample_weight is None
                               else np.require(sample_weight, requirements=["C", "A"]))
         self.batch_size = min(batch_size, X.shape[0])
+        if network.layout.norm == NORM_BATCH and self.batch_size < 2:
+            raise ValueError(
+                "normalization='batch' needs mini-batches of at least 2 rows (a batch "
+                f"variance); got {X.shape[0]} sample{'s' if X.shape[0] != 1 else ''} and "
+                f"batch_size {batch_size}")
         self.n_threads = n_threads
         self.adaptive_threads = adaptive_threads
         fm_tuner_init(&self.tuner, n_threads, monotonic())
@@ -365,6 +384,8 @@ cdef class Trainer:
         batch = np.ascontiguousarray(batch, dtype=np.int64)
         if not 1 <= len(batch) <= self.batch_size:
             raise ValueError(f"a batch holds 1 to {self.batch_size} samples")
+        if self.lay.norm == NORM_BATCH and len(batch) < 2:
+            raise ValueError("normalization='batch' needs a batch of at least 2 samples")
         loss_sum, weight_sum, _, _, _ = self.epoch(batch, lr, seed)
         return loss_sum / weight_sum if weight_sum else float("nan")
 
@@ -392,6 +413,8 @@ cdef class Trainer:
             raise ValueError("gradient() takes all rows as one batch: batch_size >= rows")
         if self.h.dropout > 0:
             raise ValueError("the gradient is of the network without dropout")
+        if self.lay.norm == NORM_BATCH and n < 2:
+            raise ValueError("normalization='batch' needs at least 2 rows (a batch variance)")
         if self.network.is_double:
             return full_gradient[double](self, self.network.params)
         return full_gradient[float](self, self.network.params)
@@ -487,6 +510,8 @@ cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order,
             start += b.n
             if b.weight_sum <= 0:   # every sample weighs 0: nothing to learn from
                 continue
+            if b.n < 2 and tr.lay.norm == NORM_BATCH:
+                continue   # a last batch of one row has no batch variance: skipped
             tr.h.t += 1
             b.seed = fm_hash64(seed, tr.h.t)
             batch_loss = step(tr.lay, &tr.wsl, &tr.h, &buf, &b, <floating *> buf.ws,
@@ -559,13 +584,18 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
     cdef Py_ssize_t r0, r1
     cdef double total = 0
     cdef unsigned int fpu
-    for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
-        r0 = i * b.n // n_blocks
-        r1 = (i + 1) * b.n // n_blocks
-        block_correct[i] = 0
-        fpu = fm_denormals_off()   # Adam's decaying moments make denormals
-        block_loss[i] = rows_step(lay, wsl, h, buf, b, ws, r0, r1 - r0, &block_correct[i])
-        fm_fpu_restore(fpu)
+    if lay.norm == NORM_BATCH and L > 1:
+        bn_rows_phase(lay, wsl, h, buf, b, ws, n_threads, n_blocks, update, block_loss,
+                      block_correct)
+    else:
+        for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
+            r0 = i * b.n // n_blocks
+            r1 = (i + 1) * b.n // n_blocks
+            block_correct[i] = 0
+            fpu = fm_denormals_off()   # Adam's decaying moments make denormals
+            block_loss[i] = rows_step(lay, wsl, h, buf, b, ws, r0, r1 - r0,
+                                      &block_correct[i])
+            fm_fpu_restore(fpu)
     # Dynamic scheduling: a thread the OS has paused does not hold up the others.
     for item in prange(L * PARAM_PARTS, num_threads=n_threads, schedule="dynamic"):
         fpu = fm_denormals_off()
@@ -583,20 +613,39 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
                       Py_ssize_t nr, int64_t *n_correct) noexcept nogil:
     """Row phase for rows r0..r0+nr of the batch: gather, forward, loss and dZ, backward
     chain of deltas. Returns the rows' summed (weighted) loss."""
-    cdef int L = lay.n_layers, l, d0 = lay.sizes[0], k = lay.sizes[L], width
+    cdef int L = lay.n_layers, l, width
+    cdef const floating *params = <const floating *> buf.params
+    cdef double loss
+    gather_rows(lay, wsl, buf, b, ws, r0, nr)
+    forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr, b.rows + r0)
+    loss = loss_rows(lay, wsl, h, buf, b, ws, r0, nr, n_correct)
+    for l in range(L, 1, -1):
+        # D_{l-1} = D_l @ W_l^T, then through dropout and the activation of layer l - 1.
+        delta_rows(lay, wsl, buf, ws, l, r0, nr)
+        if lay.norm == NORM_LAYER:   # then through LayerNorm, keeping what its
+            width = lay.sizes[l - 1]   # parameters' gradients need
+            fm.layer_norm_backward(nr, width, params + lay.g_off[l - 1],
+                                   (ws + wsl.rstd_off[l - 1] + r0),
+                                   (ws + wsl.h_off[l - 1] + r0 * width),
+                                   (ws + wsl.d_off[l - 1] + r0 * width),
+                                   (ws + wsl.g_off[l - 1] + r0 * width))
+    return loss
+
+
+cdef inline void gather_rows(const Layout *lay, const Workspace *wsl, const Buffers *buf,
+                             const Batch *b, floating *ws, Py_ssize_t r0,
+                             Py_ssize_t nr) noexcept nogil:
+    """Copy rows r0..r0+nr of the batch (inputs, labels or targets, weights) into the
+    workspace."""
+    cdef int L = lay.n_layers, d0 = lay.sizes[0], k = lay.sizes[L]
     cdef Py_ssize_t r, src
     cdef const floating *X = <const floating *> buf.X
     cdef const floating *targets = <const floating *> buf.targets
     cdef const floating *sw = <const floating *> buf.sample_weight
-    cdef const floating *params = <const floating *> buf.params
     cdef floating *a0 = (ws + wsl.a_off[0] + r0 * d0)
-    cdef floating *zL = (ws + wsl.a_off[L] + r0 * k)
-    cdef floating *dL = (ws + wsl.d_off[L] + r0 * k)
     cdef floating *trow = (ws + wsl.t_off + r0 * k)
     cdef floating *wrow = (ws + wsl.w_off + r0) if sw != NULL else NULL
     cdef int32_t *yrow = buf.ybuf + r0
-    cdef const floating *mask
-    cdef double scale = 1.0 / b.weight_sum, loss
     for r in range(nr):
         src = b.rows[r0 + r]
         if X != NULL:   # a sparse X is read in place by the first layer
@@ -608,8 +657,19 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
         if wrow != NULL:
             wrow[r] = sw[src]
 
-    forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr, b.rows + r0)
 
+cdef inline double loss_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
+                             const Buffers *buf, const Batch *b, floating *ws, Py_ssize_t r0,
+                             Py_ssize_t nr, int64_t *n_correct) noexcept nogil:
+    """The rows' summed loss, and their output deltas D_L."""
+    cdef int L = lay.n_layers, k = lay.sizes[L]
+    cdef const floating *sw = <const floating *> buf.sample_weight
+    cdef floating *zL = (ws + wsl.a_off[L] + r0 * k)
+    cdef floating *dL = (ws + wsl.d_off[L] + r0 * k)
+    cdef floating *trow = (ws + wsl.t_off + r0 * k)
+    cdef floating *wrow = (ws + wsl.w_off + r0) if sw != NULL else NULL
+    cdef int32_t *yrow = buf.ybuf + r0
+    cdef double scale = 1.0 / b.weight_sum, loss
     if is_regression(h.loss):
         loss = regression_loss(h.loss, nr, k, zL, trow, wrow, scale, h.delta, dL)
     elif h.loss == LOSS_BINARY_XENT:   # its sigmoid is part of the loss
@@ -620,24 +680,23 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
         loss = fm.mse(nr, k, zL, yrow, wrow, scale, dL, n_correct)
     if h.loss != LOSS_CROSS_ENTROPY and h.loss != LOSS_BINARY_XENT:
         fm.act_backward(nr, k, zL, <floating *> NULL, dL, lay.acts[L])
-
-    for l in range(L, 1, -1):
-        # D_{l-1} = D_l @ W_l^T, then through dropout and the activation of layer l - 1.
-        width = lay.sizes[l - 1]
-        gemm(False, True, <int> nr, width, lay.sizes[l], <floating> 1,
-             (ws + wsl.d_off[l] + r0 * lay.sizes[l]), lay.sizes[l],
-             params + lay.w_off[l], lay.sizes[l], <floating> 0,
-             (ws + wsl.d_off[l - 1] + r0 * width), width)
-        mask = (ws + wsl.m_off[l - 1] + r0 * width) if wsl.dropout else NULL
-        fm.act_backward(nr, width, (ws + wsl.a_off[l - 1] + r0 * width), mask,
-                        (ws + wsl.d_off[l - 1] + r0 * width), lay.acts[l - 1])
-        if lay.norm:   # then through LayerNorm, keeping what its parameters' gradients need
-            fm.layer_norm_backward(nr, width, params + lay.g_off[l - 1],
-                                   (ws + wsl.rstd_off[l - 1] + r0),
-                                   (ws + wsl.h_off[l - 1] + r0 * width),
-                                   (ws + wsl.d_off[l - 1] + r0 * width),
-                                   (ws + wsl.g_off[l - 1] + r0 * width))
     return loss
+
+
+cdef inline void delta_rows(const Layout *lay, const Workspace *wsl, const Buffers *buf,
+                            floating *ws, int l, Py_ssize_t r0, Py_ssize_t nr) noexcept nogil:
+    """D_{l-1} = D_l @ W_l^T for rows r0..r0+nr, through dropout and layer l - 1's
+    activation."""
+    cdef int width = lay.sizes[l - 1]
+    cdef const floating *params = <const floating *> buf.params
+    cdef const floating *mask
+    gemm(False, True, <int> nr, width, lay.sizes[l], <floating> 1,
+         (ws + wsl.d_off[l] + r0 * lay.sizes[l]), lay.sizes[l],
+         params + lay.w_off[l], lay.sizes[l], <floating> 0,
+         (ws + wsl.d_off[l - 1] + r0 * width), width)
+    mask = (ws + wsl.m_off[l - 1] + r0 * width) if wsl.dropout else NULL
+    fm.act_backward(nr, width, (ws + wsl.a_off[l - 1] + r0 * width), mask,
+                    (ws + wsl.d_off[l - 1] + r0 * width), lay.acts[l - 1])
 
 
 cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
@@ -645,42 +704,167 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
                        Py_ssize_t nr, const int64_t *rows) noexcept nogil:
     """Forward pass of rows r0..r0+nr of the workspace (A_0 gathered), into A_1..A_L;
     with dropout, hidden layers also write their masks and dropped activations. A sparse
-    X's first layer reads samples `rows` (the block's) from the CSR arrays instead.
+    X's first layer reads samples `rows` (the block's) from the CSR arrays instead."""
+    cdef int L = lay.n_layers, l, fan_out
+    cdef bint norm
+    cdef const floating *params = <const floating *> buf.params
+    for l in range(1, L + 1):
+        fan_out = lay.sizes[l]
+        norm = lay.norm == NORM_LAYER and l < L
+        # LayerNorm applies the activation
+        linear_rows(lay, wsl, buf, ws, l, r0, nr, rows, FM_IDENTITY if norm else lay.acts[l])
+        if norm:
+            fm.layer_norm(nr, fan_out, (ws + wsl.a_off[l] + r0 * fan_out),
+                          params + lay.g_off[l], params + lay.g_off[l] + fan_out,
+                          lay.norm_eps, lay.acts[l], (ws + wsl.h_off[l] + r0 * fan_out),
+                          (ws + wsl.rstd_off[l] + r0))
+        if wsl.dropout and l < L:
+            dropout_rows(lay, wsl, h, ws, seed, l, r0, nr)
+
+
+cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buffers *buf,
+                             floating *ws, int l, Py_ssize_t r0, Py_ssize_t nr,
+                             const int64_t *rows, int act) noexcept nogil:
+    """A_l = act(input W_l + b_l) for rows r0..r0+nr; the input is A_{l-1}, its dropped
+    copy with dropout, or for l = 1 a sparse X's samples `rows`.
 
     fm_dense reads W in place (unlike OpenBLAS, which repacks W for every block of a few
     rows), its last n % 16 columns element by element (tail NULL: W changes every step).
     """
-    cdef int L = lay.n_layers, l, fan_in, fan_out, act
-    cdef bint norm
+    cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
     cdef const floating *params = <const floating *> buf.params
-    cdef const floating *inp = (ws + wsl.a_off[0] + r0 * lay.sizes[0])
-    cdef floating *z
-    cdef floating *dropped
-    for l in range(1, L + 1):
-        fan_in = lay.sizes[l - 1]
-        fan_out = lay.sizes[l]
-        norm = lay.norm and l < L
-        act = FM_IDENTITY if norm else lay.acts[l]   # LayerNorm applies it
-        z = (ws + wsl.a_off[l] + r0 * fan_out)
-        if l == 1 and wsl.sparse:
-            fm.csr_matmul(nr, fan_out, buf.csr.indptr, buf.csr.indices,
-                          <const floating *> buf.csr.data, rows, params + lay.w_off[l], z,
-                          fan_out)
-            fm.bias_act(nr, fan_out, z, params + lay.b_off[l], act)
-        else:
-            fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
-                     params + lay.b_off[l], <const floating *> NULL, act, z, fan_out,
-                     FM_ISA_AUTO)
-        if norm:
-            fm.layer_norm(nr, fan_out, z, params + lay.g_off[l],
-                          params + lay.g_off[l] + fan_out, lay.norm_eps, lay.acts[l],
-                          (ws + wsl.h_off[l] + r0 * fan_out), (ws + wsl.rstd_off[l] + r0))
-        inp = z
-        if wsl.dropout and l < L:
-            dropped = (ws + wsl.ad_off[l] + r0 * fan_out)
-            fm.dropout(nr, fan_out, z, (ws + wsl.m_off[l] + r0 * fan_out),
-                       dropped, h.dropout, fm_hash64(seed, l), r0)
-            inp = dropped
+    cdef const floating *inp
+    cdef floating *z = (ws + wsl.a_off[l] + r0 * fan_out)
+    if l == 1 and wsl.sparse:
+        fm.csr_matmul(nr, fan_out, buf.csr.indptr, buf.csr.indices,
+                      <const floating *> buf.csr.data, rows, params + lay.w_off[l], z,
+                      fan_out)
+        fm.bias_act(nr, fan_out, z, params + lay.b_off[l], act)
+        return
+    inp = (ws + (wsl.ad_off[l - 1] if wsl.dropout and l > 1 else wsl.a_off[l - 1])
+           + r0 * fan_in)
+    fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l], params + lay.b_off[l],
+             <const floating *> NULL, act, z, fan_out, FM_ISA_AUTO)
+
+
+cdef inline void dropout_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
+                              floating *ws, uint64_t seed, int l, Py_ssize_t r0,
+                              Py_ssize_t nr) noexcept nogil:
+    """Hidden layer l's mask and dropped activations for rows r0..r0+nr."""
+    cdef int fan_out = lay.sizes[l]
+    fm.dropout(nr, fan_out, (ws + wsl.a_off[l] + r0 * fan_out),
+               (ws + wsl.m_off[l] + r0 * fan_out), (ws + wsl.ad_off[l] + r0 * fan_out),
+               h.dropout, fm_hash64(seed, l), r0)
+
+
+# -- BatchNorm's row phase: a barrier at each BatchNorm layer, forward and backward ----
+
+cdef void bn_rows_phase(const Layout *lay, const Workspace *wsl, const Hyper *h,
+                        const Buffers *buf, const Batch *b, floating *ws, int n_threads,
+                        int n_blocks, bint update, double *block_loss,
+                        int64_t *block_correct) noexcept nogil:
+    """The row phase of a network with BatchNorm, as stages over the same row blocks.
+
+    Forward stage s (1..L) finishes hidden layer s - 1 (normalization with the batch
+    statistics, activation, dropout) and runs Linear layer s; for s < L each block then
+    writes its column means and squared deviations of layer s, which fm_batch_norm_stats
+    combines in block order (and moves the running statistics with, on an update). Stage
+    L also takes the loss and the deltas down to layer L - 1's dL/dy, with each block's
+    column sums of dL/dy and dL/dy * zhat. Backward stage l (L - 1..1) combines those in
+    block order into dgamma_l, dbeta_l (the gradients themselves), takes each block
+    through the normalization's backward pass, and on to layer l - 1's partial sums.
+    Blocks and block order depend on the batch size alone, so the bits do not depend on
+    the thread count.
+    """
+    cdef int L = lay.n_layers, s, l, i, m
+    cdef Py_ssize_t r0, r1
+    cdef unsigned int fpu
+    cdef floating *part = ws + wsl.part_off
+    cdef floating *grads = <floating *> buf.grads
+    cdef floating *stats = <floating *> lay.stats
+    for s in range(1, L + 1):
+        for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
+            r0 = i * b.n // n_blocks
+            r1 = (i + 1) * b.n // n_blocks
+            fpu = fm_denormals_off()
+            if s == L:
+                block_correct[i] = 0
+                block_loss[i] = bn_forward_stage(lay, wsl, h, buf, b, ws, s, i, n_blocks, r0,
+                                                 r1 - r0, &block_correct[i])
+            else:
+                bn_forward_stage(lay, wsl, h, buf, b, ws, s, i, n_blocks, r0, r1 - r0,
+                                 <int64_t *> NULL)
+            fm_fpu_restore(fpu)
+        if s < L:
+            m = lay.sizes[s]
+            fm.batch_norm_stats(n_blocks, b.n, m, part, part + n_blocks * m, lay.norm_eps,
+                                lay.bn_momentum, (ws + wsl.st_off[s]),
+                                (ws + wsl.st_off[s] + m),
+                                (stats + lay.s_off[s]) if update else NULL,
+                                (stats + lay.s_off[s] + m) if update else NULL)
+    for l in range(L - 1, 0, -1):
+        # dgamma_l then dbeta_l: the blocks' sums, added in block order.
+        fm.col_sum(n_blocks, 2 * lay.sizes[l], part, grads + lay.g_off[l])
+        for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
+            r0 = i * b.n // n_blocks
+            r1 = (i + 1) * b.n // n_blocks
+            fpu = fm_denormals_off()
+            bn_backward_stage(lay, wsl, buf, b, ws, l, i, r0, r1 - r0)
+            fm_fpu_restore(fpu)
+
+
+cdef double bn_forward_stage(const Layout *lay, const Workspace *wsl, const Hyper *h,
+                             const Buffers *buf, const Batch *b, floating *ws, int s, int i,
+                             int n_blocks, Py_ssize_t r0, Py_ssize_t nr,
+                             int64_t *n_correct) noexcept nogil:
+    """Forward stage s of block i (rows r0..r0+nr), see bn_rows_phase; stage L returns
+    the block's loss."""
+    cdef int L = lay.n_layers, m
+    cdef const floating *params = <const floating *> buf.params
+    cdef floating *part = ws + wsl.part_off
+    cdef double loss
+    if s == 1:
+        gather_rows(lay, wsl, buf, b, ws, r0, nr)
+    else:
+        m = lay.sizes[s - 1]
+        fm.batch_norm(nr, m, (ws + wsl.a_off[s - 1] + r0 * m), (ws + wsl.st_off[s - 1]),
+                      (ws + wsl.st_off[s - 1] + m), params + lay.g_off[s - 1],
+                      params + lay.g_off[s - 1] + m, lay.acts[s - 1],
+                      (ws + wsl.h_off[s - 1] + r0 * m))
+        if wsl.dropout:
+            dropout_rows(lay, wsl, h, ws, b.seed, s - 1, r0, nr)
+    m = lay.sizes[s]
+    if s < L:
+        linear_rows(lay, wsl, buf, ws, s, r0, nr, b.rows + r0, FM_IDENTITY)
+        fm.batch_norm_partial(nr, m, (ws + wsl.a_off[s] + r0 * m), part + i * m,
+                              part + (n_blocks + i) * m)
+        return 0
+    linear_rows(lay, wsl, buf, ws, s, r0, nr, b.rows + r0, lay.acts[s])
+    loss = loss_rows(lay, wsl, h, buf, b, ws, r0, nr, n_correct)
+    delta_rows(lay, wsl, buf, ws, L, r0, nr)
+    m = lay.sizes[L - 1]
+    fm.batch_norm_backward_partial(nr, m, (ws + wsl.d_off[L - 1] + r0 * m),
+                                   (ws + wsl.h_off[L - 1] + r0 * m), part + 2 * i * m)
+    return loss
+
+
+cdef void bn_backward_stage(const Layout *lay, const Workspace *wsl, const Buffers *buf,
+                            const Batch *b, floating *ws, int l, int i, Py_ssize_t r0,
+                            Py_ssize_t nr) noexcept nogil:
+    """Backward stage of hidden layer l for block i (rows r0..r0+nr): D_l from dL/dy to
+    dL/dz, then layer l - 1's dL/dy and its partial sums (see bn_rows_phase)."""
+    cdef int m = lay.sizes[l]
+    cdef const floating *params = <const floating *> buf.params
+    cdef const floating *grads = <const floating *> buf.grads
+    cdef floating *part = ws + wsl.part_off
+    fm.batch_norm_backward(nr, m, params + lay.g_off[l], (ws + wsl.st_off[l] + m),
+                           grads + lay.g_off[l], b.n, (ws + wsl.h_off[l] + r0 * m),
+                           (ws + wsl.d_off[l] + r0 * m))
+    if l > 1:
+        delta_rows(lay, wsl, buf, ws, l, r0, nr)
+        m = lay.sizes[l - 1]
+        fm.batch_norm_backward_partial(nr, m, (ws + wsl.d_off[l - 1] + r0 * m),
+                                       (ws + wsl.h_off[l - 1] + r0 * m), part + 2 * i * m)
 
 
 cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
@@ -721,13 +905,14 @@ cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
         if update:
             optimizer_update(h, buf, params, off, cnt)
     if part == 0:
-        # b_l, and LayerNorm's gamma_l and beta_l right after it: one update.
+        # b_l, and the normalization's gamma_l and beta_l right after it: one update.
         off = lay.b_off[l]
         cnt = fan_out
         fm.col_sum(nb, fan_out, dz, grads + off)
-        if lay.norm and l < lay.n_layers:
-            fm.col_sum(nb, fan_out, (ws + wsl.h_off[l]), grads + lay.g_off[l])
-            fm.col_sum(nb, fan_out, (ws + wsl.g_off[l]), grads + lay.g_off[l] + fan_out)
+        if lay.norm != NORM_NONE and l < lay.n_layers:
+            if lay.norm == NORM_LAYER:   # (BatchNorm's come from its row phase)
+                fm.col_sum(nb, fan_out, (ws + wsl.h_off[l]), grads + lay.g_off[l])
+                fm.col_sum(nb, fan_out, (ws + wsl.g_off[l]), grads + lay.g_off[l] + fan_out)
             cnt = 3 * fan_out
         if update:
             optimizer_update(h, buf, params, off, cnt)

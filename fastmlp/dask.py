@@ -239,7 +239,7 @@ def train(
         hist.setdefault(key, [])
     first = len(hist["epoch"]) + 1
     deadline = math.inf if opts.max_time is None else time.monotonic() + opts.max_time
-    best, bad_epochs, stop_reason = (math.inf, None), 0, None
+    best, bad_epochs, stop_reason = (math.inf, None, None), 0, None
 
     with ThreadPoolExecutor(1, thread_name_prefix="fastmlp-dask-fetch") as fetcher:
         for epoch in range(first, first + opts.epochs):
@@ -257,8 +257,8 @@ def train(
                 Xb, yb, wb = pending.result()
                 if j + 1 < n_blocks:
                     pending = fetcher.submit(dask.compute, *blocks[order[j + 1]])
-                if Xb.shape[0] == 0:
-                    continue
+                if Xb.shape[0] == 0 or (Xb.shape[0] == 1 and model.normalization == "batch"):
+                    continue  # (a single row has no BatchNorm variance: skipped)
                 if time.monotonic() >= deadline:
                     stop_reason = "max_time"
                     break
@@ -296,7 +296,8 @@ def train(
             if val:
                 figures.update(_score_validation(model, val, opts.threads))
                 if figures["val_loss"] < best[0]:
-                    best, bad_epochs = (figures["val_loss"], model.params_.copy()), 0
+                    stats = model._network.stats.copy()  # BatchNorm's, with the parameters
+                    best, bad_epochs = (figures["val_loss"], model.params_.copy(), stats), 0
                 else:
                     bad_epochs += 1
             for key, value in figures.items():
@@ -313,6 +314,7 @@ def train(
 
     if best[1] is not None and stop_reason in ("early_stopping", "max_time"):
         model.params_[...] = best[1]
+        model._network.stats[...] = best[2]
     model.stop_reason_ = stop_reason
     return model
 

@@ -1,8 +1,9 @@
 """Export of a model to ONNX, for runtimes other than fastmlp (needs the ``onnx`` extra).
 
 The graph is the standard one: per layer a ``Gemm`` (weights stored as ``(fan_in,
-fan_out)``, so no transpose), with normalization a ``LayerNormalization`` (opset 17) in
-hidden layers, and the activation node, then ``Softmax`` over the classes for
+fan_out)``, so no transpose), with normalization a ``LayerNormalization`` (opset 17) or
+an inference-mode ``BatchNormalization`` (its running statistics as inputs) in hidden
+layers, and the activation node, then ``Softmax`` over the classes for
 cross-entropy models. Input ``X`` is ``(batch, n_features)``; output ``probabilities`` (or
 ``outputs`` for MSE models and regressors, after an ``Exp`` for the Poisson loss's log
 link, so they are what ``predict`` returns). Labels are not part of the graph: map the
@@ -55,7 +56,24 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
         inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
         nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"]))
         current = f"z{i}"
-        if i < len(norms):
+        if i < len(norms) and model.normalization == "batch":
+            gamma, beta = norms[i]
+            inits += [
+                numpy_helper.from_array(gamma, f"g{i}"),
+                numpy_helper.from_array(beta, f"be{i}"),
+                numpy_helper.from_array(model.running_means[i], f"rm{i}"),
+                numpy_helper.from_array(model.running_vars[i], f"rv{i}"),
+            ]
+            nodes.append(
+                helper.make_node(
+                    "BatchNormalization",
+                    [current, f"g{i}", f"be{i}", f"rm{i}", f"rv{i}"],
+                    [f"n{i}"],
+                    epsilon=NORM_EPS,
+                )
+            )
+            current = f"n{i}"
+        elif i < len(norms):
             gamma, beta = norms[i]
             inits += [
                 numpy_helper.from_array(gamma, f"g{i}"),
@@ -91,7 +109,7 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
         [helper.make_tensor_value_info(output, elem, ["batch", model.layer_sizes[-1]])],
         inits,
     )
-    opset = OPSET_NORM if norms else OPSET
+    opset = OPSET_NORM if model.normalization == "layer" else OPSET
     onnx_model = helper.make_model(
         graph, producer_name="fastmlp", opset_imports=[helper.make_opsetid("", opset)]
     )

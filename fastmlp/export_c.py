@@ -434,14 +434,26 @@ class _DenseLayer:
 def _layers(model: MLP) -> list[_DenseLayer]:
     acts = [*model.activations, model.output_activation]
     norms = list(zip(model.norm_weights, model.norm_biases))
+    stats = list(zip(model.running_means, model.running_vars))
     layers = []
     for i, (W, b, act) in enumerate(zip(model.weights, model.biases, acts)):
         norm = norms[i] if i < len(norms) else None
-        if not all(np.isfinite(p).all() for p in (W, b, *(norm or ()))):
+        checked = [W, b, *(norm or ()), *(stats[i] if i < len(stats) else ())]
+        if not all(np.isfinite(p).all() for p in checked):
             raise ValueError(
                 f"layer {i + 1} of the model holds NaN or infinite parameters; a model that "
                 "diverged cannot be exported"
             )
+        if norm is not None and model.normalization == "batch":
+            # Inference BatchNorm is one affine map per unit: folded into W and b (in
+            # float64, then rounded to the model's dtype).
+            W, b = _fold_batch_norm(W, b, *norm, *stats[i])
+            norm = None
+            if not (np.isfinite(W).all() and np.isfinite(b).all()):
+                raise ValueError(
+                    f"layer {i + 1}'s BatchNorm folded into its weights overflows "
+                    f"{np.dtype(model.dtype).name}; export a float64 model"
+                )
         layers.append(_DenseLayer(i, W, b, act, "input" if i == 0 else acts[i - 1], norm))
     return layers
 
@@ -523,6 +535,14 @@ def _api(ctx: _Ctx, kind: str) -> list[tuple[str, str]]:
     ]
 
 
+def _fold_batch_norm(W, b, gamma, beta, running_mean, running_var):
+    """W and b of ``batch_norm_eval(x W + b)``: columns scaled by gamma / sqrt(var + eps),
+    the bias shifted to match."""
+    scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + NORM_EPS)
+    folded_b = (b.astype(np.float64) - running_mean) * scale + beta
+    return (W * scale).astype(W.dtype), folded_b.astype(b.dtype)
+
+
 def _describe(model: MLP) -> str:
     sizes = "-".join(str(s) for s in model.layer_sizes)
     if model.is_multilabel:
@@ -538,8 +558,10 @@ def _describe(model: MLP) -> str:
         if isinstance(model.activation, str)
         else f"hidden activations {', '.join(model.activations)}"
     )
-    if model.normalization is not None:
+    if model.normalization == "layer":
         hidden += " (each after a LayerNorm)"
+    elif model.normalization == "batch":
+        hidden += " (each after a BatchNorm with its running statistics, folded into W, b)"
     return (
         f"{sizes} {what}, {hidden}, output activation {model.output_activation}, "
         f"{np.dtype(model.dtype).name}"

@@ -103,7 +103,7 @@ def quantize(
         If ``model`` is not an :class:`MLP`.
     ValueError
         If the model is a regressor, not a ReLU cross-entropy classifier, or has a
-        LayerNorm (``normalization="layer"``), if
+        normalization (``"layer"`` or ``"batch"``), if
         ``X_calibration`` has the wrong width, NaN or infinity, or fewer than 32 rows, or
         if ``validation_data`` does not fit the model.
     """
@@ -120,7 +120,8 @@ def quantize(
             f"this model has loss={model.loss!r}, activation={model.activation!r}"
         )
     if model.normalization is not None:
-        # Each LayerNorm needs its row's mean and spread in float between the int8 layers.
+        # Each LayerNorm needs its row's mean and spread in float between the int8 layers
+        # (BatchNorm could fold into W and b: not done yet).
         raise ValueError(
             f"int8 quantization does not support normalization={model.normalization!r} "
             "yet; keep the float model (or train one without normalization to quantize)"

@@ -76,11 +76,14 @@ class MLP:
         Default thread count for prediction (None: all cores OpenMP offers).
     delta : float > 0
         The threshold of ``loss="huber"`` (other losses refuse any other value than 1).
-    normalization : {None, "layer"}
+    normalization : {None, "layer", "batch"}
         "layer": a LayerNorm (``torch.nn.LayerNorm`` over the layer's units, eps 1e-5,
         with a scale gamma and a shift beta per unit) between each hidden layer's Linear
         part and its activation. Its parameters follow each hidden layer's bias in
-        :attr:`params_` (see :attr:`norm_weights`).
+        :attr:`params_` (see :attr:`norm_weights`). "batch": a BatchNorm there instead
+        (``torch.nn.BatchNorm1d``: each unit normalized with the mini-batch's mean and
+        biased variance in training, eps 1e-5; prediction uses the running statistics
+        :attr:`running_means` and :attr:`running_vars`, which are not parameters).
 
     Attributes
     ----------
@@ -185,6 +188,10 @@ class MLP:
         acts = [*self.activations, self.output_activation]
         if params is not None:
             params = np.asarray(params)
+        # BatchNorm's running statistics stay with the model, not with a parameter buffer.
+        old = getattr(self, "_network", None)
+        same = (self.normalization, self.layer_sizes, self.dtype)
+        keep = old is not None and (old.normalization, old.sizes, old.dtype) == same
         self._network = Network(
             self.layer_sizes,
             acts,
@@ -193,6 +200,7 @@ class MLP:
             params,
             delta=self.delta,
             normalization=self.normalization,
+            stats=old.stats if keep else None,
         )
 
     @property
@@ -233,15 +241,54 @@ class MLP:
 
     @property
     def norm_weights(self) -> list[np.ndarray]:
-        """LayerNorm's scale gamma of each hidden layer (``torch.nn.LayerNorm.weight``);
-        views, not copies; empty without normalization."""
+        """The normalization's scale gamma of each hidden layer (``weight`` of
+        ``torch.nn.LayerNorm`` or ``BatchNorm1d``); views, not copies; empty without
+        normalization."""
         return [self.params_[g : g + n] for g, n in self._norms()]
 
     @property
     def norm_biases(self) -> list[np.ndarray]:
-        """LayerNorm's shift beta of each hidden layer (``torch.nn.LayerNorm.bias``);
-        views, not copies; empty without normalization."""
+        """The normalization's shift beta of each hidden layer (``bias`` of
+        ``torch.nn.LayerNorm`` or ``BatchNorm1d``); views, not copies; empty without
+        normalization."""
         return [self.params_[g + n : g + 2 * n] for g, n in self._norms()]
+
+    @property
+    def running_means(self) -> list[np.ndarray]:
+        """BatchNorm's running mean of each hidden layer (``torch.nn.BatchNorm1d.
+        running_mean``, momentum 0.1, starting at 0); views, not copies; empty without
+        ``normalization="batch"``."""
+        stats = self._network.stats
+        return [stats[o : o + n] for o, n in self._stats()]
+
+    @property
+    def running_vars(self) -> list[np.ndarray]:
+        """BatchNorm's running variance of each hidden layer (unbiased batch variances,
+        momentum 0.1, starting at 1); views, not copies; empty without
+        ``normalization="batch"``."""
+        stats = self._network.stats
+        return [stats[o + n : o + 2 * n] for o, n in self._stats()]
+
+    def _stats(self) -> list[tuple[int, int]]:
+        return list(zip(self._network.stats_offsets(), self.layer_sizes[1:-1]))
+
+    def _set_running_stats(self, stats) -> None:
+        """Copy a flat buffer of BatchNorm's running statistics (per hidden layer the
+        means, then the variances) in; ValueError if it does not fit or is not finite
+        with variances >= 0."""
+        stats = np.asarray(stats)
+        own = self._network.stats
+        if stats.shape != own.shape:
+            raise ValueError(
+                f"the running statistics hold {stats.size} values; layers "
+                f"{self.layer_sizes} with normalization={self.normalization!r} have {own.size}"
+            )
+        if stats.size and not np.isfinite(stats).all():
+            raise ValueError("the running statistics hold NaN or infinity")
+        own[...] = stats
+        if any((v < 0).any() for v in self.running_vars):
+            own[...] = 0
+            raise ValueError("a running variance is negative")
 
     def _norms(self) -> list[tuple[int, int]]:
         return list(zip(self._network.norm_offsets(), self.layer_sizes[1:-1]))
@@ -270,8 +317,8 @@ class MLP:
             ``biases[i]`` of shape (fan_out,).
         activation, loss, output_activation, delta
             As for :class:`MLP`.
-        normalization : {None, "layer"}
-            As for :class:`MLP`; each LayerNorm starts as gamma = 1, beta = 0 (set
+        normalization : {None, "layer", "batch"}
+            As for :class:`MLP`; each normalization starts as gamma = 1, beta = 0 (set
             :attr:`norm_weights` and :attr:`norm_biases` in place for other values).
         classes : array-like, optional
             One label per output; default ``0 .. n_outputs - 1`` (None for a regressor).
@@ -442,8 +489,15 @@ class MLP:
         db : list of ndarray
             Same shapes as :attr:`biases`.
         dnorm : list of (ndarray, ndarray)
-            Only with normalization: each hidden layer's LayerNorm gradient
+            Only with normalization: each hidden layer's normalization gradient
             ``(d gamma, d beta)``, as :attr:`norm_weights` and :attr:`norm_biases`.
+
+        Notes
+        -----
+        With ``normalization="batch"`` this is the training-mode objective: BatchNorm
+        normalizes with the statistics of the rows of X (at least 2; sample weights do not
+        weight them), as one mini-batch of all of them would. The running statistics are
+        left alone.
         """
         X = check_X(X, self.dtype, self.layer_sizes[0], accept_sparse=True)
         codes, targets = self._encode_y(y, X.shape[0])
@@ -529,6 +583,7 @@ class MLP:
             "history": self.history,
             "delta": self.delta,
             "normalization": self.normalization,
+            "running_stats": self._network.stats,
         }
 
     def __setstate__(self, state: dict) -> None:
@@ -544,6 +599,8 @@ class MLP:
             delta=state.get("delta", 1.0),  # pickles of fastmlp before Huber lack it
             normalization=state.get("normalization"),  # and before LayerNorm
         )
+        if "running_stats" in state:  # and before BatchNorm
+            self._set_running_stats(state["running_stats"])
         self.history = state["history"]
 
     def __repr__(self) -> str:

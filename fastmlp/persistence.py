@@ -21,6 +21,10 @@ array           dtype, shape                content
                                             velocity (only with saved optimizer state)
 ``opt_state2``  as ``params``, (n_params,)  Adam's (AdamW's) second moment; empty, (0,), for SGD
                 or (0,)                     (only with saved optimizer state)
+``running_*``   as ``params``,              ``running_means`` and ``running_vars``, only
+                (sum of hidden widths,)     with ``normalization`` ``"batch"``: BatchNorm's
+                                            running means (variances) of each hidden
+                                            layer, one after the other; finite, >= 0
 ==============  ==========================  =================================================
 
 ``meta`` keys: ``layer_sizes`` (list of int, inputs to outputs), ``activation``,
@@ -37,7 +41,9 @@ AdamW's optimizer state (``"adamw"``), per-layer activations (``activation`` a l
 one name per hidden layer), the regression losses ``"huber"`` (with the meta key
 ``delta``, present only for it), ``"absolute_error"`` and ``"poisson"``, and multilabel
 classifiers (``"binary_cross_entropy"``, classes the label indices). Version 4 added
-LayerNorm (the meta key ``normalization``, ``"layer"``, present only for it). A file is
+LayerNorm and BatchNorm (the meta key ``normalization``, ``"layer"`` or ``"batch"``,
+present only for them; ``"batch"`` with the arrays ``running_means`` and
+``running_vars``). A file is
 written with the lowest version that holds what it uses (a plain classifier as version 1,
 a squared-error regressor as 2), so older fastmlp releases load every file they can
 represent; a reader refuses a feature that its file's version does not have.
@@ -100,6 +106,7 @@ FLOAT_NAMES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 CLASS_KINDS = {"b": "bool", "i": "int", "u": "uint", "f": "float", "U": "str"}
 REQUIRED_ARRAYS = ("format", "version", "meta", "params", "classes")
 OPTIMIZER_ARRAYS = ("opt_state1", "opt_state2")
+STATS_ARRAYS = ("running_means", "running_vars")  # normalization="batch" (format 4)
 # The Huber loss's threshold (format 3), LayerNorm (format 4).
 OPTIONAL_META_KEYS = frozenset({"delta", "normalization"})
 META_KEYS = frozenset(
@@ -215,6 +222,16 @@ def _to_arrays(model: MLP, optimizer_state: bool) -> dict[str, np.ndarray]:
         "params": params,
         "classes": classes,
     }
+    if model.normalization == "batch":
+        means = np.concatenate(model.running_means)
+        variances = np.concatenate(model.running_vars)
+        if not (np.isfinite(means).all() and np.isfinite(variances).all()):
+            raise ValueError(
+                "the model's BatchNorm running statistics contain NaN or infinity; refusing "
+                "to save a model that load() would reject"
+            )
+        arrays["running_means"] = means
+        arrays["running_vars"] = variances
     if optimizer_state and model._optimizer is not None:
         name, t, state1, state2 = _checked_optimizer(model._optimizer, params)
         meta["optimizer"] = {"name": name, "t": t}
@@ -493,7 +510,7 @@ class _Reader:
         if version < 1:
             raise self.error(f"invalid format version {version}")
         self.version = version
-        expected = {f"{key}.npy" for key in REQUIRED_ARRAYS + OPTIMIZER_ARRAYS}
+        expected = {f"{key}.npy" for key in REQUIRED_ARRAYS + OPTIMIZER_ARRAYS + STATS_ARRAYS}
         extra = sorted(set(names) - expected)
         if extra:
             raise self.error(f"unexpected arrays {extra}; not written by fastmlp.save?")
@@ -510,6 +527,7 @@ class _Reader:
         if not np.isfinite(params).all():
             raise self.error("the parameters contain NaN or infinity")
         classes = self._classes(meta, sizes[-1])
+        stats = self._running_stats(meta, dtype)
 
         optimizer = meta["optimizer"]
         present = [key for key in OPTIMIZER_ARRAYS if key in self.members]
@@ -548,11 +566,40 @@ class _Reader:
                 delta=meta.get("delta", 1.0),
                 normalization=meta.get("normalization"),
             )
+            if stats is not None:
+                model._set_running_stats(stats)
         except ValueError as exc:  # checked above already; this is a second line of defence
             raise self.error(str(exc)) from None
         model.history = meta["history"]
         model._optimizer = state
         return model
+
+    def _running_stats(self, meta: dict[str, Any], dtype: np.dtype) -> np.ndarray | None:
+        """BatchNorm's running statistics as MLP keeps them (per hidden layer its means,
+        then its variances), checked; None without normalization="batch"."""
+        present = [key for key in STATS_ARRAYS if key in self.members]
+        if meta.get("normalization") != "batch":
+            if present:
+                raise self.error(f"arrays {present} belong to normalization='batch' only")
+            return None
+        if len(present) != 2:
+            raise self.error(
+                f"a BatchNorm model needs the arrays {list(STATS_ARRAYS)}; it has {present}"
+            )
+        hidden = meta["layer_sizes"][1:-1]
+        n = sum(hidden)
+        limit = n * dtype.itemsize + HEADER_ALLOWANCE
+        means = self._array("running_means", limit, "f", (n,), dtype)
+        variances = self._array("running_vars", limit, "f", (n,), dtype)
+        if not (np.isfinite(means).all() and np.isfinite(variances).all()):
+            raise self.error("the BatchNorm running statistics contain NaN or infinity")
+        if (variances < 0).any():
+            raise self.error("a BatchNorm running variance is negative")
+        parts, start = [], 0
+        for width in hidden:
+            parts += [means[start : start + width], variances[start : start + width]]
+            start += width
+        return np.concatenate(parts).astype(dtype, copy=False)
 
     def _array(
         self,

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 ACTIVATIONS = ("identity", "relu", "tanh", "sigmoid")
-NORM_EPS = 1e-5  # LayerNorm's eps, torch.nn.LayerNorm's default
+NORM_EPS = 1e-5  # LayerNorm's and BatchNorm's eps, PyTorch's default
+BN_MOMENTUM = 0.1  # BatchNorm's running statistics, torch.nn.BatchNorm1d's default
 
 
 def activate(Z: np.ndarray, activation: str) -> np.ndarray:
@@ -284,6 +285,64 @@ def layer_norm_backward(
     return dZ, (dY * zhat).sum(axis=0), dY.sum(axis=0)
 
 
+def batch_norm(
+    Z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float, activation: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """BatchNorm in training mode (torch.nn.BatchNorm1d): each column normalized with the
+    batch's mean and biased variance, eps inside the root; scaled, shifted, activated.
+
+    Returns ``(act(gamma * zhat + beta), zhat, rstd, mean, var)``, per column ``rstd =
+    1 / sqrt(var + eps)`` and the batch ``mean`` and biased ``var``.
+    """
+    mean = Z.mean(axis=0)
+    var = ((Z - mean) ** 2).mean(axis=0)
+    rstd = 1 / np.sqrt(var + eps)
+    zhat = (Z - mean) * rstd
+    return activate(gamma * zhat + beta, activation), zhat, rstd, mean, var
+
+
+def batch_norm_eval(
+    Z: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    eps: float,
+    activation: str,
+) -> np.ndarray:
+    """BatchNorm at inference: the running statistics instead of the batch's."""
+    zhat = (Z - running_mean) / np.sqrt(running_var + eps)
+    return activate(gamma * zhat + beta, activation)
+
+
+def batch_norm_backward(
+    dY: np.ndarray, zhat: np.ndarray, rstd: np.ndarray, gamma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients through training-mode BatchNorm from ``dY``, that of its output
+    ``gamma * zhat + beta``. Returns ``(dZ, dgamma, dbeta)``: the batch statistics depend
+    on every row, so ``dZ = gamma * rstd * (dY - mean(dY) - zhat * mean(dY * zhat))``
+    with the means over the batch (columns)."""
+    dgamma = (dY * zhat).sum(axis=0)
+    dbeta = dY.sum(axis=0)
+    n = dY.shape[0]
+    dZ = gamma * rstd * (dY - dbeta / n - zhat * dgamma / n)
+    return dZ, dgamma, dbeta
+
+
+def update_running_stats(
+    running_mean: np.ndarray,
+    running_var: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    n: int,
+    momentum: float = BN_MOMENTUM,
+) -> None:
+    """PyTorch's running statistics, in place: ``(1 - momentum) * running + momentum *
+    batch``, with the unbiased batch variance ``var * n / (n - 1)``."""
+    running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+    running_var[...] = (1 - momentum) * running_var + momentum * var * (n / (n - 1))
+
+
 def adam(p, g, m, v, lr, beta1, beta2, eps, t):
     """One Adam step with bias correction (Kingma & Ba 2015, Algorithm 1).
 
@@ -317,25 +376,39 @@ def forward(
     activations: Sequence[str],
     masks: Sequence[np.ndarray | None] | None = None,
     norms: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    normalization: str = "layer",
+    running: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[np.ndarray]:
     """Forward pass; returns ``[A_0 = X, A_1, ..., A_L]``.
 
     ``masks[l]`` (optional) is the inverted-dropout mask multiplied into the output of
     hidden layer ``l + 1``; the returned list holds the activations *before* dropout.
-    ``norms[l]`` (optional) is ``(gamma, beta)`` of the LayerNorm between hidden layer
-    ``l + 1``'s Linear part and its activation.
+    ``norms[l]`` (optional) is ``(gamma, beta)`` of the normalization between hidden layer
+    ``l + 1``'s Linear part and its activation: a LayerNorm, or with ``normalization=
+    "batch"`` a BatchNorm, in training mode (the statistics of the rows of X) or, given
+    ``running[l] = (running_mean, running_var)``, in inference mode.
     """
-    return _forward(weights, biases, X, activations, masks, norms)[0]
+    return _forward(weights, biases, X, activations, masks, norms, normalization, running)[0]
 
 
-def _forward(weights, biases, X, activations, masks, norms):
-    """:func:`forward`, and per hidden layer LayerNorm's ``(zhat, rstd)`` (or None)."""
+def _forward(weights, biases, X, activations, masks, norms, normalization="layer", running=None):
+    """:func:`forward`, and per hidden layer what the normalization's backward pass needs:
+    LayerNorm's ``(zhat, rstd)``, training BatchNorm's ``(zhat, rstd, mean, var)`` (or
+    None)."""
     A = [X]
-    saved: list[tuple[np.ndarray, np.ndarray] | None] = []
+    saved: list[tuple | None] = []
     inp = X
     for layer, (W, b, act) in enumerate(zip(weights, biases, activations)):
         hidden = layer < len(weights) - 1
-        if norms is not None and hidden:
+        if norms is not None and hidden and normalization == "batch":
+            gamma, beta = norms[layer]
+            if running is not None:
+                out = batch_norm_eval(inp @ W + b, gamma, beta, *running[layer], NORM_EPS, act)
+                saved.append(None)
+            else:
+                out, *stats = batch_norm(inp @ W + b, gamma, beta, NORM_EPS, act)
+                saved.append(tuple(stats))
+        elif norms is not None and hidden:
             gamma, beta = norms[layer]
             out, zhat, rstd = layer_norm(inp @ W + b, gamma, beta, NORM_EPS, act)
             saved.append((zhat, rstd))
@@ -361,8 +434,15 @@ def loss_and_gradients(
     label_smoothing: float = 0.0,
     delta: float = 1.0,
     norms: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    normalization: str = "layer",
+    running: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple:
     """Objective and its gradient by backpropagation.
+
+    With ``norms`` and ``normalization="batch"``, BatchNorm runs in training mode: its
+    statistics are those of the rows of X (unweighted), so every row's output depends on
+    all rows. Given ``running`` (a list of ``(running_mean, running_var)``), those are
+    updated in place once from the batch statistics (:func:`update_running_stats`).
 
     The objective is the weighted mean of the per-sample losses,
     ``sum_i w_i L_i / sum_i w_i``, plus ``0.5 * l2 * sum ||W||^2`` over the weights (not
@@ -378,12 +458,15 @@ def loss_and_gradients(
     db : list of ndarray
         Gradients of the biases.
     dnorms : list of (ndarray, ndarray)
-        Only with ``norms``: the gradients of each LayerNorm's ``(gamma, beta)``.
+        Only with ``norms``: the gradients of each normalization's ``(gamma, beta)``.
     """
     n = X.shape[0]
     w = _weights(n, sample_weight, X.dtype)
     scale = 1.0 / float(w.astype(np.float64).sum())
-    A, saved = _forward(weights, biases, X, activations, masks, norms)
+    A, saved = _forward(weights, biases, X, activations, masks, norms, normalization)
+    if running is not None:
+        for (run_mean, run_var), (_, _, mean, var) in zip(running, saved):
+            update_running_stats(run_mean, run_var, mean, var, n)
     L = len(weights)
     if loss == "cross_entropy":
         total, _, dZ = softmax_cross_entropy(A[L], y, w, scale, label_smoothing)
@@ -415,8 +498,9 @@ def loss_and_gradients(
         if layer > 0:
             dZ = act_backward(A[layer], dZ @ weights[layer].T, activations[layer - 1], mask)
             if norms is not None:
-                zhat, rstd = saved[layer - 1]
-                dZ, dgamma, dbeta = layer_norm_backward(dZ, zhat, rstd, norms[layer - 1][0])
+                zhat, rstd = saved[layer - 1][:2]
+                backward = batch_norm_backward if normalization == "batch" else layer_norm_backward
+                dZ, dgamma, dbeta = backward(dZ, zhat, rstd, norms[layer - 1][0])
                 dnorms[layer - 1] = (dgamma, dbeta)
     penalty = 0.5 * l2 * sum(float(np.sum(W.astype(np.float64) ** 2)) for W in weights)
     if norms is not None:
@@ -445,9 +529,11 @@ def train_step(
     label_smoothing: float = 0.0,
     delta: float = 1.0,
     norms: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    normalization: str = "layer",
+    running: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> float:
-    """One mini-batch step, updating ``weights``, ``biases`` (and LayerNorm's ``norms``)
-    and ``state`` in place.
+    """One mini-batch step, updating ``weights``, ``biases`` (and the normalization's
+    ``norms``, and BatchNorm's ``running`` statistics) and ``state`` in place.
 
     ``state`` holds the optimizer's memory: ``{"t": steps so far, "m": [...], "v": [...]}``
     for Adam (moments per parameter: per layer the weights, the bias, and with ``norms``
@@ -462,7 +548,16 @@ def train_step(
     """
     options = dict(loss=loss, l2=l2, sample_weight=sample_weight, masks=masks, delta=delta)
     value, dW, db, *dnorms = loss_and_gradients(
-        weights, biases, X, y, activations, label_smoothing=label_smoothing, norms=norms, **options
+        weights,
+        biases,
+        X,
+        y,
+        activations,
+        label_smoothing=label_smoothing,
+        norms=norms,
+        normalization=normalization,
+        running=running,
+        **options,
     )
     params: list[np.ndarray] = []
     grads: list[np.ndarray] = []

@@ -117,10 +117,12 @@ _SHARED_PARAMETERS = """hidden_layer_sizes : int or tuple of int, default=(100,)
         Print one line per epoch.
     dropout : float, default=0.0
         Inverted-dropout rate of the hidden layers during training (fastmlp only).
-    normalization : {None, "layer"}, default=None
+    normalization : {None, "layer", "batch"}, default=None
         "layer": a LayerNorm between each hidden layer's Linear part and its activation
-        (``torch.nn.LayerNorm``; fastmlp only). warm_start and partial_fit refuse a
-        change of it.
+        (``torch.nn.LayerNorm``; fastmlp only); "batch": a BatchNorm there
+        (``torch.nn.BatchNorm1d``: batch statistics in training, running ones in
+        prediction; needs mini-batches of 2 rows or more). warm_start and partial_fit
+        refuse a change of it.
     dtype : numpy.float32 or numpy.float64, default=numpy.float32
         Precision of the parameters and of all computation (fastmlp only).
     n_threads : int or None, default=None
@@ -415,7 +417,8 @@ class _BaseMLP(BaseEstimator):
                 if score > self.best_validation_score_:
                     self.best_validation_score_ = score
                     if self.early_stopping:
-                        state["best_params"] = figures["model"].params_.copy()
+                        best = figures["model"]  # BatchNorm's statistics go with it
+                        state["best_params"] = (best.params_.copy(), best._network.stats.copy())
             if not self.early_stopping:
                 loss = self.loss_curve_[-1]
                 improved = loss < self.best_loss_ - self.tol
@@ -444,7 +447,7 @@ class _BaseMLP(BaseEstimator):
             **self._train_options(X.shape[0]),
         )
         if self.early_stopping and state["best_params"] is not None:
-            self.model_.params_[...] = state["best_params"]
+            self.model_.params_[...], self.model_._network.stats[...] = state["best_params"]
         if not state["converged"]:
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
@@ -527,10 +530,13 @@ class _BaseMLP(BaseEstimator):
         if score > self.best_validation_score_:
             self.best_validation_score_ = score
             if self.early_stopping:
-                self._partial_best = self.model_.params_.copy()
+                self._partial_best = (
+                    self.model_.params_.copy(),
+                    self.model_._network.stats.copy(),
+                )
         self._partial_bad = 0 if improved else self._partial_bad + 1
         if self.early_stopping and self._partial_bad > self.n_iter_no_change:
-            self.model_.params_[...] = self._partial_best
+            self.model_.params_[...], self.model_._network.stats[...] = self._partial_best
             self.early_stopped_ = True
             if self.verbose:
                 print(

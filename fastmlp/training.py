@@ -171,11 +171,17 @@ def train(
     activation : {"relu", "tanh", "sigmoid"} or sequence of them
         Activation of the hidden layers: one name for all, or a list with one per hidden
         layer, e.g. ``hidden=(64, 32), activation=["relu", "tanh"]``.
-    normalization : {None, "layer"}
+    normalization : {None, "layer", "batch"}
         "layer": a LayerNorm between each hidden layer's Linear part and its activation
         (``torch.nn.LayerNorm`` over the layer's units, eps 1e-5), its scale starting at
         1 and its shift at 0. Row by row, so training stays bitwise the same for any
         thread count. Helps deep or wide networks and badly scaled inputs.
+        "batch": a BatchNorm there instead (``torch.nn.BatchNorm1d``): in training each
+        unit is normalized with the mini-batch's mean and biased variance (unweighted by
+        sample weights), and running estimates (momentum 0.1, unbiased variance) move
+        once per step; prediction and validation use those. Needs ``batch_size >= 2``;
+        an epoch's last mini-batch of a single row is skipped (it has no variance).
+        Bitwise the same for any thread count, too.
     loss : {"cross_entropy", "mse", "squared_error", "huber", "absolute_error", "poisson"}
         Classifiers: softmax + cross-entropy, or half squared error against one-hot
         targets. "squared_error" trains a regressor: half the squared error against
@@ -320,6 +326,12 @@ class _Options:
     def __post_init__(self) -> None:
         self.epochs = check_positive_int(self.epochs, "epochs")
         self.batch_size = check_positive_int(self.batch_size, "batch_size")
+        norm = getattr(self.init, "normalization", None) if self.init else self.normalization
+        if norm == "batch" and self.batch_size < 2:
+            raise ValueError(
+                "normalization='batch' needs batch_size >= 2: one sample per mini-batch "
+                f"has no variance; got batch_size={self.batch_size}"
+            )
         self.patience = check_positive_int(self.patience, "patience")
         self.lr = check_float(self.lr, "lr", 0.0, math.inf, low_open=True)
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
@@ -505,7 +517,7 @@ def _loop(model: MLP, trainer: Trainer, data: _Data, opts: _Options, rng) -> MLP
     for key in keys:
         hist.setdefault(key, [])
     first = len(hist["epoch"]) + 1
-    best = (math.inf, None)  # validation loss and parameters of the best epoch
+    best = (math.inf, None, None)  # validation loss, parameters and statistics of the best
     bad_epochs = 0
     deadline = math.inf if opts.max_time is None else time.monotonic() + opts.max_time
     is_main = threading.current_thread() is threading.main_thread()
@@ -557,7 +569,7 @@ def _loop(model: MLP, trainer: Trainer, data: _Data, opts: _Options, rng) -> MLP
             if not model.is_regressor:
                 figures["val_accuracy"] = vcorrect / data.X_val.shape[0]
             if figures["val_loss"] < best[0]:
-                best = (figures["val_loss"], model.params_.copy())
+                best = (figures["val_loss"], model.params_.copy(), model._network.stats.copy())
                 bad_epochs = 0
             else:
                 bad_epochs += 1
@@ -578,6 +590,7 @@ def _loop(model: MLP, trainer: Trainer, data: _Data, opts: _Options, rng) -> MLP
 
     if best[1] is not None and (opts.early_stopping or stop_reason == "max_time"):
         model.params_[...] = best[1]
+        model._network.stats[...] = best[2]  # BatchNorm's running statistics with them
     model.stop_reason_ = stop_reason
     if opts.verbose:
         print(f"Training time: {time.perf_counter() - start_all:.2f} s")

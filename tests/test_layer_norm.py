@@ -355,7 +355,7 @@ def _rewrite(path, out, **changes):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        ({"normalization": "batch"}, "normalization must be one of"),
+        ({"normalization": "group"}, "normalization must be one of"),
         ({"normalization": 1}, "normalization must be one of"),
         ({"version": 3}, "format version 3 holds no normalization"),
         ({"normalization": None}, "n_params"),  # the buffer no longer fits the layers
@@ -449,7 +449,7 @@ def test_quantize_refuses_normalization():
 def test_bad_normalization_values():
     X = np.zeros((10, 3), np.float32)
     y = np.arange(10) % 2
-    for bad in ("batch", "Layer", 1, True):
+    for bad in ("group", "Layer", 1, True):
         with pytest.raises(ValueError, match="normalization must be None or one of"):
             fastmlp.train(X, y, normalization=bad)
     with pytest.raises(ValueError, match="normalization must be None or one of"):
