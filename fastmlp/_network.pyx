@@ -303,7 +303,7 @@ cdef class Network:
 def count_params(sizes, normalization=None):
     """Parameters (weights, biases, and the normalization's gamma and beta) of a network
     of these layer sizes."""
-    norm = 2 * sum(sizes[1:-1]) if normalization is not None else 0
+    norm = 2 * sum(sizes[1:len(sizes) - 1]) if normalization is not None else 0
     return sum(a * b + b for a, b in zip(sizes, sizes[1:])) + norm
 
 

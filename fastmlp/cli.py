@@ -862,7 +862,7 @@ def _train_option_specs() -> tuple[tuple[str, dict], ...]:
         ("--normalization", {"choices": list(NORMALIZATIONS), "metavar": "KIND",
                              "help": f"{', '.join(NORMALIZATIONS)}: a normalization between "
                              "each hidden layer's Linear part and its activation (layer: "
-                             "LayerNorm; default: none)"}),
+                             "LayerNorm, batch: BatchNorm; default: none)"}),
         ("--loss", {"choices": losses, "metavar": "LOSS",
                     "help": "cross_entropy (default) or mse train a classifier; "
                     f"{', '.join(REGRESSION_LOSSES)} a regressor on numeric targets "
