@@ -23,8 +23,11 @@ from setuptools.modified import newer_group
 
 # The extension modules fastmlp.<name>, each from fastmlp/<name>.pyx.
 MODULES = ["_blas", "_network", "_trainer", "_kernels", "_int8"]
+# Cython's utility code (memoryviews above all) is generated once into this module, which
+# the others import, instead of into each of them (Cython >= 3.1).
+SHARED_UTILITY = "fastmlp._cyutility"
 
-# The C kernels, longest compile first so that the last one to start is short.
+# The C kernels.
 CSRC = [
     "csrc/fm_dense_wide.c",
     "csrc/fm_dense_avx512.c",
@@ -37,6 +40,21 @@ CSRC = [
     "csrc/fm_int8.c",
     "csrc/fm_int8_avx2.c",
 ]
+# CPU seconds of each compile (GCC 12, Zen 3, -g0), so that the pool starts the longest
+# first and the last ones to start are short. Files not listed count as 0.
+COMPILE_SECONDS = {
+    "csrc/fm_dense_avx512.c": 20,
+    "csrc/fm_dense_avx2.c": 19,
+    "csrc/fm_dense_base.c": 11,
+    "csrc/fm_dense_wide.c": 5,
+    "csrc/fm_kernels.c": 3,
+    "fastmlp/_network.c": 10,
+    "fastmlp/_trainer.c": 10,
+    "fastmlp/_kernels.c": 11,
+    "fastmlp/_int8.c": 7,
+    "fastmlp/_cyutility.c": 4,
+    "fastmlp/_blas.c": 1,
+}
 CSRC_HEADERS = [
     "csrc/fm_fpu.h",
     "csrc/fm_openmp.h",
@@ -81,6 +99,10 @@ compile_args = ["-O3", "-std=c99", "-fno-math-errno", "-ffp-contract=fast"]
 link_args = []
 if sys.platform == "win32":
     compile_args = ["/O2"]
+elif not any(flag.startswith("-g") for flag in os.environ.get("CFLAGS", "").split()):
+    # Python's own CFLAGS carry -g: debug information took a quarter of the compile time
+    # (and most of the objects' size) without changing the code. CFLAGS="-g" keeps it.
+    compile_args.append("-g0")
 if os.environ.get("FASTMLP_NATIVE") == "1":
     compile_args.append("-march=native")
 
@@ -102,60 +124,101 @@ else:
 
 
 class BuildClib(build_clib):
-    """Compiles each source of a library in its own compiler process, as many at once as
-    there are cores, then archives them (setuptools' build_clib compiles one at a time)."""
+    """Compiles nothing: BuildExt compiles the libraries' sources in the same pool as the
+    extensions' generated C (`build` runs this command first; it would make the extensions
+    wait for the whole library)."""
 
-    def build_libraries(self, libraries):
-        for name, info in libraries:
-            sources = info["sources"]
-            objects = self.compiler.object_filenames(sources, output_dir=self.build_temp)
-
-            def compile_one(source, obj, info=info):
-                if self.force or newer_group([source, *info["depends"]], obj):
-                    self.compiler.compile(
-                        [source],
-                        output_dir=self.build_temp,
-                        include_dirs=info["include_dirs"],
-                        extra_postargs=info["cflags"] + info["source_cflags"].get(source, []),
-                        debug=self.debug,
-                    )
-
-            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-                list(pool.map(compile_one, sources, objects))
-            self.compiler.create_static_lib(
-                objects, name, output_dir=self.build_clib, debug=self.debug
-            )
+    def run(self):
+        pass
 
 
 class BuildExt(build_ext):
-    """Builds the libraries first (also for `build_ext --inplace`), relinks an extension
-    when they change, and compiles the extension modules in parallel."""
+    """Compiles every out-of-date C file, the libraries' and the extensions', in one pool
+    (one compiler per core, longest first), then archives the libraries and links the
+    extensions. An object is rebuilt when its source or a header/.pxd it depends on is
+    newer; an extension is relinked when one of its objects or a library is newer."""
 
-    def finalize_options(self):
-        super().finalize_options()
-        if self.parallel is None:
-            self.parallel = os.cpu_count() or 1
-
-    def run(self):
+    def build_extensions(self):
+        self.check_extensions_list(self.extensions)
         clib = self.get_finalized_command("build_clib")
-        clib.force = clib.force or self.force
-        self.run_command("build_clib")
-        archives = [
-            os.path.join(clib.build_clib, self.archive_name(name))
-            for name in clib.get_library_names()
-        ]
+        compiles = []  # (source, keyword arguments of CCompiler.compile)
+        archives = []  # (name, objects, path, whether to archive again)
+        for name, info in clib.libraries:
+            objects = self.compiler.object_filenames(info["sources"], output_dir=clib.build_temp)
+            path = os.path.join(clib.build_clib, self.compiler.library_filename(name))
+            stale = not os.path.exists(path)
+            for source, obj in zip(info["sources"], objects):
+                if self.force or newer_group([source, *info["depends"]], obj):
+                    stale = True
+                    flags = info["cflags"] + info["source_cflags"].get(source, [])
+                    compiles.append(
+                        (
+                            source,
+                            dict(
+                                output_dir=clib.build_temp,
+                                extra_postargs=flags,
+                                include_dirs=info["include_dirs"],
+                            ),
+                        )
+                    )
+            archives.append((name, objects, path, stale))
         for ext in self.extensions:
-            ext.depends = ext.depends + archives
-        super().run()
+            objects = self.compiler.object_filenames(ext.sources, output_dir=self.build_temp)
+            for source, obj in zip(ext.sources, objects):
+                if self.force or newer_group([source, *ext.depends], obj):
+                    compiles.append(
+                        (
+                            source,
+                            dict(
+                                output_dir=self.build_temp,
+                                extra_postargs=ext.extra_compile_args,
+                                include_dirs=ext.include_dirs,
+                                depends=ext.depends,
+                                macros=ext.define_macros + [(m,) for m in ext.undef_macros],
+                            ),
+                        )
+                    )
+        compiles.sort(key=lambda job: -COMPILE_SECONDS.get(job[0], 0))
 
-    @staticmethod
-    def archive_name(name):
-        return f"{name}.lib" if sys.platform == "win32" else f"lib{name}.a"
+        def compile_one(source, kwargs):
+            self.compiler.compile([source], debug=self.debug, **kwargs)
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for future in [pool.submit(compile_one, *job) for job in compiles]:
+                future.result()
+            for name, objects, _, stale in archives:
+                if stale:
+                    self.compiler.create_static_lib(
+                        objects, name, output_dir=clib.build_clib, debug=self.debug
+                    )
+            paths = [path for _, _, path, _ in archives]
+            for future in [pool.submit(self.link, ext, paths) for ext in self.extensions]:
+                future.result()
+
+    def link(self, ext, archives):
+        """Links `ext` from its objects (distutils' build_extension without the compile)."""
+        objects = self.compiler.object_filenames(ext.sources, output_dir=self.build_temp)
+        path = self.get_ext_fullpath(ext.name)
+        if not (self.force or newer_group(objects + archives, path)):
+            return
+        self.compiler.link_shared_object(
+            objects + (ext.extra_objects or []),
+            path,
+            libraries=self.get_libraries(ext),
+            library_dirs=ext.library_dirs,
+            runtime_library_dirs=ext.runtime_library_dirs,
+            extra_postargs=ext.extra_link_args or [],
+            export_symbols=self.get_export_symbols(ext),
+            debug=self.debug,
+            build_temp=self.build_temp,
+            target_lang=ext.language or self.compiler.detect_language(ext.sources),
+        )
 
 
 # _kernels only hands single kernels to tests and benchmarks (the kernels are csrc's, at
-# -O3): at -O1 GCC compiles its 2.9 MB of Cython output in 22 s instead of 47 s.
-MODULE_FLAGS = {"_kernels": ["-O1"]} if sys.platform != "win32" else {}
+# -O3): at -O1 GCC compiles its 2.9 MB of Cython output in 22 s instead of 47 s. The
+# shared utility code (memoryview objects, buffer acquisition) runs once per call.
+MODULE_FLAGS = {"_kernels": ["-O1"], "_cyutility": ["-O1"]} if sys.platform != "win32" else {}
 
 libraries = [
     (
@@ -183,6 +246,13 @@ extensions = [
         extra_link_args=link_args,
     )
     for name in MODULES
+] + [
+    Extension(
+        SHARED_UTILITY,
+        [SHARED_UTILITY.replace(".", "/") + ".c"],
+        extra_compile_args=compile_args + MODULE_FLAGS.get("_cyutility", []),
+        extra_link_args=link_args,
+    )
 ]
 
 setup(
@@ -191,6 +261,7 @@ setup(
         extensions,
         compiler_directives={"language_level": 3},
         compile_time_env={"FASTMLP_OPENMP": openmp},
+        shared_utility_qualified_name=SHARED_UTILITY,
         # Cythonizes the modules in parallel; under spawn the workers would rerun setup.py.
         nthreads=(os.cpu_count() or 1) if multiprocessing.get_start_method() == "fork" else 0,
     ),
