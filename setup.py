@@ -7,12 +7,14 @@ default build targets any x86-64 (or other) CPU, fm_dense choosing its instructi
 run time; FASTMLP_NATIVE=1 tunes for the building machine with -march=native.
 """
 
-import multiprocessing
+import itertools
 import os
+import queue
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from Cython.Build import cythonize
@@ -132,78 +134,125 @@ class BuildClib(build_clib):
         pass
 
 
+class CompilePool:
+    """Compiles on `workers` threads (each waiting on one compiler process), always starting
+    the longest queued job (COMPILE_SECONDS), so that the last ones to start are short; jobs
+    may be added while others run. Leaving the `with` block waits for every job and raises
+    the first error."""
+
+    def __init__(self, workers):
+        self.jobs = queue.PriorityQueue()
+        self.order = itertools.count()  # ties (and unknown files) in submission order
+        self.errors = []
+        self.threads = [threading.Thread(target=self.work) for _ in range(workers)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, source, compile_fn):
+        self.jobs.put((-COMPILE_SECONDS.get(source, 0), next(self.order), compile_fn))
+
+    def work(self):
+        while True:
+            _, _, compile_fn = self.jobs.get()
+            if compile_fn is None:
+                return
+            try:
+                compile_fn()
+            except BaseException as exc:
+                self.errors.append(exc)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        for _ in self.threads:  # after every job (priority +inf), one stop per thread
+            self.jobs.put((float("inf"), next(self.order), None))
+        for thread in self.threads:
+            thread.join()
+        if self.errors and exc_type is None:
+            raise self.errors[0]
+
+
 class BuildExt(build_ext):
     """Compiles every out-of-date C file, the libraries' and the extensions', in one pool
-    (one compiler per core, longest first), then archives the libraries and links the
-    extensions. An object is rebuilt when its source or a header/.pxd it depends on is
-    newer; an extension is relinked when one of its objects or a library is newer."""
+    (CompilePool), then archives the libraries and links the extensions. The libraries
+    compile while Cython generates the extensions' C, one module at a time (the longest
+    to compile first), each module's C queued as soon as it is written. An object is
+    rebuilt when its source or a header/.pxd it depends on is newer (Cython skips a .pyx
+    whose C is up to date); an extension is relinked when an object or a library is newer."""
 
     def build_extensions(self):
         self.check_extensions_list(self.extensions)
         clib = self.get_finalized_command("build_clib")
-        compiles = []  # (source, keyword arguments of CCompiler.compile)
         archives = []  # (name, objects, path, whether to archive again)
-        for name, info in clib.libraries:
-            objects = self.compiler.object_filenames(info["sources"], output_dir=clib.build_temp)
-            path = os.path.join(clib.build_clib, self.compiler.library_filename(name))
-            stale = not os.path.exists(path)
-            for source, obj in zip(info["sources"], objects):
-                if self.force or newer_group([source, *info["depends"]], obj):
-                    stale = True
-                    flags = info["cflags"] + info["source_cflags"].get(source, [])
-                    compiles.append(
-                        (
+        with CompilePool(os.cpu_count() or 1) as pool:
+            for name, info in clib.libraries:
+                objects = self.compiler.object_filenames(
+                    info["sources"], output_dir=clib.build_temp
+                )
+                path = os.path.join(clib.build_clib, self.compiler.library_filename(name))
+                stale = not os.path.exists(path)
+                for source, obj in zip(info["sources"], objects):
+                    if self.force or newer_group([source, *info["depends"]], obj):
+                        stale = True
+                        flags = info["cflags"] + info["source_cflags"].get(source, [])
+                        pool.submit(
                             source,
-                            dict(
-                                output_dir=clib.build_temp,
-                                extra_postargs=flags,
-                                include_dirs=info["include_dirs"],
+                            self.compile_fn(source, clib.build_temp, flags, info["include_dirs"]),
+                        )
+                archives.append((name, objects, path, stale))
+            c_file = {ext.name: ext.name.replace(".", "/") + ".c" for ext in self.extensions}
+            for ext in sorted(
+                self.extensions, key=lambda e: -COMPILE_SECONDS.get(c_file[e.name], 0)
+            ):
+                ext.sources = cythonize(
+                    [ext],
+                    compiler_directives={"language_level": 3},
+                    compile_time_env={"FASTMLP_OPENMP": openmp},
+                    shared_utility_qualified_name=SHARED_UTILITY,
+                    force=self.force,
+                )[0].sources
+                objects = self.compiler.object_filenames(ext.sources, output_dir=self.build_temp)
+                for source, obj in zip(ext.sources, objects):
+                    if self.force or newer_group([source, *ext.depends], obj):
+                        pool.submit(
+                            source,
+                            self.compile_fn(
+                                source,
+                                self.build_temp,
+                                ext.extra_compile_args,
+                                ext.include_dirs,
+                                ext.depends,
+                                ext.define_macros + [(m,) for m in ext.undef_macros],
                             ),
                         )
-                    )
-            archives.append((name, objects, path, stale))
-        for ext in self.extensions:
-            objects = self.compiler.object_filenames(ext.sources, output_dir=self.build_temp)
-            for source, obj in zip(ext.sources, objects):
-                if self.force or newer_group([source, *ext.depends], obj):
-                    compiles.append(
-                        (
-                            source,
-                            dict(
-                                output_dir=self.build_temp,
-                                extra_postargs=ext.extra_compile_args,
-                                include_dirs=ext.include_dirs,
-                                depends=ext.depends,
-                                macros=ext.define_macros + [(m,) for m in ext.undef_macros],
-                            ),
-                        )
-                    )
-        compiles.sort(key=lambda job: -COMPILE_SECONDS.get(job[0], 0))
-
-        def compile_one(source, kwargs):
-            self.compiler.compile([source], debug=self.debug, **kwargs)
-
+        for name, objects, _, stale in archives:
+            if stale:
+                self.compiler.create_static_lib(
+                    objects, name, output_dir=clib.build_clib, debug=self.debug
+                )
+        paths = [path for _, _, path, _ in archives]
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            for future in [pool.submit(compile_one, *job) for job in compiles]:
-                future.result()
-            for name, objects, _, stale in archives:
-                if stale:
-                    self.compiler.create_static_lib(
-                        objects, name, output_dir=clib.build_clib, debug=self.debug
-                    )
-            paths = [path for _, _, path, _ in archives]
-            for future in [pool.submit(self.link, ext, paths) for ext in self.extensions]:
-                future.result()
+            list(pool.map(lambda ext: self.link(ext, paths), self.extensions))
+
+    def compile_fn(self, source, output_dir, flags, include_dirs, depends=(), macros=()):
+        return lambda: self.compiler.compile(
+            [source],
+            output_dir=output_dir,
+            macros=list(macros),
+            include_dirs=include_dirs,
+            debug=self.debug,
+            extra_postargs=flags,
+            depends=list(depends),
+        )
 
     def link(self, ext, archives):
-        """Links `ext` from its objects (distutils' build_extension without the compile)."""
+        """Links `ext` (distutils' build_extension without the compile). The archives are
+        given as objects too: the compiler relinks when one of its inputs is newer."""
         objects = self.compiler.object_filenames(ext.sources, output_dir=self.build_temp)
-        path = self.get_ext_fullpath(ext.name)
-        if not (self.force or newer_group(objects + archives, path)):
-            return
         self.compiler.link_shared_object(
-            objects + (ext.extra_objects or []),
-            path,
+            objects + archives + (ext.extra_objects or []),
+            self.get_ext_fullpath(ext.name),
             libraries=self.get_libraries(ext),
             library_dirs=ext.library_dirs,
             runtime_library_dirs=ext.runtime_library_dirs,
@@ -257,13 +306,6 @@ extensions = [
 
 setup(
     libraries=libraries,
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives={"language_level": 3},
-        compile_time_env={"FASTMLP_OPENMP": openmp},
-        shared_utility_qualified_name=SHARED_UTILITY,
-        # Cythonizes the modules in parallel; under spawn the workers would rerun setup.py.
-        nthreads=(os.cpu_count() or 1) if multiprocessing.get_start_method() == "fork" else 0,
-    ),
+    ext_modules=extensions,
     cmdclass={"build_clib": BuildClib, "build_ext": BuildExt},
 )
