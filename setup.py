@@ -137,16 +137,19 @@ class BuildClib(build_clib):
 class CompilePool:
     """Compiles on `workers` threads (each waiting on one compiler process), always starting
     the longest queued job (COMPILE_SECONDS), so that the last ones to start are short; jobs
-    may be added while others run. Leaving the `with` block waits for every job and raises
-    the first error."""
+    may be added while others run. Nothing starts before `start()` (or the end of the `with`
+    block), which then waits for every job and raises the first error."""
 
     def __init__(self, workers):
         self.jobs = queue.PriorityQueue()
         self.order = itertools.count()  # ties (and unknown files) in submission order
         self.errors = []
         self.threads = [threading.Thread(target=self.work) for _ in range(workers)]
+
+    def start(self):
         for thread in self.threads:
-            thread.start()
+            if thread.ident is None:  # not started yet
+                thread.start()
 
     def submit(self, source, compile_fn):
         self.jobs.put((-COMPILE_SECONDS.get(source, 0), next(self.order), compile_fn))
@@ -165,6 +168,7 @@ class CompilePool:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        self.start()
         for _ in self.threads:  # after every job (priority +inf), one stop per thread
             self.jobs.put((float("inf"), next(self.order), None))
         for thread in self.threads:
@@ -201,6 +205,7 @@ class BuildExt(build_ext):
                             self.compile_fn(source, clib.build_temp, flags, info["include_dirs"]),
                         )
                 archives.append((name, objects, path, stale))
+            pool.start()  # with every library job queued, so the longest starts first
             c_file = {ext.name: ext.name.replace(".", "/") + ".c" for ext in self.extensions}
             for ext in sorted(
                 self.extensions, key=lambda e: -COMPILE_SECONDS.get(c_file[e.name], 0)
