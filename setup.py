@@ -1,18 +1,25 @@
 """Build of fastmlp's C/Cython extensions.
 
-csrc/ is compiled once, one compiler process per file and per core, into a static library
-that every extension module links. OpenMP is detected once here: a compiler without it
-gets a serial build and a loud warning (FASTMLP_NO_OPENMP=1 asks for that build). The
-default build targets any x86-64 (or other) CPU, fm_dense choosing its instruction set at
-run time; FASTMLP_NATIVE=1 tunes for the building machine with -march=native.
+build_ext compiles every C file in one pool, one compiler process per core, the longest
+first: csrc/'s kernels, archived into a static library that every extension module links,
+and the extensions' C, which Cython generates meanwhile, one module at a time. Cython's
+utility code goes once into fastmlp._cyutility instead of into each module. Building
+needs only setuptools and Cython >= 3.1 (no NumPy, no SciPy: _blas takes SciPy's GEMMs at
+import). Debug information is left out (-g0) unless CFLAGS asks for -g. OpenMP is
+detected once here: a compiler without it gets a serial build and a loud warning
+(FASTMLP_NO_OPENMP=1 asks for that build). The default build targets any x86-64 (or
+other) CPU, fm_dense choosing its instruction set at run time; FASTMLP_NATIVE=1 tunes for
+the building machine with -march=native. Timings: benches/results.md, "Build time".
 """
 
-import multiprocessing
+import itertools
 import os
+import queue
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from Cython.Build import cythonize
@@ -23,8 +30,11 @@ from setuptools.modified import newer_group
 
 # The extension modules fastmlp.<name>, each from fastmlp/<name>.pyx.
 MODULES = ["_blas", "_network", "_trainer", "_kernels", "_int8"]
+# Cython's utility code (memoryviews above all) is generated once into this module, which
+# the others import, instead of into each of them (Cython >= 3.1).
+SHARED_UTILITY = "fastmlp._cyutility"
 
-# The C kernels, longest compile first so that the last one to start is short.
+# The C kernels.
 CSRC = [
     "csrc/fm_dense_wide.c",
     "csrc/fm_dense_avx512.c",
@@ -37,6 +47,21 @@ CSRC = [
     "csrc/fm_int8.c",
     "csrc/fm_int8_avx2.c",
 ]
+# CPU seconds of each compile (GCC 12, Zen 3, -g0), so that the pool starts the longest
+# first and the last ones to start are short. Files not listed count as 0.
+COMPILE_SECONDS = {
+    "csrc/fm_dense_avx512.c": 20,
+    "csrc/fm_dense_avx2.c": 19,
+    "csrc/fm_dense_base.c": 11,
+    "csrc/fm_dense_wide.c": 5,
+    "csrc/fm_kernels.c": 3,
+    "fastmlp/_network.c": 10,
+    "fastmlp/_trainer.c": 10,
+    "fastmlp/_kernels.c": 11,
+    "fastmlp/_int8.c": 7,
+    "fastmlp/_cyutility.c": 4,
+    "fastmlp/_blas.c": 1,
+}
 CSRC_HEADERS = [
     "csrc/fm_fpu.h",
     "csrc/fm_openmp.h",
@@ -81,6 +106,10 @@ compile_args = ["-O3", "-std=c99", "-fno-math-errno", "-ffp-contract=fast"]
 link_args = []
 if sys.platform == "win32":
     compile_args = ["/O2"]
+elif not any(flag.startswith("-g") for flag in os.environ.get("CFLAGS", "").split()):
+    # Python's own CFLAGS carry -g: debug information took a quarter of the compile time
+    # (and most of the objects' size) without changing the code. CFLAGS="-g" keeps it.
+    compile_args.append("-g0")
 if os.environ.get("FASTMLP_NATIVE") == "1":
     compile_args.append("-march=native")
 
@@ -102,60 +131,154 @@ else:
 
 
 class BuildClib(build_clib):
-    """Compiles each source of a library in its own compiler process, as many at once as
-    there are cores, then archives them (setuptools' build_clib compiles one at a time)."""
+    """Compiles nothing: BuildExt compiles the libraries' sources in the same pool as the
+    extensions' generated C (`build` runs this command first; it would make the extensions
+    wait for the whole library)."""
 
-    def build_libraries(self, libraries):
-        for name, info in libraries:
-            sources = info["sources"]
-            objects = self.compiler.object_filenames(sources, output_dir=self.build_temp)
+    def run(self):
+        pass
 
-            def compile_one(source, obj, info=info):
-                if self.force or newer_group([source, *info["depends"]], obj):
-                    self.compiler.compile(
-                        [source],
-                        output_dir=self.build_temp,
-                        include_dirs=info["include_dirs"],
-                        extra_postargs=info["cflags"] + info["source_cflags"].get(source, []),
-                        debug=self.debug,
-                    )
 
-            with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-                list(pool.map(compile_one, sources, objects))
-            self.compiler.create_static_lib(
-                objects, name, output_dir=self.build_clib, debug=self.debug
-            )
+class CompilePool:
+    """Compiles on `workers` threads (each waiting on one compiler process), always starting
+    the longest queued job (COMPILE_SECONDS), so that the last ones to start are short; jobs
+    may be added while others run. Nothing starts before `start()` (or the end of the `with`
+    block), which then waits for every job and raises the first error."""
+
+    def __init__(self, workers):
+        self.jobs = queue.PriorityQueue()
+        self.order = itertools.count()  # ties (and unknown files) in submission order
+        self.errors = []
+        self.threads = [threading.Thread(target=self.work) for _ in range(workers)]
+
+    def start(self):
+        for thread in self.threads:
+            if thread.ident is None:  # not started yet
+                thread.start()
+
+    def submit(self, source, compile_fn):
+        self.jobs.put((-COMPILE_SECONDS.get(source, 0), next(self.order), compile_fn))
+
+    def work(self):
+        while True:
+            _, _, compile_fn = self.jobs.get()
+            if compile_fn is None:
+                return
+            try:
+                compile_fn()
+            except BaseException as exc:
+                self.errors.append(exc)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.start()
+        for _ in self.threads:  # after every job (priority +inf), one stop per thread
+            self.jobs.put((float("inf"), next(self.order), None))
+        for thread in self.threads:
+            thread.join()
+        if self.errors and exc_type is None:
+            raise self.errors[0]
 
 
 class BuildExt(build_ext):
-    """Builds the libraries first (also for `build_ext --inplace`), relinks an extension
-    when they change, and compiles the extension modules in parallel."""
+    """Compiles every out-of-date C file, the libraries' and the extensions', in one pool
+    (CompilePool), then archives the libraries and links the extensions. The libraries
+    compile while Cython generates the extensions' C, one module at a time (the longest
+    to compile first), each module's C queued as soon as it is written. An object is
+    rebuilt when its source or a header/.pxd it depends on is newer (Cython skips a .pyx
+    whose C is up to date); an extension is relinked when an object or a library is newer."""
 
-    def finalize_options(self):
-        super().finalize_options()
-        if self.parallel is None:
-            self.parallel = os.cpu_count() or 1
-
-    def run(self):
+    def build_extensions(self):
+        self.check_extensions_list(self.extensions)
         clib = self.get_finalized_command("build_clib")
-        clib.force = clib.force or self.force
-        self.run_command("build_clib")
-        archives = [
-            os.path.join(clib.build_clib, self.archive_name(name))
-            for name in clib.get_library_names()
-        ]
-        for ext in self.extensions:
-            ext.depends = ext.depends + archives
-        super().run()
+        archives = []  # (name, objects, path, whether to archive again)
+        with CompilePool(os.cpu_count() or 1) as pool:
+            for name, info in clib.libraries:
+                objects = self.compiler.object_filenames(
+                    info["sources"], output_dir=clib.build_temp
+                )
+                path = os.path.join(clib.build_clib, self.compiler.library_filename(name))
+                stale = not os.path.exists(path)
+                for source, obj in zip(info["sources"], objects):
+                    if self.force or newer_group([source, *info["depends"]], obj):
+                        stale = True
+                        flags = info["cflags"] + info["source_cflags"].get(source, [])
+                        pool.submit(
+                            source,
+                            self.compile_fn(source, clib.build_temp, flags, info["include_dirs"]),
+                        )
+                archives.append((name, objects, path, stale))
+            pool.start()  # with every library job queued, so the longest starts first
+            c_file = {ext.name: ext.name.replace(".", "/") + ".c" for ext in self.extensions}
+            for ext in sorted(
+                self.extensions, key=lambda e: -COMPILE_SECONDS.get(c_file[e.name], 0)
+            ):
+                ext.sources = cythonize(
+                    [ext],
+                    compiler_directives={"language_level": 3},
+                    compile_time_env={"FASTMLP_OPENMP": openmp},
+                    shared_utility_qualified_name=SHARED_UTILITY,
+                    force=self.force,
+                )[0].sources
+                objects = self.compiler.object_filenames(ext.sources, output_dir=self.build_temp)
+                for source, obj in zip(ext.sources, objects):
+                    if self.force or newer_group([source, *ext.depends], obj):
+                        pool.submit(
+                            source,
+                            self.compile_fn(
+                                source,
+                                self.build_temp,
+                                ext.extra_compile_args,
+                                ext.include_dirs,
+                                ext.depends,
+                                ext.define_macros + [(m,) for m in ext.undef_macros],
+                            ),
+                        )
+        for name, objects, _, stale in archives:
+            if stale:
+                self.compiler.create_static_lib(
+                    objects, name, output_dir=clib.build_clib, debug=self.debug
+                )
+        paths = [path for _, _, path, _ in archives]
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(lambda ext: self.link(ext, paths), self.extensions))
 
-    @staticmethod
-    def archive_name(name):
-        return f"{name}.lib" if sys.platform == "win32" else f"lib{name}.a"
+    def compile_fn(self, source, output_dir, flags, include_dirs, depends=(), macros=()):
+        return lambda: self.compiler.compile(
+            [source],
+            output_dir=output_dir,
+            macros=list(macros),
+            include_dirs=include_dirs,
+            debug=self.debug,
+            extra_postargs=flags,
+            depends=list(depends),
+        )
+
+    def link(self, ext, archives):
+        """Links `ext` (distutils' build_extension without the compile). The archives are
+        given as objects too: the compiler relinks when one of its inputs is newer."""
+        objects = self.compiler.object_filenames(ext.sources, output_dir=self.build_temp)
+        self.compiler.link_shared_object(
+            objects + archives + (ext.extra_objects or []),
+            self.get_ext_fullpath(ext.name),
+            libraries=self.get_libraries(ext),
+            library_dirs=ext.library_dirs,
+            runtime_library_dirs=ext.runtime_library_dirs,
+            extra_postargs=ext.extra_link_args or [],
+            export_symbols=self.get_export_symbols(ext),
+            debug=self.debug,
+            build_temp=self.build_temp,
+            target_lang=ext.language or self.compiler.detect_language(ext.sources),
+        )
 
 
 # _kernels only hands single kernels to tests and benchmarks (the kernels are csrc's, at
-# -O3): at -O1 GCC compiles its 2.9 MB of Cython output in 22 s instead of 47 s.
-MODULE_FLAGS = {"_kernels": ["-O1"]} if sys.platform != "win32" else {}
+# -O3): at -O1 GCC compiled its Cython output in 22 s instead of 47 s (issue 14). The
+# shared utility code (memoryview objects, argument parsing) runs once per call: -O1
+# compiles it in 4 s instead of 10.
+MODULE_FLAGS = {"_kernels": ["-O1"], "_cyutility": ["-O1"]} if sys.platform != "win32" else {}
 
 libraries = [
     (
@@ -183,16 +306,17 @@ extensions = [
         extra_link_args=link_args,
     )
     for name in MODULES
+] + [
+    Extension(
+        SHARED_UTILITY,
+        [SHARED_UTILITY.replace(".", "/") + ".c"],
+        extra_compile_args=compile_args + MODULE_FLAGS.get("_cyutility", []),
+        extra_link_args=link_args,
+    )
 ]
 
 setup(
     libraries=libraries,
-    ext_modules=cythonize(
-        extensions,
-        compiler_directives={"language_level": 3},
-        compile_time_env={"FASTMLP_OPENMP": openmp},
-        # Cythonizes the modules in parallel; under spawn the workers would rerun setup.py.
-        nthreads=(os.cpu_count() or 1) if multiprocessing.get_start_method() == "fork" else 0,
-    ),
+    ext_modules=extensions,
     cmdclass={"build_clib": BuildClib, "build_ext": BuildExt},
 )

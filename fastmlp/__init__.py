@@ -19,6 +19,8 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 try:
     from fastmlp import _network, _trainer  # noqa: F401  (the compiled extension)
 except ImportError as exc:  # a source tree without an in-place build, most often
+    if exc.name is None:  # raised by an extension's own import code (_blas: SciPy's BLAS)
+        raise
     raise ImportError(
         f"fastmlp's compiled extension is missing from {os.path.dirname(__file__)}. If that "
         "is a source checkout, run `python setup.py build_ext --inplace` there, or run from "

@@ -1,11 +1,14 @@
 # cython: language_level=3
-"""The counted single-thread limit on OpenBLAS (declared in _blas.pxd).
+"""scipy's sgemm/dgemm for ``gemm``, and the counted single-thread limit on OpenBLAS
+(both declared in _blas.pxd).
 
 OpenBLAS's thread count is one process-wide number. Every compiled call that runs BLAS
 GEMMs holds it at 1 (OpenMP, or the calling thread alone, owns the cores), counted so
 that concurrent calls from many threads set it once and the last one out restores it.
 ``_threads.py`` registers the get/set functions of each loaded OpenBLAS at import.
 """
+
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_IsValid
 
 cdef extern from "pythread.h" nogil:
     ctypedef void *PyThread_type_lock
@@ -25,6 +28,32 @@ cdef int blas_saved[MAX_BLAS_LIBS]
 cdef int n_blas_libs = 0
 cdef int blas_users = 0
 cdef PyThread_type_lock blas_lock = PyThread_allocate_lock()
+
+
+cdef void *scipy_blas_function(str name, str scalar) except NULL:
+    """The address of ``scipy.linalg.cython_blas.<name>``, checked against the C signature
+    ``_blas.pxd`` declares for it (``scalar``: scipy's typedef, ``s`` float, ``d`` double).
+    """
+    from scipy.linalg import cython_blas
+
+    # The signature Cython writes into the capsule's name, as a cimport would check it.
+    t = f"__pyx_t_5scipy_6linalg_11cython_blas_{scalar} *"
+    signature = (
+        f"void (char *, char *, int *, int *, int *, {t}, {t}, int *, {t}, int *, {t}, {t}, "
+        "int *)"
+    ).encode()
+    capsule = getattr(cython_blas, "__pyx_capi__", {}).get(name)
+    if capsule is None or not PyCapsule_IsValid(capsule, signature):
+        raise ImportError(
+            f"fastmlp needs scipy.linalg.cython_blas.{name} with the C signature "
+            f"{signature.decode()!r}; this SciPy has {capsule!r}. Install a SciPy >= 1.11 "
+            "built with Cython (the wheels from PyPI or conda-forge are)."
+        )
+    return PyCapsule_GetPointer(capsule, signature)
+
+
+sgemm = <sgemm_t> scipy_blas_function("sgemm", "s")
+dgemm = <dgemm_t> scipy_blas_function("dgemm", "d")
 
 
 def register_threads(size_t get_address, size_t set_address):
