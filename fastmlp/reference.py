@@ -546,18 +546,21 @@ def train_step(
     float
         The mini-batch objective before the update.
     """
-    options = dict(loss=loss, l2=l2, sample_weight=sample_weight, masks=masks, delta=delta)
     value, dW, db, *dnorms = loss_and_gradients(
         weights,
         biases,
         X,
         y,
         activations,
+        loss=loss,
+        l2=l2,
+        sample_weight=sample_weight,
+        masks=masks,
         label_smoothing=label_smoothing,
+        delta=delta,
         norms=norms,
         normalization=normalization,
         running=running,
-        **options,
     )
     params: list[np.ndarray] = []
     grads: list[np.ndarray] = []
