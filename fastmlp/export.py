@@ -56,36 +56,27 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
         inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]
         nodes.append(helper.make_node("Gemm", [current, f"W{i}", f"b{i}"], [f"z{i}"]))
         current = f"z{i}"
-        if i < len(norms) and model.normalization == "batch":
-            gamma, beta = norms[i]
-            inits += [
-                numpy_helper.from_array(gamma, f"g{i}"),
-                numpy_helper.from_array(beta, f"be{i}"),
-                numpy_helper.from_array(model.running_means[i], f"rm{i}"),
-                numpy_helper.from_array(model.running_vars[i], f"rv{i}"),
-            ]
-            nodes.append(
-                helper.make_node(
-                    "BatchNormalization",
-                    [current, f"g{i}", f"be{i}", f"rm{i}", f"rv{i}"],
-                    [f"n{i}"],
-                    epsilon=NORM_EPS,
-                )
-            )
-            current = f"n{i}"
-        elif i < len(norms):
+        if i < len(norms):
             gamma, beta = norms[i]
             inits += [
                 numpy_helper.from_array(gamma, f"g{i}"),
                 numpy_helper.from_array(beta, f"be{i}"),
             ]
+            if model.normalization == "batch":  # inference mode: the running statistics
+                inits += [
+                    numpy_helper.from_array(model.running_means[i], f"rm{i}"),
+                    numpy_helper.from_array(model.running_vars[i], f"rv{i}"),
+                ]
+                op, inputs, axis = "BatchNormalization", [f"rm{i}", f"rv{i}"], {}
+            else:
+                op, inputs, axis = "LayerNormalization", [], {"axis": -1}
             nodes.append(
                 helper.make_node(
-                    "LayerNormalization",
-                    [current, f"g{i}", f"be{i}"],
+                    op,
+                    [current, f"g{i}", f"be{i}", *inputs],
                     [f"n{i}"],
-                    axis=-1,
                     epsilon=NORM_EPS,
+                    **axis,
                 )
             )
             current = f"n{i}"

@@ -178,7 +178,8 @@ class MLP:
     @property
     def params_(self) -> np.ndarray:
         """All parameters in one flat buffer: W_1, b_1, W_2, b_2, ... (W row-major); with
-        normalization, each hidden layer's LayerNorm gamma and beta follow its bias."""
+        normalization, each hidden layer's gamma and beta (LayerNorm's or BatchNorm's) follow its
+        bias."""
         return self._network.params
 
     @params_.setter

@@ -37,7 +37,7 @@ from fastmlp.model import MLP, check_label_smoothing, check_loss_targets, check_
 def init_params(model: MLP, rng: np.random.Generator) -> None:
     """Initialise weights in place: He normal for ReLU, Glorot uniform otherwise.
 
-    Biases start at zero, LayerNorm at the identity (scale 1, shift 0). He (2015)
+    Biases start at zero, a normalization's scale at 1 and shift at 0. He (2015)
     keeps the variance of ReLU activations constant across layers; Glorot & Bengio
     (2010) do so for tanh and sigmoid.
     """
@@ -175,7 +175,7 @@ def train(
         "layer": a LayerNorm between each hidden layer's Linear part and its activation
         (``torch.nn.LayerNorm`` over the layer's units, eps 1e-5), its scale starting at
         1 and its shift at 0. Row by row, so training stays bitwise the same for any
-        thread count. Helps deep or wide networks and badly scaled inputs.
+        thread count.
         "batch": a BatchNorm there instead (``torch.nn.BatchNorm1d``): in training each
         unit is normalized with the mini-batch's mean and biased variance (unweighted by
         sample weights), and running estimates (momentum 0.1, unbiased variance) move
