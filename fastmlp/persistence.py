@@ -13,8 +13,8 @@ array           dtype, shape                content
 ``meta``        unicode, ()                 a JSON object, keys below
 ``params``      float32 or float64,         the flat parameter buffer: W_1, b_1, W_2, b_2, ...
                 (n_params,)                 row-major, W_i of shape (fan_in, fan_out); with
-                                            normalization, a hidden layer's LayerNorm gamma
-                                            and beta follow its b_i
+                                            normalization, a hidden layer's gamma and beta
+                                            follow its b_i
 ``classes``     bool, int, uint, float or   the labels of the outputs, distinct, in output order
                 unicode, (n_outputs,)       (a regressor: float64, empty, shape (0,))
 ``opt_state1``  as ``params``, (n_params,)  optimizer memory: Adam's first moment, SGD's
