@@ -543,38 +543,6 @@ def test_pickle_refuses_bad_statistics():
         MLP.__new__(MLP).__setstate__(state)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
-def test_onnx_matches(tmp_path, loss, dtype):
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
-    rng = rng_for("onnx", loss, str(dtype))
-    model = bn_model(rng, (6, 9, 7, 3), dtype, ["tanh", "relu"], loss)
-    X = rng.standard_normal((40, 6)).astype(dtype)
-    model.to_onnx(tmp_path / "m.onnx")
-    out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"X": X})[0]
-    want = model.predict_proba(X) if loss == "cross_entropy" else model.predict(X)
-    np.testing.assert_allclose(out, want, rtol=TOL[dtype] * 10, atol=TOL[dtype])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_c_export_matches(tmp_path, dtype):
-    from test_export_c import CC, Exported
-
-    if CC is None:
-        pytest.skip("no C compiler")
-    rng = rng_for("c", str(dtype))
-    model = bn_model(rng, (6, 9, 7, 3), dtype, ["sigmoid", "relu"])
-    X = rng.standard_normal((30, 6)).astype(dtype)
-    row, batch, cls_row, cls_batch = Exported(model, tmp_path).run(X)
-    want = model.predict_proba(X)
-    atol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(row, want, atol=atol)
-    np.testing.assert_allclose(batch, want, atol=atol)
-    assert np.array_equal(cls_row, want.argmax(axis=1))
-    assert "BatchNorm" in (tmp_path / "model.c").read_text()
-
-
 def test_sklearn_estimators():
     pytest.importorskip("sklearn")
     from sklearn.base import clone
