@@ -19,6 +19,7 @@ import zlib
 import numpy as np
 import pytest
 from fastmlp._trainer import Trainer
+from test_layer_norm import fd_relative_error, norm_model
 
 import fastmlp
 from fastmlp import MLP
@@ -37,25 +38,7 @@ def rng_for(*key) -> np.random.Generator:
 def bn_model(rng, sizes, dtype, activation="relu", loss="cross_entropy", out_act=None):
     """A BatchNorm model with random weights, gamma (around 1), beta and running
     statistics (means around 0, variances in [0.5, 2])."""
-    weights = [
-        (rng.standard_normal((a, b)) / np.sqrt(a)).astype(dtype)
-        for a, b in zip(sizes[:-1], sizes[1:])
-    ]
-    biases = [(0.3 * rng.standard_normal(b)).astype(dtype) for b in sizes[1:]]
-    classes = None if loss == "squared_error" else np.arange(sizes[-1])
-    model = MLP.from_weights(
-        weights,
-        biases,
-        activation=activation,
-        loss=loss,
-        output_activation=out_act,
-        classes=classes,
-        dtype=dtype,
-        normalization="batch",
-    )
-    for gamma, beta in zip(model.norm_weights, model.norm_biases):
-        gamma[...] = 1 + 0.3 * rng.standard_normal(gamma.shape)
-        beta[...] = 0.3 * rng.standard_normal(beta.shape)
+    model = norm_model(rng, sizes, dtype, activation, loss, out_act, normalization="batch")
     for mean, var in zip(model.running_means, model.running_vars):
         mean[...] = 0.5 * rng.standard_normal(mean.shape)
         var[...] = rng.uniform(0.5, 2, var.shape)
@@ -252,35 +235,7 @@ def test_finite_differences(n, loss, activation, hidden, dtype):
     model = bn_model(rng, sizes, dtype, activation, loss)
     X = rng.standard_normal((n, 4)).astype(dtype)
     y = rng.standard_normal((n, 3)) if loss == "squared_error" else rng.integers(0, 3, n)
-    _, dW, db, dn = model.loss_and_gradients(X, y, n_threads=1)
-    p = model.params_
-    analytic = np.zeros(p.size)
-    for grads, views in ((dW, model.weights), (db, model.biases)):
-        for g, v in zip(grads, views):
-            analytic[_offset(p, v) : _offset(p, v) + v.size] = g.ravel()
-    for (dg, dbeta), g, beta in zip(dn, model.norm_weights, model.norm_biases):
-        analytic[_offset(p, g) : _offset(p, g) + g.size] = dg
-        analytic[_offset(p, beta) : _offset(p, beta) + beta.size] = dbeta
-    step = 1e-6 if dtype == np.float64 else 1e-2
-    numeric = np.empty(p.size)
-    for j in range(p.size):
-        saved = p[j]
-        p[j] = saved + step
-        x_up, up = float(p[j]), model.loss_and_gradients(X, y, n_threads=1)[0]
-        p[j] = saved - step
-        x_down, down = float(p[j]), model.loss_and_gradients(X, y, n_threads=1)[0]
-        p[j] = saved
-        numeric[j] = (up - down) / (x_up - x_down)  # the steps float32 could take
-    rel = np.linalg.norm(numeric - analytic) / np.linalg.norm(analytic)
-    assert np.linalg.norm(analytic) > 1e-2
-    assert rel < (1e-6 if dtype == np.float64 else 3e-2), f"relative error {rel:.2e}"
-
-
-def _offset(buffer: np.ndarray, view: np.ndarray) -> int:
-    """Index in `buffer` where `view` (a view of it) starts."""
-    return (view.__array_interface__["data"][0] - buffer.__array_interface__["data"][0]) // (
-        buffer.itemsize
-    )
+    assert fd_relative_error(model, X, y) < (1e-6 if dtype == np.float64 else 3e-2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
