@@ -38,7 +38,7 @@ from os import PathLike
 import numpy as np
 
 from fastmlp._network import NORM_EPS
-from fastmlp.model import MLP
+from fastmlp.model import MLP, fold_batch_norm
 from fastmlp.persistence import _copy_mode, _fsync_directory
 
 __all__ = ["to_c", "generate_c", "check_c_name"]
@@ -447,7 +447,7 @@ def _layers(model: MLP) -> list[_DenseLayer]:
         if norm is not None and model.normalization == "batch":
             # Inference BatchNorm is one affine map per unit: folded into W and b (in
             # float64, then rounded to the model's dtype).
-            W, b = _fold_batch_norm(W, b, *norm, *stats[i])
+            W, b = (a.astype(W.dtype) for a in fold_batch_norm(W, b, *norm, *stats[i]))
             norm = None
             if not (np.isfinite(W).all() and np.isfinite(b).all()):
                 raise ValueError(
@@ -533,14 +533,6 @@ def _api(ctx: _Ctx, kind: str) -> list[tuple[str, str]]:
             "predict for n_rows rows: classes[r] is the class index of row r.",
         ),
     ]
-
-
-def _fold_batch_norm(W, b, gamma, beta, running_mean, running_var):
-    """W and b of ``batch_norm_eval(x W + b)``: columns scaled by gamma / sqrt(var + eps),
-    the bias shifted to match."""
-    scale = gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + NORM_EPS)
-    folded_b = (b.astype(np.float64) - running_mean) * scale + beta
-    return (W * scale).astype(W.dtype), folded_b.astype(b.dtype)
 
 
 def _describe(model: MLP) -> str:

@@ -39,7 +39,7 @@ from fastmlp._int8 import MAX_FAN_IN, QMAX, Int8Network
 from fastmlp._network import LAYERS_LIMIT, WIDTH_LIMIT
 from fastmlp._threads import forward_on_cores
 from fastmlp._validation import check_labels, check_sample_weight, check_X, encode_labels
-from fastmlp.model import MLP
+from fastmlp.model import MLP, fold_batch_norm
 from fastmlp.persistence import INT8_MARKER
 
 __all__ = ["QuantizedMLP", "QuantizationReport", "quantize", "MIN_CALIBRATION_ROWS"]
@@ -103,7 +103,7 @@ def quantize(
         If ``model`` is not an :class:`MLP`.
     ValueError
         If the model is a regressor, not a ReLU cross-entropy classifier, or has a
-        normalization (``"layer"`` or ``"batch"``), if
+        LayerNorm (``normalization="layer"``; a BatchNorm is folded into W and b), if
         ``X_calibration`` has the wrong width, NaN or infinity, or fewer than 32 rows, or
         if ``validation_data`` does not fit the model.
     """
@@ -119,12 +119,11 @@ def quantize(
             "int8 quantization supports cross-entropy classifiers with ReLU hidden layers; "
             f"this model has loss={model.loss!r}, activation={model.activation!r}"
         )
-    if model.normalization is not None:
-        # Each LayerNorm needs its row's mean and spread in float between the int8 layers
-        # (BatchNorm could fold into W and b: not done yet).
+    if model.normalization == "layer":
+        # Each LayerNorm needs its row's mean and spread in float between the int8 layers.
         raise ValueError(
-            f"int8 quantization does not support normalization={model.normalization!r} "
-            "yet; keep the float model (or train one without normalization to quantize)"
+            "int8 quantization does not support normalization='layer' yet; keep the float "
+            "model (or train one without it, or with normalization='batch', to quantize)"
         )
     if max(model.layer_sizes[:-1]) > MAX_FAN_IN:
         raise ValueError(
@@ -141,6 +140,12 @@ def quantize(
         )
     weights = [np.asarray(W, dtype=np.float64) for W in model.weights]
     biases = [np.asarray(b, dtype=np.float64) for b in model.biases]
+    # BatchNorm with its running statistics is an affine map per unit: folded into W and
+    # b, the int8 layers are those of a plain network that predicts the same.
+    for i, bn in enumerate(
+        zip(model.norm_weights, model.norm_biases, model.running_means, model.running_vars)
+    ):
+        weights[i], biases[i] = fold_batch_norm(weights[i], biases[i], *bn)
     if not all(np.isfinite(W).all() and np.isfinite(b).all() for W, b in zip(weights, biases)):
         raise ValueError("the model's parameters contain NaN or infinity; cannot quantize it")
 

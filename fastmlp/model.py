@@ -14,6 +14,7 @@ from fastmlp._network import (
     LAYERS_LIMIT,
     LOSSES,
     MULTILABEL_LOSS,
+    NORM_EPS,
     NORMALIZATIONS,
     REGRESSION_LOSS,
     REGRESSION_LOSSES,
@@ -693,3 +694,13 @@ def r2_score(Y: np.ndarray, pred: np.ndarray, sample_weight: np.ndarray | None) 
     with np.errstate(divide="ignore", invalid="ignore"):
         per_output = np.where(total > 0, 1 - residual / total, np.where(residual > 0, 0.0, 1.0))
     return float(per_output.mean())
+
+
+def fold_batch_norm(W, b, gamma, beta, running_mean, running_var):
+    """``(W', b')`` in float64 with ``x W' + b' == batch_norm_eval(x W + b)``: inference
+    BatchNorm is one affine map per unit, so W's columns scale by
+    ``gamma / sqrt(running_var + eps)`` and the bias shifts to match (the C export and
+    int8 quantization use it)."""
+    scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(running_var, np.float64) + NORM_EPS)
+    folded_b = (np.asarray(b, np.float64) - running_mean) * scale + beta
+    return np.asarray(W, np.float64) * scale, folded_b

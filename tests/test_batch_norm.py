@@ -529,11 +529,21 @@ def test_sklearn_estimators():
     assert clf.model_.running_vars[0].min() > 0
 
 
-def test_quantize_refuses_it():
+def test_quantize_folds_it(tmp_path):
+    """int8 quantization folds BatchNorm's running statistics into W and b: the int8
+    model predicts as the float one does (a LayerNorm is refused, test_layer_norm.py)."""
     rng = rng_for("int8")
-    X, _, model = _trained(rng)
-    with pytest.raises(ValueError, match="normalization='batch'"):
-        fastmlp.quantize(model, np.tile(X, (2, 1)))
+    X = rng.standard_normal((600, 10)).astype(np.float32)
+    y = np.argmax(X[:, :3] + 0.3 * X[:, 3:6], axis=1)
+    model = fastmlp.train(X, y, hidden=(32, 16), normalization="batch", epochs=8, seed=1)
+    assert max(np.abs(m).max() for m in model.running_means) > 0.05  # folding matters
+    q = fastmlp.quantize(model, X, validation_data=(X, y))
+    agree = np.mean(q.predict(X) == model.predict(X))
+    assert agree >= 0.97, agree
+    np.testing.assert_allclose(q.predict_proba(X), model.predict_proba(X), atol=0.1)
+    assert q.report["float_accuracy"] - q.report["int8_accuracy"] <= 0.02
+    q.save(tmp_path / "q.npz")
+    assert np.array_equal(fastmlp.load(tmp_path / "q.npz").predict(X), q.predict(X))
 
 
 def test_bad_values():
