@@ -899,6 +899,13 @@ def _train_option_specs() -> tuple[tuple[str, dict], ...]:
         ("--validation-split", {"type": _fraction, "default": 0.0, "metavar": "FRACTION",
                                 "help": "fraction of DATA held out to validate on after "
                                 "each epoch (default: 0)"}),
+        ("--early-stopping", {"action": "store_true", "default": None,
+                              "help": "stop once the validation loss has not improved for "
+                              "--patience epochs, keeping the best epoch's weights (needs "
+                              "--validation-split or --validation-data)"}),
+        ("--patience", {"type": _positive_int, "metavar": "N",
+                        "help": "epochs without improvement before --early-stopping stops "
+                        "(default: 5)"}),
     )  # fmt: skip
 
 

@@ -113,6 +113,22 @@ def test_flag_trains_as_the_keyword(data, source, flags, keywords):
         assert len([ln for ln in proc.stdout.splitlines() if ln.startswith("epoch ")]) == 3
 
 
+def test_early_stopping(data):
+    flags = ["--epochs", "12", "--lr", "0.05", "--validation-split", "0.25"]
+    model, proc = train_cli(data, "cls.npz", *flags, "--early-stopping", "--patience", "1")
+    X, y = read(data, "cls.npz")
+    options = {**API, "epochs": 12, "lr": 0.05, "validation_split": 0.25}
+    reference = fastmlp.train(X, y, early_stopping=True, patience=1, **options)
+    np.testing.assert_array_equal(model.params_, reference.params_)
+    assert len(model.history["epoch"]) == len(reference.history["epoch"]) < 12  # stopped
+    # The best epoch's weights, not the last one's: those of training without it differ.
+    assert not np.array_equal(model.params_, fastmlp.train(X, y, **options).params_)
+    assert_user_error(
+        run(data, "train", "cls.npz", *BASE, "--early-stopping", "--out", "never.npz"),
+        "early_stopping needs validation_split > 0 or validation_data",
+    )
+
+
 def test_validation_data(data):
     model, proc = train_cli(data, "cls.npz", "--validation-data", "cls_val.npz")
     assert "200 samples (40 for validation)" in proc.stdout
