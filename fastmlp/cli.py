@@ -634,16 +634,28 @@ def _evaluate_outputs(model: Any, args: argparse.Namespace) -> int:
     _check_features(model, X, args.data)
     if model.is_regressor:
         y = _targets(y, args.data)
-    model.n_threads = args.threads
-    score = model.score(X, y)  # checks y's shape and values
-    out = np.asarray(model.predict(X), dtype=np.float64)
-    Y = np.asarray(y, dtype=np.float64).reshape(out.shape)
+    from fastmlp._validation import check_targets
+    from fastmlp.model import check_multilabel, r2_score
+
+    # y checked as MLP.score checks it; one forward pass gives the score and the errors.
+    k = model.layer_sizes[-1]
+    f64 = np.dtype(np.float64)
+    if model.is_regressor:
+        Y = check_targets(y, X.shape[0], f64, k)
+    else:
+        Y = check_multilabel(y, X.shape[0], f64, k)
+    out = np.asarray(model.predict(X, n_threads=args.threads), dtype=np.float64)
+    out = out.reshape(Y.shape)
+    if model.is_regressor:
+        score = r2_score(Y, out, None)
+    else:
+        score = float(np.mean(np.all(out == Y, axis=1)))
     print(f"samples: {X.shape[0]}")
     if model.is_regressor:
         print(f"R^2: {score:.6g}")
         print("per output: mean absolute error, root mean squared error")
-        for j in range(Y.shape[1] if Y.ndim == 2 else 1):
-            d = (out - Y) if Y.ndim == 1 else (out[:, j] - Y[:, j])
+        for j in range(k):
+            d = out[:, j] - Y[:, j]
             print(f"  {j:>8}: {np.mean(np.abs(d)):.6g}, {np.sqrt(np.mean(d * d)):.6g}")
     else:
         print(f"subset accuracy (every label right): {100 * score:.2f}%")

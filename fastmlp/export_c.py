@@ -447,13 +447,15 @@ def _layers(model: MLP) -> list[_DenseLayer]:
         if norm is not None and model.normalization == "batch":
             # Inference BatchNorm is one affine map per unit: folded into W and b (in
             # float64, then rounded to the model's dtype).
-            W, b = (a.astype(W.dtype) for a in fold_batch_norm(W, b, *norm, *stats[i]))
-            norm = None
-            if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            folded = fold_batch_norm(W, b, *norm, *stats[i])
+            # Checked before the cast, which would warn and give inf.
+            if not all(np.abs(a).max() <= np.finfo(W.dtype).max for a in folded):
                 raise ValueError(
                     f"layer {i + 1}'s BatchNorm folded into its weights overflows "
                     f"{np.dtype(model.dtype).name}; export a float64 model"
                 )
+            W, b = (a.astype(W.dtype) for a in folded)
+            norm = None
         layers.append(_DenseLayer(i, W, b, act, "input" if i == 0 else acts[i - 1], norm))
     return layers
 

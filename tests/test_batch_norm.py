@@ -582,3 +582,23 @@ def test_dask_streaming():
     assert not np.array_equal(model.running_means[0], np.zeros(7))  # moved, from 0
     again = fastmlp.dask.train(da.from_array(X, chunks=(60, 5)), y, **options)
     assert np.array_equal(again._network.stats, model._network.stats)
+
+
+def test_save_and_c_export_refuse_what_load_or_float32_cannot_hold(tmp_path):
+    """Two error paths of their own: running statistics that went non-finite are not
+    saved (load would refuse the file), and a BatchNorm whose fold into W overflows
+    float32 is not exported as C."""
+    rng = rng_for("refuse")
+    _, _, model = _trained(rng)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    before = path.read_bytes()
+    model.running_means[0][0] = np.nan
+    with pytest.raises(ValueError, match="refusing to save"):
+        model.save(path)
+    assert path.read_bytes() == before  # the file saved earlier is untouched
+    model.running_means[0][0] = 0
+    model.running_vars[0][...] = 0  # scale gamma / sqrt(eps): ~316 gamma
+    model.norm_weights[0][...] = 1e37
+    with pytest.raises(ValueError, match="folded into its weights overflows float32"):
+        model.to_c(tmp_path / "c")
