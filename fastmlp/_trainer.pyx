@@ -5,11 +5,11 @@
 Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
 
 1. ``csrc/``: the C kernels on a block of rows, and ``fm_dense``, our own GEMM tiles for
-   the forward pass and the weight gradients A^T dZ.
-2. This file: the OpenMP loops, those kernels and one BLAS GEMM (``_blas.pxd``: the
-   backward dZ @ W^T, a small share of the work). A mini-batch step runs in two
-   parallel phases, so the cores have one owner (OpenMP) and BLAS runs single-threaded
-   inside each task:
+   the forward pass and the weight gradients A^T dZ of layers whose W fits in L2.
+2. This file: the OpenMP loops, those kernels and BLAS GEMMs (``_blas.pxd``: the
+   backward dZ @ W^T, and a wider layer's forward and weight gradient, see blas_layer).
+   A mini-batch step runs in two parallel phases, so the cores have one owner (OpenMP)
+   and BLAS runs single-threaded inside each task:
 
    a. Row phase. The batch is cut into row blocks (block_rows, see block_rows_for); each
       block runs forward, loss and the backward chain of deltas on its own. Rows never
@@ -155,6 +155,18 @@ cdef Py_ssize_t block_rows_for(const Layout *lay, Py_ssize_t batch_size,
         return MIN_BLOCK_ROWS
     return min(<Py_ssize_t> MAX_BLOCK_ROWS, max(<Py_ssize_t> MIN_BLOCK_ROWS,
                                                 (batch_size + 1) // 2))
+
+
+cdef inline bint blas_layer(Py_ssize_t fan_in, Py_ssize_t fan_out, size_t elem) noexcept nogil:
+    """Whether layer fan_in x fan_out trains on OpenBLAS's GEMM rather than fm_dense's tiles.
+
+    A W beyond L2 streams from L3 or memory whatever the kernel; there OpenBLAS's packed
+    panels ran the forward and weight-gradient GEMMs of 784-2048-10 and 3072-512-256-100
+    about 10% faster per epoch (benches/results.md). Smaller W, read in place by fm_dense,
+    is where OpenBLAS's repacking per block of rows costs (MNIST). The choice reads the
+    shape alone, so the bits still do not depend on the thread count.
+    """
+    return fan_in * fan_out * <Py_ssize_t> elem > L2_WEIGHT_BYTES
 
 
 cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dropout,
@@ -729,7 +741,8 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
     copy with dropout, or for l = 1 a sparse X's samples `rows`.
 
     fm_dense reads W in place (unlike OpenBLAS, which repacks W for every block of a few
-    rows), its last n % 16 columns element by element (tail NULL: W changes every step).
+    rows), its last n % 16 columns element by element (tail NULL: W changes every step);
+    a W beyond L2 goes to OpenBLAS (blas_layer).
     """
     cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
     cdef const floating *params = <const floating *> buf.params
@@ -743,6 +756,11 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
         return
     inp = (ws + (wsl.ad_off[l - 1] if wsl.dropout and l > 1 else wsl.a_off[l - 1])
            + r0 * fan_in)
+    if blas_layer(fan_in, fan_out, sizeof(floating)):
+        gemm(False, False, <int> nr, fan_out, fan_in, <floating> 1, inp, fan_in,
+             params + lay.w_off[l], fan_out, <floating> 0, z, fan_out)
+        fm.bias_act(nr, fan_out, z, params + lay.b_off[l], act)
+        return
     fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l], params + lay.b_off[l],
              <const floating *> NULL, act, z, fan_out, FM_ISA_AUTO)
 
@@ -899,9 +917,15 @@ cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
                       <const floating *> buf.csr.data, rows, <int32_t> i0, <int32_t> i1, dz,
                       grads + off, fan_out, accumulate)
         else:
-            # dW_l[i0:i1] (+)= A_{l-1}[:, i0:i1]^T @ D_l, by fm_dense's tiles (no repacking).
-            fm.dense_at(i1 - i0, nb, fan_out, (ws + in_off + i0), fan_in, dz,
-                        grads + off, fan_out, accumulate, FM_ISA_AUTO)
+            # dW_l[i0:i1] (+)= A_{l-1}[:, i0:i1]^T @ D_l: OpenBLAS for a W beyond L2, else
+            # fm_dense's tiles (no repacking).
+            if blas_layer(fan_in, fan_out, sizeof(floating)):
+                gemm(True, False, <int> (i1 - i0), fan_out, <int> nb, <floating> 1,
+                     (ws + in_off + i0), fan_in, dz, fan_out,
+                     <floating> accumulate, grads + off, fan_out)
+            else:
+                fm.dense_at(i1 - i0, nb, fan_out, (ws + in_off + i0), fan_in, dz,
+                            grads + off, fan_out, accumulate, FM_ISA_AUTO)
         if update:
             optimizer_update(h, buf, params, off, cnt)
     if part == 0:

@@ -202,16 +202,10 @@ FD_STEP = 1e-6
 FD_PARAMS_PER_ARRAY = 6
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
-def test_gradients_match_finite_differences(shape):
-    """float64, tanh (smooth, so central differences are accurate to ~1e-9)."""
-    width, name = shape
-    rng = rng_for("fd", shape)
-    sizes = architectures(width)[name]
-    model = make_model(rng, sizes, "tanh", np.float64)
-    X = rng.standard_normal((13, sizes[0]))
-    y = rng.integers(0, sizes[-1], 13)
-    _, dW, db = model.loss_and_gradients(X, y, l2=0.01, n_threads=1)
+def check_finite_differences(rng, model: MLP, X, y, **options) -> None:
+    """Central differences of the fast objective at FD_PARAMS_PER_ARRAY entries of every
+    weight and bias array against ``loss_and_gradients``."""
+    _, dW, db = model.loss_and_gradients(X, y, n_threads=1, **options)
     for params, grads in ((model.weights, dW), (model.biases, db)):
         for layer, (p, g) in enumerate(zip(params, grads)):
             # Spread the checked entries over the array, the last column always among them
@@ -222,12 +216,24 @@ def test_gradients_match_finite_differences(shape):
                 idx = np.unravel_index(i, p.shape)
                 saved = p[idx]
                 p[idx] = saved + FD_STEP
-                f_plus, _, _ = model.loss_and_gradients(X, y, l2=0.01, n_threads=1)
+                f_plus, _, _ = model.loss_and_gradients(X, y, n_threads=1, **options)
                 p[idx] = saved - FD_STEP
-                f_minus, _, _ = model.loss_and_gradients(X, y, l2=0.01, n_threads=1)
+                f_minus, _, _ = model.loss_and_gradients(X, y, n_threads=1, **options)
                 p[idx] = saved
                 numeric = (f_plus - f_minus) / (2 * FD_STEP)
                 assert g[idx] == pytest.approx(numeric, rel=1e-5, abs=1e-8), (layer, idx)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+def test_gradients_match_finite_differences(shape):
+    """float64, tanh (smooth, so central differences are accurate to ~1e-9)."""
+    width, name = shape
+    rng = rng_for("fd", shape)
+    sizes = architectures(width)[name]
+    model = make_model(rng, sizes, "tanh", np.float64)
+    X = rng.standard_normal((13, sizes[0]))
+    y = rng.integers(0, sizes[-1], 13)
+    check_finite_differences(rng, model, X, y, l2=0.01)
 
 
 # -- whole training steps -----------------------------------------------------------------
@@ -277,6 +283,16 @@ def three_steps(model: MLP, X, y, batch: int, optimizer: str, l2: float, n_threa
     return weights, biases
 
 
+def assert_updates(model: MLP, dtype, start, want) -> None:
+    """The model's updates since `start` ((weights, biases), float64) match the reference's
+    `want` minus `start`. Updates are compared, not weights: they are what the steps
+    computed, and a tolerance relative to the weights would be loose for updates of ~0.03."""
+    for kind, now, before, ref in zip("Wb", (model.weights, model.biases), start, want):
+        for layer, (got, a, b) in enumerate(zip(now, before, ref)):
+            what = f"update of {kind}[{layer}]"
+            assert_close(got.astype(np.float64) - a, b - a, dtype, what, STEP_TOL)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 @pytest.mark.parametrize("batch", STEP_ROWS, ids=lambda n: f"batch{n}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
@@ -293,12 +309,84 @@ def test_three_training_steps_match_reference(shape, dtype, batch, optimizer):
     n_threads = 2 if batch == 13 else 1
     start_w, start_b = params64(model)
     weights, biases = three_steps(model, X, y, batch, optimizer, l2, n_threads)
-    # The updates are compared, not the weights: they are what the steps computed, and a
-    # tolerance relative to the weights would be loose relative to updates of ~0.03.
-    for layer in range(len(weights)):
-        moved = model.weights[layer].astype(np.float64) - start_w[layer]
-        what = f"update of W[{layer}]"
-        assert_close(moved, weights[layer] - start_w[layer], dtype, what, STEP_TOL)
-        moved = model.biases[layer].astype(np.float64) - start_b[layer]
-        what = f"update of b[{layer}]"
-        assert_close(moved, biases[layer] - start_b[layer], dtype, what, STEP_TOL)
+    assert_updates(model, dtype, (start_w, start_b), (weights, biases))
+
+
+# -- layers beyond L2 ---------------------------------------------------------------------
+
+# A W of more than 512 KB trains on OpenBLAS's GEMM (forward and weight gradient) instead
+# of fm_dense's tiles (_trainer.blas_layer). These put such layers first, between narrow
+# ones and last (1,100 classes); float64 crosses the limit at half the size, so the first
+# layer of the second shape runs on fm_dense in float32 and on OpenBLAS in float64.
+BLAS_SHAPES = ((300, 450, 7), (150, 520, 530, 9), (9, 130, 1100))
+# 70 rows: blocks of half the batch, as wide networks take them.
+BLAS_ROWS = (1, 13, 70)
+
+
+def blas_id(sizes) -> str:
+    return "-".join(map(str, sizes))
+
+
+@pytest.mark.parametrize("batch", BLAS_ROWS, ids=lambda n: f"batch{n}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("sizes", BLAS_SHAPES, ids=blas_id)
+def test_blas_layers_three_training_steps_match_reference(sizes, dtype, batch):
+    rng = rng_for("blas steps", sizes, dtype_id(dtype), batch)
+    model = make_model(rng, sizes, "relu", dtype)
+    assert max(W.nbytes for W in model.weights) > 512 * 1024
+    X = draw_rows(rng, model, 3 * batch)
+    y = rng.integers(0, sizes[-1], 3 * batch)
+    l2 = 0.01 if batch == 13 else 0.0
+    start_w, start_b = params64(model)
+    weights, biases = three_steps(model, X, y, batch, "adam", l2, n_threads=2)
+    assert_updates(model, dtype, (start_w, start_b), (weights, biases))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("sizes", BLAS_SHAPES, ids=blas_id)
+def test_blas_layers_gradients_match_reference(sizes, dtype):
+    rng = rng_for("blas gradients", sizes, dtype_id(dtype))
+    model = make_model(rng, sizes, "relu", dtype)
+    X = draw_rows(rng, model, 37)
+    y = rng.integers(0, sizes[-1], 37)
+    weights, biases = params64(model)
+    f_ref, dW_ref, db_ref = R.loss_and_gradients(
+        weights, biases, X.astype(np.float64), y, activations_of(model), "cross_entropy", l2=0.02
+    )
+    f, dW, db = model.loss_and_gradients(X, y, l2=0.02, n_threads=2)
+    assert f == pytest.approx(f_ref, rel=TOL[dtype], abs=0)
+    for layer, (got, want) in enumerate(zip(dW, dW_ref)):
+        assert_close(got, want, dtype, f"dW[{layer}]")
+    for layer, (got, want) in enumerate(zip(db, db_ref)):
+        assert_close(got, want, dtype, f"db[{layer}]")
+
+
+def test_blas_layers_gradients_match_finite_differences():
+    """float64, tanh; 300 x 450 and the 450 x 7 after it."""
+    rng = rng_for("blas fd")
+    model = make_model(rng, (300, 450, 7), "tanh", np.float64)
+    X = rng.standard_normal((13, 300))
+    y = rng.integers(0, 7, 13)
+    check_finite_differences(rng, model, X, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_blas_layers_train_bitwise_for_any_thread_count(dtype):
+    rng = rng_for("blas threads", dtype_id(dtype))
+    X = rng.standard_normal((280, 150)).astype(dtype)
+    y = rng.integers(0, 9, 280)
+    models = [
+        fastmlp.train(
+            X,
+            y,
+            hidden=(520, 530),
+            epochs=2,
+            batch_size=70,
+            dropout=0.1,
+            seed=3,
+            dtype=dtype,
+            n_threads=n,
+        )
+        for n in (1, 2)
+    ]
+    assert np.array_equal(models[0].params_, models[1].params_)
