@@ -39,6 +39,10 @@
 #define VL ((ptrdiff_t)(VB / sizeof(T))) /* elements per vector */
 #define VPP (FM_PANEL_BYTES / VB)        /* vectors per panel row */
 #define PANEL ((ptrdiff_t)(FM_PANEL_BYTES / sizeof(T)))
+/* Independent sums a tile needs in flight to keep two FMA units busy (latency 4), and the
+   rows of a strip that give them. */
+#define DN_MIN_SUMS 8
+#define DN_MIN_ROWS ((DN_MIN_SUMS + NP * VPP - 1) / (NP * VPP))
 
 /* Unaligned vectors: W, X and Z rows sit at any element offset. */
 typedef T DN(vec) __attribute__((vector_size(VB), aligned(sizeof(T))));
@@ -182,11 +186,16 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
                 tp = tail + p0 * PANEL;
                 tb = bias ? tail + k * PANEL : NULL;
             }
-            for (ptrdiff_t i = 0; i < m; i += MR) {
+            for (ptrdiff_t i = 0, rows; i < m; i += rows) {
+                rows = m - i < MR ? m - i : MR;
+                /* A last strip with fewer than DN_MIN_SUMS sums cannot hide the FMA
+                   latency: it and the full strip before it become two of about equal
+                   height (8 rows of AVX2: 4 + 4, not 6 + 2). */
+                if (m - i > MR && m - i < MR + DN_MIN_ROWS) rows = (m - i + 1) / 2;
                 const T *a = at ? A + p0 * lda + i : A + i * lda + p0;
                 T *z = Z + i * ldz + j0;
-                /* One compiled shape per row count: full strips, then the last few rows. */
-                switch (m - i < MR ? m - i : MR) {
+                /* One compiled shape per row count. */
+                switch (rows) {
 #define DN_ROWS(r)                                                                        \
     case r:                                                                               \
         DN(fm_dense_strip)(kb, nc, a, lda, at, r <= MR ? r : MR, bp, ldb, bj, tp, tld, tb, \
@@ -233,6 +242,8 @@ FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
 #undef VL
 #undef VPP
 #undef PANEL
+#undef DN_MIN_SUMS
+#undef DN_MIN_ROWS
 
 #else /* no GCC vector extensions: plain loops with the same order of sums */
 
