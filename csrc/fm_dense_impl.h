@@ -50,13 +50,13 @@ typedef IT DN(ivec) __attribute__((vector_size(VB)));
 
 /* One register tile: Z[0:rows, 0:ncols] = epilogue(A[0:rows, :] @ B[:, 0:np*PANEL]), or
    with `at` (A^T @ B for the weight gradient) the rows of the tile are columns of A.
-   rows, np, at and partial are constants after inlining, so each shape compiles to its
-   own straight-line loop with the accumulators in registers. `partial`: B has only ncols
-   columns here (read element by element), else B is a full panel (the zero-padded tail
-   of fm_dense_pack_tail or W's own columns). */
+   rows, np and at are constants after inlining, so each shape compiles to its own
+   straight-line loop with the accumulators in registers. B always has whole panels (W's
+   own columns, or a zero-padded copy of its last ones); only the first ncols columns are
+   stored. */
 static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
     ptrdiff_t k, const T *a0, ptrdiff_t lda, const int at, const int rows, const T *b,
-    ptrdiff_t ldb, const int np, const int partial, const T *bias, int act, T *z,
+    ptrdiff_t ldb, const int np, const T *bias, int act, T *z,
     ptrdiff_t ldz, ptrdiff_t ncols, int first, int last, DN(ivec) * bad)
 {
     DN(vec) acc[MR][NP * VPP];
@@ -76,15 +76,7 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
     for (ptrdiff_t p = 0; p < k; p++) {
         const T *bp = b + p * ldb;
         DN(vec) bv[NP * VPP];
-        for (int v = 0; v < np * VPP; v++) {
-            if (!partial) {
-                bv[v] = *(const DN(vec) *)(bp + v * VL);
-            } else {
-                bv[v] = (DN(vec)){0};
-                for (ptrdiff_t j = v * VL; j < ncols && j < (v + 1) * VL; j++)
-                    bv[v][j - v * VL] = bp[j];
-            }
-        }
+        for (int v = 0; v < np * VPP; v++) bv[v] = *(const DN(vec) *)(bp + v * VL);
         for (int i = 0; i < rows; i++) {
             const T s = at ? a0[p * lda + i] : a0[i * lda + p];
             for (int v = 0; v < np * VPP; v++) acc[i][v] += s * bv[v];
@@ -115,9 +107,8 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
 }
 
 /* MR (or fewer) rows of Z, columns 0..ncols-1, against kc rows of B starting at bp (rows
-   ldb apart): the full panels in groups of NP, then the last ncols % PANEL columns, from
-   the zero-padded panel `tp` (rows tld apart, its bias `tb`) if there is one, else from
-   bp itself, element by element. */
+   ldb apart): the full panels in groups of NP, then the last ncols % PANEL columns from
+   the zero-padded panel `tp` (rows tld apart, its bias `tb`). */
 static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_strip)(
     ptrdiff_t kc, ptrdiff_t ncols, const T *a, ptrdiff_t lda, const int at, const int rows,
     const T *bp, ptrdiff_t ldb, const T *bias, const T *tp, ptrdiff_t tld, const T *tb,
@@ -127,19 +118,15 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_strip)(
     const T *bj = bias; /* the bias of panel j (NULL: none) */
     ptrdiff_t j = 0;
     for (; j + NP <= full; j += NP, bj = bj ? bj + NP * PANEL : NULL)
-        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, ldb, NP, 0, bj, act,
+        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, ldb, NP, bj, act,
                           z + j * PANEL, ldz, NP * PANEL, first, last, bad);
     if (NP > 1)
         for (; j < full; j++, bj = bj ? bj + PANEL : NULL)
-            DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, ldb, 1, 0, bj, act,
+            DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, ldb, 1, bj, act,
                               z + j * PANEL, ldz, PANEL, first, last, bad);
-    if (full * PANEL == ncols) return;
-    if (tp)
-        DN(fm_dense_tile)(kc, a, lda, at, rows, tp, tld, 1, 0, tb, act, z + full * PANEL,
-                          ldz, ncols - full * PANEL, first, last, bad);
-    else
-        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + full * PANEL, ldb, 1, 1, bj, act,
-                          z + full * PANEL, ldz, ncols - full * PANEL, first, last, bad);
+    if (full * PANEL < ncols)
+        DN(fm_dense_tile)(kc, a, lda, at, rows, tp, tld, 1, tb, act, z + full * PANEL, ldz,
+                          ncols - full * PANEL, first, last, bad);
 }
 
 /* Z (+)= A @ B (at = 0; A is m x k) or A^T @ B (at = 1; A is k x m), block by block of B
@@ -163,6 +150,13 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
     if (chunk > panels) chunk = panels;
     ptrdiff_t nkb = (k * chunk * FM_PANEL_BYTES + block_bytes - 1) / block_bytes;
     if (nkb < 1) nkb = 1;
+    /* Without a padded tail (training: W changes every step) the last n % PANEL columns
+       of each block are copied into one, at most FM_DENSE_TAIL_K rows at a time: read
+       element by element, they cost more than the whole block's products. */
+    const int copy_tail = !packed && !tail && n % PANEL != 0;
+    T tcopy[FM_DENSE_TAIL_K * PANEL] __attribute__((aligned(64)));
+    if (copy_tail && (k + nkb - 1) / nkb > FM_DENSE_TAIL_K)
+        nkb = (k + FM_DENSE_TAIL_K - 1) / FM_DENSE_TAIL_K;
     const ptrdiff_t kc = (k + nkb - 1) / nkb;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += chunk * PANEL) {
         const ptrdiff_t nc = n - j0 < chunk * PANEL ? n - j0 : chunk * PANEL;
@@ -185,6 +179,11 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
             } else if (tail && j0 + nc == n) {
                 tp = tail + p0 * PANEL;
                 tb = bias ? tail + k * PANEL : NULL;
+            } else if (copy_tail && rem < nc) {
+                for (ptrdiff_t p = 0; p < kb; p++)
+                    for (ptrdiff_t c = 0; c < PANEL; c++)
+                        tcopy[p * PANEL + c] = rem + c < nc ? bp[p * n + rem + c] : 0;
+                tp = tcopy;
             }
             for (ptrdiff_t i = 0, rows; i < m; i += rows) {
                 rows = m - i < MR ? m - i : MR;

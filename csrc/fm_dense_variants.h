@@ -36,6 +36,12 @@
 #define FM_DENSE_PACK_K 64
 #endif
 
+/* Rows of the zero-padded copy of B's last columns that fm_dense makes when given no tail
+   (on the stack: 16 KB). */
+#ifndef FM_DENSE_TAIL_K
+#define FM_DENSE_TAIL_K 256
+#endif
+
 /* FM_DENSE_NO_VECTOR builds the plain-C fallback that compilers without GCC's vector
    extensions get (to test it with GCC). */
 #if defined(__GNUC__) && !defined(FM_DENSE_NO_VECTOR)
