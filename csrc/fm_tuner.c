@@ -52,6 +52,11 @@ static int probe_level(fm_tuner *t)
     return t->up ? up : down;
 }
 
+void fm_tuner_resume(fm_tuner *t, double now)
+{
+    window_reset(t, now);
+}
+
 void fm_tuner_step(fm_tuner *t, double rows, double now)
 {
     double per_row;

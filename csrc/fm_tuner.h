@@ -38,4 +38,8 @@ int fm_tuner_threads(const fm_tuner *t);
 /* Record a step of `rows` rows that ended at `now`. */
 void fm_tuner_step(fm_tuner *t, double rows, double now);
 
+/* Start a new window at `now`, dropping the steps of an unfinished one: the time since
+   the last step (validation and callbacks between epochs, another fit) is not theirs. */
+void fm_tuner_resume(fm_tuner *t, double now);
+
 #endif

@@ -10,11 +10,13 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 
 cdef extern from "fm_tuner.h" nogil:
     ctypedef struct fm_tuner:
+        int n_max
         int current
         int probe
     void fm_tuner_init(fm_tuner *t, int n_max, double now)
     int fm_tuner_threads(const fm_tuner *t)
     void fm_tuner_step(fm_tuner *t, double rows, double now)
+    void fm_tuner_resume(fm_tuner *t, double now)
 
 
 cdef extern from "fm_kernels.h" nogil:

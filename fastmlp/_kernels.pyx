@@ -11,6 +11,7 @@ from cython cimport floating
 
 from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm as _gemm
+from fastmlp._network cimport Network
 from fastmlp._ckernels cimport (FM_ISA_AUTO, FM_ISA_AVX2, FM_ISA_AVX512, FM_ISA_BASE,
                                 FM_ISA_WIDE, fm_dense_isa_available, fm_dense_isa_best,
                                 fm_dense_tail_size)
@@ -379,6 +380,14 @@ cdef class Tuner:
 
     def step(self, double rows, double now):
         fm.fm_tuner_step(&self.t, rows, now)
+
+    def resume(self, double now):
+        fm.fm_tuner_resume(&self.t, now)
+
+    def give_to(self, Network network):
+        """Make this tuner the one `network`'s last fit left (its next Trainer's)."""
+        network.tuner = self.t
+        network.has_tuner = True
 
 
 def dense_isas():

@@ -59,6 +59,10 @@ cdef class Network:
     cdef readonly object normalization  # None, "layer" or "batch"
     cdef readonly object stats          # BatchNorm's running means and variances (flat)
     cdef bint is_double
+    # The thread tuner of this network's last training (a Trainer's), so that the next
+    # fit (warm start, partial_fit, Dask's blocks) goes on from what it found.
+    cdef fm.fm_tuner tuner
+    cdef bint has_tuner
     cdef init_stats(self, stats)
 
 

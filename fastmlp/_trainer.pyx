@@ -38,7 +38,7 @@ from cython cimport floating
 from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
 from fastmlp._ckernels cimport (FM_IDENTITY, FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_init,
-                                fm_tuner_step, fm_tuner_threads)
+                                fm_tuner_resume, fm_tuner_step, fm_tuner_threads)
 from fastmlp._network cimport (LOSS_BINARY_XENT, LOSS_CROSS_ENTROPY, MAX_LAYERS, NORM_BATCH,
                                NORM_LAYER, NORM_NONE, Csr, Layout, Network, is_regression,
                                regression_loss, uses_targets)
@@ -292,7 +292,10 @@ cdef class Trainer:
                 f"batch_size {batch_size}")
         self.n_threads = n_threads
         self.adaptive_threads = adaptive_threads
-        fm_tuner_init(&self.tuner, n_threads, monotonic())
+        if network.has_tuner and network.tuner.n_max == n_threads:
+            self.tuner = network.tuner   # what the last fit of this network found
+        else:
+            fm_tuner_init(&self.tuner, n_threads, monotonic())
         self.h.loss = network.loss
         self.h.optimizer = -1
         self.h.weight_decay = 0
@@ -514,6 +517,7 @@ cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order,
     cdef int status = STATUS_DONE, interrupted = 0, steps = 0
     with nogil:
         single_thread_enter()
+        fm_tuner_resume(&tr.tuner, monotonic())
         while start < n:
             tr.h.lr = lrs[start // tr.batch_size]
             b.rows = &order[start]
@@ -546,6 +550,9 @@ cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order,
                 interrupted = 1
                 break
         single_thread_exit()
+    if tr.adaptive_threads:
+        tr.network.tuner = tr.tuner
+        tr.network.has_tuner = True
     if interrupted:
         reraise()
     return loss_sum, weight_sum, n_correct, n_seen, status

@@ -101,3 +101,38 @@ def test_the_switch(monkeypatch):
 @pytest.mark.parametrize("n_max", [0, -3])
 def test_tuner_clamps_its_maximum(n_max):
     assert _kernels.Tuner(n_max).threads == 1
+
+
+def test_resume_drops_the_time_between_epochs():
+    """A pause between two steps (validation, callbacks) is not a slowdown of the steps."""
+    after = {}
+    for resume in (False, True):
+        tuner = _kernels.Tuner(2)
+        _, now = run(tuner, QUIET, 2_000)
+        now += 1.0  # a second of Python between epochs
+        if resume:
+            tuner.resume(now)
+        after[resume], _ = run(tuner, QUIET, 36, now)  # three windows
+    # Counted in, the pause makes a window 100x slower, which calls a probe of one thread
+    # at once; resumed, the windows are like the others.
+    assert np.any(after[False] == 1)
+    assert np.all(after[True] == 2)
+
+
+def test_next_fit_goes_on_from_the_last_tuner():
+    model = fastmlp.train(np.eye(4), [0, 1, 0, 1], hidden=(3,), epochs=1, seed=0)
+    X = np.eye(4, dtype=model.dtype)
+    y = np.array([0, 1, 0, 1], np.int32)
+    tuner = _kernels.Tuner(2)
+    run(tuner, SHARED, 2_000)
+    assert tuner.threads == 1
+    tuner.give_to(model._network)
+
+    def threads(n_threads, adaptive=True):
+        return Trainer(
+            model._network, X, y, batch_size=2, n_threads=n_threads, adaptive_threads=adaptive
+        ).threads
+
+    assert threads(2) == 1  # what the last fit found
+    assert threads(4) == 4  # found for another thread count: starts afresh
+    assert threads(2, adaptive=False) == 2
