@@ -30,7 +30,14 @@ NETWORKS = [
         {},
         None,
         98.0,
-        dict(hidden=(128, 64), epochs=5, batch_size=128, lr=6e-3, lr_schedule="warmup_cosine"),
+        dict(
+            hidden=(128, 64),
+            epochs=3,
+            batch_size=128,
+            lr=6e-3,
+            lr_schedule="warmup_cosine",
+            label_smoothing=0.1,
+        ),
     ),
     (
         "784-256-128-10, ReLU, dropout 0.2 + L2, Adam lr 1e-3",
