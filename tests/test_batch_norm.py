@@ -308,7 +308,7 @@ def test_running_statistics_follow_pytorch_momentum():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_training_is_bitwise_identical_for_any_thread_count(dtype):
-    """Row blocks of 8 rows (16 per batch of 128 in the first layers' statistics), three
+    """Row blocks of 16 rows (8 per batch of 128 in the first layers' statistics), three
     BatchNorm layers, dropout, validation on the running statistics."""
     rng = rng_for("threads", str(dtype))
     X = rng.standard_normal((600, 13)).astype(dtype)
