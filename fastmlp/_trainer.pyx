@@ -165,7 +165,7 @@ cdef inline bint blas_layer(Py_ssize_t fan_in, Py_ssize_t fan_out, size_t elem) 
 
     A W beyond L2 streams from L3 or memory whatever the kernel; there OpenBLAS's packed
     panels ran the forward and weight-gradient GEMMs of 784-2048-10 and 3072-512-256-100
-    about 10% faster per epoch (benches/results.md). Smaller W, read in place by fm_dense,
+    about 10% faster per epoch on a Zen 3 (AVX2; benches/results.md). Smaller W, read in place by fm_dense,
     is where OpenBLAS's repacking per block of rows costs (MNIST). The choice reads the
     shape alone, so the bits still do not depend on the thread count.
     """
@@ -751,8 +751,8 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
     copy with dropout, or for l = 1 a sparse X's samples `rows`.
 
     fm_dense reads W in place (unlike OpenBLAS, which repacks W for every block of a few
-    rows), its last n % 16 columns element by element (tail NULL: W changes every step);
-    a W beyond L2 goes to OpenBLAS (blas_layer).
+    rows), its last n % 16 columns through a padded copy per block (tail NULL: W changes
+    every step); a W beyond L2 goes to OpenBLAS (blas_layer).
     """
     cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
     cdef const floating *params = <const floating *> buf.params
