@@ -237,6 +237,25 @@ def torch_mlp(torch):
 
 
 @pytest.fixture(scope="session")
+def torch_epoch(torch):
+    """``torch_epoch(net, optimizer, X, y, batch_size, generator)``: one epoch of the
+    PyTorch peer, as every training benchmark runs it: a permutation drawn from
+    `generator`, then per mini-batch of those rows (gathered from tensors already in
+    memory) cross-entropy, backward and the optimizer's step."""
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def epoch(net, optimizer, X, y, batch_size: int, generator) -> None:
+        order = torch.randperm(X.shape[0], generator=generator)
+        for start in range(0, X.shape[0], batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(net(X[idx]), y[idx]).backward()
+            optimizer.step()
+
+    return epoch
+
+
+@pytest.fixture(scope="session")
 def jax(n_threads):
     """The jax module on the CPU, with optax; skips when either is not installed.
 

@@ -112,24 +112,17 @@ def test_fastmlp(benchmark, he_init_for, case, n_threads):
     benchmark.extra_info["epoch_seconds"] = model.history["seconds"][-1]
 
 
-def test_torch(benchmark, torch, torch_mlp, he_init_for, case, n_threads):
+def test_torch(benchmark, torch, torch_mlp, torch_epoch, he_init_for, case, n_threads):
     sizes, batch_size = case
     _label(benchmark, "torch", sizes, batch_size, n_threads)
     X_np, y_np = random_data(sizes[0], sizes[-1])
     X, y = torch.from_numpy(X_np), torch.from_numpy(y_np)
     net = torch_mlp(*he_init_for("float32", sizes=sizes), "float32")
     optimizer = torch.optim.Adam(net.parameters(), lr=LR)
-    loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
 
     def epoch():
-        order = torch.randperm(N_ROWS, generator=generator)
-        for start in range(0, N_ROWS, batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(X[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
+        torch_epoch(net, optimizer, X, y, batch_size, generator)
 
     benchmark.pedantic(epoch, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
 

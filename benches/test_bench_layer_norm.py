@@ -47,10 +47,9 @@ def test_fastmlp(benchmark, mnist, n_threads, normalization):
 
 
 @pytest.mark.parametrize("normalization", [None, "layer"], ids=["none", "layer"])
-def test_torch(benchmark, torch, mnist, normalization):
+def test_torch(benchmark, torch, torch_epoch, mnist, normalization):
     _label(benchmark, "torch", str(normalization))
     X, y = torch.from_numpy(mnist.X["float32"]), torch.from_numpy(mnist.y)
-    loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
     nn = torch.nn
 
@@ -64,12 +63,6 @@ def test_torch(benchmark, torch, mnist, normalization):
         return (net, torch.optim.Adam(net.parameters(), lr=1e-3)), {}
 
     def epoch(net, optimizer):
-        order = torch.randperm(X.shape[0], generator=generator)
-        for start in range(0, X.shape[0], BATCH_SIZE):
-            idx = order[start : start + BATCH_SIZE]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(X[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
+        torch_epoch(net, optimizer, X, y, BATCH_SIZE, generator)
 
     benchmark.pedantic(epoch, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)

@@ -92,10 +92,11 @@ def test_numpy_reference(benchmark, mnist, initial_params, dtype, batch_size, n_
     benchmark.pedantic(epoch, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
 
 
-def test_torch(benchmark, torch, torch_mlp, mnist, initial_params, dtype, batch_size, n_threads):
+def test_torch(
+    benchmark, torch, torch_mlp, torch_epoch, mnist, initial_params, dtype, batch_size, n_threads
+):
     _label(benchmark, "torch", dtype, batch_size, n_threads)
     X, y = torch.from_numpy(mnist.X[dtype]), torch.from_numpy(mnist.y)
-    loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
 
     def setup():
@@ -103,13 +104,7 @@ def test_torch(benchmark, torch, torch_mlp, mnist, initial_params, dtype, batch_
         return (net, torch.optim.Adam(net.parameters(), lr=1e-3)), {}
 
     def epoch(net, optimizer):
-        order = torch.randperm(X.shape[0], generator=generator)
-        for start in range(0, X.shape[0], batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(X[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
+        torch_epoch(net, optimizer, X, y, batch_size, generator)
 
     benchmark.pedantic(epoch, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
 

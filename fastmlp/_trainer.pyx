@@ -165,9 +165,9 @@ cdef inline bint blas_layer(Py_ssize_t fan_in, Py_ssize_t fan_out, size_t elem) 
 
     A W beyond L2 streams from L3 or memory whatever the kernel; there OpenBLAS's packed
     panels ran the forward and weight-gradient GEMMs of 784-2048-10 and 3072-512-256-100
-    about 10% faster per epoch on a Zen 3 (AVX2; benches/results.md). Smaller W, read in place by fm_dense,
-    is where OpenBLAS's repacking per block of rows costs (MNIST). The choice reads the
-    shape alone, so the bits still do not depend on the thread count.
+    about 10% faster per epoch on a Zen 3 (AVX2; benches/results.md). A smaller W, read in
+    place by fm_dense, is where OpenBLAS's repacking per block of rows costs (MNIST). The
+    choice reads the shape alone, so the bits still do not depend on the thread count.
     """
     return fan_in * fan_out * <Py_ssize_t> elem > L2_WEIGHT_BYTES
 

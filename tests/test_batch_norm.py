@@ -7,7 +7,8 @@ statistics; prediction: the running ones), finite differences of every parameter
 and float32, training steps with dropout and the running statistics against
 ``reference.train_step``, bitwise equality across thread counts, the mini-batch of one
 row, and the model's life outside training: saving (corrupted statistics refused),
-pickling, ONNX, C, scikit-learn, int8 (refused).
+pickling, scikit-learn, Dask, int8 (folded); what it shares with LayerNorm (learning end to
+end, scikit-learn, ONNX, C) is in test_normalization.py.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import zlib
 
 import numpy as np
 import pytest
-from fastmlp._trainer import Trainer
-from test_layer_norm import fd_relative_error, norm_model
+from test_layer_norm import acts_of, fd_relative_error, norm_model, ref_params
+from test_network import fresh_trainer
 
 import fastmlp
 from fastmlp import MLP
@@ -45,25 +46,11 @@ def bn_model(rng, sizes, dtype, activation="relu", loss="cross_entropy", out_act
     return model
 
 
-def ref_params(model):
-    """The model's parameters in float64, as the reference takes them."""
-    f64 = [[p.astype(np.float64) for p in ps] for ps in (model.weights, model.biases)]
-    norms = [
-        (g.astype(np.float64), b.astype(np.float64))
-        for g, b in zip(model.norm_weights, model.norm_biases)
-    ]
-    return f64[0], f64[1], norms
-
-
 def ref_running(model):
     return [
         (m.astype(np.float64), v.astype(np.float64))
         for m, v in zip(model.running_means, model.running_vars)
     ]
-
-
-def acts_of(model):
-    return [*model.activations, model.output_activation]
 
 
 # -- kernels ------------------------------------------------------------------------------
@@ -251,18 +238,10 @@ def test_training_steps_with_dropout_match_reference(optimizer, sizes, dtype):
     y = rng.integers(0, sizes[-1], n)
     W, b, norms = ref_params(model)
     running = ref_running(model)
-    trainer = Trainer(
-        model._network, X, y.astype(np.int32), batch_size=B, n_threads=2, l2=l2, dropout=p
-    )
-    params = model.params_
     # The hidden biases' true gradient is 0 (BatchNorm removes any shift): both compute
     # rounding noise, which Adam with eps 1e-8 would scale up to steps of lr in float32.
     eps = 1e-3
-    trainer.set_optimizer(
-        optimizer,
-        {"t": 0, "state1": np.zeros_like(params), "state2": np.zeros_like(params)},
-        eps=eps,
-    )
+    trainer = fresh_trainer(model, X, y, B, optimizer, eps, n_threads=2, l2=l2, dropout=p)
     state: dict = {}
     beta_before = model.norm_biases[-1].copy()
     for step in range(3):
@@ -294,8 +273,7 @@ def test_running_statistics_follow_pytorch_momentum():
     model.params_[...] = rng.standard_normal(model.params_.size)
     X = rng.standard_normal((10, 3))
     y = rng.integers(0, 2, 10).astype(np.int32)
-    trainer = Trainer(model._network, X, y, batch_size=10, n_threads=1)
-    trainer.set_optimizer("sgd", {"t": 0, "state1": np.zeros_like(model.params_), "state2": None})
+    trainer = fresh_trainer(model, X, y, 10, "sgd")
     Z = X @ model.weights[0] + model.biases[0]
     for _ in range(3):
         trainer.step(np.arange(10), 0.0, 1)
@@ -354,8 +332,7 @@ def test_a_last_batch_of_one_row_is_skipped():
     model.params_[...] = rng.standard_normal(model.params_.size)
     X = rng.standard_normal((17, 3))
     y = rng.integers(0, 2, 17)
-    trainer = Trainer(model._network, X, y.astype(np.int32), batch_size=8, n_threads=2)
-    trainer.set_optimizer("sgd", {"t": 0, "state1": np.zeros_like(model.params_), "state2": None})
+    trainer = fresh_trainer(model, X, y, 8, "sgd", n_threads=2)
     *_, n_seen, status = trainer.epoch(np.arange(17, dtype=np.int64), 0.01, 3)
     assert n_seen == 16 and status == 0 and trainer.t == 2
     with pytest.raises(ValueError, match="at least 2 samples"):
@@ -378,19 +355,6 @@ def test_sparse_input_matches_dense():
     np.testing.assert_allclose(csr.params_, dense.params_, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(csr._network.stats, dense._network.stats, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(csr.predict_proba(sparse.csr_matrix(X)), dense.predict_proba(X))
-
-
-def test_learns_a_nonlinear_task():
-    """End to end: a BatchNorm network learns y = [x0 + x1 x2 > 0] as a plain one does
-    (0.94 to 0.96 on held-out rows, scored with the running statistics)."""
-    rng = rng_for("learn")
-    X = rng.standard_normal((2000, 8))
-    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
-    model = fastmlp.train(
-        X, y, hidden=(32, 32), normalization="batch", epochs=10, lr=3e-3, seed=0,
-        validation_split=0.25,
-    )  # fmt: skip
-    assert model.history["val_accuracy"][-1] > 0.9
 
 
 # -- the model outside training -----------------------------------------------------------
@@ -498,27 +462,18 @@ def test_pickle_refuses_bad_statistics():
         MLP.__new__(MLP).__setstate__(state)
 
 
-def test_sklearn_estimators():
+def test_sklearn_batch_size_and_early_stopping():
+    """Batches of one row refused; early stopping keeps the statistics with the best
+    weights, in fit and partial_fit (what both normalizations share as estimators:
+    test_normalization.py)."""
     pytest.importorskip("sklearn")
-    from sklearn.base import clone
-
-    from fastmlp.sklearn import MLPClassifier, MLPRegressor
+    from fastmlp.sklearn import MLPClassifier
 
     rng = rng_for("sklearn")
     X = rng.standard_normal((150, 6))
     y = rng.integers(0, 3, 150)
-    clf = MLPClassifier((8, 5), normalization="batch", max_iter=3, random_state=0)
-    clf.fit(X, y)
-    assert clf.model_.normalization == "batch" and len(clf.model_.running_vars) == 2
-    assert clone(clf).get_params()["normalization"] == "batch"
-    reg = MLPRegressor((8,), normalization="batch", max_iter=3, random_state=0).fit(X, X[:, 0])
-    assert reg.model_.normalization == "batch"
-    clf.set_params(warm_start=True, normalization="layer")
-    with pytest.raises(ValueError, match="fitted with normalization='batch'; got 'layer'"):
-        clf.fit(X, y)
     with pytest.raises(ValueError, match="batch_size >= 2"):
         MLPClassifier((4,), normalization="batch", batch_size=1).fit(X, y)
-    # Early stopping keeps the statistics with the best weights: fit and partial_fit.
     options = dict(normalization="batch", early_stopping=True, n_iter_no_change=1)
     clf = MLPClassifier((8,), max_iter=20, random_state=0, **options).fit(X, y)
     assert 0 <= clf.score(X, y) <= 1

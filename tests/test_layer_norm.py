@@ -4,7 +4,8 @@ The kernels against the NumPy reference, prediction and gradients of whole netwo
 ``reference.forward`` / ``reference.loss_and_gradients`` with ``norms``, finite differences
 of every parameter (gamma and beta included) in float64 and float32, training steps with
 dropout against ``reference.train_step``, bitwise equality across thread counts, and the
-model's life outside training: saving, ONNX, C, scikit-learn, int8 (refused).
+model's life outside training: saving, Dask, int8 (refused); what it shares with BatchNorm
+(learning end to end, scikit-learn, ONNX, C) is in test_normalization.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import zlib
 
 import numpy as np
 import pytest
-from fastmlp._trainer import Trainer
+from test_network import fresh_trainer
 
 import fastmlp
 from fastmlp import MLP
@@ -237,13 +238,7 @@ def test_training_steps_with_dropout_match_reference(sizes, dtype):
     X = rng.standard_normal((n, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], n)
     W, b, norms = ref_params(model)
-    trainer = Trainer(
-        model._network, X, y.astype(np.int32), batch_size=B, n_threads=2, l2=l2, dropout=p
-    )
-    params = model.params_
-    trainer.set_optimizer(
-        "adam", {"t": 0, "state1": np.zeros_like(params), "state2": np.zeros_like(params)}
-    )
+    trainer = fresh_trainer(model, X, y, B, n_threads=2, l2=l2, dropout=p)
     state: dict = {}
     beta_before = model.norm_biases[-1].copy()
     for step in range(3):
@@ -307,19 +302,6 @@ def test_invariant_to_the_scale_of_a_hidden_layer():
     assert np.max(np.abs(model.predict_proba(X) - before)) > 1e-2
 
 
-def test_learns_a_nonlinear_task():
-    """End to end: a LayerNorm network learns y = [x0 + x1 x2 > 0] as a plain one does
-    (0.94 on held-out rows, seeds 0-2)."""
-    rng = rng_for("learn")
-    X = rng.standard_normal((2000, 8))
-    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
-    model = fastmlp.train(
-        X, y, hidden=(32, 32), normalization="layer", epochs=10, lr=3e-3, seed=0,
-        validation_split=0.25,
-    )  # fmt: skip
-    assert model.history["val_accuracy"][-1] > 0.9
-
-
 # -- the model outside training -----------------------------------------------------------
 
 
@@ -378,28 +360,6 @@ def test_load_refuses_a_bad_normalization(tmp_path, changes, message):
     _rewrite(tmp_path / "m.npz", tmp_path / "bad.npz", **changes)
     with pytest.raises(ValueError, match=message):
         fastmlp.load(tmp_path / "bad.npz")
-
-
-def test_sklearn_estimators():
-    pytest.importorskip("sklearn")
-    from sklearn.base import clone
-
-    from fastmlp.sklearn import MLPClassifier, MLPRegressor
-
-    rng = rng_for("sklearn")
-    X = rng.standard_normal((150, 6))
-    y = rng.integers(0, 3, 150)
-    clf = MLPClassifier((8, 5), normalization="layer", max_iter=3, random_state=0)
-    clf.fit(X, y)
-    assert clf.model_.normalization == "layer" and len(clf.model_.norm_weights) == 2
-    assert clone(clf).get_params()["normalization"] == "layer"
-    reg = MLPRegressor((8,), normalization="layer", max_iter=3, random_state=0).fit(X, X[:, 0])
-    assert reg.model_.normalization == "layer"
-    clf.set_params(warm_start=True, normalization=None)
-    with pytest.raises(ValueError, match="fitted with normalization='layer'; got None"):
-        clf.fit(X, y)
-    with pytest.raises(ValueError, match="fitted with normalization='layer'; got None"):
-        clf.partial_fit(X, y)
 
 
 def test_dask_streaming():

@@ -177,6 +177,17 @@ def dropout_network(rng, sizes, dtype):
     return model, X, y
 
 
+def fresh_trainer(model, X, y, batch_size, optimizer="adam", eps=1e-8, **options):
+    """A Trainer of `model` on X, y (int32 codes) whose optimizer starts from zero state;
+    `options` are the Trainer's (n_threads, l2, dropout, ...; n_threads 1 by default)."""
+    options.setdefault("n_threads", 1)
+    trainer = Trainer(model._network, X, y.astype(np.int32), batch_size=batch_size, **options)
+    zeros = np.zeros_like(model.params_)
+    second = np.zeros_like(zeros) if optimizer != "sgd" else None
+    trainer.set_optimizer(optimizer, {"t": 0, "state1": zeros, "state2": second}, eps=eps)
+    return trainer
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "sizes",
@@ -195,13 +206,7 @@ def test_dropout_steps_match_reference(sizes, dtype):
     ref_w = [W.astype(np.float64) for W in model.weights]
     ref_b = [b.astype(np.float64) for b in model.biases]
     acts = ["relu"] * (len(sizes) - 2) + ["identity"]
-    trainer = Trainer(
-        model._network, X, y.astype(np.int32), batch_size=B, n_threads=2, l2=l2, dropout=p
-    )
-    params = model.params_
-    trainer.set_optimizer(
-        "adam", {"t": 0, "state1": np.zeros_like(params), "state2": np.zeros_like(params)}
-    )
+    trainer = fresh_trainer(model, X, y, B, n_threads=2, l2=l2, dropout=p)
     state: dict = {}
     for step in range(3):
         batch = rng.permutation(len(y))[:B]
