@@ -46,6 +46,8 @@ GRID = (
 WARMUP_ROUNDS = 1
 ROUNDS = 5
 LR = 1e-3
+# One shape's implementations run back to back (conftest.workload_order).
+WORKLOAD_PARAMS = ("case",)
 
 
 def shape_name(sizes: tuple[int, ...]) -> str:

@@ -29,6 +29,8 @@ from fastmlp import MLP, reference
 SIZES = (784, 256, 128, 10)
 ACTIVATIONS = ("relu", "relu", "identity")
 CASES = (1, 64, 10_000)
+# One row count's implementations run back to back (conftest.workload_order).
+WORKLOAD_PARAMS = ("n_rows",)
 
 
 @pytest.fixture(params=CASES, ids=lambda n: f"n{n}")

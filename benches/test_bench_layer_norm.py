@@ -16,6 +16,8 @@ import fastmlp
 BATCH_SIZE = 128
 WARMUP_ROUNDS = 1
 ROUNDS = 3
+# fastmlp and PyTorch run back to back per normalization (conftest.workload_order).
+WORKLOAD_PARAMS = ("normalization",)
 
 
 def _label(benchmark, impl: str, normalization: str) -> None:

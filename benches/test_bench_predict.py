@@ -35,6 +35,8 @@ ACTIVATIONS = ("relu", "relu", "identity")  # 784-128-64-10, as in conftest
 DTYPE = "float32"
 # (rows per call, their kind): "mnist" test images, or "dense" random pixels in (0, 1).
 CASES = ((1, "mnist"), (1, "dense"), (8, "mnist"), (64, "mnist"), (10_000, "mnist"))
+# One case's implementations run back to back (conftest.workload_order).
+WORKLOAD_PARAMS = ("case",)
 
 
 @pytest.fixture(params=CASES, ids=lambda case: f"n{case[0]}-{case[1]}")

@@ -33,6 +33,8 @@ BATCH_SIZES = (32, 128, 512)
 # start-up, lazy initialisation), then the median of three timed epochs.
 WARMUP_ROUNDS = 1
 ROUNDS = 3
+# One workload's implementations run back to back (conftest.workload_order).
+WORKLOAD_PARAMS = ("dtype", "batch_size")
 
 
 @pytest.fixture(params=BATCH_SIZES, ids=lambda bs: f"bs{bs}")

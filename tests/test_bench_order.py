@@ -1,0 +1,89 @@
+"""The benchmark suite runs one workload's implementations back to back (benches/conftest.py).
+
+Collected, not run: ``pytest --collect-only`` of benches/ lists the order the benchmarks
+would run in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastmlp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("pytest_benchmark")
+
+
+# `pytest` as its console script runs it: without the working directory on sys.path, so
+# that the child imports the fastmlp this process imported (the source tree only when it
+# is built in place there).
+PYTEST = "import sys; del sys.path[0]; import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+
+
+def collected(*modules: str) -> list[tuple[str, str, str]]:
+    """(module, function, parameter id) of each benchmark, in run order."""
+    env = dict(os.environ)
+    if Path(fastmlp.__file__).resolve().parent.parent == ROOT:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    args = ["--collect-only", "-q", "--benchmark-only", *(f"benches/{m}" for m in modules)]
+    out = subprocess.run(
+        [sys.executable, "-c", PYTEST, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = []
+    for line in out.stdout.splitlines():
+        if "::" not in line:
+            continue
+        path, test = line.split("::", 1)
+        function, _, param = test.partition("[")
+        rows.append((Path(path).name, function, param.rstrip("]")))
+    return rows
+
+
+def runs(keys: list) -> list:
+    """The keys of consecutive runs of equal keys."""
+    return [key for key, _ in itertools.groupby(keys)]
+
+
+@pytest.fixture(scope="module")
+def order() -> dict[str, list[tuple[str, str]]]:
+    """Per module of three, (function, parameter id) of its benchmarks in run order."""
+    modules = ("test_bench_grid.py", "test_bench_training.py", "test_bench_shared_cores.py")
+    rows = collected(*modules)
+    return {m: [(f, p) for module, f, p in rows if module == m] for m in modules}
+
+
+def test_grid_shapes_run_their_implementations_back_to_back(order):
+    rows = order["test_bench_grid.py"]
+    shapes = [param for _, param in rows]
+    assert len(set(shapes)) >= 8
+    # Each shape is one run of consecutive benchmarks, holding every implementation.
+    assert len(runs(shapes)) == len(set(shapes))
+    for _, group in itertools.groupby(rows, key=lambda row: row[1]):
+        assert [function for function, _ in group] == ["test_fastmlp", "test_torch", "test_jax"]
+
+
+def test_training_groups_by_dtype_and_batch(order):
+    rows = order["test_bench_training.py"]
+    workloads = ["-".join(param.split("-")[:2]) for _, param in rows]
+    assert len(runs(workloads)) == len(set(workloads)) == 6
+    first = [function for function, param in rows if param.startswith("float32-bs32")]
+    assert set(first) == {"test_fastmlp", "test_numpy_reference", "test_torch", "test_sklearn"}
+
+
+def test_a_module_without_workload_params_keeps_pytests_order(order):
+    # The shared-cores suite compares along a parameter of one function.
+    functions = [function for function, _ in order["test_bench_shared_cores.py"]]
+    assert runs(functions) == ["test_competing_process", "test_after_peers"]
