@@ -19,6 +19,9 @@ Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
       followed by the optimizer update of exactly those parameters. No reduction across
       threads.
 
+   A first layer whose W passes L2 (wide_first) runs its forward before (a): the rows
+   gathered, then W's columns in COLUMN_PARTS over the whole batch (first_layer_columns).
+
    The blocks depend on the batch size alone and the parts are a fixed count, never the
    thread count, so the weights are bitwise identical for any number of threads.
 3. Python (``training.py``): checks, one Trainer per fit, one ``epoch`` call per epoch.
@@ -64,6 +67,7 @@ cdef enum:
     MAX_BLOCK_ROWS = 128
     L2_WEIGHT_BYTES = 512 * 1024   # weights that stay in a core's L2 (see block_rows_for)
     PARAM_PARTS = 4
+    COLUMN_PARTS = 2     # parts of a wide first layer's columns (see first_layer_columns)
 
 cpdef enum Optimizer:
     OPT_ADAM = 0
@@ -102,6 +106,7 @@ cdef struct Workspace:
     Py_ssize_t size
     bint dropout
     bint sparse                         # X is CSR: no A_0, the first layer reads it
+    bint wide_first                     # layer 1's forward is a phase of its own
     Py_ssize_t block_rows               # rows per block of the row phase
 
 
@@ -200,6 +205,8 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
             p += (capacity + 2) * lay.sizes[l]
             widest = max(widest, lay.sizes[l])
     w.block_rows = block_rows_for(lay, capacity, elem)
+    w.wide_first = (not sparse and lay.norm != NORM_BATCH
+                    and blas_layer(lay.sizes[0], lay.sizes[1], elem))
     # BatchNorm's partial sums: 2 rows of the widest hidden layer per row block.
     w.part_off = p
     p += 2 * widest * min((capacity + w.block_rows - 1) // w.block_rows,
@@ -610,6 +617,15 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
         bn_rows_phase(lay, wsl, h, buf, b, ws, n_threads, n_blocks, update, block_loss,
                       block_correct)
     else:
+        if wsl.wide_first:
+            for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
+                r0 = i * b.n // n_blocks
+                r1 = (i + 1) * b.n // n_blocks
+                gather_rows(lay, wsl, buf, b, ws, r0, r1 - r0)
+            for item in prange(COLUMN_PARTS, num_threads=n_threads, schedule="dynamic"):
+                fpu = fm_denormals_off()
+                first_layer_columns(lay, wsl, buf, ws, b.n, item)
+                fm_fpu_restore(fpu)
         for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
             r0 = i * b.n // n_blocks
             r1 = (i + 1) * b.n // n_blocks
@@ -634,11 +650,13 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
                       const Buffers *buf, const Batch *b, floating *ws, Py_ssize_t r0,
                       Py_ssize_t nr, int64_t *n_correct) noexcept nogil:
     """Row phase for rows r0..r0+nr of the batch: gather, forward, loss and dZ, backward
-    chain of deltas. Returns the rows' summed (weighted) loss."""
+    chain of deltas (with wide_first, the rows are gathered and layer 1's linear part
+    done before). Returns the rows' summed (weighted) loss."""
     cdef int L = lay.n_layers, l, width
     cdef const floating *params = <const floating *> buf.params
     cdef double loss
-    gather_rows(lay, wsl, buf, b, ws, r0, nr)
+    if not wsl.wide_first:
+        gather_rows(lay, wsl, buf, b, ws, r0, nr)
     forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr, b.rows + r0)
     loss = loss_rows(lay, wsl, h, buf, b, ws, r0, nr, n_correct)
     for l in range(L, 1, -1):
@@ -734,7 +752,9 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
         fan_out = lay.sizes[l]
         norm = lay.norm == NORM_LAYER and l < L
         # LayerNorm applies the activation
-        linear_rows(lay, wsl, buf, ws, l, r0, nr, rows, FM_IDENTITY if norm else lay.acts[l])
+        if l > 1 or not wsl.wide_first:
+            linear_rows(lay, wsl, buf, ws, l, r0, nr, rows,
+                        FM_IDENTITY if norm else lay.acts[l])
         if norm:
             fm.layer_norm(nr, fan_out, (ws + wsl.a_off[l] + r0 * fan_out),
                           params + lay.g_off[l], params + lay.g_off[l] + fan_out,
@@ -773,6 +793,29 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
         return
     fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l], params + lay.b_off[l],
              <const floating *> NULL, act, z, fan_out, FM_ISA_AUTO)
+
+
+cdef void first_layer_columns(const Layout *lay, const Workspace *wsl, const Buffers *buf,
+                              floating *ws, Py_ssize_t nb, int part) noexcept nogil:
+    """A_1[:, j0:j1] = act(A_0 W_1[:, j0:j1] + b_1[j0:j1]) for all nb rows of the batch:
+    part `part` of COLUMN_PARTS of a wide layer 1's forward (wide_first).
+
+    OpenBLAS packs its operands at every call: per row block, all of a W beyond L2 (6 MB
+    for 3072 x 512). Split by columns, each part packs its share of W once per step and
+    the batch's rows once. (LayerNorm, then the activation, follow in the row phase.)
+    """
+    cdef int fan_in = lay.sizes[0], fan_out = lay.sizes[1]
+    cdef Py_ssize_t j0 = <Py_ssize_t> part * fan_out // COLUMN_PARTS
+    cdef Py_ssize_t j1 = <Py_ssize_t> (part + 1) * fan_out // COLUMN_PARTS, r
+    cdef int act = FM_IDENTITY if lay.norm == NORM_LAYER and lay.n_layers > 1 else lay.acts[1]
+    cdef const floating *params = <const floating *> buf.params
+    cdef floating *z = ws + wsl.a_off[1] + j0
+    if j1 <= j0:
+        return
+    gemm(False, False, <int> nb, <int> (j1 - j0), fan_in, <floating> 1, ws + wsl.a_off[0],
+         fan_in, params + lay.w_off[1] + j0, fan_out, <floating> 0, z, fan_out)
+    for r in range(nb):
+        fm.bias_act(1, j1 - j0, z + r * fan_out, params + lay.b_off[1] + j0, act)
 
 
 cdef inline void dropout_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,

@@ -228,7 +228,8 @@ def _offset(buffer: np.ndarray, view: np.ndarray) -> int:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("sizes", [(5, 7, 4), (9, 16, 15, 31, 3)], ids=str)
+# (300, 450, 7): a first W beyond 512 KB, whose forward runs over the batch's columns.
+@pytest.mark.parametrize("sizes", [(5, 7, 4), (9, 16, 15, 31, 3), (300, 450, 7)], ids=str)
 def test_training_steps_with_dropout_match_reference(sizes, dtype):
     """Adam steps with dropout and L2: the reference given the Trainer's masks updates W,
     b, gamma and beta the same way."""

@@ -370,19 +370,31 @@ def test_blas_layers_gradients_match_finite_differences():
     check_finite_differences(rng, model, X, y)
 
 
+# A wide second layer; a wide first layer (its forward split over its columns), alone and
+# with LayerNorm after it.
+BLAS_THREAD_CASES = (
+    (150, (520, 530), None),
+    (300, (450, 20), None),
+    (300, (450, 20), "layer"),
+)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_blas_layers_train_bitwise_for_any_thread_count(dtype):
-    rng = rng_for("blas threads", dtype_id(dtype))
-    X = rng.standard_normal((280, 150)).astype(dtype)
+@pytest.mark.parametrize("case", BLAS_THREAD_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
+def test_blas_layers_train_bitwise_for_any_thread_count(case, dtype):
+    n_features, hidden, normalization = case
+    rng = rng_for("blas threads", case, dtype_id(dtype))
+    X = rng.standard_normal((280, n_features)).astype(dtype)
     y = rng.integers(0, 9, 280)
     models = [
         fastmlp.train(
             X,
             y,
-            hidden=(520, 530),
+            hidden=hidden,
             epochs=2,
             batch_size=70,
             dropout=0.1,
+            normalization=normalization,
             seed=3,
             dtype=dtype,
             n_threads=n,
