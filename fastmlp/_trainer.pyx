@@ -19,8 +19,9 @@ Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
       followed by the optimizer update of exactly those parameters. No reduction across
       threads.
 
-   A first layer whose W passes L2 (wide_first) runs its forward before (a): the rows
-   gathered, then W's columns in COLUMN_PARTS over the whole batch (first_layer_columns).
+   The leading layers whose W passes L2 (wide_lead of them) run apart from (a), each
+   over the whole batch in COLUMN_PARTS of its columns (wide_columns): their forward
+   before (a), after the rows are gathered, and the deltas they pass back after it.
 
    The blocks depend on the batch size alone and the parts are a fixed count, never the
    thread count, so the weights are bitwise identical for any number of threads.
@@ -67,7 +68,7 @@ cdef enum:
     MAX_BLOCK_ROWS = 128
     L2_WEIGHT_BYTES = 512 * 1024   # weights that stay in a core's L2 (see block_rows_for)
     PARAM_PARTS = 4
-    COLUMN_PARTS = 2     # parts of a wide first layer's columns (see first_layer_columns)
+    COLUMN_PARTS = 2     # parts of a wide leading layer's columns (see wide_columns)
 
 cpdef enum Optimizer:
     OPT_ADAM = 0
@@ -106,7 +107,7 @@ cdef struct Workspace:
     Py_ssize_t size
     bint dropout
     bint sparse                         # X is CSR: no A_0, the first layer reads it
-    bint wide_first                     # layer 1's forward is a phase of its own
+    int wide_lead                       # leading layers run by columns (wide_columns)
     Py_ssize_t block_rows               # rows per block of the row phase
 
 
@@ -205,8 +206,12 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
             p += (capacity + 2) * lay.sizes[l]
             widest = max(widest, lay.sizes[l])
     w.block_rows = block_rows_for(lay, capacity, elem)
-    w.wide_first = (not sparse and lay.norm != NORM_BATCH
-                    and blas_layer(lay.sizes[0], lay.sizes[1], elem))
+    # LayerNorm needs whole rows between layers: with it, the first layer at most.
+    w.wide_lead = 0
+    if not sparse and lay.norm != NORM_BATCH:
+        while (w.wide_lead < (1 if lay.norm == NORM_LAYER else L)
+               and blas_layer(lay.sizes[w.wide_lead], lay.sizes[w.wide_lead + 1], elem)):
+            w.wide_lead += 1
     # BatchNorm's partial sums: 2 rows of the widest hidden layer per row block.
     w.part_off = p
     p += 2 * widest * min((capacity + w.block_rows - 1) // w.block_rows,
@@ -609,7 +614,7 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
     # The partition depends on the batch size alone, never on the thread count.
     cdef int n_blocks = <int> min((b.n + wsl.block_rows - 1) // wsl.block_rows,
                                   <Py_ssize_t> MAX_BLOCKS)
-    cdef int i, item, L = lay.n_layers
+    cdef int i, item, l, L = lay.n_layers
     cdef Py_ssize_t r0, r1
     cdef double total = 0
     cdef unsigned int fpu
@@ -617,15 +622,21 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
         bn_rows_phase(lay, wsl, h, buf, b, ws, n_threads, n_blocks, update, block_loss,
                       block_correct)
     else:
-        if wsl.wide_first:
+        if wsl.wide_lead:
             for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
                 r0 = i * b.n // n_blocks
                 r1 = (i + 1) * b.n // n_blocks
                 gather_rows(lay, wsl, buf, b, ws, r0, r1 - r0)
-            for item in prange(COLUMN_PARTS, num_threads=n_threads, schedule="dynamic"):
-                fpu = fm_denormals_off()
-                first_layer_columns(lay, wsl, buf, ws, b.n, item)
-                fm_fpu_restore(fpu)
+            for l in range(1, wsl.wide_lead + 1):
+                for item in prange(COLUMN_PARTS, num_threads=n_threads, schedule="dynamic"):
+                    fpu = fm_denormals_off()
+                    wide_columns(lay, wsl, buf, ws, b.n, l, item, 0)
+                    fm_fpu_restore(fpu)
+                if wsl.dropout and l < wsl.wide_lead:
+                    for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
+                        r0 = i * b.n // n_blocks
+                        r1 = (i + 1) * b.n // n_blocks
+                        dropout_rows(lay, wsl, h, ws, b.seed, l, r0, r1 - r0)
         for i in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
             r0 = i * b.n // n_blocks
             r1 = (i + 1) * b.n // n_blocks
@@ -633,6 +644,12 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
             fpu = fm_denormals_off()   # Adam's decaying moments make denormals
             block_loss[i] = rows_step(lay, wsl, h, buf, b, ws, r0, r1 - r0,
                                       &block_correct[i])
+            fm_fpu_restore(fpu)
+    # The deltas the wide leading layers pass back: D_{l-1} from D_l, for the whole batch.
+    for l in range(wsl.wide_lead, 1, -1):
+        for item in prange(COLUMN_PARTS, num_threads=n_threads, schedule="dynamic"):
+            fpu = fm_denormals_off()
+            wide_columns(lay, wsl, buf, ws, b.n, l, item, 1)
             fm_fpu_restore(fpu)
     # Dynamic scheduling: a thread the OS has paused does not hold up the others.
     for item in prange(L * PARAM_PARTS, num_threads=n_threads, schedule="dynamic"):
@@ -650,16 +667,17 @@ cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
                       const Buffers *buf, const Batch *b, floating *ws, Py_ssize_t r0,
                       Py_ssize_t nr, int64_t *n_correct) noexcept nogil:
     """Row phase for rows r0..r0+nr of the batch: gather, forward, loss and dZ, backward
-    chain of deltas (with wide_first, the rows are gathered and layer 1's linear part
-    done before). Returns the rows' summed (weighted) loss."""
+    chain of deltas; with wide_lead, what wide_columns does is left out (the gather, those
+    layers' linear part and the deltas they pass back). Returns the rows' summed
+    (weighted) loss."""
     cdef int L = lay.n_layers, l, width
     cdef const floating *params = <const floating *> buf.params
     cdef double loss
-    if not wsl.wide_first:
+    if not wsl.wide_lead:
         gather_rows(lay, wsl, buf, b, ws, r0, nr)
     forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr, b.rows + r0)
     loss = loss_rows(lay, wsl, h, buf, b, ws, r0, nr, n_correct)
-    for l in range(L, 1, -1):
+    for l in range(L, max(wsl.wide_lead, 1), -1):
         # D_{l-1} = D_l @ W_l^T, then through dropout and the activation of layer l - 1.
         delta_rows(lay, wsl, buf, ws, l, r0, nr)
         if lay.norm == NORM_LAYER:   # then through LayerNorm, keeping what its
@@ -752,7 +770,7 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
         fan_out = lay.sizes[l]
         norm = lay.norm == NORM_LAYER and l < L
         # LayerNorm applies the activation
-        if l > 1 or not wsl.wide_first:
+        if l > wsl.wide_lead:
             linear_rows(lay, wsl, buf, ws, l, r0, nr, rows,
                         FM_IDENTITY if norm else lay.acts[l])
         if norm:
@@ -760,7 +778,7 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
                           params + lay.g_off[l], params + lay.g_off[l] + fan_out,
                           lay.norm_eps, lay.acts[l], (ws + wsl.h_off[l] + r0 * fan_out),
                           (ws + wsl.rstd_off[l] + r0))
-        if wsl.dropout and l < L:
+        if wsl.dropout and l < L and l >= wsl.wide_lead:
             dropout_rows(lay, wsl, h, ws, seed, l, r0, nr)
 
 
@@ -795,27 +813,49 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
              <const floating *> NULL, act, z, fan_out, FM_ISA_AUTO)
 
 
-cdef void first_layer_columns(const Layout *lay, const Workspace *wsl, const Buffers *buf,
-                              floating *ws, Py_ssize_t nb, int part) noexcept nogil:
-    """A_1[:, j0:j1] = act(A_0 W_1[:, j0:j1] + b_1[j0:j1]) for all nb rows of the batch:
-    part `part` of COLUMN_PARTS of a wide layer 1's forward (wide_first).
+cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *buf,
+                       floating *ws, Py_ssize_t nb, int l, int part,
+                       bint backward) noexcept nogil:
+    """Part `part` of COLUMN_PARTS of a wide leading layer l, for all nb rows of the batch:
+    forward, A_l[:, c] = act(input W_l[:, c] + b_l[c]) (LayerNorm, then the activation,
+    follow in the row phase); backward, D_{l-1}[:, c] = act'(A_{l-1}) mask (D_l W_l[c, :]^T)
+    for the columns c of layer l - 1.
 
-    OpenBLAS packs its operands at every call: per row block, all of a W beyond L2 (6 MB
-    for 3072 x 512). Split by columns, each part packs its share of W once per step and
-    the batch's rows once. (LayerNorm, then the activation, follow in the row phase.)
+    OpenBLAS packs its operands at every call: by row blocks, all of a W beyond L2 (6 MB
+    for 3072 x 512) for each block. By columns, each part packs its share of W once per
+    step, and the batch's rows once.
     """
-    cdef int fan_in = lay.sizes[0], fan_out = lay.sizes[1]
-    cdef Py_ssize_t j0 = <Py_ssize_t> part * fan_out // COLUMN_PARTS
-    cdef Py_ssize_t j1 = <Py_ssize_t> (part + 1) * fan_out // COLUMN_PARTS, r
-    cdef int act = FM_IDENTITY if lay.norm == NORM_LAYER and lay.n_layers > 1 else lay.acts[1]
+    cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
+    cdef int width = fan_in if backward else fan_out
+    cdef Py_ssize_t c0 = <Py_ssize_t> part * width // COLUMN_PARTS
+    cdef Py_ssize_t c1 = <Py_ssize_t> (part + 1) * width // COLUMN_PARTS, r
     cdef const floating *params = <const floating *> buf.params
-    cdef floating *z = ws + wsl.a_off[1] + j0
-    if j1 <= j0:
+    cdef const floating *W = params + lay.w_off[l]
+    cdef floating *out
+    cdef const floating *act_in
+    cdef const floating *mask = NULL
+    cdef int act
+    if c1 <= c0:
         return
-    gemm(False, False, <int> nb, <int> (j1 - j0), fan_in, <floating> 1, ws + wsl.a_off[0],
-         fan_in, params + lay.w_off[1] + j0, fan_out, <floating> 0, z, fan_out)
+    if backward:
+        out = ws + wsl.d_off[l - 1] + c0
+        gemm(False, True, <int> nb, <int> (c1 - c0), fan_out, <floating> 1,
+             ws + wsl.d_off[l], fan_out, W + c0 * fan_out, fan_out, <floating> 0, out, width)
+        act_in = ws + wsl.a_off[l - 1] + c0
+        if wsl.dropout:
+            mask = ws + wsl.m_off[l - 1] + c0
+        for r in range(nb):
+            fm.act_backward(1, c1 - c0, act_in + r * width,
+                            (mask + r * width) if mask != NULL else <const floating *> NULL,
+                            out + r * width, lay.acts[l - 1])
+        return
+    out = ws + wsl.a_off[l] + c0
+    gemm(False, False, <int> nb, <int> (c1 - c0), fan_in, <floating> 1,
+         ws + (wsl.ad_off[l - 1] if wsl.dropout and l > 1 else wsl.a_off[l - 1]), fan_in,
+         W + c0, fan_out, <floating> 0, out, fan_out)
+    act = FM_IDENTITY if lay.norm == NORM_LAYER and l < lay.n_layers else lay.acts[l]
     for r in range(nb):
-        fm.bias_act(1, j1 - j0, z + r * fan_out, params + lay.b_off[1] + j0, act)
+        fm.bias_act(1, c1 - c0, out + r * fan_out, params + lay.b_off[l] + c0, act)
 
 
 cdef inline void dropout_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,

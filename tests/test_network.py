@@ -191,8 +191,8 @@ def fresh_trainer(model, X, y, batch_size, optimizer="adam", eps=1e-8, **options
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "sizes",
-    # 300-450-7: a first W beyond 512 KB, whose forward runs over the batch's columns.
-    [(5, 7, 4), (6, 17, 33, 5), (9, 16, 15, 31, 130, 3), (300, 450, 7)],
+    # 300-450-7, 300-450-460-7: leading W beyond 512 KB, run over the batch's columns.
+    [(5, 7, 4), (6, 17, 33, 5), (9, 16, 15, 31, 130, 3), (300, 450, 7), (300, 450, 460, 7)],
     ids=lambda s: "-".join(map(str, s)),
 )
 def test_dropout_steps_match_reference(sizes, dtype):
