@@ -1,0 +1,102 @@
+/*
+ * How many multiply-adds per second one core runs through the AVX2 int8 step of
+ * csrc/fm_int8_avx2.c (vpmaddubsw, vpmaddwd by ones, vpaddd: 32 uint8 x int8 products into
+ * int32) against float32 FMAs (vfmadd231ps: 8 products), with enough independent sums to
+ * hide the latencies. A batch of 10,000 rows is bound by this rate, not by memory, so the
+ * ratio bounds what the int8 model can gain over the float one there on this CPU.
+ *
+ *     cc -O2 -o /tmp/int8_mac_rate benches/int8_mac_rate.c && /tmp/int8_mac_rate
+ *
+ * x86-64 with AVX2 and FMA only (GNU assembler syntax).
+ */
+#include <stdio.h>
+#include <time.h>
+
+#define ITERS 50000000L
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* 12 independent FMA chains: latency 4 at two per cycle needs 8 or more. */
+static double float_macs_per_s(void)
+{
+    long n = ITERS;
+    double t = now();
+    __asm__ volatile("vxorps %%ymm14, %%ymm14, %%ymm14\n\t"
+                     "vxorps %%ymm15, %%ymm15, %%ymm15\n"
+                     "1:\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm0\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm1\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm2\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm3\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm4\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm5\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm6\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm7\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm8\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm9\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm10\n\t"
+                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm11\n\t"
+                     "dec %0\n\t"
+                     "jnz 1b\n"
+                     : "+r"(n)
+                     :
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                       "xmm8", "xmm9", "xmm10", "xmm11", "xmm14", "xmm15");
+    return ITERS * 12.0 * 8 / (now() - t);
+}
+
+/* 6 independent int8 steps, as the kernel's 6 accumulators of a tile. */
+static double int8_macs_per_s(void)
+{
+    long n = ITERS;
+    double t = now();
+    __asm__ volatile("vpxor %%ymm13, %%ymm13, %%ymm13\n\t"
+                     "vpxor %%ymm14, %%ymm14, %%ymm14\n\t"
+                     "vpxor %%ymm15, %%ymm15, %%ymm15\n"
+                     "1:\n\t"
+                     "vpmaddubsw %%ymm14, %%ymm15, %%ymm6\n\t"
+                     "vpmaddubsw %%ymm14, %%ymm15, %%ymm7\n\t"
+                     "vpmaddubsw %%ymm14, %%ymm15, %%ymm8\n\t"
+                     "vpmaddubsw %%ymm14, %%ymm15, %%ymm9\n\t"
+                     "vpmaddubsw %%ymm14, %%ymm15, %%ymm10\n\t"
+                     "vpmaddubsw %%ymm14, %%ymm15, %%ymm11\n\t"
+                     "vpmaddwd %%ymm13, %%ymm6, %%ymm6\n\t"
+                     "vpmaddwd %%ymm13, %%ymm7, %%ymm7\n\t"
+                     "vpmaddwd %%ymm13, %%ymm8, %%ymm8\n\t"
+                     "vpmaddwd %%ymm13, %%ymm9, %%ymm9\n\t"
+                     "vpmaddwd %%ymm13, %%ymm10, %%ymm10\n\t"
+                     "vpmaddwd %%ymm13, %%ymm11, %%ymm11\n\t"
+                     "vpaddd %%ymm6, %%ymm0, %%ymm0\n\t"
+                     "vpaddd %%ymm7, %%ymm1, %%ymm1\n\t"
+                     "vpaddd %%ymm8, %%ymm2, %%ymm2\n\t"
+                     "vpaddd %%ymm9, %%ymm3, %%ymm3\n\t"
+                     "vpaddd %%ymm10, %%ymm4, %%ymm4\n\t"
+                     "vpaddd %%ymm11, %%ymm5, %%ymm5\n\t"
+                     "dec %0\n\t"
+                     "jnz 1b\n"
+                     : "+r"(n)
+                     :
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                       "xmm8", "xmm9", "xmm10", "xmm11", "xmm13", "xmm14", "xmm15");
+    return ITERS * 6.0 * 32 / (now() - t);
+}
+
+int main(void)
+{
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
+        fprintf(stderr, "this CPU has no AVX2 + FMA\n");
+        return 1;
+    }
+    for (int round = 0; round < 3; round++) {
+        double f = float_macs_per_s(), q = int8_macs_per_s();
+        printf("float32 FMA %.1f G/s, int8 (vpmaddubsw + vpmaddwd + vpaddd) %.1f G/s "
+               "multiply-adds per core: int8 / float %.2f\n",
+               f / 1e9, q / 1e9, q / f);
+    }
+    return 0;
+}
