@@ -53,6 +53,7 @@ cdef struct Csr:
 cdef class Network:
     cdef Layout layout
     cdef readonly object params         # flat ndarray: W_1, b_1, W_2, b_2, ...
+    cdef const void *params_data        # its data: never replaced, only written in place
     cdef readonly object dtype
     cdef readonly int loss
     cdef readonly double delta          # Huber's threshold

@@ -26,6 +26,11 @@ from fastmlp._ckernels cimport (FM_IDENTITY, FM_RELU, FM_TANH, FM_SIGMOID, FM_IS
 
 import numpy as np
 
+NOT_FINITE = (
+    "X contains NaN or infinity (or values so large that the first layer overflows); "
+    "remove or impute them first."
+)
+
 cdef extern from "fm_openmp.h":
     int fm_openmp_enabled()
     int fm_openmp_max_threads()
@@ -90,7 +95,7 @@ cdef inline bint aligned(const void *p, size_t size) noexcept nogil:
     return (<size_t> p) % size == 0
 
 
-cdef Csr csr_pointers(const floating[::1] like, X) except *:
+cdef Csr csr_pointers(const floating *like, X) except *:
     """Pointers to a CSR input's arrays (check_csr has checked them); `like` picks the
     dtype. An X with no nonzeros gets NULL data and indices, never read."""
     cdef Csr c
@@ -178,6 +183,7 @@ cdef class Network:
         self.init_stats(stats)
         if params is None:
             self.params = np.zeros(p, dtype=self.dtype)
+            self.params_data = <const void *> <size_t> self.params.ctypes.data
             return
         if not isinstance(params, np.ndarray) or params.shape != (p,) or \
                 params.dtype != self.dtype:
@@ -189,6 +195,9 @@ cdef class Network:
         # Unaligned buffers (protocol-5 pickles, Dask transfers) are copied: C reads
         # elements with aligned loads.
         self.params = np.require(params, requirements=["C", "A", "W"])
+        # A request's call reads the weights through this pointer: a memoryview of them
+        # per call cost about as much as the forward pass of a sparse row.
+        self.params_data = <const void *> <size_t> self.params.ctypes.data
 
     cdef init_stats(self, stats):
         cdef int l, L = self.layout.n_layers
@@ -269,16 +278,60 @@ cdef class Network:
         if is_csr(X):
             check_csr(X, self.dtype, self.layout.sizes[0])
         if self.is_double:
-            bad = predict[double](&self.layout, self.params, X, out, softmax, n_threads,
-                                  max_block_rows, isa)
+            bad = predict[double](&self.layout, <const double *> self.params_data, X, out,
+                                  softmax, n_threads, max_block_rows, isa)
         else:
-            bad = predict[float](&self.layout, self.params, X, out, softmax, n_threads,
-                                 max_block_rows, isa)
+            bad = predict[float](&self.layout, <const float *> self.params_data, X, out,
+                                 softmax, n_threads, max_block_rows, isa)
         if bad:
-            raise ValueError(
-                "X contains NaN or infinity (or values so large that the first layer "
-                "overflows); remove or impute them first."
-            )
+            raise ValueError(NOT_FINITE)
+
+    def outputs(self, X, bint softmax):
+        """The outputs for X in a new array (softmax applied if `softmax`), or None.
+
+        The path of a request: a few rows in an ndarray that :meth:`forward` reads as it
+        stands (the network's dtype and width, C-contiguous, aligned, 1 to PARALLEL_ROWS - 1
+        rows, which make one block) run on the calling thread, with no Python between the
+        call and the kernels. Any other X returns None, for the caller to check, convert
+        and call :meth:`forward`. NaN and infinity raise ValueError, as there.
+        """
+        cdef const float[:, ::1] xf
+        cdef const double[:, ::1] xd
+        cdef float[:, ::1] of
+        cdef double[:, ::1] od
+        cdef Csr dense
+        cdef Py_ssize_t n
+        cdef int bad
+        if type(X) is not np.ndarray or X.dtype is not self.dtype or X.ndim != 2:
+            return None
+        n = X.shape[0]
+        if not 0 < n < PARALLEL_ROWS or X.shape[1] != self.layout.sizes[0]:
+            return None
+        try:
+            if self.is_double:
+                xd = X
+            else:
+                xf = X
+        except ValueError:   # not C-contiguous
+            return None
+        if not (aligned(&xd[0, 0], sizeof(double)) if self.is_double
+                else aligned(&xf[0, 0], sizeof(float))):
+            return None
+        out = np.empty((n, self.layout.sizes[self.layout.n_layers]), self.dtype)
+        dense.indptr = NULL
+        if self.is_double:
+            od = out
+            bad = predict_rows[double](&self.layout, <const double *> self.params_data,
+                                       &xd[0, 0], &dense, &od[0, 0], n, softmax, 1,
+                                       PREDICT_BLOCK_ROWS, FM_ISA_AUTO)
+        else:
+            of = out
+            bad = predict_rows[float](&self.layout, <const float *> self.params_data,
+                                      &xf[0, 0], &dense, &of[0, 0], n, softmax, 1,
+                                      PREDICT_BLOCK_ROWS, FM_ISA_AUTO)
+        if bad:
+            raise ValueError(NOT_FINITE)
+        return out
 
     def evaluate(self, X, y, out, *, int n_threads):
         """Summed loss and correct predictions of the network on (X, y).
@@ -408,7 +461,7 @@ cdef inline Py_ssize_t predict_blocks(Py_ssize_t n, Py_ssize_t max_block_rows) n
                min(4, n // (PARALLEL_ROWS // 2)), 1)
 
 
-cdef int predict(const Layout *lay, const floating[::1] params, X_obj,
+cdef int predict(const Layout *lay, const floating *params, X_obj,
                  floating[:, ::1] out, bint softmax, int n_threads,
                  Py_ssize_t max_block_rows, int isa) except -1:
     """Network.forward for one dtype; returns 1 if X holds NaN or infinity.
@@ -417,12 +470,7 @@ cdef int predict(const Layout *lay, const floating[::1] params, X_obj,
     cdef const floating[:, ::1] X
     cdef Csr csr
     cdef const floating *xp = NULL
-    cdef Py_ssize_t n = X_obj.shape[0], n_blocks, block_rows, b, tails_size = 0, need
-    cdef Py_ssize_t ws_size = 0, h_off[MAX_LAYERS + 1], t_off[MAX_LAYERS + 1]
-    cdef int L = lay.n_layers, k = lay.sizes[L], l, tid, bad = 0
-    cdef floating small_ws[SMALL_WORKSPACE]
-    cdef floating *buf
-    cdef floating *tails
+    cdef Py_ssize_t n = X_obj.shape[0]
     csr.indptr = NULL
     csr.indices = NULL
     csr.data = NULL
@@ -430,7 +478,8 @@ cdef int predict(const Layout *lay, const floating[::1] params, X_obj,
         csr = csr_pointers(params, X_obj)
     else:
         X = X_obj
-    if X_obj.shape[1] != lay.sizes[0] or out.shape[0] != n or out.shape[1] != k:
+    if (X_obj.shape[1] != lay.sizes[0] or out.shape[0] != n
+            or out.shape[1] != lay.sizes[lay.n_layers]):
         raise ValueError("X or out does not match the network")
     if n == 0:
         return 0
@@ -438,6 +487,21 @@ cdef int predict(const Layout *lay, const floating[::1] params, X_obj,
         xp = &X[0, 0]
     if not (aligned(xp, sizeof(floating)) and aligned(&out[0, 0], sizeof(floating))):
         raise ValueError("X and out must be aligned arrays")
+    return predict_rows(lay, params, xp, &csr, &out[0, 0], n, softmax, n_threads,
+                        max_block_rows, isa)
+
+
+cdef int predict_rows(const Layout *lay, const floating *params, const floating *xp,
+                      const Csr *csr, floating *out, Py_ssize_t n, bint softmax,
+                      int n_threads, Py_ssize_t max_block_rows, int isa) except -1:
+    """The forward pass of n >= 1 checked rows (xp, or csr if csr.indptr) into out;
+    returns 1 if they hold NaN or infinity."""
+    cdef Py_ssize_t n_blocks, block_rows, b, tails_size = 0, need
+    cdef Py_ssize_t ws_size = 0, h_off[MAX_LAYERS + 1], t_off[MAX_LAYERS + 1]
+    cdef int L = lay.n_layers, l, tid, bad = 0
+    cdef floating small_ws[SMALL_WORKSPACE]
+    cdef floating *buf
+    cdef floating *tails
     n_blocks = predict_blocks(n, max_block_rows)
     block_rows = (n + n_blocks - 1) // n_blocks
     n_blocks = (n + block_rows - 1) // block_rows
@@ -468,18 +532,18 @@ cdef int predict(const Layout *lay, const floating[::1] params, X_obj,
         with nogil:
             if n > 1:
                 for l in range(1 if csr.indptr == NULL else 2, L + 1):
-                    fm.dense_pack_tail(lay.sizes[l - 1], lay.sizes[l], &params[lay.w_off[l]],
-                                       &params[lay.b_off[l]], tails + t_off[l])
+                    fm.dense_pack_tail(lay.sizes[l - 1], lay.sizes[l], params + lay.w_off[l],
+                                       params + lay.b_off[l], tails + t_off[l])
             if n_threads <= 1:
                 for b in range(n_blocks):
-                    bad += predict_block(lay, &params[0], tails, t_off, buf, h_off, xp, &csr,
-                                         &out[0, 0], n, block_rows, b, softmax, isa)
+                    bad += predict_block(lay, params, tails, t_off, buf, h_off, xp, csr,
+                                         out, n, block_rows, b, softmax, isa)
             else:
                 for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
                     tid = threadid()
-                    bad += predict_block(lay, &params[0], tails, t_off, buf + tid * ws_size,
-                                         h_off, xp, &csr, &out[0, 0], n, block_rows, b,
-                                         softmax, isa)
+                    bad += predict_block(lay, params, tails, t_off, buf + tid * ws_size,
+                                         h_off, xp, csr, out, n, block_rows, b, softmax,
+                                         isa)
     finally:
         if tails != small_ws:
             free(tails)

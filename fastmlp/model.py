@@ -371,8 +371,12 @@ class MLP:
 
     # -- prediction -------------------------------------------------------------------
     def _outputs(self, X, n_threads: int | None, softmax: bool) -> np.ndarray:
-        # A request server's common case (an ndarray already right) skips the conversions;
-        # NaN and inf are caught by the kernel as it reads X, in every case.
+        # A request's few rows, already right, go straight to the kernels on this thread.
+        out = self._network.outputs(X, softmax)
+        if out is not None:
+            return out
+        # Other ndarrays already right skip the conversions; NaN and inf are caught by
+        # the kernel as it reads X, in every case.
         if not (
             type(X) is np.ndarray
             and X.dtype == self.dtype

@@ -80,6 +80,53 @@ def test_parallel_blocks_is_the_serial_rule():
     assert [net.parallel_blocks(n) for n in (1, 63, 64, 256, 1024, 1025)] == [1, 1, 2, 4, 4, 5]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 5, 63])
+@pytest.mark.parametrize("softmax", [True, False])
+def test_outputs_is_forward_of_one_block(dtype, n, softmax):
+    """The request path (Network.outputs) gives forward's bits, in a new array."""
+    model = random_model(rng_for("outputs", dtype, n), (37, 19, 6, 3), dtype)
+    X = rng_for("x", n).random((n, 37)).astype(dtype)
+    X[:, ::3] = 0  # the one-row kernel skips the rows of W of zero inputs
+    expected = np.empty((n, 3), dtype)
+    model._network.forward(X, expected, softmax=softmax, n_threads=1)
+    got = model._network.outputs(X, softmax)
+    assert got.dtype == dtype and got.shape == (n, 3) and got.flags.c_contiguous
+    assert np.array_equal(got, expected)
+    assert not np.array_equal(got, model._network.outputs(X, not softmax))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model._network.outputs(np.where(X == 0, np.nan, X).astype(dtype), softmax)
+
+
+class _SubArray(np.ndarray):
+    pass
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_outputs_leaves_every_other_input_to_the_checks(dtype):
+    """What forward would not read as it stands gets None, for model._outputs to check and
+    convert: another dtype or byte order, another layout or shape, no rows or more than
+    one block of them, an unaligned buffer, a subclass, a list."""
+    net = random_model(rng_for("outputs-none", dtype), (8, 4, 3), dtype)._network
+    X = np.ones((4, 8), dtype)
+    others = [
+        X.astype(np.float64 if dtype == np.float32 else np.float32),
+        X.astype(np.dtype(dtype).newbyteorder()),
+        np.asfortranarray(X),
+        np.ones((4, 16), dtype)[:, ::2],
+        X.reshape(-1),
+        X[None],
+        X[:0],
+        np.ones((64, 8), dtype),
+        np.ones((4, 9), dtype),
+        unaligned(X),
+        X.view(_SubArray),
+        X.tolist(),
+    ]
+    assert [net.outputs(other, True) for other in others] == [None] * len(others)
+    assert net.outputs(X, True) is not None
+
+
 # -- unaligned buffers are copied before they reach C ----------------------------------
 
 
