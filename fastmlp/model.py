@@ -407,15 +407,15 @@ class MLP:
         ndarray of shape (n_samples, n_classes)
             Columns in the order of ``classes_``.
         """
+        if self.loss == "cross_entropy":  # first: a request's path
+            return self._outputs(X, n_threads, softmax=True)
         if self.is_multilabel:  # one sigmoid per label
             return expit(self._outputs(X, n_threads, softmax=False))
-        if self.loss != "cross_entropy":
-            instead = "predict" if self.is_regressor else "decision_function"
-            raise ValueError(
-                "predict_proba needs a cross-entropy classifier; this model was trained with "
-                f"loss={self.loss!r}: use {instead} for its outputs."
-            )
-        return self._outputs(X, n_threads, softmax=True)
+        instead = "predict" if self.is_regressor else "decision_function"
+        raise ValueError(
+            "predict_proba needs a cross-entropy classifier; this model was trained with "
+            f"loss={self.loss!r}: use {instead} for its outputs."
+        )
 
     def decision_function(self, X, *, n_threads: int | None = None) -> np.ndarray:
         """Raw outputs of the last layer (logits for cross-entropy models).
