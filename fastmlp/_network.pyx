@@ -183,20 +183,19 @@ cdef class Network:
         self.init_stats(stats)
         if params is None:
             self.params = np.zeros(p, dtype=self.dtype)
-            self.params_data = <const void *> <size_t> self.params.ctypes.data
-            return
-        if not isinstance(params, np.ndarray) or params.shape != (p,) or \
-                params.dtype != self.dtype:
+        elif (not isinstance(params, np.ndarray) or params.shape != (p,) or
+                params.dtype != self.dtype):
             raise ValueError(
                 f"params must be a flat {self.dtype} array of {p} values for layers "
                 f"{tuple(sizes)}; got {getattr(params, 'dtype', type(params).__name__)} "
                 f"of shape {np.shape(params)}"
             )
-        # Unaligned buffers (protocol-5 pickles, Dask transfers) are copied: C reads
-        # elements with aligned loads.
-        self.params = np.require(params, requirements=["C", "A", "W"])
-        # A request's call reads the weights through this pointer: a memoryview of them
-        # per call cost about as much as the forward pass of a sparse row.
+        else:
+            # Unaligned buffers (protocol-5 pickles, Dask transfers) are copied: C reads
+            # elements with aligned loads.
+            self.params = np.require(params, requirements=["C", "A", "W"])
+        # Prediction reads the weights through this pointer: a memoryview of them per
+        # call cost about as much as the forward pass of a sparse row.
         self.params_data = <const void *> <size_t> self.params.ctypes.data
 
     cdef init_stats(self, stats):
@@ -295,43 +294,15 @@ cdef class Network:
         call and the kernels. Any other X returns None, for the caller to check, convert
         and call :meth:`forward`. NaN and infinity raise ValueError, as there.
         """
-        cdef const float[:, ::1] xf
-        cdef const double[:, ::1] xd
-        cdef float[:, ::1] of
-        cdef double[:, ::1] od
-        cdef Csr dense
-        cdef Py_ssize_t n
-        cdef int bad
         if type(X) is not np.ndarray or X.dtype is not self.dtype or X.ndim != 2:
             return None
-        n = X.shape[0]
-        if not 0 < n < PARALLEL_ROWS or X.shape[1] != self.layout.sizes[0]:
+        if not 0 < X.shape[0] < PARALLEL_ROWS or X.shape[1] != self.layout.sizes[0]:
             return None
-        try:
-            if self.is_double:
-                xd = X
-            else:
-                xf = X
-        except ValueError:   # not C-contiguous
-            return None
-        if not (aligned(&xd[0, 0], sizeof(double)) if self.is_double
-                else aligned(&xf[0, 0], sizeof(float))):
-            return None
-        out = np.empty((n, self.layout.sizes[self.layout.n_layers]), self.dtype)
-        dense.indptr = NULL
         if self.is_double:
-            od = out
-            bad = predict_rows[double](&self.layout, <const double *> self.params_data,
-                                       &xd[0, 0], &dense, &od[0, 0], n, softmax, 1,
-                                       PREDICT_BLOCK_ROWS, FM_ISA_AUTO)
-        else:
-            of = out
-            bad = predict_rows[float](&self.layout, <const float *> self.params_data,
-                                      &xf[0, 0], &dense, &of[0, 0], n, softmax, 1,
-                                      PREDICT_BLOCK_ROWS, FM_ISA_AUTO)
-        if bad:
-            raise ValueError(NOT_FINITE)
-        return out
+            return request[double](&self.layout, <const double *> self.params_data, X,
+                                   self.dtype, softmax)
+        return request[float](&self.layout, <const float *> self.params_data, X, self.dtype,
+                              softmax)
 
     def evaluate(self, X, y, out, *, int n_threads):
         """Summed loss and correct predictions of the network on (X, y).
@@ -489,6 +460,27 @@ cdef int predict(const Layout *lay, const floating *params, X_obj,
         raise ValueError("X and out must be aligned arrays")
     return predict_rows(lay, params, xp, &csr, &out[0, 0], n, softmax, n_threads,
                         max_block_rows, isa)
+
+
+cdef object request(const Layout *lay, const floating *params, X_obj, dtype,
+                    bint softmax):
+    """Network.outputs for one dtype, once X_obj's type, dtype and shape are checked."""
+    cdef const floating[:, ::1] X
+    cdef floating[:, ::1] out
+    cdef Csr dense
+    try:
+        X = X_obj
+    except ValueError:   # not C-contiguous
+        return None
+    if not aligned(&X[0, 0], sizeof(floating)):
+        return None
+    result = np.empty((X.shape[0], lay.sizes[lay.n_layers]), dtype)
+    out = result
+    dense.indptr = NULL
+    if predict_rows(lay, params, &X[0, 0], &dense, &out[0, 0], X.shape[0], softmax, 1,
+                    PREDICT_BLOCK_ROWS, FM_ISA_AUTO):
+        raise ValueError(NOT_FINITE)
+    return result
 
 
 cdef int predict_rows(const Layout *lay, const floating *params, const floating *xp,
