@@ -260,7 +260,7 @@ int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t ld
             for (ptrdiff_t j = 0; j < n; j++) z[j] += s * w[j];
         }
         for (ptrdiff_t j = 0; j < n; j++) ok &= z[j] - z[j] == 0;
-        FN(fm_bias_act)(1, n, z, b, act);
+        if (b) FN(fm_bias_act)(1, n, z, b, act);
     }
     return ok;
 }

@@ -109,6 +109,12 @@ double fm_poisson_d(ptrdiff_t n, ptrdiff_t k, const double *A, const double *Y,
 void fm_col_sum_f(ptrdiff_t n, ptrdiff_t m, const float *dZ, float *db);
 void fm_col_sum_d(ptrdiff_t n, ptrdiff_t m, const double *dZ, double *db);
 
+/* B = A^T, tile by tile.  A: IN m x n (rows lda apart); B: OUT n x m (rows ldb apart). */
+void fm_transpose_f(ptrdiff_t m, ptrdiff_t n, const float *A, ptrdiff_t lda, float *B,
+                    ptrdiff_t ldb);
+void fm_transpose_d(ptrdiff_t m, ptrdiff_t n, const double *A, ptrdiff_t lda, double *B,
+                    ptrdiff_t ldb);
+
 /* Layer normalization of each row over its m columns (torch.nn.LayerNorm, biased
    variance, eps inside the root), then scale, shift and the activation:
    Z[i,:] = act(gamma * zhat + beta), zhat = (z - mean) * rstd, rstd = 1 / sqrt(var + eps).
@@ -223,9 +229,9 @@ void fm_dense_pack_tail_d(ptrdiff_t k, ptrdiff_t n, const double *W, const doubl
 /* Z = act(A @ W + b), returns 0 if A @ W holds NaN or inf (tested before the bias and
    ReLU, which could hide a NaN), else 1; each element sums over k in order with the same
    instructions for any m, so a row does not depend on how the caller splits the rows.
-   A: IN m x k (rows lda apart); W: IN k x n; b: IN n; tail: IN from fm_dense_pack_tail,
-   or NULL to read the last n % panel columns from W and b; Z: OUT m x n (rows ldz apart,
-   not overlapping A). */
+   A: IN m x k (rows lda apart); W: IN k x n; b: IN n, or NULL for none with act
+   FM_IDENTITY; tail: IN from fm_dense_pack_tail, or NULL to read the last n % panel
+   columns from W and b; Z: OUT m x n (rows ldz apart, not overlapping A). */
 int fm_dense_f(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
                const float *W, const float *b, const float *tail, int act, float *Z,
                ptrdiff_t ldz, int isa);

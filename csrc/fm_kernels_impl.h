@@ -340,6 +340,21 @@ void FN(fm_col_sum)(ptrdiff_t n, ptrdiff_t m, const T *dZ, T *db)
     }
 }
 
+/* Square tiles of 16: each reads and writes whole cache lines, where a row-by-row copy
+   would write one element per line of B. */
+void FN(fm_transpose)(ptrdiff_t m, ptrdiff_t n, const T *A, ptrdiff_t lda, T *B, ptrdiff_t ldb)
+{
+    enum { TILE = 16 };
+    for (ptrdiff_t i0 = 0; i0 < m; i0 += TILE) {
+        const ptrdiff_t i1 = m - i0 < TILE ? m : i0 + TILE;
+        for (ptrdiff_t j0 = 0; j0 < n; j0 += TILE) {
+            const ptrdiff_t j1 = n - j0 < TILE ? n : j0 + TILE;
+            for (ptrdiff_t j = j0; j < j1; j++)
+                for (ptrdiff_t i = i0; i < i1; i++) B[j * ldb + i] = A[i * lda + j];
+        }
+    }
+}
+
 /* Sum of x[0..m) in FM_LANES partial sums, added together in a fixed order at the end:
    GCC vectorises the lanes (a single running sum is a chain of dependent adds), and the
    order, so the bits, depend on m alone. */

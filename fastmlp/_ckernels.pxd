@@ -72,6 +72,10 @@ cdef extern from "fm_kernels.h" nogil:
                         const double *w, double scale, double *dA)
     void fm_col_sum_f(Py_ssize_t n, Py_ssize_t m, const float *dZ, float *db)
     void fm_col_sum_d(Py_ssize_t n, Py_ssize_t m, const double *dZ, double *db)
+    void fm_transpose_f(Py_ssize_t m, Py_ssize_t n, const float *A, Py_ssize_t lda, float *B,
+                        Py_ssize_t ldb)
+    void fm_transpose_d(Py_ssize_t m, Py_ssize_t n, const double *A, Py_ssize_t lda,
+                        double *B, Py_ssize_t ldb)
     void fm_layer_norm_f(Py_ssize_t n, Py_ssize_t m, float *Z, const float *gamma,
                          const float *beta, double eps, int act, float *Zhat, float *rstd)
     void fm_layer_norm_d(Py_ssize_t n, Py_ssize_t m, double *Z, const double *gamma,
@@ -282,6 +286,14 @@ cdef inline void col_sum(Py_ssize_t n, Py_ssize_t m, const floating *dZ,
         fm_col_sum_f(n, m, dZ, db)
     else:
         fm_col_sum_d(n, m, dZ, db)
+
+
+cdef inline void transpose(Py_ssize_t m, Py_ssize_t n, const floating *A, Py_ssize_t lda,
+                           floating *B, Py_ssize_t ldb) noexcept nogil:
+    if floating is float:
+        fm_transpose_f(m, n, A, lda, B, ldb)
+    else:
+        fm_transpose_d(m, n, A, lda, B, ldb)
 
 
 cdef inline void layer_norm(Py_ssize_t n, Py_ssize_t m, floating *Z, const floating *gamma,

@@ -166,6 +166,16 @@ def regression_loss(str loss, const floating[:, ::1] A, const floating[:, ::1] Y
     return loss_value, dA
 
 
+def transpose(const floating[:, ::1] A):
+    """A^T as a new C-contiguous array, by fm_transpose."""
+    out = np.empty((A.shape[1], A.shape[0]), dtype=np.asarray(A).dtype)
+    cdef floating[:, ::1] B = out
+    if A.shape[0] and A.shape[1]:
+        with nogil:
+            fm.transpose(A.shape[0], A.shape[1], &A[0, 0], A.shape[1], &B[0, 0], A.shape[0])
+    return out
+
+
 REGRESSION_CODES = {"huber": 0, "absolute_error": 1, "poisson": 2, "squared_error": 3}
 
 

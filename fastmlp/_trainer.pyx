@@ -6,8 +6,9 @@ Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
 
 1. ``csrc/``: the C kernels on a block of rows, and ``fm_dense``, our own GEMM tiles for
    the forward pass and the weight gradients A^T dZ of layers whose W fits in L2.
-2. This file: the OpenMP loops, those kernels and BLAS GEMMs (``_blas.pxd``: the
-   backward dZ @ W^T, and a wider layer's forward and weight gradient, see blas_layer).
+2. This file: the OpenMP loops, those kernels (also the backward dZ @ W^T, on a copy of
+   W^T, see transposed_layer) and BLAS GEMMs (``_blas.pxd``: a wider layer's forward,
+   weight gradient and backward, see blas_layer).
    A mini-batch step runs in two parallel phases, so the cores have one owner (OpenMP)
    and BLAS runs single-threaded inside each task:
 
@@ -101,6 +102,7 @@ cdef struct Workspace:
     Py_ssize_t g_off[MAX_LAYERS + 1]
     Py_ssize_t rstd_off[MAX_LAYERS + 1]
     Py_ssize_t st_off[MAX_LAYERS + 1]
+    Py_ssize_t wt_off[MAX_LAYERS + 1]   # W_l^T for delta_rows (transposed_layer), or -1
     Py_ssize_t part_off
     Py_ssize_t w_off
     Py_ssize_t t_off
@@ -178,6 +180,28 @@ cdef inline bint blas_layer(Py_ssize_t fan_in, Py_ssize_t fan_out, size_t elem) 
     return fan_in * fan_out * <Py_ssize_t> elem > L2_WEIGHT_BYTES
 
 
+cdef inline bint transposed_layer(const Layout *lay, int l, size_t elem) noexcept nogil:
+    """Whether layer l passes its deltas back by fm_dense on a copy of W_l^T.
+
+    OpenBLAS's D @ W^T ran 10-16 GFLOP/s on one Zen 1 core wherever D was 256 or 512 wide
+    (fm_dense on W^T 32-36, OpenBLAS's other shapes 30-35), and even elsewhere (Zen 3)
+    fm_dense was as fast. The copy costs a transpose of the rows each parameter part
+    updates. A W beyond L2 keeps OpenBLAS, as its forward does; layer 1 passes nothing back.
+    """
+    return l >= 2 and not blas_layer(lay.sizes[l - 1], lay.sizes[l], elem)
+
+
+cdef void transpose_weights(const Layout *lay, const Workspace *wsl, const floating *params,
+                            floating *ws) noexcept nogil:
+    """Refresh every copy of W_l^T from W_l (before a run of steps: the caller may have
+    changed the weights; each step's parameter phase keeps the copies current)."""
+    cdef int l
+    for l in range(2, lay.n_layers + 1):
+        if wsl.wt_off[l] >= 0:
+            fm.transpose(lay.sizes[l - 1], lay.sizes[l], params + lay.w_off[l], lay.sizes[l],
+                         ws + wsl.wt_off[l], lay.sizes[l - 1])
+
+
 cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dropout,
                                 bint targets, size_t elem, bint sparse=False):
     cdef Workspace w
@@ -221,6 +245,11 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
     w.t_off = p
     if targets:
         p += capacity * lay.sizes[L]
+    for l in range(1, L + 1):
+        w.wt_off[l] = -1
+        if transposed_layer(lay, l, elem):
+            w.wt_off[l] = p
+            p += <Py_ssize_t> lay.sizes[l - 1] * lay.sizes[l]
     w.size = p
     return w
 
@@ -531,6 +560,7 @@ cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order,
     cdef int64_t n_correct = 0
     cdef int status = STATUS_DONE, interrupted = 0, steps = 0
     with nogil:
+        transpose_weights(tr.lay, &tr.wsl, &params[0], <floating *> buf.ws)
         single_thread_enter()
         fm_tuner_resume(&tr.tuner, monotonic())
         while start < n:
@@ -592,6 +622,7 @@ cdef double full_gradient(Trainer tr, floating[::1] params) except? -1:
     if not b.weight_sum > 0:
         raise ValueError("the sample weights sum to zero")
     with nogil:
+        transpose_weights(lay, &tr.wsl, &params[0], <floating *> buf.ws)
         single_thread_enter()
         total = step(lay, &tr.wsl, &tr.h, &buf, &b, <floating *> buf.ws, tr.n_threads,
                      False, &n_correct)
@@ -748,10 +779,16 @@ cdef inline void delta_rows(const Layout *lay, const Workspace *wsl, const Buffe
     cdef int width = lay.sizes[l - 1]
     cdef const floating *params = <const floating *> buf.params
     cdef const floating *mask
-    gemm(False, True, <int> nr, width, lay.sizes[l], <floating> 1,
-         (ws + wsl.d_off[l] + r0 * lay.sizes[l]), lay.sizes[l],
-         params + lay.w_off[l], lay.sizes[l], <floating> 0,
-         (ws + wsl.d_off[l - 1] + r0 * width), width)
+    if wsl.wt_off[l] >= 0:   # see transposed_layer
+        fm.dense(nr, lay.sizes[l], width, (ws + wsl.d_off[l] + r0 * lay.sizes[l]),
+                 lay.sizes[l], (ws + wsl.wt_off[l]), <const floating *> NULL,
+                 <const floating *> NULL, FM_IDENTITY, (ws + wsl.d_off[l - 1] + r0 * width),
+                 width, FM_ISA_AUTO)
+    else:
+        gemm(False, True, <int> nr, width, lay.sizes[l], <floating> 1,
+             (ws + wsl.d_off[l] + r0 * lay.sizes[l]), lay.sizes[l],
+             params + lay.w_off[l], lay.sizes[l], <floating> 0,
+             (ws + wsl.d_off[l - 1] + r0 * width), width)
     mask = (ws + wsl.m_off[l - 1] + r0 * width) if wsl.dropout else NULL
     fm.act_backward(nr, width, (ws + wsl.a_off[l - 1] + r0 * width), mask,
                     (ws + wsl.d_off[l - 1] + r0 * width), lay.acts[l - 1])
@@ -1021,6 +1058,9 @@ cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
                             grads + off, fan_out, accumulate, FM_ISA_AUTO)
         if update:
             optimizer_update(h, buf, params, off, cnt)
+            if wsl.wt_off[l] >= 0:   # the part's rows of W_l are its columns of W_l^T
+                fm.transpose(i1 - i0, fan_out, params + off, fan_out,
+                             ws + wsl.wt_off[l] + i0, fan_in)
     if part == 0:
         # b_l, and the normalization's gamma_l and beta_l right after it: one update.
         off = lay.b_off[l]

@@ -337,6 +337,19 @@ def test_col_sum(n, m, dtype):
     assert np.all(np.abs(db - expected) <= 4 * tol(dtype) * bound + 1e-300)
 
 
+# -- transpose --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m", SHAPES + [(33, 47), (256, 16), (17, 1)])
+def test_transpose(n, m, dtype):
+    rng = rng_for("transpose", n, m, dtype)
+    A = readonly(randn(rng, (n, m), dtype))
+    B = K.transpose(A)
+    assert B.shape == (m, n) and B.dtype == np.dtype(dtype) and B.flags.c_contiguous
+    np.testing.assert_array_equal(B, A.T)
+
+
 # -- adam and sgd -----------------------------------------------------------------------
 
 
