@@ -156,7 +156,7 @@ int fm_int8_forward(ptrdiff_t m, int n_layers, const fm_int8_layer *layers, floa
     uint8_t *base = (uint8_t *)ws, *qa, *qb, *q;
     float *Z;
     int32_t *list;
-    int l;
+    int l, ok;
     for (l = 0; l < n_layers - 1; l++)
         if (fm_int8_round_up(layers[l].n, FM_INT8_TILE) > widest)
             widest = fm_int8_round_up(layers[l].n, FM_INT8_TILE);
@@ -166,7 +166,15 @@ int fm_int8_forward(ptrdiff_t m, int n_layers, const fm_int8_layer *layers, floa
     qb = qa + part((size_t)(m * widest));
     Z = (float *)(void *)(qb + part((size_t)(m * widest)));
     list = (int32_t *)(void *)((uint8_t *)Z + part((size_t)(m * ldz) * sizeof(float)));
-    if (!fm_int8_quantize(m, layers[0].k, X, ldx, in_inv, in_zero_point, q, ldq)) return 0;
+    if (isa < 0) isa = fm_int8_isa_best();
+#if FM_INT8_X86
+    ok = isa == FM_INT8_ISA_AVX2
+             ? fm_int8_quantize_avx2(m, layers[0].k, X, ldx, in_inv, in_zero_point, q, ldq)
+             : fm_int8_quantize(m, layers[0].k, X, ldx, in_inv, in_zero_point, q, ldq);
+#else
+    ok = fm_int8_quantize(m, layers[0].k, X, ldx, in_inv, in_zero_point, q, ldq);
+#endif
+    if (!ok) return 0;
     for (l = 0; l < n_layers; l++) {
         if (l < n_layers - 1) {
             uint8_t *next = l % 2 ? qb : qa;

@@ -47,6 +47,10 @@ static inline ptrdiff_t fm_int8_groups(int mr, const uint8_t *Q, ptrdiff_t ldq, 
     return n;
 }
 
+/* fm_int8_quantize (fm_int8.h) with AVX2: the same bits. */
+int fm_int8_quantize_avx2(ptrdiff_t m, ptrdiff_t k, const float *X, ptrdiff_t ldx, float inv,
+                          int zero_point, uint8_t *Q, ptrdiff_t ldq);
+
 /* The variants' strips: one layer over mr (1 to 4) rows. */
 void fm_int8_strip_base(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdiff_t ldq,
                         const int32_t *list, ptrdiff_t n_list, uint8_t *Qout, ptrdiff_t ldqo,

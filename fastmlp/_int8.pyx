@@ -48,6 +48,10 @@ cdef enum:
     PARALLEL_ROWS = 64     # fewer rows make one block, run on the calling thread
     SMALL_WORKSPACE = 16384
 
+FLOAT32 = np.dtype(np.float32)
+NOT_FINITE = ("X contains NaN or infinity (or values so large that quantizing them "
+              "overflows); remove or impute them first.")
+
 # The names of the variants, for tests and benchmarks.
 ISAS = {"base": FM_INT8_ISA_BASE, "avx2": FM_INT8_ISA_AVX2}
 QMAX = FM_INT8_QMAX
@@ -196,16 +200,49 @@ cdef class Int8Network:
         infinity in X raise ValueError.
         """
         cdef int code = _isa_code(isa)
-        cdef Py_ssize_t n = X.shape[0], n_blocks, block_rows, b, r0, nr
+        if X.shape[1] != self.sizes[0] or out.shape[0] != X.shape[0] or out.shape[1] != self.sizes[self.n_layers]:
+            raise ValueError("X or out does not match the network")
+        if X.shape[0] and self.run(&X[0, 0], X.shape[0], &out[0, 0], softmax, n_threads, code):
+            raise ValueError(NOT_FINITE)
+
+    def outputs(self, X, bint softmax):
+        """The outputs for X in a new float32 array (softmax applied if `softmax`), or None.
+
+        The path of a request, as ``Network.outputs``: an ndarray that :meth:`forward`
+        reads as it stands (float32, the network's width, C-contiguous, aligned, 1 to
+        PARALLEL_ROWS - 1 rows, which make one block) runs on the calling thread with no
+        Python between the call and the kernels. Any other X returns None, for the caller
+        to check and convert. NaN and infinity raise ValueError, as in :meth:`forward`.
+        """
+        cdef const float[:, ::1] x
+        cdef float[:, ::1] o
+        if type(X) is not np.ndarray or X.dtype is not FLOAT32 or X.ndim != 2:
+            return None
+        if not 0 < X.shape[0] < PARALLEL_ROWS or X.shape[1] != self.layers[0].k:
+            return None
+        try:
+            x = X
+        except ValueError:   # not C-contiguous
+            return None
+        if (<uintptr_t> &x[0, 0]) % sizeof(float):
+            return None
+        result = np.empty((x.shape[0], self.layers[self.n_layers - 1].n), FLOAT32)
+        o = result
+        if self.run(&x[0, 0], x.shape[0], &o[0, 0], softmax, 1, FM_INT8_ISA_AUTO):
+            raise ValueError(NOT_FINITE)
+        return result
+
+    cdef int run(self, const float *X, Py_ssize_t n, float *out, bint softmax,
+                 int n_threads, int code) except -1:
+        """The n >= 1 rows of X into out, in blocks over n_threads; 1 if X holds NaN or
+        infinity, else 0."""
+        cdef Py_ssize_t n_blocks, block_rows, b, r0, nr
+        cdef Py_ssize_t ldx = self.layers[0].k, ldo = self.layers[self.n_layers - 1].n
         cdef size_t ws_size
         cdef int bad = 0, tid
         cdef char small[SMALL_WORKSPACE + 64]
         cdef char *raw
         cdef char *ws
-        if X.shape[1] != self.sizes[0] or out.shape[0] != n or out.shape[1] != self.sizes[self.n_layers]:
-            raise ValueError("X or out does not match the network")
-        if n == 0:
-            return
         n_blocks = block_count(n)
         block_rows = (n + n_blocks - 1) // n_blocks
         block_rows = (block_rows + 3) // 4 * 4   # whole strips of 4 rows
@@ -221,32 +258,25 @@ cdef class Int8Network:
                 raise MemoryError()
             ws = raw
         ws = ws + (64 - (<uintptr_t> ws) % 64) % 64
-        try:
-            with nogil:
-                if n_threads <= 1:
-                    for b in range(n_blocks):
-                        r0 = b * block_rows
-                        nr = min(block_rows, n - r0)
-                        bad += 1 - fm_int8_forward(nr, self.n_layers, self.layers, self.in_inv,
-                                                   self.in_zero_point, &X[r0, 0], X.shape[1],
-                                                   &out[r0, 0], out.shape[1], softmax, ws,
-                                                   code)
-                else:
-                    for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
-                        tid = threadid()
-                        r0 = b * block_rows
-                        nr = min(block_rows, n - r0)
-                        bad += 1 - fm_int8_forward(nr, self.n_layers, self.layers, self.in_inv,
-                                                   self.in_zero_point, &X[r0, 0], X.shape[1],
-                                                   &out[r0, 0], out.shape[1], softmax,
-                                                   ws + tid * ws_size, code)
-        finally:
-            free(raw)
-        if bad:
-            raise ValueError(
-                "X contains NaN or infinity (or values so large that quantizing them "
-                "overflows); remove or impute them first."
-            )
+        with nogil:
+            if n_threads <= 1:
+                for b in range(n_blocks):
+                    r0 = b * block_rows
+                    nr = min(block_rows, n - r0)
+                    bad += 1 - fm_int8_forward(nr, self.n_layers, self.layers, self.in_inv,
+                                               self.in_zero_point, X + r0 * ldx, ldx,
+                                               out + r0 * ldo, ldo, softmax, ws, code)
+            else:
+                for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
+                    tid = threadid()
+                    r0 = b * block_rows
+                    nr = min(block_rows, n - r0)
+                    bad += 1 - fm_int8_forward(nr, self.n_layers, self.layers, self.in_inv,
+                                               self.in_zero_point, X + r0 * ldx, ldx,
+                                               out + r0 * ldo, ldo, softmax,
+                                               ws + tid * ws_size, code)
+        free(raw)
+        return bad != 0
 
 
 cdef inline Py_ssize_t block_count(Py_ssize_t n) noexcept nogil:

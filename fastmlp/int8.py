@@ -260,6 +260,9 @@ class QuantizedMLP:
 
     # -- prediction -------------------------------------------------------------------
     def _outputs(self, X, n_threads: int | None, softmax: bool) -> np.ndarray:
+        out = self._network.outputs(X, softmax)  # a request ready as it stands
+        if out is not None:
+            return out
         if not (
             type(X) is np.ndarray
             and X.dtype == np.float32

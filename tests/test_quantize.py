@@ -390,6 +390,67 @@ def test_bad_calibration_data_is_a_clear_error():
         fastmlp.quantize(model, X, validation_data=X)
 
 
+@pytest.mark.parametrize("n", [1, 5, 63])
+@pytest.mark.parametrize("softmax", [True, False])
+def test_outputs_is_forward_of_one_block(n, softmax):
+    """The request path (Int8Network.outputs) gives forward's bits, in a new array."""
+    q = fastmlp.quantize(random_model((37, 19, 6, 3)), inputs(100, 37))
+    X = inputs(n, 37, seed=n)
+    expected = np.empty((n, 3), np.float32)
+    q._network.forward(X, expected, softmax=softmax, n_threads=1)
+    got = q._network.outputs(X, softmax)
+    assert got.dtype == np.float32 and got.shape == (n, 3) and got.flags.c_contiguous
+    assert np.array_equal(got, expected)
+    assert not np.array_equal(got, q._network.outputs(X, not softmax))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        q._network.outputs(np.where(X == 0, np.nan, X).astype(np.float32), softmax)
+
+
+class _SubArray(np.ndarray):
+    pass
+
+
+def test_outputs_leaves_every_other_input_to_the_checks():
+    """What forward would not read as it stands gets None, for QuantizedMLP._outputs to
+    check and convert: another dtype or byte order, another layout or shape, no rows or
+    more than one block of them, an unaligned buffer, a subclass, a list."""
+    net = fastmlp.quantize(random_model((8, 4, 3)), inputs(100, 8))._network
+    X = np.ones((4, 8), np.float32)
+    raw = np.zeros(X.nbytes + 1, np.uint8)
+    unaligned = raw[1:].view(np.float32).reshape(X.shape)
+    unaligned[...] = X
+    others = [
+        X.astype(np.float64),
+        X.astype(np.dtype(np.float32).newbyteorder()),
+        np.asfortranarray(X),
+        np.ones((4, 16), np.float32)[:, ::2],
+        X.reshape(-1),
+        X[None],
+        X[:0],
+        np.ones((64, 8), np.float32),
+        np.ones((4, 9), np.float32),
+        unaligned,
+        X.view(_SubArray),
+        X.tolist(),
+    ]
+    assert [net.outputs(other, True) for other in others] == [None] * len(others)
+    assert net.outputs(X, True) is not None
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_variant_refuses_nonfinite_inputs(isa):
+    # 70 inputs: the vector loops' whole steps (AVX2: 32 at a time) and the tail after them.
+    q = fastmlp.quantize(random_model((70, 5, 3)), inputs(100, 70))
+    X = inputs(9, 70)
+    np.testing.assert_array_equal(logits(q, X, isa), reference_logits(q, X))
+    for row, col in ((0, 1), (4, 40), (8, 66)):
+        for bad in (np.nan, np.inf, -np.inf, 1e38):
+            Y = X.copy()
+            Y[row, col] = bad
+            with pytest.raises(ValueError, match="NaN or infinity"):
+                logits(q, Y, isa)
+
+
 def test_models_that_cannot_be_quantized():
     X = inputs(100, 6)
     regressor = MLP((6, 4, 2), None, loss="squared_error")
