@@ -200,7 +200,8 @@ cdef class Int8Network:
         infinity in X raise ValueError.
         """
         cdef int code = _isa_code(isa)
-        if X.shape[1] != self.sizes[0] or out.shape[0] != X.shape[0] or out.shape[1] != self.sizes[self.n_layers]:
+        if (X.shape[1] != self.sizes[0] or out.shape[0] != X.shape[0]
+                or out.shape[1] != self.sizes[self.n_layers]):
             raise ValueError("X or out does not match the network")
         if X.shape[0] and self.run(&X[0, 0], X.shape[0], &out[0, 0], softmax, n_threads, code):
             raise ValueError(NOT_FINITE)
