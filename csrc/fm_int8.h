@@ -75,7 +75,7 @@ int fm_int8_quantize(ptrdiff_t m, ptrdiff_t k, const float *X, ptrdiff_t ldx, fl
 /* One layer over m rows. Q: m x k4 (stride ldq) activations. Hidden (Qout != NULL): Qout
    (m x n16, stride ldqo >= n16) receives the requantized ReLU outputs, padding columns 0.
    Last (Qout == NULL): Z (m x n16, stride ldz >= n16) receives y. list: workspace of
-   k4 / 4 int32. */
+   5 * k4 / 4 int32 (the groups of 4 single rows and of their strip). */
 void fm_int8_layer_forward(ptrdiff_t m, const fm_int8_layer *layer, const uint8_t *Q,
                            ptrdiff_t ldq, uint8_t *Qout, ptrdiff_t ldqo, float *Z,
                            ptrdiff_t ldz, int32_t *list, int isa);

@@ -42,7 +42,8 @@ static inline ptrdiff_t fm_int8_groups(int mr, const uint8_t *Q, ptrdiff_t ldq, 
             memcpy(&word, Q + r * ldq + 4 * g, 4);
             any |= word;
         }
-        if (any) list[n++] = (int32_t)g;
+        list[n] = (int32_t)g; /* kept or overwritten: no branch to mispredict on pixels */
+        n += any != 0;
     }
     return n;
 }

@@ -111,6 +111,21 @@ def test_kernels_match_the_reference_exactly(isa, sizes, signed):
         np.testing.assert_array_equal(logits(q, X, isa), reference_logits(q, X))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_strips_of_rows_with_zeros_apart_run_row_by_row_exactly(isa):
+    """Rows whose non-zero inputs lie in different places (pixels) run one by one, each
+    over its own groups; rows that share them run as 4-row strips. Both give the
+    reference's bits, and a block may hold both kinds."""
+    model = random_model((200, 24, 7), seed=5)
+    q = fastmlp.quantize(model, inputs(100, 200, signed=False))
+    X = np.zeros((14, 200), np.float32)
+    rng = np.random.default_rng(6)
+    for i in range(8):  # two strips of rows, each non-zero in its own 25 inputs
+        X[i, 25 * i : 25 * i + 25] = rng.random(25) + 0.1
+    X[8:] = inputs(6, 200, seed=7, signed=False)  # a strip of shared groups, then a tail
+    np.testing.assert_array_equal(logits(q, X, isa), reference_logits(q, X))
+
+
 @pytest.mark.may_skip("a CPU without AVX2 runs the plain-C variant only")
 def test_variants_agree_bitwise_on_mnist_like_rows():
     """The plain-C and AVX2 strips give the same integer sums and so the same bits."""
