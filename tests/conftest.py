@@ -10,7 +10,9 @@ Linux) says so with ``@pytest.mark.may_skip(reason)``; ``pytest -rs`` lists thos
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 NO_SKIP_ENV = "FASTMLP_TEST_NO_SKIP"
@@ -59,3 +61,50 @@ def pytest_make_collect_report(collector):
     report = outcome.get_result()
     if _no_skip() and report.skipped:
         _fail(report, f"{collector.nodeid} was")
+
+
+def _unaligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `a` that starts one byte past an aligned address."""
+    raw = np.zeros(a.nbytes + 1, dtype=np.uint8)
+    out = raw[1:].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out
+
+
+class _SubArray(np.ndarray):
+    pass
+
+
+def _not_ready_requests(X: np.ndarray) -> list:
+    """Variants of a ready request X (2-D, C-contiguous, aligned, fewer than 64 rows) that a
+    compiled request path must leave to the checks: another dtype or byte order, another
+    layout or shape, no rows or more than one block of them, an unaligned buffer, a
+    subclass, a list."""
+    n, k = X.shape
+    return [
+        X.astype(np.float64 if X.dtype == np.float32 else np.float32),
+        X.astype(X.dtype.newbyteorder()),
+        np.asfortranarray(X),
+        np.ones((n, 2 * k), X.dtype)[:, ::2],
+        X.reshape(-1),
+        X[None],
+        X[:0],
+        np.ones((64, k), X.dtype),
+        np.ones((n, k + 1), X.dtype),
+        _unaligned(X),
+        X.view(_SubArray),
+        X.tolist(),
+    ]
+
+
+@pytest.fixture
+def unaligned() -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`_unaligned`: an unaligned C-contiguous copy of an array."""
+    return _unaligned
+
+
+@pytest.fixture
+def not_ready_requests() -> Callable[[np.ndarray], list]:
+    """:func:`_not_ready_requests`: what a request path must not take as it stands."""
+    return _not_ready_requests

@@ -23,15 +23,6 @@ def rng_for(*key):
     return np.random.default_rng(abs(hash(repr(key))) % 2**32)
 
 
-def unaligned(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of `a` that starts one byte past an aligned address."""
-    raw = np.zeros(a.nbytes + 1, dtype=np.uint8)
-    out = raw[1:].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    assert not out.flags.aligned and out.flags.c_contiguous
-    return out
-
-
 def random_model(rng, sizes, dtype, activation="relu"):
     weights = [
         (rng.standard_normal((a, b)) / np.sqrt(a)).astype(dtype) for a, b in zip(sizes, sizes[1:])
@@ -98,31 +89,14 @@ def test_outputs_is_forward_of_one_block(dtype, n, softmax):
         model._network.outputs(np.where(X == 0, np.nan, X).astype(dtype), softmax)
 
 
-class _SubArray(np.ndarray):
-    pass
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_outputs_leaves_every_other_input_to_the_checks(dtype):
+def test_outputs_leaves_every_other_input_to_the_checks(dtype, not_ready_requests):
     """What forward would not read as it stands gets None, for model._outputs to check and
     convert: another dtype or byte order, another layout or shape, no rows or more than
     one block of them, an unaligned buffer, a subclass, a list."""
     net = random_model(rng_for("outputs-none", dtype), (8, 4, 3), dtype)._network
     X = np.ones((4, 8), dtype)
-    others = [
-        X.astype(np.float64 if dtype == np.float32 else np.float32),
-        X.astype(np.dtype(dtype).newbyteorder()),
-        np.asfortranarray(X),
-        np.ones((4, 16), dtype)[:, ::2],
-        X.reshape(-1),
-        X[None],
-        X[:0],
-        np.ones((64, 8), dtype),
-        np.ones((4, 9), dtype),
-        unaligned(X),
-        X.view(_SubArray),
-        X.tolist(),
-    ]
+    others = not_ready_requests(X)
     assert [net.outputs(other, True) for other in others] == [None] * len(others)
     assert net.outputs(X, True) is not None
 
@@ -131,7 +105,7 @@ def test_outputs_leaves_every_other_input_to_the_checks(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_compiled_calls_refuse_unaligned_arrays(dtype):
+def test_compiled_calls_refuse_unaligned_arrays(dtype, unaligned):
     """The guard at the boundary: C never receives an unaligned pointer."""
     model = random_model(rng_for("guard", dtype), (7, 5, 3), dtype)
     X = np.ones((70, 7), dtype)
@@ -146,7 +120,7 @@ def test_compiled_calls_refuse_unaligned_arrays(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [1, 9, 300])
-def test_public_api_copies_unaligned_input(dtype, n):
+def test_public_api_copies_unaligned_input(dtype, n, unaligned):
     """Unaligned X (as a Dask worker receives it) gives the bits of an aligned copy."""
     rng = rng_for("unaligned-x", dtype, n)
     model = random_model(rng, (33, 17, 4), dtype)
@@ -167,7 +141,7 @@ def test_public_api_copies_unaligned_input(dtype, n):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_unaligned_parameters_are_copied(dtype):
+def test_unaligned_parameters_are_copied(dtype, unaligned):
     model = random_model(rng_for("unaligned-p", dtype), (20, 16, 3), dtype)
     X = rng_for("x").random((80, 20)).astype(dtype)
     expected = model.predict_proba(X)
@@ -306,7 +280,7 @@ def test_dropout_masks_do_not_depend_on_threads(dtype):
     assert np.array_equal(seen[0][1], seen[1][1])
 
 
-def test_continued_training_copies_unaligned_optimizer_state():
+def test_continued_training_copies_unaligned_optimizer_state(unaligned):
     """Adam's moments kept from an earlier fit (or set by a user) may be unaligned."""
     rng = rng_for("unaligned-state")
     X = rng.random((64, 9)).astype(np.float32)
