@@ -46,6 +46,7 @@ CSRC = [
     "csrc/fm_tuner.c",
     "csrc/fm_int8.c",
     "csrc/fm_int8_avx2.c",
+    "csrc/fm_int8_vnni.c",
 ]
 # CPU seconds of each compile (GCC 12, Zen 3, -g0), so that the pool starts the longest
 # first and the last ones to start are short. Files not listed count as 0.
@@ -76,6 +77,7 @@ CSRC_HEADERS = [
     "csrc/fm_dense_dispatch_impl.h",
     "csrc/fm_int8.h",
     "csrc/fm_int8_shared.h",
+    "csrc/fm_int8_strip_impl.h",
 ]
 # The wide variant only lets tests run the AVX-512 tile shape on AVX2 machines, so its
 # speed does not matter: at -O3 GCC took 80% of fm_dense's compile time on its spilled
@@ -84,7 +86,9 @@ CSRC_FLAGS = {"csrc/fm_dense_wide.c": ["-O0"]} if sys.platform != "win32" else {
 # The int8 kernels' float epilogue is one multiply then one add, never fused, so that every
 # variant (and the NumPy reference) gives the same bits.
 if sys.platform != "win32":
-    CSRC_FLAGS.update({f"csrc/fm_int8{v}.c": ["-ffp-contract=off"] for v in ("", "_avx2")})
+    CSRC_FLAGS.update(
+        {f"csrc/fm_int8{v}.c": ["-ffp-contract=off"] for v in ("", "_avx2", "_vnni")}
+    )
 
 
 def compiler_accepts(flags: list[str]) -> bool:

@@ -1,13 +1,14 @@
 /*
- * How many multiply-adds per second one core runs through the AVX2 int8 step of
- * csrc/fm_int8_avx2.c (vpmaddubsw, vpmaddwd by ones, vpaddd: 32 uint8 x int8 products into
- * int32) against float32 FMAs (vfmadd231ps: 8 products), with enough independent sums to
- * hide the latencies. A batch of 10,000 rows is bound by this rate, not by memory, so the
- * ratio bounds what the int8 model can gain over the float one there on this CPU.
+ * How many multiply-adds per second one core runs through the int8 steps of the kernels
+ * (csrc/fm_int8_avx2.c: vpmaddubsw, vpmaddwd by ones, vpaddd; csrc/fm_int8_vnni.c:
+ * vpdpbusd, AVX-VNNI's and AVX512-VNNI's; 32 uint8 x int8 products into int32 each)
+ * against float32 FMAs (vfmadd231ps: 8 products), with as many independent sums as the
+ * kernels keep. A batch of 10,000 rows is bound by this rate, not by memory, so the ratio
+ * bounds what the int8 model can gain over the float one there on this CPU.
  *
  *     cc -O2 -o /tmp/int8_mac_rate benches/int8_mac_rate.c && /tmp/int8_mac_rate
  *
- * x86-64 with AVX2 and FMA only (GNU assembler syntax).
+ * x86-64 with AVX2 and FMA (GNU assembler syntax); the VNNI steps where the CPU has them.
  */
 #include <stdio.h>
 #include <time.h>
@@ -86,17 +87,60 @@ static double int8_macs_per_s(void)
     return ITERS * 6.0 * 32 / (now() - t);
 }
 
+/* vpdpbusd on 8 independent sums, as the VNNI strips keep (4 rows x 2, or one row's 4
+   sets x 2): the sum it adds to is an input, so its latency must be hidden. */
+#define VNNI_LOOP(op)                                       \
+    "vpxor %%ymm14, %%ymm14, %%ymm14\n\t"                   \
+    "vpxor %%ymm15, %%ymm15, %%ymm15\n"                     \
+    "1:\n\t"                                                \
+    op " %%ymm14, %%ymm15, %%ymm0\n\t"                      \
+    op " %%ymm14, %%ymm15, %%ymm1\n\t"                      \
+    op " %%ymm14, %%ymm15, %%ymm2\n\t"                      \
+    op " %%ymm14, %%ymm15, %%ymm3\n\t"                      \
+    op " %%ymm14, %%ymm15, %%ymm4\n\t"                      \
+    op " %%ymm14, %%ymm15, %%ymm5\n\t"                      \
+    op " %%ymm14, %%ymm15, %%ymm6\n\t"                      \
+    op " %%ymm14, %%ymm15, %%ymm7\n\t"                      \
+    "dec %0\n\t"                                            \
+    "jnz 1b\n"
+#define VNNI_CLOBBERS \
+    "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm14", "xmm15"
+
+static double vnni_macs_per_s(int evex)
+{
+    long n = ITERS;
+    double t = now();
+    if (evex)
+        __asm__ volatile(VNNI_LOOP("vpdpbusd") : "+r"(n) : : VNNI_CLOBBERS);
+    else
+        /* %{ %}: the braces of {vex}, which inline asm reads as dialect alternatives */
+        __asm__ volatile(VNNI_LOOP("%{vex%} vpdpbusd") : "+r"(n) : : VNNI_CLOBBERS);
+    return ITERS * 8.0 * 32 / (now() - t);
+}
+
 int main(void)
 {
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
         fprintf(stderr, "this CPU has no AVX2 + FMA\n");
         return 1;
     }
+    const int avx512_vnni = __builtin_cpu_supports("avx512vnni") &&
+                            __builtin_cpu_supports("avx512vl");
+    const int avx_vnni = __builtin_cpu_supports("avxvnni");
     for (int round = 0; round < 3; round++) {
         double f = float_macs_per_s(), q = int8_macs_per_s();
         printf("float32 FMA %.1f G/s, int8 (vpmaddubsw + vpmaddwd + vpaddd) %.1f G/s "
                "multiply-adds per core: int8 / float %.2f\n",
                f / 1e9, q / 1e9, q / f);
+        if (avx512_vnni) {
+            q = vnni_macs_per_s(1);
+            printf("  AVX512-VNNI vpdpbusd %.1f G/s: int8 / float %.2f\n", q / 1e9, q / f);
+        }
+        if (avx_vnni) {
+            q = vnni_macs_per_s(0);
+            printf("  AVX-VNNI {vex} vpdpbusd %.1f G/s: int8 / float %.2f\n", q / 1e9, q / f);
+        }
     }
+    if (!avx512_vnni && !avx_vnni) printf("no VNNI on this CPU\n");
     return 0;
 }

@@ -10,8 +10,16 @@ int fm_int8_isa_available(int isa)
         return 1;
 #if FM_INT8_X86
     case FM_INT8_ISA_AVX2:
+    case FM_INT8_ISA_VNNI_EMULATED:
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx2");
+    case FM_INT8_ISA_AVX512_VNNI:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512vnni") &&
+               __builtin_cpu_supports("avx512vl");
+    case FM_INT8_ISA_AVX_VNNI:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
 #endif
     default:
         return 0;
@@ -20,7 +28,8 @@ int fm_int8_isa_available(int isa)
 
 int fm_int8_isa_best(void)
 {
-    /* A VNNI variant (vpdpbusd on the same packed layout) would be tried first here. */
+    if (fm_int8_isa_available(FM_INT8_ISA_AVX512_VNNI)) return FM_INT8_ISA_AVX512_VNNI;
+    if (fm_int8_isa_available(FM_INT8_ISA_AVX_VNNI)) return FM_INT8_ISA_AVX_VNNI;
     if (fm_int8_isa_available(FM_INT8_ISA_AVX2)) return FM_INT8_ISA_AVX2;
     return FM_INT8_ISA_BASE;
 }
@@ -105,14 +114,24 @@ static void strip(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdiff_t ld
                   const int32_t *list, ptrdiff_t n_list, uint8_t *Qout, ptrdiff_t ldqo, float *Z,
                   ptrdiff_t ldz, int isa)
 {
+    switch (isa) {
 #if FM_INT8_X86
-    if (isa == FM_INT8_ISA_AVX2) {
+    case FM_INT8_ISA_AVX2:
         fm_int8_strip_avx2(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
         return;
-    }
+    case FM_INT8_ISA_AVX512_VNNI:
+        fm_int8_strip_avx512_vnni(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
+        return;
+    case FM_INT8_ISA_AVX_VNNI:
+        fm_int8_strip_avx_vnni(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
+        return;
+    case FM_INT8_ISA_VNNI_EMULATED:
+        fm_int8_strip_vnni_emulated(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
+        return;
 #endif
-    (void)isa;
-    fm_int8_strip_base(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
+    default:
+        fm_int8_strip_base(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
+    }
 }
 
 void fm_int8_layer_forward(ptrdiff_t m, const fm_int8_layer *layer, const uint8_t *Q,
@@ -192,7 +211,7 @@ int fm_int8_forward(ptrdiff_t m, int n_layers, const fm_int8_layer *layers, floa
     list = (int32_t *)(void *)((uint8_t *)Z + part((size_t)(m * ldz) * sizeof(float)));
     if (isa < 0) isa = fm_int8_isa_best();
 #if FM_INT8_X86
-    ok = isa == FM_INT8_ISA_AVX2
+    ok = isa != FM_INT8_ISA_BASE /* every other variant runs AVX2 */
              ? fm_int8_quantize_avx2(m, layers[0].k, X, ldx, in_inv, in_zero_point, q, ldq)
              : fm_int8_quantize(m, layers[0].k, X, ldx, in_inv, in_zero_point, q, ldq);
 #else

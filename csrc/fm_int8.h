@@ -23,9 +23,8 @@
  * Packed weights. W (k x n, row-major int8) is packed once into tiles of 16 columns: tile t
  * holds, for every group g of 4 consecutive inputs, 16 columns x 4 inputs (64 bytes, one
  * cache line): P[t][g][c][i] = W[4g + i][16t + c], zero-padded to k4 = round_up(k, 4) rows
- * and n16 = round_up(n, 16) columns. That is the layout AVX-VNNI's vpdpbusd reads as well:
- * a VNNI variant would be one more FM_INT8_ISA_* value and one more file, with the same
- * results (it would compute the same exact sums).
+ * and n16 = round_up(n, 16) columns. That is the layout VNNI's vpdpbusd reads as well: a
+ * broadcast group of 4 activations times one half of a line sums 8 columns' 4 products.
  */
 #ifndef FM_INT8_H
 #define FM_INT8_H
@@ -44,8 +43,16 @@ extern "C" {
    stay below 2^31. */
 #define FM_INT8_MAX_FAN_IN 65536
 
-/* Variants; FM_INT8_ISA_AUTO picks the best this CPU runs. */
-enum fm_int8_isa { FM_INT8_ISA_AUTO = -1, FM_INT8_ISA_BASE = 0, FM_INT8_ISA_AVX2 = 1 };
+/* Variants; FM_INT8_ISA_AUTO picks the best this CPU runs. VNNI_EMULATED is the VNNI
+   variants' code with vpdpbusd built of AVX2 instructions, for tests; never picked. */
+enum fm_int8_isa {
+    FM_INT8_ISA_AUTO = -1,
+    FM_INT8_ISA_BASE = 0,
+    FM_INT8_ISA_AVX2 = 1,
+    FM_INT8_ISA_AVX512_VNNI = 2,
+    FM_INT8_ISA_AVX_VNNI = 3,
+    FM_INT8_ISA_VNNI_EMULATED = 4
+};
 
 int fm_int8_isa_available(int isa);
 int fm_int8_isa_best(void);

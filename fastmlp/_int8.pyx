@@ -20,6 +20,9 @@ cdef extern from "fm_int8.h" nogil:
         FM_INT8_ISA_AUTO
         FM_INT8_ISA_BASE
         FM_INT8_ISA_AVX2
+        FM_INT8_ISA_AVX512_VNNI
+        FM_INT8_ISA_AVX_VNNI
+        FM_INT8_ISA_VNNI_EMULATED
         FM_INT8_TILE
         FM_INT8_GROUP
         FM_INT8_QMAX
@@ -53,7 +56,11 @@ NOT_FINITE = ("X contains NaN or infinity (or values so large that quantizing th
               "overflows); remove or impute them first.")
 
 # The names of the variants, for tests and benchmarks.
-ISAS = {"base": FM_INT8_ISA_BASE, "avx2": FM_INT8_ISA_AVX2}
+# "vnni_emulated": the VNNI variants' code with vpdpbusd built of AVX2 instructions, so that
+# tests run it on machines without VNNI; never the default.
+ISAS = {"base": FM_INT8_ISA_BASE, "avx2": FM_INT8_ISA_AVX2,
+        "avx512_vnni": FM_INT8_ISA_AVX512_VNNI, "avx_vnni": FM_INT8_ISA_AVX_VNNI,
+        "vnni_emulated": FM_INT8_ISA_VNNI_EMULATED}
 QMAX = FM_INT8_QMAX
 MAX_FAN_IN = FM_INT8_MAX_FAN_IN
 

@@ -118,17 +118,22 @@ def test_strips_of_rows_with_zeros_apart_run_row_by_row_exactly(isa):
     reference's bits, and a block may hold both kinds."""
     model = random_model((200, 24, 7), seed=5)
     q = fastmlp.quantize(model, inputs(100, 200, signed=False))
-    X = np.zeros((14, 200), np.float32)
+    X = np.zeros((22, 200), np.float32)
     rng = np.random.default_rng(6)
     for i in range(8):  # two strips of rows, each non-zero in its own 25 inputs
         X[i, 25 * i : 25 * i + 25] = rng.random(25) + 0.1
-    X[8:] = inputs(6, 200, seed=7, signed=False)  # a strip of shared groups, then a tail
+    X[8:14] = inputs(6, 200, seed=7, signed=False)  # a strip of shared groups, then a tail
+    # Rows non-zero in 0 to 7 groups of 4 inputs, none shared, so one by one: the VNNI
+    # variants deal a row's groups to 4 sets of sums; these fill none, some, all, and all
+    # and some.
+    for i in range(8):
+        X[14 + i, 24 * i : 28 * i] = rng.random(4 * i) + 0.1
     np.testing.assert_array_equal(logits(q, X, isa), reference_logits(q, X))
 
 
 @pytest.mark.may_skip("a CPU without AVX2 runs the plain-C variant only")
 def test_variants_agree_bitwise_on_mnist_like_rows():
-    """The plain-C and AVX2 strips give the same integer sums and so the same bits."""
+    """Every variant's strips give the same integer sums and so the same bits."""
     if len(ISAS) < 2:
         pytest.skip("this CPU runs the plain-C variant only")  # pragma: no cover
     model = random_model((784, 100, 37, 10), seed=3)
@@ -471,7 +476,7 @@ def test_bad_prediction_input():
     with pytest.raises(ValueError, match="features"):
         q.predict(inputs(3, 5))
     with pytest.raises(ValueError, match="cannot run"):
-        logits(q, X, isa="vnni")
+        logits(q, X, isa="neon")
 
 
 # --------------------------------------------------------------------------- C export
