@@ -3,8 +3,8 @@
 One group per input size: 1, 64 and 10,000 MNIST test images. Each group holds:
 
 - fastmlp-int8: ``QuantizedMLP.predict_proba`` of ``fastmlp.quantize(model, 2,000 training
-  images)`` (7-bit activations, int8 weights per column, int32 sums; the AVX2 variant on
-  AVX2 machines);
+  images)`` (7-bit activations, int8 weights per column, int32 sums; the best variant
+  the CPU runs, ``fastmlp._int8.isa_best()``: VNNI, AVX2 or plain C);
 - fastmlp-float32: ``MLP.predict_proba`` of the float model it was quantized from;
 - onnxruntime-float32: ``model.to_onnx`` run by ONNX Runtime's CPU execution provider;
 - onnxruntime-int8: the same graph after ``onnxruntime.quantization.quantize_dynamic``
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import MLP, reference
+from fastmlp import MLP, _int8, reference
 
 SIZES = (784, 256, 128, 10)
 ACTIVATIONS = ("relu", "relu", "identity")
@@ -94,8 +94,23 @@ def _check_int8(P, expected) -> None:
 
 def test_fastmlp_int8(benchmark, int8_model, X, expected, n_rows, n_threads):
     _label(benchmark, "fastmlp-int8", n_rows, n_threads)
+    benchmark.extra_info["isa"] = _int8.isa_best()
     int8_model.n_threads = n_threads
     _check_int8(benchmark(int8_model.predict_proba, X), expected)
+
+
+# Each variant this CPU runs but the default, on the batch (the emulated VNNI is for tests).
+OTHER_ISAS = [i for i in _int8.isas() if i not in (_int8.isa_best(), "vnni_emulated")]
+
+
+@pytest.mark.parametrize("n_rows", [CASES[-1]], ids=lambda n: f"n{n}")  # the batch only
+@pytest.mark.parametrize("isa", OTHER_ISAS)
+def test_fastmlp_int8_variant(benchmark, int8_model, X, expected, n_rows, n_threads, isa):
+    _label(benchmark, f"fastmlp-int8-{isa}", n_rows, n_threads)
+    out = np.empty((n_rows, SIZES[-1]), np.float32)
+    forward = int8_model._network.forward
+    benchmark(forward, X, out, softmax=True, n_threads=n_threads, isa=isa)
+    _check_int8(out, expected)
 
 
 def test_fastmlp_float32(benchmark, float_model, X, expected, n_rows, n_threads):
