@@ -17,6 +17,8 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_STRIDES,
+                             PyBUF_WRITABLE)
 
 from cython cimport floating
 
@@ -294,15 +296,30 @@ cdef class Network:
         call and the kernels. Any other X returns None, for the caller to check, convert
         and call :meth:`forward`. NaN and infinity raise ValueError, as there.
         """
-        if type(X) is not np.ndarray or X.dtype is not self.dtype or X.ndim != 2:
+        # X's buffer, not a typed memoryview: a request pays for no format parsing or
+        # memoryview object (a sixth of a one-row call, benches/results.md).
+        cdef Py_buffer view
+        cdef object result = None
+        if type(X) is not np.ndarray or X.dtype is not self.dtype:
             return None
-        if not 0 < X.shape[0] < PARALLEL_ROWS or X.shape[1] != self.layout.sizes[0]:
-            return None
-        if self.is_double:
-            return request[double](&self.layout, <const double *> self.params_data, X,
-                                   self.dtype, softmax)
-        return request[float](&self.layout, <const float *> self.params_data, X, self.dtype,
-                              softmax)
+        PyObject_GetBuffer(X, &view, PyBUF_STRIDES)
+        try:
+            if (view.ndim == 2 and 0 < view.shape[0] < PARALLEL_ROWS
+                    and view.shape[1] == self.layout.sizes[0]
+                    and view.strides[1] == view.itemsize
+                    and (view.shape[0] == 1 or view.strides[0] == view.shape[1] * view.itemsize)
+                    and aligned(view.buf, view.itemsize)):
+                if self.is_double:
+                    result = request[double](&self.layout, <const double *> self.params_data,
+                                             <const double *> view.buf, view.shape[0],
+                                             self.dtype, softmax)
+                else:
+                    result = request[float](&self.layout, <const float *> self.params_data,
+                                            <const float *> view.buf, view.shape[0],
+                                            self.dtype, softmax)
+        finally:
+            PyBuffer_Release(&view)
+        return result
 
     def evaluate(self, X, y, out, *, int n_threads):
         """Summed loss and correct predictions of the network on (X, y).
@@ -462,23 +479,21 @@ cdef int predict(const Layout *lay, const floating *params, X_obj,
                         max_block_rows, isa)
 
 
-cdef object request(const Layout *lay, const floating *params, X_obj, dtype,
-                    bint softmax):
-    """Network.outputs for one dtype, once X_obj's type, dtype and shape are checked."""
-    cdef const floating[:, ::1] X
-    cdef floating[:, ::1] out
+cdef object request(const Layout *lay, const floating *params, const floating *xp,
+                    Py_ssize_t n, dtype, bint softmax):
+    """Network.outputs for one dtype: the n checked rows at xp, in a new array."""
+    cdef Py_buffer out
     cdef Csr dense
-    try:
-        X = X_obj
-    except ValueError:   # not C-contiguous
-        return None
-    if not aligned(&X[0, 0], sizeof(floating)):
-        return None
-    result = np.empty((X.shape[0], lay.sizes[lay.n_layers]), dtype)
-    out = result
+    cdef int bad
+    result = np.empty((n, lay.sizes[lay.n_layers]), dtype)
+    PyObject_GetBuffer(result, &out, PyBUF_WRITABLE)   # new: C-contiguous and aligned
     dense.indptr = NULL
-    if predict_rows(lay, params, &X[0, 0], &dense, &out[0, 0], X.shape[0], softmax, 1,
-                    PREDICT_BLOCK_ROWS, FM_ISA_AUTO):
+    try:
+        bad = predict_rows(lay, params, xp, &dense, <floating *> out.buf, n, softmax, 1,
+                           PREDICT_BLOCK_ROWS, FM_ISA_AUTO)
+    finally:
+        PyBuffer_Release(&out)
+    if bad:
         raise ValueError(NOT_FINITE)
     return result
 
