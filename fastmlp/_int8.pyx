@@ -9,9 +9,12 @@ released. Blocks are spread over OpenMP threads; every row is computed the same 
 wherever it falls, so results are bitwise the same for any thread count. The network is
 never written after it is built, so many threads may predict with it at once.
 """
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int8_t, int32_t, uint8_t, uintptr_t
 from libc.stdlib cimport malloc, free
+
+from fastmlp._network cimport ready_rows
 
 import numpy as np
 
@@ -222,21 +225,23 @@ cdef class Int8Network:
         Python between the call and the kernels. Any other X returns None, for the caller
         to check and convert. NaN and infinity raise ValueError, as in :meth:`forward`.
         """
-        cdef const float[:, ::1] x
-        cdef float[:, ::1] o
-        if type(X) is not np.ndarray or X.dtype is not FLOAT32 or X.ndim != 2:
+        cdef Py_buffer view, out
+        cdef int bad
+        if type(X) is not np.ndarray or X.dtype is not FLOAT32:
             return None
-        if not 0 < X.shape[0] < PARALLEL_ROWS or X.shape[1] != self.layers[0].k:
+        if not ready_rows(X, self.layers[0].k, PARALLEL_ROWS, &view):
             return None
         try:
-            x = X
-        except ValueError:   # not C-contiguous
-            return None
-        if (<uintptr_t> &x[0, 0]) % sizeof(float):
-            return None
-        result = np.empty((x.shape[0], self.layers[self.n_layers - 1].n), FLOAT32)
-        o = result
-        if self.run(&x[0, 0], x.shape[0], &o[0, 0], softmax, 1, FM_INT8_ISA_AUTO):
+            result = np.empty((view.shape[0], self.layers[self.n_layers - 1].n), FLOAT32)
+            PyObject_GetBuffer(result, &out, PyBUF_WRITABLE)   # new: contiguous, aligned
+            try:
+                bad = self.run(<const float *> view.buf, view.shape[0], <float *> out.buf,
+                               softmax, 1, FM_INT8_ISA_AUTO)
+            finally:
+                PyBuffer_Release(&out)
+        finally:
+            PyBuffer_Release(&view)
+        if bad:
             raise ValueError(NOT_FINITE)
         return result
 

@@ -1,7 +1,8 @@
 # cython: language_level=3
 """The compiled network (``Network``), shared with the trainer."""
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_STRIDES
 from cython cimport floating
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uintptr_t
 
 from fastmlp cimport _ckernels as fm
 
@@ -65,6 +66,22 @@ cdef class Network:
     cdef fm.fm_tuner tuner
     cdef bint has_tuner
     cdef init_stats(self, stats)
+
+
+cdef inline bint ready_rows(object X, Py_ssize_t width, Py_ssize_t max_rows,
+                           Py_buffer *view) except -1:
+    """Whether the ndarray X (of the caller's dtype) is a request the kernels read as it
+    stands: 2-D, 1 to max_rows - 1 rows of `width`, C-contiguous and aligned. If so, view
+    holds X's buffer, for the caller to release. X's buffer, not a typed memoryview: a
+    request pays for no format parsing or memoryview object (benches/results.md)."""
+    PyObject_GetBuffer(X, view, PyBUF_STRIDES)
+    if (view.ndim == 2 and 0 < view.shape[0] < max_rows and view.shape[1] == width
+            and view.strides[1] == view.itemsize
+            and (view.shape[0] == 1 or view.strides[0] == width * view.itemsize)
+            and (<uintptr_t> view.buf) % view.itemsize == 0):
+        return True
+    PyBuffer_Release(view)
+    return False
 
 
 cdef inline bint is_regression(int loss) noexcept nogil:

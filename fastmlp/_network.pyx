@@ -17,8 +17,7 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
-from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_STRIDES,
-                             PyBUF_WRITABLE)
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 
 from cython cimport floating
 
@@ -296,30 +295,20 @@ cdef class Network:
         call and the kernels. Any other X returns None, for the caller to check, convert
         and call :meth:`forward`. NaN and infinity raise ValueError, as there.
         """
-        # X's buffer, not a typed memoryview: a request pays for no format parsing or
-        # memoryview object (a sixth of a one-row call, benches/results.md).
         cdef Py_buffer view
-        cdef object result = None
         if type(X) is not np.ndarray or X.dtype is not self.dtype:
             return None
-        PyObject_GetBuffer(X, &view, PyBUF_STRIDES)
+        if not ready_rows(X, self.layout.sizes[0], PARALLEL_ROWS, &view):
+            return None
         try:
-            if (view.ndim == 2 and 0 < view.shape[0] < PARALLEL_ROWS
-                    and view.shape[1] == self.layout.sizes[0]
-                    and view.strides[1] == view.itemsize
-                    and (view.shape[0] == 1 or view.strides[0] == view.shape[1] * view.itemsize)
-                    and aligned(view.buf, view.itemsize)):
-                if self.is_double:
-                    result = request[double](&self.layout, <const double *> self.params_data,
-                                             <const double *> view.buf, view.shape[0],
-                                             self.dtype, softmax)
-                else:
-                    result = request[float](&self.layout, <const float *> self.params_data,
-                                            <const float *> view.buf, view.shape[0],
-                                            self.dtype, softmax)
+            if self.is_double:
+                return request[double](&self.layout, <const double *> self.params_data,
+                                       <const double *> view.buf, view.shape[0], self.dtype,
+                                       softmax)
+            return request[float](&self.layout, <const float *> self.params_data,
+                                  <const float *> view.buf, view.shape[0], self.dtype, softmax)
         finally:
             PyBuffer_Release(&view)
-        return result
 
     def evaluate(self, X, y, out, *, int n_threads):
         """Summed loss and correct predictions of the network on (X, y).

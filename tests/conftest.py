@@ -77,16 +77,17 @@ class _SubArray(np.ndarray):
 
 
 def _not_ready_requests(X: np.ndarray) -> list:
-    """Variants of a ready request X (2-D, C-contiguous, aligned, fewer than 64 rows) that a
+    """Variants of a ready request X (2-D, C-contiguous, aligned, 2 to 63 rows) that a
     compiled request path must leave to the checks: another dtype or byte order, another
-    layout or shape, no rows or more than one block of them, an unaligned buffer, a
-    subclass, a list."""
+    layout, row order or shape, no rows or more than one block of them, an unaligned
+    buffer, a subclass, a list."""
     n, k = X.shape
     return [
         X.astype(np.float64 if X.dtype == np.float32 else np.float32),
         X.astype(X.dtype.newbyteorder()),
         np.asfortranarray(X),
         np.ones((n, 2 * k), X.dtype)[:, ::2],
+        X[::-1],
         X.reshape(-1),
         X[None],
         X[:0],
