@@ -110,27 +110,25 @@ void fm_int8_strip_base(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdif
     }
 }
 
-static void strip(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdiff_t ldq,
-                  const int32_t *list, ptrdiff_t n_list, uint8_t *Qout, ptrdiff_t ldqo, float *Z,
-                  ptrdiff_t ldz, int isa)
+typedef void (*strip_fn)(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdiff_t ldq,
+                         const int32_t *list, ptrdiff_t n_list, uint8_t *Qout,
+                         ptrdiff_t ldqo, float *Z, ptrdiff_t ldz);
+
+static strip_fn strip_of(int isa)
 {
     switch (isa) {
 #if FM_INT8_X86
     case FM_INT8_ISA_AVX2:
-        fm_int8_strip_avx2(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
-        return;
+        return fm_int8_strip_avx2;
     case FM_INT8_ISA_AVX512_VNNI:
-        fm_int8_strip_avx512_vnni(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
-        return;
+        return fm_int8_strip_avx512_vnni;
     case FM_INT8_ISA_AVX_VNNI:
-        fm_int8_strip_avx_vnni(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
-        return;
+        return fm_int8_strip_avx_vnni;
     case FM_INT8_ISA_VNNI_EMULATED:
-        fm_int8_strip_vnni_emulated(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
-        return;
+        return fm_int8_strip_vnni_emulated;
 #endif
     default:
-        fm_int8_strip_base(mr, L, Q, ldq, list, n_list, Qout, ldqo, Z, ldz);
+        return fm_int8_strip_base;
     }
 }
 
@@ -139,8 +137,8 @@ void fm_int8_layer_forward(ptrdiff_t m, const fm_int8_layer *layer, const uint8_
                            ptrdiff_t ldz, int32_t *list, int isa)
 {
     const ptrdiff_t n_groups = fm_int8_round_up(layer->k, FM_INT8_GROUP) / FM_INT8_GROUP;
+    const strip_fn strip = strip_of(isa < 0 ? fm_int8_isa_best() : isa);
     ptrdiff_t r0 = 0;
-    if (isa < 0) isa = fm_int8_isa_best();
     while (r0 < m) {
         /* Strips of 4 rows share each load of W; but a strip sums every group that is
            non-zero in any of its rows, and rows whose zeros lie apart (pixels) skip far
@@ -154,15 +152,16 @@ void fm_int8_layer_forward(ptrdiff_t m, const fm_int8_layer *layer, const uint8_
             n_list[r] = fm_int8_groups(1, Q + (r0 + r) * ldq, ldq, n_groups, list + r * n_groups);
             singles += n_list[r];
         }
-        if (rows == 4) n_union = fm_int8_groups(4, Q + r0 * ldq, ldq, n_groups, list + 4 * n_groups);
+        if (rows == 4)
+            n_union = fm_int8_groups(4, Q + r0 * ldq, ldq, n_groups, list + 4 * n_groups);
         if (rows == 4 && 3 * singles > 2 * 4 * n_union) {
             strip(4, layer, Q + r0 * ldq, ldq, list + 4 * n_groups, n_union,
-                  Qout ? Qout + r0 * ldqo : NULL, ldqo, Qout ? NULL : Z + r0 * ldz, ldz, isa);
+                  Qout ? Qout + r0 * ldqo : NULL, ldqo, Qout ? NULL : Z + r0 * ldz, ldz);
         } else {
             for (r = 0; r < rows; r++)
                 strip(1, layer, Q + (r0 + r) * ldq, ldq, list + r * n_groups, n_list[r],
                       Qout ? Qout + (r0 + r) * ldqo : NULL, ldqo,
-                      Qout ? NULL : Z + (r0 + r) * ldz, ldz, isa);
+                      Qout ? NULL : Z + (r0 + r) * ldz, ldz);
         }
         r0 += rows;
     }

@@ -1,7 +1,7 @@
 /*
- * What fm_int8.c (plain C) and the SIMD variants (fm_int8_avx2.c, fm_int8_vnni.c) share: the float epilogue of a layer, one
- * scalar operation after another, so both give the same bits (see fm_int8.h), and the list
- * of the input groups a strip of rows does not skip.
+ * What fm_int8.c (plain C) and the SIMD variants (fm_int8_avx2.c, fm_int8_vnni.c) share:
+ * the float epilogue of a layer, one scalar operation after another, so all give the same
+ * bits (see fm_int8.h), and the list of the input groups a strip of rows does not skip.
  */
 #ifndef FM_INT8_SHARED_H
 #define FM_INT8_SHARED_H
@@ -11,7 +11,10 @@
 
 #include "fm_int8.h"
 
-static inline ptrdiff_t fm_int8_round_up(ptrdiff_t v, ptrdiff_t to) { return (v + to - 1) / to * to; }
+static inline ptrdiff_t fm_int8_round_up(ptrdiff_t v, ptrdiff_t to)
+{
+    return (v + to - 1) / to * to;
+}
 
 /* y = (float)acc * mult + bias: two roundings, never fused (-ffp-contract=off). */
 static inline float fm_int8_dequant(int32_t acc, float mult, float bias)
@@ -59,15 +62,15 @@ void fm_int8_strip_base(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdif
 void fm_int8_strip_avx2(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdiff_t ldq,
                         const int32_t *list, ptrdiff_t n_list, uint8_t *Qout, ptrdiff_t ldqo,
                         float *Z, ptrdiff_t ldz);
-void fm_int8_strip_avx512_vnni(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdiff_t ldq,
-                               const int32_t *list, ptrdiff_t n_list, uint8_t *Qout, ptrdiff_t ldqo,
-                               float *Z, ptrdiff_t ldz);
-void fm_int8_strip_avx_vnni(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdiff_t ldq,
-                            const int32_t *list, ptrdiff_t n_list, uint8_t *Qout, ptrdiff_t ldqo,
-                            float *Z, ptrdiff_t ldz);
-void fm_int8_strip_vnni_emulated(int mr, const fm_int8_layer *L, const uint8_t *Q, ptrdiff_t ldq,
-                                 const int32_t *list, ptrdiff_t n_list, uint8_t *Qout, ptrdiff_t ldqo,
-                                 float *Z, ptrdiff_t ldz);
+void fm_int8_strip_avx512_vnni(int mr, const fm_int8_layer *L, const uint8_t *Q,
+                               ptrdiff_t ldq, const int32_t *list, ptrdiff_t n_list,
+                               uint8_t *Qout, ptrdiff_t ldqo, float *Z, ptrdiff_t ldz);
+void fm_int8_strip_avx_vnni(int mr, const fm_int8_layer *L, const uint8_t *Q,
+                            ptrdiff_t ldq, const int32_t *list, ptrdiff_t n_list,
+                            uint8_t *Qout, ptrdiff_t ldqo, float *Z, ptrdiff_t ldz);
+void fm_int8_strip_vnni_emulated(int mr, const fm_int8_layer *L, const uint8_t *Q,
+                                 ptrdiff_t ldq, const int32_t *list, ptrdiff_t n_list,
+                                 uint8_t *Qout, ptrdiff_t ldqo, float *Z, ptrdiff_t ldz);
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define FM_INT8_X86 1

@@ -63,8 +63,7 @@ void FN(fm_act_backward)(ptrdiff_t n, ptrdiff_t m, const T *A, const T *mask, T 
     }
 }
 
-/* 1 if x[0..n) are all zero; for the 8 inputs fm_vecmat tests at once, one compare and
-   no branch per input. */
+/* 1 if x[0..n) are all zero: for a few inputs, one compare each and no branch. */
 static inline int FN(all_zero)(ptrdiff_t n, const T *x)
 {
     int nonzero = 0;
@@ -72,44 +71,42 @@ static inline int FN(all_zero)(ptrdiff_t n, const T *x)
     return !nonzero;
 }
 
+/* acc[0..cols) += x @ W[:, j0:j0 + cols] (W n_in x n_out), skipping the rows of W whose
+   input is zero; runs of 8 zero inputs (an image's borders) in one test, since a test per
+   input cost 2-4 cycles, more than the rows a sparse input reads. */
+static inline __attribute__((always_inline)) void FN(vecmat_cols)(
+    ptrdiff_t n_in, ptrdiff_t n_out, const T *x, const T *W, ptrdiff_t j0, ptrdiff_t cols,
+    T *restrict acc)
+{
+    enum { SKIP = 8 };
+    for (ptrdiff_t i0 = 0; i0 < n_in; i0 += SKIP) {
+        const ptrdiff_t i1 = n_in - i0 < SKIP ? n_in : i0 + SKIP;
+        if (FN(all_zero)(i1 - i0, x + i0)) continue;
+        for (ptrdiff_t i = i0; i < i1; i++) {
+            const T xi = x[i];
+            if (xi == 0) continue;
+            const T *restrict w = W + i * n_out + j0;
+            for (ptrdiff_t j = 0; j < cols; j++) acc[j] += xi * w[j];
+        }
+    }
+}
+
 FM_CPU_DISPATCH
 void FN(fm_vecmat)(ptrdiff_t n_in, ptrdiff_t n_out, const T *x, const T *W, T *y)
 {
     /* Row by row of W (axpy form), in column blocks of FM_VECMAT_COLS so the block of y
        stays in registers; a zero input skips its row of W -- one sample's latency is the
-       memory W streams from, and ReLU outputs and pixel images are full of zeros. Runs of
-       FM_VECMAT_SKIP zero inputs (an image's borders) are skipped in one test: a test per
-       input cost 2-4 cycles, more than the rows a sparse input reads. */
-    enum { FM_VECMAT_COLS = 128, FM_VECMAT_SKIP = 8 };
+       memory W streams from, and ReLU outputs and pixel images are full of zeros. */
+    enum { FM_VECMAT_COLS = 128 };
     ptrdiff_t j0 = 0;
     for (; j0 + FM_VECMAT_COLS <= n_out; j0 += FM_VECMAT_COLS) {
         T acc[FM_VECMAT_COLS] = {0};
-        for (ptrdiff_t i0 = 0; i0 < n_in; i0 += FM_VECMAT_SKIP) {
-            const ptrdiff_t i1 = n_in - i0 < FM_VECMAT_SKIP ? n_in : i0 + FM_VECMAT_SKIP;
-            if (FN(all_zero)(i1 - i0, x + i0)) continue;
-            for (ptrdiff_t i = i0; i < i1; i++) {
-                const T xi = x[i];
-                if (xi == 0) continue;
-                const T *restrict w = W + i * n_out + j0;
-                for (int j = 0; j < FM_VECMAT_COLS; j++) acc[j] += xi * w[j];
-            }
-        }
+        FN(vecmat_cols)(n_in, n_out, x, W, j0, FM_VECMAT_COLS, acc);
         for (int j = 0; j < FM_VECMAT_COLS; j++) y[j0 + j] = acc[j];
     }
-    if (j0 < n_out) { /* the last, narrower block */
-        T *restrict out = y + j0;
-        const ptrdiff_t rest = n_out - j0;
-        for (ptrdiff_t j = 0; j < rest; j++) out[j] = 0;
-        for (ptrdiff_t i0 = 0; i0 < n_in; i0 += FM_VECMAT_SKIP) {
-            const ptrdiff_t i1 = n_in - i0 < FM_VECMAT_SKIP ? n_in : i0 + FM_VECMAT_SKIP;
-            if (FN(all_zero)(i1 - i0, x + i0)) continue;
-            for (ptrdiff_t i = i0; i < i1; i++) {
-                const T xi = x[i];
-                if (xi == 0) continue;
-                const T *restrict w = W + i * n_out + j0;
-                for (ptrdiff_t j = 0; j < rest; j++) out[j] += xi * w[j];
-            }
-        }
+    if (j0 < n_out) { /* the last, narrower block, summed in place */
+        for (ptrdiff_t j = j0; j < n_out; j++) y[j] = 0;
+        FN(vecmat_cols)(n_in, n_out, x, W, j0, n_out - j0, y + j0);
     }
 }
 

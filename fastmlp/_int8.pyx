@@ -226,7 +226,7 @@ cdef class Int8Network:
         to check and convert. NaN and infinity raise ValueError, as in :meth:`forward`.
         """
         cdef Py_buffer view, out
-        cdef int bad
+        cdef int bad = 0
         if type(X) is not np.ndarray or X.dtype is not FLOAT32:
             return None
         if not ready_rows(X, self.layers[0].k, PARALLEL_ROWS, &view):

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""The compiled network (``Network``), shared with the trainer."""
+"""The compiled network (``Network``), shared with the trainer; the request gate, shared
+with the int8 network."""
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_STRIDES
 from cython cimport floating
 from libc.stdint cimport int32_t, int64_t, uintptr_t

@@ -13,11 +13,11 @@ blocks at least, so they run in parallel. fm_dense computes every row the same w
 wherever it falls, so results are bitwise the same for any thread count and block size.
 This module is the one home of the names and limits the Python layer checks against.
 """
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
-from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 
 from cython cimport floating
 
