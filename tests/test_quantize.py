@@ -97,6 +97,16 @@ def test_packing_layout():
                     assert P[t, g, c, i] == want
 
 
+def test_default_variant_is_the_fastest_kind_this_cpu_runs():
+    """VNNI where the CPU has it, else AVX2, else plain C; never the emulated VNNI, which
+    is slower than AVX2 and only lets tests run the VNNI code on AVX2 machines."""
+    assert "base" in ISAS and K.isa_best() in ISAS
+    ranked = ["avx512_vnni", "avx_vnni", "avx2", "base"]
+    assert K.isa_best() == next(isa for isa in ranked if isa in ISAS)
+    if "avx2" in ISAS:
+        assert "vnni_emulated" in ISAS
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("sizes", SHAPES, ids=str)
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
