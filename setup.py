@@ -56,6 +56,7 @@ COMPILE_SECONDS = {
     "csrc/fm_dense_base.c": 5,
     "csrc/fm_dense_wide.c": 5,
     "csrc/fm_kernels.c": 3,
+    "csrc/fm_int8_vnni.c": 1,
     "fastmlp/_network.c": 10,
     "fastmlp/_trainer.c": 10,
     "fastmlp/_kernels.c": 11,
