@@ -5,20 +5,20 @@
 
 int fm_int8_isa_available(int isa)
 {
+#if FM_INT8_X86
+    __builtin_cpu_init();
+#endif
     switch (isa) {
     case FM_INT8_ISA_BASE:
         return 1;
 #if FM_INT8_X86
     case FM_INT8_ISA_AVX2:
     case FM_INT8_ISA_VNNI_EMULATED:
-        __builtin_cpu_init();
         return __builtin_cpu_supports("avx2");
     case FM_INT8_ISA_AVX512_VNNI:
-        __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512vnni") &&
                __builtin_cpu_supports("avx512vl");
     case FM_INT8_ISA_AVX_VNNI:
-        __builtin_cpu_init();
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
 #endif
     default:
