@@ -71,16 +71,17 @@ static inline int FN(all_zero)(ptrdiff_t n, const T *x)
     return !nonzero;
 }
 
-/* acc[0..cols) += x @ W[:, j0:j0 + cols] (W n_in x n_out), skipping the rows of W whose
-   input is zero; runs of 8 zero inputs (an image's borders) in one test, since a test per
-   input cost 2-4 cycles, more than the rows a sparse input reads. */
+/* acc[0..cols) += x[0:rows] @ W[0:rows, j0:j0 + cols] (W's rows n_out apart), skipping
+   the rows of W whose input is zero; runs of 8 zero inputs (an image's borders) in one
+   test, since a test per input cost 2-4 cycles, more than the rows a sparse input reads.
+   cols is a constant after inlining: the sums stay in registers. */
 static inline __attribute__((always_inline)) void FN(vecmat_cols)(
-    ptrdiff_t n_in, ptrdiff_t n_out, const T *x, const T *W, ptrdiff_t j0, ptrdiff_t cols,
-    T *restrict acc)
+    ptrdiff_t rows, ptrdiff_t n_out, const T *x, const T *W, ptrdiff_t j0,
+    const ptrdiff_t cols, T *restrict acc)
 {
     enum { SKIP = 8 };
-    for (ptrdiff_t i0 = 0; i0 < n_in; i0 += SKIP) {
-        const ptrdiff_t i1 = n_in - i0 < SKIP ? n_in : i0 + SKIP;
+    for (ptrdiff_t i0 = 0; i0 < rows; i0 += SKIP) {
+        const ptrdiff_t i1 = rows - i0 < SKIP ? rows : i0 + SKIP;
         if (FN(all_zero)(i1 - i0, x + i0)) continue;
         for (ptrdiff_t i = i0; i < i1; i++) {
             const T xi = x[i];
@@ -91,12 +92,35 @@ static inline __attribute__((always_inline)) void FN(vecmat_cols)(
     }
 }
 
+/* y[j0:n_out] = x @ W[:, j0:n_out], fewer than 128 columns, summed in `width` of them (a
+   constant: in registers, where sums in y went through memory at each input). Rows of W
+   are read whole widths long, past their end into the next rows, whose sums are dropped;
+   the last rows, which would be read past W itself, come one by one from a zero-padded
+   copy. */
+static inline __attribute__((always_inline)) void FN(vecmat_tail)(
+    ptrdiff_t n_in, ptrdiff_t n_out, const T *x, const T *W, ptrdiff_t j0,
+    const ptrdiff_t width, T *y)
+{
+    T acc[128] = {0}, row[128] = {0};
+    ptrdiff_t in_place = n_in;
+    while (in_place > 0 && (in_place - 1) * n_out + j0 + width > n_in * n_out) in_place--;
+    FN(vecmat_cols)(in_place, n_out, x, W, j0, width, acc);
+    for (ptrdiff_t i = in_place; i < n_in; i++) {
+        for (ptrdiff_t j = j0; j < n_out; j++) row[j - j0] = W[i * n_out + j];
+        FN(vecmat_cols)(1, 0, x + i, row, 0, width, acc);
+    }
+    for (ptrdiff_t j = j0; j < n_out; j++) y[j] = acc[j - j0];
+}
+
 FM_CPU_DISPATCH
 void FN(fm_vecmat)(ptrdiff_t n_in, ptrdiff_t n_out, const T *x, const T *W, T *y)
 {
     /* Row by row of W (axpy form), in column blocks of FM_VECMAT_COLS so the block of y
        stays in registers; a zero input skips its row of W -- one sample's latency is the
-       memory W streams from, and ReLU outputs and pixel images are full of zeros. */
+       memory W streams from, and ReLU outputs and pixel images are full of zeros. Every
+       y[j] sums x[i] * W[i, j] over the nonzero x[i] in order of i; as each sum starts
+       from +0 and never becomes -0, adding 0 * W[i, j] would change no bit, so y is
+       fm_dense's row bit for bit where both compile to the same instructions. */
     enum { FM_VECMAT_COLS = 128 };
     ptrdiff_t j0 = 0;
     for (; j0 + FM_VECMAT_COLS <= n_out; j0 += FM_VECMAT_COLS) {
@@ -104,10 +128,13 @@ void FN(fm_vecmat)(ptrdiff_t n_in, ptrdiff_t n_out, const T *x, const T *W, T *y
         FN(vecmat_cols)(n_in, n_out, x, W, j0, FM_VECMAT_COLS, acc);
         for (int j = 0; j < FM_VECMAT_COLS; j++) y[j0 + j] = acc[j];
     }
-    if (j0 < n_out) { /* the last, narrower block, summed in place */
-        for (ptrdiff_t j = j0; j < n_out; j++) y[j] = 0;
-        FN(vecmat_cols)(n_in, n_out, x, W, j0, n_out - j0, y + j0);
-    }
+    /* The last, narrower block: one compiled width per case (the 10 outputs: 16). */
+    if (n_out - j0 > 64)
+        FN(vecmat_tail)(n_in, n_out, x, W, j0, 128, y);
+    else if (n_out - j0 > 16)
+        FN(vecmat_tail)(n_in, n_out, x, W, j0, 64, y);
+    else if (n_out > j0)
+        FN(vecmat_tail)(n_in, n_out, x, W, j0, 16, y);
 }
 
 FM_CPU_DISPATCH

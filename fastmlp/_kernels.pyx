@@ -16,6 +16,9 @@ from fastmlp._ckernels cimport (FM_ISA_AUTO, FM_ISA_AVX2, FM_ISA_AVX512, FM_ISA_
                                 FM_ISA_WIDE, fm_dense_isa_available, fm_dense_isa_best,
                                 fm_dense_tail_size)
 
+cdef extern from "fm_dispatch.h":
+    int FM_VECMAT_DENSE_BITS
+
 import numpy as np
 
 from fastmlp._network import ACTIVATIONS as _ACT
@@ -357,6 +360,10 @@ def gemm(const floating[:, ::1] A, const floating[:, ::1] B, floating[:, ::1] C,
     with nogil:
         _gemm(trans_a, trans_b, m, n, k, alpha, &A[0, 0], <int> A.shape[1], &B[0, 0],
               <int> B.shape[1], beta, &C[0, 0], <int> C.shape[1])
+
+
+# Whether this build gives one row fm_dense's bits through fm_vecmat (csrc/fm_dispatch.h).
+VECMAT_DENSE_BITS = bool(FM_VECMAT_DENSE_BITS)
 
 
 def vecmat(const floating[::1] x, const floating[:, ::1] W):

@@ -626,6 +626,25 @@ def test_vecmat_matches_matmul_with_and_without_zeros(n_in, n_out, dtype):
         assert np.all(np.abs(K.vecmat(v, W) - exact) <= bound)
 
 
+@pytest.mark.skipif(not K.VECMAT_DENSE_BITS, reason="this compiler's build promises no bits")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_in", [1, 9, 130])
+def test_vecmat_gives_fm_dense_bits(n_in, dtype):
+    # One row's prediction is a batch's row bit for bit: every width of fm_vecmat's last
+    # column block (1-16, 17-64, 65-127 columns, read past each row's end, the last rows
+    # from padded copies), behind whole blocks of 128 or not, the last input zero or not.
+    rng = np.random.default_rng(n_in)
+    for n_out in (1, 10, 16, 17, 64, 65, 127, 128, 129, 200, 300):
+        W = rng.standard_normal((n_in, n_out)).astype(dtype)
+        zeros_b = np.zeros(n_out, dtype)
+        for sparsity in (0.0, 0.5):
+            x = (rng.standard_normal(n_in) * (rng.random(n_in) >= sparsity)).astype(dtype)
+            for last in (0.0, 1.25):
+                x[-1] = last
+                dense, _ = K.dense(x[None], W, zeros_b, "identity", pack_tail=False)
+                np.testing.assert_array_equal(K.vecmat(x, W), dense[0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [0, 1, 7, 16, 1001])
 def test_all_finite(n, dtype):

@@ -14,6 +14,7 @@ from fastmlp._trainer import Trainer
 
 import fastmlp
 from fastmlp import MLP
+from fastmlp import _kernels as K
 from fastmlp import reference as R
 
 DTYPES = [np.float32, np.float64]
@@ -87,6 +88,19 @@ def test_outputs_is_forward_of_one_block(dtype, n, softmax):
     assert not np.array_equal(got, model._network.outputs(X, not softmax))
     with pytest.raises(ValueError, match="NaN or infinity"):
         model._network.outputs(np.where(X == 0, np.nan, X).astype(dtype), softmax)
+
+
+@pytest.mark.skipif(not K.VECMAT_DENSE_BITS, reason="this compiler's build promises no bits")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_row_predicts_the_same_alone_or_in_a_batch(dtype):
+    """One row (fm_vecmat) gets the bits it gets among others (fm_dense's tiles, in
+    parallel blocks): a prediction does not depend on the request it came in."""
+    model = random_model(rng_for("alone", dtype), (37, 19, 6, 3), dtype)
+    X = rng_for("x alone").random((300, 37)).astype(dtype)
+    X[:, ::3] = 0
+    batch = model.predict_proba(X)
+    alone = np.concatenate([model.predict_proba(X[i : i + 1]) for i in range(len(X))])
+    np.testing.assert_array_equal(alone, batch)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
