@@ -198,23 +198,21 @@ class BuildExt(build_ext):
     def build_extensions(self):
         self.check_extensions_list(self.extensions)
         clib = self.get_finalized_command("build_clib")
-        archives = []  # (name, objects, path, whether to archive again)
+        archives = []  # (name, objects, path)
         with CompilePool(os.cpu_count() or 1) as pool:
             for name, info in clib.libraries:
                 objects = self.compiler.object_filenames(
                     info["sources"], output_dir=clib.build_temp
                 )
                 path = os.path.join(clib.build_clib, self.compiler.library_filename(name))
-                stale = not os.path.exists(path)
                 for source, obj in zip(info["sources"], objects):
                     if self.force or newer_group([source, *info["depends"]], obj):
-                        stale = True
                         flags = info["cflags"] + info["source_cflags"].get(source, [])
                         pool.submit(
                             source,
                             self.compile_fn(source, clib.build_temp, flags, info["include_dirs"]),
                         )
-                archives.append((name, objects, path, stale))
+                archives.append((name, objects, path))
             pool.start()  # with every library job queued, so the longest starts first
             c_file = {ext.name: ext.name.replace(".", "/") + ".c" for ext in self.extensions}
             for ext in sorted(
@@ -241,12 +239,14 @@ class BuildExt(build_ext):
                                 ext.define_macros + [(m,) for m in ext.undef_macros],
                             ),
                         )
-        for name, objects, _, stale in archives:
-            if stale:
+        # Against the objects, not this run's compiles: a build stopped between the two
+        # (a failing extension) left new objects in an old archive.
+        for name, objects, path in archives:
+            if not os.path.exists(path) or newer_group(objects, path):
                 self.compiler.create_static_lib(
                     objects, name, output_dir=clib.build_clib, debug=self.debug
                 )
-        paths = [path for _, _, path, _ in archives]
+        paths = [path for _, _, path in archives]
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             list(pool.map(lambda ext: self.link(ext, paths), self.extensions))
 
