@@ -227,9 +227,9 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
 
 FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,
                            const T *W, const T *b, const T *tail, int act, T *Z,
-                           ptrdiff_t ldz)
+                           ptrdiff_t ldz, int accumulate)
 {
-    return DN(fm_dense_run)(m, k, n, A, lda, 0, W, b, tail, act, Z, ldz, 0);
+    return DN(fm_dense_run)(m, k, n, A, lda, 0, W, b, tail, act, Z, ldz, accumulate);
 }
 
 FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
@@ -247,13 +247,14 @@ FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
 #else /* no GCC vector extensions: plain loops with the same order of sums */
 
 int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const T *W,
-                 const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz)
+                 const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate)
 {
     int ok = 1;
     (void)tail;
     for (ptrdiff_t i = 0; i < m; i++) {
         T *restrict z = Z + i * ldz;
-        for (ptrdiff_t j = 0; j < n; j++) z[j] = 0;
+        if (!accumulate)
+            for (ptrdiff_t j = 0; j < n; j++) z[j] = 0;
         for (ptrdiff_t p = 0; p < k; p++) { /* axpy form: the j loop vectorises */
             const T s = A[i * lda + p];
             const T *restrict w = W + p * n;

@@ -419,31 +419,43 @@ def dense_isa_best():
 
 
 def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
-          str activation, str isa=None, bint pack_tail=True):
-    """``(activation(A @ W + b), A @ W is all finite)`` by fm_dense.
+          str activation, str isa=None, bint pack_tail=True, Z0=None):
+    """``(activation(A @ W + b), the sums are all finite)`` by fm_dense.
 
-    `isa` names a variant from :func:`dense_isas`; None means the best one. With
-    `pack_tail` the last columns go through a zero-padded copy, as prediction does;
-    without, fm_dense reads them from W in place (tail NULL), as training does.
+    `b` None adds no bias (with the identity). `isa` names a variant from :func:`dense_isas`; None means the
+    best one. With `pack_tail` the last columns go through a zero-padded copy, as
+    prediction does; without, fm_dense reads them from W in place (tail NULL), as
+    training does. With `Z0` the sums continue from it: ``activation(Z0 + A @ W + b)``.
     """
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[1]
-    _check(W.shape[0] == k and b.shape[0] == n, "shapes do not match")
-    _check(k > 0 and n > 0, "empty matrices")
+    _check(W.shape[0] == k and (b is None or b.shape[0] == n), "shapes do not match")
+    _check(n > 0 and (k > 0 or Z0 is not None), "empty matrices")
     cdef int code = FM_ISA_AUTO if isa is None else DENSE_ISAS[isa]
     _check(isa is None or fm_dense_isa_available(code), f"this CPU cannot run {isa}")
     cdef int act = _ACT[activation]
+    _check(b is not None or activation == "identity", "b=None needs activation='identity'")
     dtype = np.asarray(W).dtype
-    Z = np.empty((m, n), dtype=dtype)
+    Z = np.empty((m, n), dtype=dtype) if Z0 is None else np.array(Z0, dtype=dtype)
+    _check(Z.shape == (m, n), "Z0 does not match")
     tail = np.zeros(fm_dense_tail_size(k, n, sizeof(floating)) + 1, dtype=dtype)
     cdef floating[:, ::1] z = Z
     cdef floating[::1] t = tail
-    cdef int ok = 1
+    cdef const floating *bp = NULL
+    cdef const floating *ap = NULL
+    cdef const floating *wp = NULL
+    if b is not None:
+        bp = &b[0]
+    if k > 0:
+        ap = &A[0, 0]
+        wp = &W[0, 0]
+    cdef int ok = 1, accumulate = Z0 is not None
     if m == 0:
         return Z, True
     with nogil:
-        fm.dense_pack_tail(k, n, &W[0, 0], &b[0], &t[0])
-        ok = fm.dense(m, k, n, &A[0, 0], k, &W[0, 0], &b[0],
-                      &t[0] if pack_tail else NULL, act, &z[0, 0], n, code)
+        if k > 0 and bp != NULL:
+            fm.dense_pack_tail(k, n, wp, bp, &t[0])
+        ok = fm.dense(m, k, n, ap, k, wp, bp, &t[0] if pack_tail and k > 0 and bp != NULL
+                      else NULL, act, &z[0, 0], n, accumulate, code)
     return Z, bool(ok)
 
 

@@ -580,7 +580,7 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
             fm.bias_act(1, fan_out, z, params + lay.b_off[l], act)
         else:
             ok = fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
-                          params + lay.b_off[l], tails + t_off[l], act, z, fan_out, isa)
+                          params + lay.b_off[l], tails + t_off[l], act, z, fan_out, 0, isa)
         # NaN/inf in X show in the first layer's products (NaN propagates, inf * w is
         # inf or NaN): a test on fan_out columns instead of fan_in.
         if l == 1 and not ok:

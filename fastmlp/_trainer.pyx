@@ -34,8 +34,8 @@ the order of the samples (C reads memory by it).
 """
 from cython.parallel cimport prange
 from libc.math cimport isfinite, INFINITY
-from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from cython cimport floating
@@ -70,6 +70,10 @@ cdef enum:
     L2_WEIGHT_BYTES = 512 * 1024   # weights that stay in a core's L2 (see block_rows_for)
     PARAM_PARTS = 4
     COLUMN_PARTS = 2     # parts of a wide leading layer's columns (see wide_columns)
+    # The first layer's runs of input features (see active_runs): zero features fewer
+    # than ZERO_GAP stay inside a run, at most MAX_RUNS runs.
+    ZERO_GAP = 8
+    MAX_RUNS = 64
 
 cpdef enum Optimizer:
     OPT_ADAM = 0
@@ -111,6 +115,7 @@ cdef struct Workspace:
     bint sparse                         # X is CSR: no A_0, the first layer reads it
     int wide_lead                       # leading layers run by columns (wide_columns)
     Py_ssize_t block_rows               # rows per block of the row phase
+    bint skip_zeros                     # the first layer skips zero input features
 
 
 cdef struct Hyper:
@@ -137,6 +142,9 @@ cdef struct Buffers:
     void *state2                        # Adam's second moment (or NULL)
     void *ws                            # the workspace (Workspace gives its layout)
     int32_t *ybuf                       # gathered labels
+    # With skip_zeros, per row block which input features its rows use (1) or leave all
+    # zero (0), sizes[0] bytes each; after the last block's, the batch's.
+    uint8_t *active
 
 
 cdef struct Batch:
@@ -230,6 +238,8 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
             p += (capacity + 2) * lay.sizes[l]
             widest = max(widest, lay.sizes[l])
     w.block_rows = block_rows_for(lay, capacity, elem)
+    w.skip_zeros = (not sparse and lay.norm != NORM_BATCH
+                    and not blas_layer(lay.sizes[0], lay.sizes[1], elem))
     # LayerNorm needs whole rows between layers: with it, the first layer at most.
     w.wide_lead = 0
     if not sparse and lay.norm != NORM_BATCH:
@@ -290,7 +300,7 @@ cdef class Trainer:
     cdef readonly Py_ssize_t batch_size
     cdef readonly int n_threads
     cdef readonly object grads
-    cdef object ws, ybuf, X, y, sample_weight, state1, state2
+    cdef object ws, ybuf, active, X, y, sample_weight, state1, state2
     cdef int64_t n_last                 # rows of the last step (for dropout_masks)
     cdef readonly bint adaptive_threads
     cdef fm_tuner tuner
@@ -352,6 +362,10 @@ cdef class Trainer:
                                     uses_targets(network.loss), dtype.itemsize, sparse)
         self.ws = np.empty(self.wsl.size, dtype=dtype)
         self.ybuf = np.empty(self.batch_size, dtype=np.int32)
+        self.active = None   # the first layer's marks (Buffers.active)
+        if self.wsl.skip_zeros:
+            self.active = np.empty((row_blocks(&self.wsl, self.batch_size) + 1)
+                                   * network.layout.sizes[0], dtype=np.uint8)
         self.grads = np.zeros_like(network.params)
         self.n_last = 0
 
@@ -363,7 +377,10 @@ cdef class Trainer:
         cdef Workspace w = workspace_layout(&network.layout, batch_size, dropout > 0,
                                             uses_targets(network.loss),
                                             network.dtype.itemsize, sparse)
-        return (w.size + network.layout.n_params) * network.dtype.itemsize
+        cdef Py_ssize_t marks = 0
+        if w.skip_zeros:
+            marks = (row_blocks(&w, batch_size) + 1) * network.layout.sizes[0]
+        return (w.size + network.layout.n_params) * network.dtype.itemsize + marks
 
     def set_optimizer(self, str name, dict state, *, betas=(0.9, 0.999), double eps=1e-8,
                       double momentum=0.9, double weight_decay=0.0):
@@ -510,6 +527,7 @@ cdef Buffers buffers(Trainer tr, floating[::1] params) except *:
     cdef floating[::1] s1
     cdef floating[::1] s2
     cdef int32_t[::1] ybuf = tr.ybuf
+    cdef uint8_t[::1] active
     buf.X = NULL
     buf.csr.indptr = NULL
     buf.csr.indices = NULL
@@ -546,6 +564,10 @@ cdef Buffers buffers(Trainer tr, floating[::1] params) except *:
     buf.grads = &g[0]
     buf.ws = &ws[0]
     buf.ybuf = &ybuf[0]
+    buf.active = NULL
+    if tr.active is not None:
+        active = tr.active
+        buf.active = &active[0]
     return buf
 
 
@@ -643,8 +665,7 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
     cdef double block_loss[MAX_BLOCKS]
     cdef int64_t block_correct[MAX_BLOCKS]
     # The partition depends on the batch size alone, never on the thread count.
-    cdef int n_blocks = <int> min((b.n + wsl.block_rows - 1) // wsl.block_rows,
-                                  <Py_ssize_t> MAX_BLOCKS)
+    cdef int n_blocks = row_blocks(wsl, b.n)
     cdef int i, item, l, L = lay.n_layers
     cdef Py_ssize_t r0, r1
     cdef double total = 0
@@ -673,7 +694,7 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
             r1 = (i + 1) * b.n // n_blocks
             block_correct[i] = 0
             fpu = fm_denormals_off()   # Adam's decaying moments make denormals
-            block_loss[i] = rows_step(lay, wsl, h, buf, b, ws, r0, r1 - r0,
+            block_loss[i] = rows_step(lay, wsl, h, buf, b, ws, i, r0, r1 - r0,
                                       &block_correct[i])
             fm_fpu_restore(fpu)
     # The deltas the wide leading layers pass back: D_{l-1} from D_l, for the whole batch.
@@ -695,18 +716,18 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
 
 
 cdef double rows_step(const Layout *lay, const Workspace *wsl, const Hyper *h,
-                      const Buffers *buf, const Batch *b, floating *ws, Py_ssize_t r0,
-                      Py_ssize_t nr, int64_t *n_correct) noexcept nogil:
-    """Row phase for rows r0..r0+nr of the batch: gather, forward, loss and dZ, backward
-    chain of deltas; with wide_lead, what wide_columns does is left out (the gather, those
-    layers' linear part and the deltas they pass back). Returns the rows' summed
-    (weighted) loss."""
+                      const Buffers *buf, const Batch *b, floating *ws, int block,
+                      Py_ssize_t r0, Py_ssize_t nr, int64_t *n_correct) noexcept nogil:
+    """Row phase for row block `block`, rows r0..r0+nr of the batch: gather, forward,
+    loss and dZ, backward chain of deltas; with wide_lead, what wide_columns does is left
+    out (the gather, those layers' linear part and the deltas they pass back). Returns the
+    rows' summed (weighted) loss."""
     cdef int L = lay.n_layers, l, width
     cdef const floating *params = <const floating *> buf.params
     cdef double loss
     if not wsl.wide_lead:
         gather_rows(lay, wsl, buf, b, ws, r0, nr)
-    forward_rows(lay, wsl, h, buf, ws, b.seed, r0, nr, b.rows + r0)
+    forward_rows(lay, wsl, h, buf, ws, b.seed, block, r0, nr, b.rows + r0)
     loss = loss_rows(lay, wsl, h, buf, b, ws, r0, nr, n_correct)
     for l in range(L, max(wsl.wide_lead, 1), -1):
         # D_{l-1} = D_l @ W_l^T, then through dropout and the activation of layer l - 1.
@@ -783,7 +804,7 @@ cdef inline void delta_rows(const Layout *lay, const Workspace *wsl, const Buffe
         fm.dense(nr, lay.sizes[l], width, (ws + wsl.d_off[l] + r0 * lay.sizes[l]),
                  lay.sizes[l], (ws + wsl.wt_off[l]), <const floating *> NULL,
                  <const floating *> NULL, FM_IDENTITY, (ws + wsl.d_off[l - 1] + r0 * width),
-                 width, FM_ISA_AUTO)
+                 width, 0, FM_ISA_AUTO)
     else:
         gemm(False, True, <int> nr, width, lay.sizes[l], <floating> 1,
              (ws + wsl.d_off[l] + r0 * lay.sizes[l]), lay.sizes[l],
@@ -795,11 +816,12 @@ cdef inline void delta_rows(const Layout *lay, const Workspace *wsl, const Buffe
 
 
 cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
-                       const Buffers *buf, floating *ws, uint64_t seed, Py_ssize_t r0,
-                       Py_ssize_t nr, const int64_t *rows) noexcept nogil:
-    """Forward pass of rows r0..r0+nr of the workspace (A_0 gathered), into A_1..A_L;
-    with dropout, hidden layers also write their masks and dropped activations. A sparse
-    X's first layer reads samples `rows` (the block's) from the CSR arrays instead."""
+                       const Buffers *buf, floating *ws, uint64_t seed, int block,
+                       Py_ssize_t r0, Py_ssize_t nr, const int64_t *rows) noexcept nogil:
+    """Forward pass of row block `block`, rows r0..r0+nr of the workspace (A_0
+    gathered), into A_1..A_L; with dropout, hidden layers also write their masks and
+    dropped activations. A sparse X's first layer reads samples `rows` (the block's) from
+    the CSR arrays instead."""
     cdef int L = lay.n_layers, l, fan_out
     cdef bint norm
     cdef const floating *params = <const floating *> buf.params
@@ -808,7 +830,7 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
         norm = lay.norm == NORM_LAYER and l < L
         # LayerNorm applies the activation
         if l > wsl.wide_lead:
-            linear_rows(lay, wsl, buf, ws, l, r0, nr, rows,
+            linear_rows(lay, wsl, buf, ws, l, block, r0, nr, rows,
                         FM_IDENTITY if norm else lay.acts[l])
         if norm:
             fm.layer_norm(nr, fan_out, (ws + wsl.a_off[l] + r0 * fan_out),
@@ -820,14 +842,16 @@ cdef void forward_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
 
 
 cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buffers *buf,
-                             floating *ws, int l, Py_ssize_t r0, Py_ssize_t nr,
+                             floating *ws, int l, int block, Py_ssize_t r0, Py_ssize_t nr,
                              const int64_t *rows, int act) noexcept nogil:
-    """A_l = act(input W_l + b_l) for rows r0..r0+nr; the input is A_{l-1}, its dropped
-    copy with dropout, or for l = 1 a sparse X's samples `rows`.
+    """A_l = act(input W_l + b_l) for rows r0..r0+nr (row block `block`, or -1 outside
+    the row phase); the input is A_{l-1}, its dropped copy with dropout, or for l = 1 a
+    sparse X's samples `rows`.
 
     fm_dense reads W in place (unlike OpenBLAS, which repacks W for every block of a few
     rows), its last n % 16 columns through a padded copy per block (tail NULL: W changes
-    every step); a W beyond L2 goes to OpenBLAS (blas_layer).
+    every step); a W beyond L2 goes to OpenBLAS (blas_layer). With skip_zeros, the first
+    layer runs over the block's runs of input features that are not all zero.
     """
     cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
     cdef const floating *params = <const floating *> buf.params
@@ -846,8 +870,85 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
              params + lay.w_off[l], fan_out, <floating> 0, z, fan_out)
         fm.bias_act(nr, fan_out, z, params + lay.b_off[l], act)
         return
+    if l == 1 and block >= 0 and buf.active != NULL:
+        mark_active(inp, nr, fan_in, buf.active + block * fan_in)
+        dense_runs(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
+                   params + lay.b_off[l], act, z, buf.active + block * fan_in)
+        return
     fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l], params + lay.b_off[l],
-             <const floating *> NULL, act, z, fan_out, FM_ISA_AUTO)
+             <const floating *> NULL, act, z, fan_out, 0, FM_ISA_AUTO)
+
+
+cdef inline int row_blocks(const Workspace *wsl, Py_ssize_t n) noexcept nogil:
+    """Row blocks of a step of n rows: from the batch size alone, never the threads."""
+    return <int> min((n + wsl.block_rows - 1) // wsl.block_rows, <Py_ssize_t> MAX_BLOCKS)
+
+
+cdef inline void mark_active(const floating *A, Py_ssize_t nr, Py_ssize_t width,
+                             uint8_t *active) noexcept nogil:
+    """active[j] = 1 where column j of the nr rows of A (width apart) holds any bit but
+    +0's (NaN, inf and -0 count), else 0."""
+    cdef Py_ssize_t r, j
+    cdef const uint32_t *a32 = <const uint32_t *> A
+    cdef const uint64_t *a64 = <const uint64_t *> A
+    memset(active, 0, width)
+    for r in range(nr):
+        if floating is float:
+            for j in range(width):
+                active[j] |= a32[r * width + j] != 0
+        else:
+            for j in range(width):
+                active[j] |= a64[r * width + j] != 0
+
+
+cdef inline int active_runs(const uint8_t *active, Py_ssize_t i0, Py_ssize_t i1,
+                            Py_ssize_t *runs) noexcept nogil:
+    """The runs [runs[2r], runs[2r + 1]) of [i0, i1) that hold every active feature:
+    fewer than ZERO_GAP inactive ones stay inside a run, and the MAX_RUNS-th run goes to
+    the last active feature. Returns how many."""
+    cdef Py_ssize_t i = i0, last
+    cdef int n = 0
+    while True:
+        while i < i1 and not active[i]:
+            i += 1
+        if i == i1:
+            return n
+        runs[2 * n] = i
+        last = i
+        while i < i1 and (i - last < ZERO_GAP or n == MAX_RUNS - 1):
+            if active[i]:
+                last = i
+            i += 1
+        runs[2 * n + 1] = last + 1
+        n += 1
+        i = last + 1
+
+
+cdef inline void dense_runs(Py_ssize_t nr, Py_ssize_t fan_in, Py_ssize_t fan_out,
+                            const floating *A, Py_ssize_t lda, const floating *W,
+                            const floating *bias, int act, floating *Z,
+                            const uint8_t *active) noexcept nogil:
+    """Z = act(A @ W + bias) (rows lda and fan_out apart) over the runs of `active`
+    input features alone: a zero input adds +0 or -0 to a sum that started at +0, which
+    changes no bit, so Z is the bits of the whole product. Rows of images and one-hot
+    columns are zero in most features."""
+    cdef Py_ssize_t runs[2 * MAX_RUNS]
+    cdef Py_ssize_t used = 0
+    cdef int n = active_runs(active, 0, fan_in, runs), r
+    for r in range(n):
+        used += runs[2 * r + 1] - runs[2 * r]
+    if used * 8 > fan_in * 7:   # too few zeros to pay for the runs' passes over Z
+        fm.dense(nr, fan_in, fan_out, A, lda, W, bias, <const floating *> NULL, act, Z,
+                 fan_out, 0, FM_ISA_AUTO)
+        return
+    if n == 0:   # Z = act(bias)
+        fm.dense(nr, 0, fan_out, A, lda, W, bias, <const floating *> NULL, act, Z, fan_out,
+                 0, FM_ISA_AUTO)
+    for r in range(n):
+        fm.dense(nr, runs[2 * r + 1] - runs[2 * r], fan_out, A + runs[2 * r], lda,
+                 W + runs[2 * r] * fan_out, bias if r == n - 1 else <const floating *> NULL,
+                 <const floating *> NULL, act if r == n - 1 else FM_IDENTITY, Z, fan_out,
+                 r > 0, FM_ISA_AUTO)
 
 
 cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *buf,
@@ -983,11 +1084,11 @@ cdef double bn_forward_stage(const Layout *lay, const Workspace *wsl, const Hype
             dropout_rows(lay, wsl, h, ws, b.seed, s - 1, r0, nr)
     m = lay.sizes[s]
     if s < L:
-        linear_rows(lay, wsl, buf, ws, s, r0, nr, b.rows + r0, FM_IDENTITY)
+        linear_rows(lay, wsl, buf, ws, s, -1, r0, nr, b.rows + r0, FM_IDENTITY)
         fm.batch_norm_partial(nr, m, (ws + wsl.a_off[s] + r0 * m), part + i * m,
                               part + (n_blocks + i) * m)
         return 0
-    linear_rows(lay, wsl, buf, ws, s, r0, nr, b.rows + r0, lay.acts[s])
+    linear_rows(lay, wsl, buf, ws, s, -1, r0, nr, b.rows + r0, lay.acts[s])
     loss = loss_rows(lay, wsl, h, buf, b, ws, r0, nr, n_correct)
     delta_rows(lay, wsl, buf, ws, L, r0, nr)
     m = lay.sizes[L - 1]
@@ -1053,6 +1154,9 @@ cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
                 gemm(True, False, <int> (i1 - i0), fan_out, <int> nb, <floating> 1,
                      (ws + in_off + i0), fan_in, dz, fan_out,
                      <floating> accumulate, grads + off, fan_out)
+            elif l == 1 and buf.active != NULL:
+                dense_at_runs(wsl, buf.active, nb, i0, i1, fan_in, fan_out, ws + in_off, dz,
+                              grads + lay.w_off[l], accumulate)
             else:
                 fm.dense_at(i1 - i0, nb, fan_out, (ws + in_off + i0), fan_in, dz,
                             grads + off, fan_out, accumulate, FM_ISA_AUTO)
@@ -1073,6 +1177,41 @@ cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
             cnt = 3 * fan_out
         if update:
             optimizer_update(h, buf, params, off, cnt)
+
+
+cdef inline void dense_at_runs(const Workspace *wsl, uint8_t *active, Py_ssize_t nb,
+                               Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t fan_in,
+                               Py_ssize_t fan_out, const floating *A, const floating *dz,
+                               floating *G, int accumulate) noexcept nogil:
+    """Rows [i0, i1) of the first layer's weight gradient, G (+)= A^T @ dz (A: the nb
+    gathered rows), over the runs of input features some row of the batch uses (the row
+    blocks' marks, combined here for these features): a feature zero in every row has a
+    gradient of +0 exactly (or keeps its L2 term), as the whole product would give."""
+    cdef Py_ssize_t runs[2 * MAX_RUNS]
+    cdef Py_ssize_t used = 0, i, prev = i0
+    cdef int n_blocks = row_blocks(wsl, nb), blk, n, r
+    cdef uint8_t *batch = active + n_blocks * fan_in
+    for i in range(i0, i1):
+        batch[i] = 0
+    for blk in range(n_blocks):
+        for i in range(i0, i1):
+            batch[i] |= active[blk * fan_in + i]
+    n = active_runs(batch, i0, i1, runs)
+    for r in range(n):
+        used += runs[2 * r + 1] - runs[2 * r]
+    if used * 8 > (i1 - i0) * 7:   # too few zeros to pay for the runs
+        n = 1
+        runs[0] = i0
+        runs[1] = i1
+    for r in range(n + 1):
+        if not accumulate:   # the features before run r (or after the last): all zero
+            memset(G + prev * fan_out, 0,
+                   ((runs[2 * r] if r < n else i1) - prev) * fan_out * sizeof(floating))
+        if r == n:
+            break
+        fm.dense_at(runs[2 * r + 1] - runs[2 * r], nb, fan_out, A + runs[2 * r], fan_in, dz,
+                    G + runs[2 * r] * fan_out, fan_out, accumulate, FM_ISA_AUTO)
+        prev = runs[2 * r + 1]
 
 
 cdef inline void optimizer_update(const Hyper *h, const Buffers *buf, floating *params,

@@ -122,6 +122,32 @@ def test_dense_k_blocks_keep_the_sum_in_order(isa, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k,n", [(700, 130), (40, 10), (9, 16)])
+def test_dense_accumulates_parts_of_k_exactly(isa, k, n, dtype):
+    """fm_dense continuing from Z (the first layer's runs of features in training): the
+    parts of k, accumulated in order, give the bits of one call, the bias and activation
+    applied by the last part alone; an empty k leaves act(Z + b)."""
+    rng = rng_for("accumulate", isa, k, n, str(dtype))
+    W, b = layer(rng, k, n, dtype)
+    A = rng.standard_normal((13, k)).astype(dtype)
+    cuts = [0, 1, k // 3, k // 3 + 5, k]
+    for act in ACTS:
+        Z = None
+        for p0, p1, last in zip(cuts, cuts[1:], [False] * 3 + [True]):
+            part = (np.ascontiguousarray(A[:, p0:p1]), np.ascontiguousarray(W[p0:p1]))
+            Z, ok = K.dense(
+                *part, b if last else None, act if last else "identity", isa, pack_tail=False, Z0=Z
+            )
+            assert ok
+        assert np.array_equal(Z, K.dense(A, W, b, act, isa, pack_tail=False)[0])
+    Z0 = rng.standard_normal((13, n)).astype(dtype)
+    empty = np.zeros((13, 0), dtype)
+    Z, _ = K.dense(empty, np.zeros((0, n), dtype), b, "relu", isa, pack_tail=False, Z0=Z0)
+    assert np.array_equal(Z, np.maximum(Z0 + b, 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
 def test_dense_reports_nonfinite_products(isa, dtype):
     rng = rng_for("nonfinite", isa, str(dtype))
     W, b = layer(rng, 19, 21, dtype)

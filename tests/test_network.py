@@ -311,6 +311,47 @@ def test_continued_training_copies_unaligned_optimizer_state(unaligned):
     assert np.array_equal(a.params_, b.params_)
 
 
+def zero_run_data(n, features, dtype, seed):
+    """Rows with runs of features zero in every row, in most rows, and scattered zeros, as
+    images and one-hot columns have; labels from a rule, so training moves."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, features)) * (rng.random((n, features)) < 0.4)
+    X[:, : features // 5] = 0  # a border: zero in every row
+    X[:, features // 2 : features // 2 + 9] = 0  # a gap longer than the runs bridge
+    X[rng.random(n) < 0.5, features // 3 : features // 3 + 12] = 0  # zero in half the rows
+    X[:, ::17] = 0  # short gaps, bridged
+    if features > 1000:  # more runs than a step takes apart (MAX_RUNS)
+        X[:, np.arange(features) % 16 < 8] = 0
+    y = (X[:, features // 5 :].sum(axis=1) > 0).astype(np.int64) + (X[:, -1] > 0)
+    return X.astype(dtype), y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "features, batch_size, options",
+    [
+        (60, 32, {}),
+        (60, 7, {"l2": 1e-3}),  # a partial last batch; L2 enters the gradient first
+        (60, 1, {"activation": "tanh"}),  # one row a block; the activation after the runs
+        (60, 40, {"normalization": "layer", "dropout": 0.2}),
+        (1500, 48, {}),
+    ],
+)
+def test_first_layer_skips_zero_features_exactly(features, batch_size, options, dtype):
+    """The first layer's products run over the input features some row uses, which must
+    give every bit of the whole product: -0 marks a feature used (nothing is skipped) and
+    contributes +0 or -0 just as a skipped +0 would, so both trainings agree bit for bit."""
+    X, y = zero_run_data(150, features, dtype, features + batch_size)
+    X_all = np.where(X == 0, -0.0, X).astype(dtype)
+    kw = dict(hidden=(13, 5), epochs=2, batch_size=batch_size, seed=3, dtype=dtype, n_threads=2)
+    skipping = fastmlp.train(X, y, **kw, **options)
+    dense = fastmlp.train(X_all, y, **kw, **options)
+    assert np.array_equal(skipping.params_, dense.params_)
+    assert not np.array_equal(
+        skipping.params_, fastmlp.train(X, y, **{**kw, "seed": 4}, **options).params_
+    )
+
+
 def test_compiled_entry_points_refuse_what_does_not_fit():
     """Error paths of the compiled calls that the public API never reaches."""
     model = random_model(rng_for("misfit"), (4, 6, 3), np.float64)
