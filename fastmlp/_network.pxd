@@ -3,12 +3,17 @@
 with the int8 network."""
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_STRIDES
 from cython cimport floating
-from libc.stdint cimport int32_t, int64_t, uintptr_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t, uintptr_t
+from libc.string cimport memset
 
 from fastmlp cimport _ckernels as fm
 
 cdef enum:
     MAX_LAYERS = 64      # Linear layers
+    # The first layer's runs of input features (active_runs): zero features fewer than
+    # ZERO_GAP stay inside a run, at most MAX_RUNS runs.
+    ZERO_GAP = 8
+    MAX_RUNS = 64
 
 
 cpdef enum Loss:
@@ -105,3 +110,80 @@ cdef inline double regression_loss(int loss, Py_ssize_t n, Py_ssize_t k, const f
     if loss == LOSS_POISSON:
         return fm.poisson(n, k, A, Y, w, scale, dA)
     return fm.squared_error(n, k, A, Y, w, scale, dA)
+
+
+# -- the first layer over the input features its rows use (prediction and training) ----
+
+cdef inline void mark_active(const floating *A, Py_ssize_t nr, Py_ssize_t width,
+                             uint8_t *active) noexcept nogil:
+    """active[j] = 1 where column j of the nr rows of A (width apart) holds any bit but
+    +0's (NaN, inf and -0 count), else 0."""
+    cdef Py_ssize_t r, j, used = 0
+    cdef const uint32_t *a32 = <const uint32_t *> A
+    cdef const uint64_t *a64 = <const uint64_t *> A
+    memset(active, 0, width)
+    for r in range(nr):
+        if floating is float:
+            for j in range(width):
+                active[j] |= a32[r * width + j] != 0
+        else:
+            for j in range(width):
+                active[j] |= a64[r * width + j] != 0
+        if r == 0:   # a dense first row (tabular data) marks every feature
+            for j in range(width):
+                used += active[j]
+            if used == width:
+                return
+
+
+cdef inline int active_runs(const uint8_t *active, Py_ssize_t i0, Py_ssize_t i1,
+                            Py_ssize_t *runs) noexcept nogil:
+    """The runs [runs[2r], runs[2r + 1]) of [i0, i1) that hold every active feature:
+    fewer than ZERO_GAP inactive ones stay inside a run, and the MAX_RUNS-th run goes to
+    the last active feature. Returns how many."""
+    cdef Py_ssize_t i = i0, last
+    cdef int n = 0
+    while True:
+        while i < i1 and not active[i]:
+            i += 1
+        if i == i1:
+            return n
+        runs[2 * n] = i
+        last = i
+        while i < i1 and (i - last < ZERO_GAP or n == MAX_RUNS - 1):
+            if active[i]:
+                last = i
+            i += 1
+        runs[2 * n + 1] = last + 1
+        n += 1
+        i = last + 1
+
+
+cdef inline int dense_runs(Py_ssize_t nr, Py_ssize_t fan_in, Py_ssize_t fan_out,
+                           const floating *A, const floating *W, const floating *bias,
+                           const floating *tail, int act, floating *Z,
+                           const uint8_t *active, int isa) noexcept nogil:
+    """fm_dense's Z = act(A @ W + bias) (A's rows fan_in apart, Z's fan_out) over the runs
+    of `active` input features alone: a zero input adds +0 or -0 to a sum that started
+    at +0, which changes no bit, so Z is the bits of the whole product. Rows of images and
+    one-hot columns are zero in most features. `tail` (fm_dense's, or NULL) serves the
+    whole product, run when too few features are zero to pay for the runs' passes over
+    Z. Returns fm_dense's finite flag."""
+    cdef Py_ssize_t runs[2 * MAX_RUNS]
+    cdef Py_ssize_t used = 0
+    cdef int n = active_runs(active, 0, fan_in, runs), r, ok = 1
+    for r in range(n):
+        used += runs[2 * r + 1] - runs[2 * r]
+    if used * 8 > fan_in * 7:
+        return fm.dense(nr, fan_in, fan_out, A, fan_in, W, bias, tail, act, Z, fan_out, 0,
+                        isa)
+    if n == 0:   # Z = act(bias)
+        return fm.dense(nr, 0, fan_out, A, fan_in, W, bias, <const floating *> NULL, act, Z,
+                        fan_out, 0, isa)
+    for r in range(n):
+        ok &= fm.dense(nr, runs[2 * r + 1] - runs[2 * r], fan_out, A + runs[2 * r], fan_in,
+                       W + runs[2 * r] * fan_out,
+                       bias if r == n - 1 else <const floating *> NULL,
+                       <const floating *> NULL, act if r == n - 1 else fm.FM_IDENTITY, Z,
+                       fan_out, r > 0, isa)
+    return ok

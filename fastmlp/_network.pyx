@@ -16,7 +16,7 @@ This module is the one home of the names and limits the Python layer checks agai
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport malloc, free
 
 from cython cimport floating
@@ -494,6 +494,7 @@ cdef int predict_rows(const Layout *lay, const floating *params, const floating 
     returns 1 if they hold NaN or infinity."""
     cdef Py_ssize_t n_blocks, block_rows, b, tails_size = 0, need
     cdef Py_ssize_t ws_size = 0, h_off[MAX_LAYERS + 1], t_off[MAX_LAYERS + 1]
+    cdef Py_ssize_t marks_off
     cdef int L = lay.n_layers, l, tid, bad = 0
     cdef floating small_ws[SMALL_WORKSPACE]
     cdef floating *buf
@@ -508,6 +509,11 @@ cdef int predict_rows(const Layout *lay, const floating *params, const floating 
     for l in range(1, L):
         h_off[l] = ws_size
         ws_size += block_rows * lay.sizes[l]
+    # And the marks of the input features the block's rows use (dense_runs).
+    marks_off = -1
+    if n > 1 and csr.indptr == NULL:
+        marks_off = ws_size
+        ws_size += (lay.sizes[0] + sizeof(floating) - 1) // sizeof(floating)
     if n > 1:
         for l in range(1, L + 1):
             t_off[l] = tails_size
@@ -532,14 +538,14 @@ cdef int predict_rows(const Layout *lay, const floating *params, const floating 
                                        params + lay.b_off[l], tails + t_off[l])
             if n_threads <= 1:
                 for b in range(n_blocks):
-                    bad += predict_block(lay, params, tails, t_off, buf, h_off, xp, csr,
-                                         out, n, block_rows, b, softmax, isa)
+                    bad += predict_block(lay, params, tails, t_off, buf, h_off, marks_off,
+                                         xp, csr, out, n, block_rows, b, softmax, isa)
             else:
                 for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
                     tid = threadid()
                     bad += predict_block(lay, params, tails, t_off, buf + tid * ws_size,
-                                         h_off, xp, csr, out, n, block_rows, b, softmax,
-                                         isa)
+                                         h_off, marks_off, xp, csr, out, n, block_rows, b,
+                                         softmax, isa)
     finally:
         if tails != small_ws:
             free(tails)
@@ -548,11 +554,12 @@ cdef int predict_rows(const Layout *lay, const floating *params, const floating 
 
 cdef int predict_block(const Layout *lay, const floating *params, const floating *tails,
                        const Py_ssize_t *t_off, floating *ws, const Py_ssize_t *h_off,
-                       const floating *X, const Csr *csr, floating *out, Py_ssize_t n,
-                       Py_ssize_t block_rows, Py_ssize_t b, bint softmax,
-                       int isa) noexcept nogil:
+                       Py_ssize_t marks_off, const floating *X, const Csr *csr,
+                       floating *out, Py_ssize_t n, Py_ssize_t block_rows, Py_ssize_t b,
+                       bint softmax, int isa) noexcept nogil:
     """Forward pass of block b of X (dense, or csr if csr.indptr) into out; 1 if the block
-    holds NaN or infinity."""
+    holds NaN or infinity. ws: the thread's hidden activations (h_off) and, from
+    marks_off (-1: none), the marks of the features the block uses."""
     cdef Py_ssize_t r0 = b * block_rows, nr = min(block_rows, n - r0)
     cdef int L = lay.n_layers, k = lay.sizes[L], l, fan_in, fan_out, ok, act
     cdef bint norm
@@ -578,6 +585,12 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
             fm.vecmat(fan_in, fan_out, inp, params + lay.w_off[l], z)
             ok = fm.all_finite(fan_out, z) if l == 1 else 1
             fm.bias_act(1, fan_out, z, params + lay.b_off[l], act)
+        elif l == 1 and marks_off >= 0:
+            # Over the input features the block's rows use (images, one-hot columns).
+            mark_active(inp, nr, fan_in, <uint8_t *> (ws + marks_off))
+            ok = dense_runs(nr, fan_in, fan_out, inp, params + lay.w_off[l],
+                            params + lay.b_off[l], tails + t_off[l], act, z,
+                            <const uint8_t *> (ws + marks_off), isa)
         else:
             ok = fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
                           params + lay.b_off[l], tails + t_off[l], act, z, fan_out, 0, isa)

@@ -34,7 +34,7 @@ the order of the samples (C reads memory by it).
 """
 from cython.parallel cimport prange
 from libc.math cimport isfinite, INFINITY
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -44,8 +44,9 @@ from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
 from fastmlp._ckernels cimport (FM_IDENTITY, FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_init,
                                 fm_tuner_resume, fm_tuner_step, fm_tuner_threads)
-from fastmlp._network cimport (LOSS_BINARY_XENT, LOSS_CROSS_ENTROPY, MAX_LAYERS, NORM_BATCH,
-                               NORM_LAYER, NORM_NONE, Csr, Layout, Network, is_regression,
+from fastmlp._network cimport (LOSS_BINARY_XENT, LOSS_CROSS_ENTROPY, MAX_LAYERS, MAX_RUNS,
+                               NORM_BATCH, NORM_LAYER, NORM_NONE, Csr, Layout, Network,
+                               active_runs, dense_runs, is_regression, mark_active,
                                regression_loss, uses_targets)
 
 import numpy as np
@@ -70,10 +71,6 @@ cdef enum:
     L2_WEIGHT_BYTES = 512 * 1024   # weights that stay in a core's L2 (see block_rows_for)
     PARAM_PARTS = 4
     COLUMN_PARTS = 2     # parts of a wide leading layer's columns (see wide_columns)
-    # The first layer's runs of input features (see active_runs): zero features fewer
-    # than ZERO_GAP stay inside a run, at most MAX_RUNS runs.
-    ZERO_GAP = 8
-    MAX_RUNS = 64
 
 cpdef enum Optimizer:
     OPT_ADAM = 0
@@ -872,8 +869,8 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
         return
     if l == 1 and block >= 0 and buf.active != NULL:
         mark_active(inp, nr, fan_in, buf.active + block * fan_in)
-        dense_runs(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
-                   params + lay.b_off[l], act, z, buf.active + block * fan_in)
+        dense_runs(nr, fan_in, fan_out, inp, params + lay.w_off[l], params + lay.b_off[l],
+                   <const floating *> NULL, act, z, buf.active + block * fan_in, FM_ISA_AUTO)
         return
     fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l], params + lay.b_off[l],
              <const floating *> NULL, act, z, fan_out, 0, FM_ISA_AUTO)
@@ -882,73 +879,6 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
 cdef inline int row_blocks(const Workspace *wsl, Py_ssize_t n) noexcept nogil:
     """Row blocks of a step of n rows: from the batch size alone, never the threads."""
     return <int> min((n + wsl.block_rows - 1) // wsl.block_rows, <Py_ssize_t> MAX_BLOCKS)
-
-
-cdef inline void mark_active(const floating *A, Py_ssize_t nr, Py_ssize_t width,
-                             uint8_t *active) noexcept nogil:
-    """active[j] = 1 where column j of the nr rows of A (width apart) holds any bit but
-    +0's (NaN, inf and -0 count), else 0."""
-    cdef Py_ssize_t r, j
-    cdef const uint32_t *a32 = <const uint32_t *> A
-    cdef const uint64_t *a64 = <const uint64_t *> A
-    memset(active, 0, width)
-    for r in range(nr):
-        if floating is float:
-            for j in range(width):
-                active[j] |= a32[r * width + j] != 0
-        else:
-            for j in range(width):
-                active[j] |= a64[r * width + j] != 0
-
-
-cdef inline int active_runs(const uint8_t *active, Py_ssize_t i0, Py_ssize_t i1,
-                            Py_ssize_t *runs) noexcept nogil:
-    """The runs [runs[2r], runs[2r + 1]) of [i0, i1) that hold every active feature:
-    fewer than ZERO_GAP inactive ones stay inside a run, and the MAX_RUNS-th run goes to
-    the last active feature. Returns how many."""
-    cdef Py_ssize_t i = i0, last
-    cdef int n = 0
-    while True:
-        while i < i1 and not active[i]:
-            i += 1
-        if i == i1:
-            return n
-        runs[2 * n] = i
-        last = i
-        while i < i1 and (i - last < ZERO_GAP or n == MAX_RUNS - 1):
-            if active[i]:
-                last = i
-            i += 1
-        runs[2 * n + 1] = last + 1
-        n += 1
-        i = last + 1
-
-
-cdef inline void dense_runs(Py_ssize_t nr, Py_ssize_t fan_in, Py_ssize_t fan_out,
-                            const floating *A, Py_ssize_t lda, const floating *W,
-                            const floating *bias, int act, floating *Z,
-                            const uint8_t *active) noexcept nogil:
-    """Z = act(A @ W + bias) (rows lda and fan_out apart) over the runs of `active`
-    input features alone: a zero input adds +0 or -0 to a sum that started at +0, which
-    changes no bit, so Z is the bits of the whole product. Rows of images and one-hot
-    columns are zero in most features."""
-    cdef Py_ssize_t runs[2 * MAX_RUNS]
-    cdef Py_ssize_t used = 0
-    cdef int n = active_runs(active, 0, fan_in, runs), r
-    for r in range(n):
-        used += runs[2 * r + 1] - runs[2 * r]
-    if used * 8 > fan_in * 7:   # too few zeros to pay for the runs' passes over Z
-        fm.dense(nr, fan_in, fan_out, A, lda, W, bias, <const floating *> NULL, act, Z,
-                 fan_out, 0, FM_ISA_AUTO)
-        return
-    if n == 0:   # Z = act(bias)
-        fm.dense(nr, 0, fan_out, A, lda, W, bias, <const floating *> NULL, act, Z, fan_out,
-                 0, FM_ISA_AUTO)
-    for r in range(n):
-        fm.dense(nr, runs[2 * r + 1] - runs[2 * r], fan_out, A + runs[2 * r], lda,
-                 W + runs[2 * r] * fan_out, bias if r == n - 1 else <const floating *> NULL,
-                 <const floating *> NULL, act if r == n - 1 else FM_IDENTITY, Z, fan_out,
-                 r > 0, FM_ISA_AUTO)
 
 
 cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *buf,

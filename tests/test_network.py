@@ -352,6 +352,24 @@ def test_first_layer_skips_zero_features_exactly(features, batch_size, options, 
     )
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("features", [60, 1500])
+def test_prediction_skips_zero_features_exactly(features, dtype):
+    """Prediction's first layer, over the runs of features a block of rows uses, gives the
+    bits of the whole product (-0 marks every feature used), in one block or several on
+    threads; NaN in a feature no other row uses is still found."""
+    X, _ = zero_run_data(700, features, dtype, features)
+    model = random_model(rng_for("skip", features, dtype), (features, 13, 5), dtype, "tanh")
+    X_all = np.where(X == 0, -0.0, X).astype(dtype)
+    for n_threads in (1, 2):
+        for rows in (slice(0, 9), slice(0, 700)):
+            got = model.predict_proba(X[rows], n_threads=n_threads)
+            assert np.array_equal(got, model.predict_proba(X_all[rows], n_threads=n_threads))
+    X[5, 0] = np.nan  # the border: zero in every other row
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.predict_proba(X)
+
+
 def test_compiled_entry_points_refuse_what_does_not_fit():
     """Error paths of the compiled calls that the public API never reaches."""
     model = random_model(rng_for("misfit"), (4, 6, 3), np.float64)
