@@ -9,7 +9,7 @@ sgemm peak (NumPy 4096 x 4096 float32 matmul) of the same thread count. Each rou
 measures the peak, then fastmlp, then NumPy's three chained matmuls, one thread count
 after the other; the figures are the best of all rounds, so a neighbour that steals the
 CPU for a while does not decide the result. The inputs are uniform random pixels (a dense
-X: fastmlp's one-row path skips zeros, the batched path does not care).
+X: no zeros for fastmlp to skip).
 """
 
 from __future__ import annotations
