@@ -422,10 +422,11 @@ def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1
           str activation, str isa=None, bint pack_tail=True, Z0=None):
     """``(activation(A @ W + b), the sums are all finite)`` by fm_dense.
 
-    `b` None adds no bias (with the identity). `isa` names a variant from :func:`dense_isas`; None means the
-    best one. With `pack_tail` the last columns go through a zero-padded copy, as
-    prediction does; without, fm_dense reads them from W in place (tail NULL), as
-    training does. With `Z0` the sums continue from it: ``activation(Z0 + A @ W + b)``.
+    `b` None adds no bias (with the identity). `isa` names a variant from
+    :func:`dense_isas`; None means the best one. With `pack_tail` the last columns go
+    through a zero-padded copy, as prediction does; without, fm_dense reads them from W in
+    place (tail NULL), as training does. With `Z0` the sums continue from it:
+    ``activation(Z0 + A @ W + b)``.
     """
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[1]
     _check(W.shape[0] == k and (b is None or b.shape[0] == n), "shapes do not match")

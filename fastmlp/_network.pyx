@@ -264,11 +264,11 @@ cdef class Network:
 
         X and out are C-contiguous, aligned arrays of the network's dtype, (n, inputs)
         and (n, outputs); or X is a CSR input (``_validation.CSR``, see check_csr), whose
-        first layer runs fm_csr_matmul. `isa` picks an fm_dense variant (tests); the default is the best
-        this CPU runs. NaN and infinity in X raise ValueError (found in the first layer's
-        products, see fm_dense), as do finite inputs so large that the first layer
-        overflows. BatchNorm uses the running statistics (inference mode): a row's output
-        does not depend on the other rows.
+        first layer runs fm_csr_matmul. `isa` picks an fm_dense variant (tests); the
+        default is the best this CPU runs. NaN and infinity in X raise ValueError (found in
+        the first layer's products, see fm_dense), as do finite inputs so large that the
+        first layer overflows. BatchNorm uses the running statistics (inference mode): a
+        row's output does not depend on the other rows.
         """
         cdef int bad
         if max_block_rows < 1:
