@@ -74,6 +74,10 @@ cdef class Network:
     cdef init_stats(self, stats)
 
 
+cdef inline bint aligned(const void *p, size_t size) noexcept nogil:
+    return (<uintptr_t> p) % size == 0
+
+
 cdef inline bint ready_rows(object X, Py_ssize_t width, Py_ssize_t max_rows,
                            Py_buffer *view) except -1:
     """Whether the ndarray X (of the caller's dtype) is a request the kernels read as it
@@ -84,7 +88,7 @@ cdef inline bint ready_rows(object X, Py_ssize_t width, Py_ssize_t max_rows,
     if (view.ndim == 2 and 0 < view.shape[0] < max_rows and view.shape[1] == width
             and view.strides[1] == view.itemsize
             and (view.shape[0] == 1 or view.strides[0] == width * view.itemsize)
-            and (<uintptr_t> view.buf) % view.itemsize == 0):
+            and aligned(view.buf, view.itemsize)):
         return True
     PyBuffer_Release(view)
     return False
@@ -140,14 +144,15 @@ cdef inline int active_runs(const uint8_t *active, Py_ssize_t i0, Py_ssize_t i1,
                             Py_ssize_t *runs) noexcept nogil:
     """The runs [runs[2r], runs[2r + 1]) of [i0, i1) that hold every active feature:
     fewer than ZERO_GAP inactive ones stay inside a run, and the MAX_RUNS-th run goes to
-    the last active feature. Returns how many."""
-    cdef Py_ssize_t i = i0, last
-    cdef int n = 0
+    the last active feature; one run of all [i0, i1) when the runs would hold more than
+    7/8 of it (too few zeros to pay for a pass per run). Returns how many."""
+    cdef Py_ssize_t i = i0, last, used = 0
+    cdef int n = 0, r
     while True:
         while i < i1 and not active[i]:
             i += 1
         if i == i1:
-            return n
+            break
         runs[2 * n] = i
         last = i
         while i < i1 and (i - last < ZERO_GAP or n == MAX_RUNS - 1):
@@ -157,6 +162,13 @@ cdef inline int active_runs(const uint8_t *active, Py_ssize_t i0, Py_ssize_t i1,
         runs[2 * n + 1] = last + 1
         n += 1
         i = last + 1
+    for r in range(n):
+        used += runs[2 * r + 1] - runs[2 * r]
+    if used * 8 > (i1 - i0) * 7:
+        runs[0] = i0
+        runs[1] = i1
+        return 1
+    return n
 
 
 cdef inline int dense_runs(Py_ssize_t nr, Py_ssize_t fan_in, Py_ssize_t fan_out,
@@ -166,17 +178,10 @@ cdef inline int dense_runs(Py_ssize_t nr, Py_ssize_t fan_in, Py_ssize_t fan_out,
     """fm_dense's Z = act(A @ W + bias) (A's rows fan_in apart, Z's fan_out) over the runs
     of `active` input features alone: a zero input adds +0 or -0 to a sum that started
     at +0, which changes no bit, so Z is the bits of the whole product. Rows of images and
-    one-hot columns are zero in most features. `tail` (fm_dense's, or NULL) serves the
-    whole product, run when too few features are zero to pay for the runs' passes over
-    Z. Returns fm_dense's finite flag."""
+    one-hot columns are zero in most features. `tail` (fm_dense's, or NULL) serves a
+    run of all the features. Returns fm_dense's finite flag."""
     cdef Py_ssize_t runs[2 * MAX_RUNS]
-    cdef Py_ssize_t used = 0
     cdef int n = active_runs(active, 0, fan_in, runs), r, ok = 1
-    for r in range(n):
-        used += runs[2 * r + 1] - runs[2 * r]
-    if used * 8 > fan_in * 7:
-        return fm.dense(nr, fan_in, fan_out, A, fan_in, W, bias, tail, act, Z, fan_out, 0,
-                        isa)
     if n == 0:   # Z = act(bias)
         return fm.dense(nr, 0, fan_out, A, fan_in, W, bias, <const floating *> NULL, act, Z,
                         fan_out, 0, isa)
@@ -184,6 +189,7 @@ cdef inline int dense_runs(Py_ssize_t nr, Py_ssize_t fan_in, Py_ssize_t fan_out,
         ok &= fm.dense(nr, runs[2 * r + 1] - runs[2 * r], fan_out, A + runs[2 * r], fan_in,
                        W + runs[2 * r] * fan_out,
                        bias if r == n - 1 else <const floating *> NULL,
-                       <const floating *> NULL, act if r == n - 1 else fm.FM_IDENTITY, Z,
-                       fan_out, r > 0, isa)
+                       tail if runs[2 * r + 1] - runs[2 * r] == fan_in
+                       else <const floating *> NULL,
+                       act if r == n - 1 else fm.FM_IDENTITY, Z, fan_out, r > 0, isa)
     return ok

@@ -92,10 +92,6 @@ def all_finite(x):
     return bool(ok)
 
 
-cdef inline bint aligned(const void *p, size_t size) noexcept nogil:
-    return (<size_t> p) % size == 0
-
-
 cdef Csr csr_pointers(const floating *like, X) except *:
     """Pointers to a CSR input's arrays (check_csr has checked them); `like` picks the
     dtype. An X with no nonzeros gets NULL data and indices, never read."""

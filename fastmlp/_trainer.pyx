@@ -1118,7 +1118,7 @@ cdef inline void dense_at_runs(const Workspace *wsl, uint8_t *active, Py_ssize_t
     blocks' marks, combined here for these features): a feature zero in every row has a
     gradient of +0 exactly (or keeps its L2 term), as the whole product would give."""
     cdef Py_ssize_t runs[2 * MAX_RUNS]
-    cdef Py_ssize_t used = 0, i, prev = i0
+    cdef Py_ssize_t i, prev = i0
     cdef int n_blocks = row_blocks(wsl, nb), blk, n, r
     cdef uint8_t *batch = active + n_blocks * fan_in
     for i in range(i0, i1):
@@ -1127,12 +1127,6 @@ cdef inline void dense_at_runs(const Workspace *wsl, uint8_t *active, Py_ssize_t
         for i in range(i0, i1):
             batch[i] |= active[blk * fan_in + i]
     n = active_runs(batch, i0, i1, runs)
-    for r in range(n):
-        used += runs[2 * r + 1] - runs[2 * r]
-    if used * 8 > (i1 - i0) * 7:   # too few zeros to pay for the runs
-        n = 1
-        runs[0] = i0
-        runs[1] = i1
     for r in range(n + 1):
         if not accumulate:   # the features before run r (or after the last): all zero
             memset(G + prev * fan_out, 0,

@@ -182,6 +182,10 @@ def test_dense_rejects_bad_arguments():
         K.dense(np.ones((2, 3), np.float32), W, np.ones(3, np.float32), "relu")
     with pytest.raises(KeyError):
         K.dense(np.ones((2, 3), np.float32), W, np.ones(4, np.float32), "relu", "mmx")
+    with pytest.raises(ValueError, match="identity"):  # no bias: the identity alone
+        K.dense(np.ones((2, 3), np.float32), W, None, "relu")
+    with pytest.raises(ValueError, match="Z0"):  # the sums to continue from: (m, n)
+        K.dense(np.ones((2, 3), np.float32), W, None, "identity", Z0=np.ones((2, 5)))
 
 
 # -- fm_dense_at: the weight gradient C (+)= A[:, i0:i1]^T @ D of training ----------------

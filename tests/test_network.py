@@ -353,6 +353,22 @@ def test_first_layer_skips_zero_features_exactly(features, batch_size, options, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_all_zero_blocks_and_parts_skip_everything_exactly(dtype):
+    """A row block of all-zero rows (its first layer is act(b)) and a parameter part whose
+    features are zero in the whole batch (a gradient of +0 only) give the whole product's
+    bits: -0 in their place marks every feature used."""
+    X, y = zero_run_data(96, 60, dtype, 11)
+    X[:16] = 0  # with shuffle=False, the first row block of the first batch
+    X[:, :30] = 0  # the first two of the 4 parameter parts of W_1 (15 features each)
+    X_all = np.where(X == 0, -0.0, X).astype(dtype)
+    kw = dict(hidden=(13, 5), epochs=2, batch_size=32, seed=3, dtype=dtype, shuffle=False)
+    skipping = fastmlp.train(X, y, **kw)
+    dense = fastmlp.train(X_all, y, **kw)
+    assert np.array_equal(skipping.params_, dense.params_)
+    assert np.array_equal(skipping.predict_proba(X[:16]), skipping.predict_proba(X_all[:16]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("features", [60, 1500])
 def test_prediction_skips_zero_features_exactly(features, dtype):
     """Prediction's first layer, over the runs of features a block of rows uses, gives the
