@@ -39,20 +39,20 @@ int FN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t ld
 }
 
 int FN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,
-                    const T *B, T *C, ptrdiff_t ldc, int accumulate, int isa)
+                    const T *B, T *C, ptrdiff_t ldc, int accumulate, int skip_zeros, int isa)
 {
     if (isa < 0) isa = fm_dense_isa_best();
     switch (isa) {
 #if FM_DENSE_X86
     case FM_ISA_AVX2:
-        return VN(fm_dense_at, _avx2)(m, k, n, A, lda, B, C, ldc, accumulate);
+        return VN(fm_dense_at, _avx2)(m, k, n, A, lda, B, C, ldc, accumulate, skip_zeros);
     case FM_ISA_WIDE:
-        return VN(fm_dense_at, _wide)(m, k, n, A, lda, B, C, ldc, accumulate);
+        return VN(fm_dense_at, _wide)(m, k, n, A, lda, B, C, ldc, accumulate, skip_zeros);
     case FM_ISA_AVX512:
-        return VN(fm_dense_at, _avx512)(m, k, n, A, lda, B, C, ldc, accumulate);
+        return VN(fm_dense_at, _avx512)(m, k, n, A, lda, B, C, ldc, accumulate, skip_zeros);
 #endif
     default:
-        return VN(fm_dense_at, _base)(m, k, n, A, lda, B, C, ldc, accumulate);
+        return VN(fm_dense_at, _base)(m, k, n, A, lda, B, C, ldc, accumulate, skip_zeros);
     }
 }
 

@@ -51,13 +51,14 @@ typedef IT DN(ivec) __attribute__((vector_size(VB)));
 /* One register tile: Z[0:rows, 0:ncols] = epilogue(A[0:rows, :] @ B[:, 0:np*PANEL]), or
    with `at` (A^T @ B for the weight gradient) the rows of the tile are columns of A.
    rows, np and at are constants after inlining, so each shape compiles to its own
-   straight-line loop with the accumulators in registers. B always has whole panels (W's
-   own columns, or a zero-padded copy of its last ones); only the first ncols columns are
-   stored. */
+   straight-line loop with the accumulators in registers. With `listed` (a constant too)
+   the sums run over the k rows of A and B that `list` names, in order. B always has
+   whole panels (W's own columns, or a zero-padded copy of its last ones); only the first
+   ncols columns are stored. */
 static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
-    ptrdiff_t k, const T *a0, ptrdiff_t lda, const int at, const int rows, const T *b,
-    ptrdiff_t ldb, const int np, const T *bias, int act, T *z,
-    ptrdiff_t ldz, ptrdiff_t ncols, int first, int last, DN(ivec) * bad)
+    ptrdiff_t k, const int listed, const int32_t *list, const T *a0, ptrdiff_t lda,
+    const int at, const int rows, const T *b, ptrdiff_t ldb, const int np, const T *bias,
+    int act, T *z, ptrdiff_t ldz, ptrdiff_t ncols, int first, int last, DN(ivec) * bad)
 {
     DN(vec) acc[MR][NP * VPP];
     for (int i = 0; i < rows; i++) {
@@ -73,7 +74,8 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
             }
         }
     }
-    for (ptrdiff_t p = 0; p < k; p++) {
+    for (ptrdiff_t t = 0; t < k; t++) {
+        const ptrdiff_t p = listed ? list[t] : t;
         const T *bp = b + p * ldb;
         DN(vec) bv[NP * VPP];
         for (int v = 0; v < np * VPP; v++) bv[v] = *(const DN(vec) *)(bp + v * VL);
@@ -106,34 +108,74 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_tile)(
     }
 }
 
-/* MR (or fewer) rows of Z, columns 0..ncols-1, against kc rows of B starting at bp (rows
-   ldb apart): the full panels in groups of NP, then the last ncols % PANEL columns from
-   the zero-padded panel `tp` (rows tld apart, its bias `tb`). */
-static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_strip)(
-    ptrdiff_t kc, ptrdiff_t ncols, const T *a, ptrdiff_t lda, const int at, const int rows,
-    const T *bp, ptrdiff_t ldb, const T *bias, const T *tp, ptrdiff_t tld, const T *tb,
-    int act, T *z, ptrdiff_t ldz, int first, int last, DN(ivec) * bad)
+/* The tiles of a strip: the full panels in groups of NP, then the last ncols % PANEL
+   columns from the zero-padded panel `tp` (rows tld apart, its bias `tb`). */
+static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_panels)(
+    ptrdiff_t kc, const int listed, const int32_t *list, ptrdiff_t ncols, const T *a,
+    ptrdiff_t lda, const int at, const int rows, const T *bp, ptrdiff_t ldb, const T *bias,
+    const T *tp, ptrdiff_t tld, const T *tb, int act, T *z, ptrdiff_t ldz, int first,
+    int last, DN(ivec) * bad)
 {
     const ptrdiff_t full = ncols / PANEL;
     const T *bj = bias; /* the bias of panel j (NULL: none) */
     ptrdiff_t j = 0;
     for (; j + NP <= full; j += NP, bj = bj ? bj + NP * PANEL : NULL)
-        DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, ldb, NP, bj, act,
-                          z + j * PANEL, ldz, NP * PANEL, first, last, bad);
+        DN(fm_dense_tile)(kc, listed, list, a, lda, at, rows, bp + j * PANEL, ldb, NP, bj,
+                          act, z + j * PANEL, ldz, NP * PANEL, first, last, bad);
     if (NP > 1)
         for (; j < full; j++, bj = bj ? bj + PANEL : NULL)
-            DN(fm_dense_tile)(kc, a, lda, at, rows, bp + j * PANEL, ldb, 1, bj, act,
-                              z + j * PANEL, ldz, PANEL, first, last, bad);
+            DN(fm_dense_tile)(kc, listed, list, a, lda, at, rows, bp + j * PANEL, ldb, 1, bj,
+                              act, z + j * PANEL, ldz, PANEL, first, last, bad);
     if (full * PANEL < ncols)
-        DN(fm_dense_tile)(kc, a, lda, at, rows, tp, tld, 1, tb, act, z + full * PANEL, ldz,
-                          ncols - full * PANEL, first, last, bad);
+        DN(fm_dense_tile)(kc, listed, list, a, lda, at, rows, tp, tld, 1, tb, act,
+                          z + full * PANEL, ldz, ncols - full * PANEL, first, last, bad);
+}
+
+/* MR (or fewer) rows of Z, columns 0..ncols-1, against kc rows of B starting at bp (rows
+   ldb apart). With `at` and skip_zeros, a full strip sums over those rows of A alone
+   whose MR entries are not all +0 (listed in `used`): a skipped row's products would add
+   +0 or -0 to sums that start at +0 (or resume from Z, never -0), which changes no bit.
+   Only full strips, so that the list adds three compiled tiles, not a copy of them all. */
+static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_strip)(
+    ptrdiff_t kc, ptrdiff_t ncols, const T *a, ptrdiff_t lda, const int at, const int rows,
+    const T *bp, ptrdiff_t ldb, const T *bias, const T *tp, ptrdiff_t tld, const T *tb,
+    int act, T *z, ptrdiff_t ldz, int first, int last, int skip_zeros, int32_t *used,
+    DN(ivec) * bad)
+{
+    if (at && rows == MR && skip_zeros) {
+        /* The rows in use as bits first: a list written as the rows are read would put
+           each store's address behind the loads, and A's rows come from L3. */
+        uint64_t in_use[FM_DENSE_LIST_K / 64] = {0};
+        for (ptrdiff_t p = 0; p < kc; p++) {
+            IT any = 0;
+            for (int i = 0; i < rows; i++) {
+                IT bits;
+                memcpy(&bits, a + p * lda + i, sizeof bits);
+                any |= bits;
+            }
+            in_use[p / 64] |= (uint64_t)(any != 0) << (p % 64);
+        }
+        ptrdiff_t n_used = 0;
+        for (ptrdiff_t w = 0; w * 64 < kc; w++)
+            for (uint64_t bits = in_use[w]; bits; bits &= bits - 1)
+                used[n_used++] = (int32_t)(w * 64 + __builtin_ctzll(bits));
+        /* A listed row costs more than a row in turn: worth it past 1/8 of zero rows. */
+        if (n_used * 8 <= kc * 7) {
+            DN(fm_dense_panels)(n_used, 1, used, ncols, a, lda, at, rows, bp, ldb, bias, tp,
+                                tld, tb, act, z, ldz, first, last, bad);
+            return;
+        }
+    }
+    DN(fm_dense_panels)(kc, 0, NULL, ncols, a, lda, at, rows, bp, ldb, bias, tp, tld, tb, act,
+                        z, ldz, first, last, bad);
 }
 
 /* Z (+)= A @ B (at = 0; A is m x k) or A^T @ B (at = 1; A is k x m), block by block of B
    (see the top), then the epilogue of `act`. */
 static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
     ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const int at,
-    const T *B, const T *bias, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate)
+    const T *B, const T *bias, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate,
+    int skip_zeros)
 {
     DN(ivec) bad = {0};
     const ptrdiff_t panels = (n + PANEL - 1) / PANEL;
@@ -157,6 +199,10 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
     T tcopy[FM_DENSE_TAIL_K * PANEL] __attribute__((aligned(64)));
     if (copy_tail && (k + nkb - 1) / nkb > FM_DENSE_TAIL_K)
         nkb = (k + FM_DENSE_TAIL_K - 1) / FM_DENSE_TAIL_K;
+    /* Skipping zero rows, the tiles read a block's rows from a list. */
+    int32_t used[FM_DENSE_LIST_K];
+    if (skip_zeros && (k + nkb - 1) / nkb > FM_DENSE_LIST_K)
+        nkb = (k + FM_DENSE_LIST_K - 1) / FM_DENSE_LIST_K;
     const ptrdiff_t kc = (k + nkb - 1) / nkb;
     for (ptrdiff_t j0 = 0; j0 < n; j0 += chunk * PANEL) {
         const ptrdiff_t nc = n - j0 < chunk * PANEL ? n - j0 : chunk * PANEL;
@@ -198,7 +244,7 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
 #define DN_ROWS(r)                                                                        \
     case r:                                                                               \
         DN(fm_dense_strip)(kb, nc, a, lda, at, r <= MR ? r : MR, bp, ldb, bj, tp, tld, tb, \
-                           act, z, ldz, first, last, &bad);                               \
+                           act, z, ldz, first, last, skip_zeros, used, &bad);             \
         break;
                     DN_ROWS(1)
                     DN_ROWS(2)
@@ -229,13 +275,15 @@ FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, pt
                            const T *W, const T *b, const T *tail, int act, T *Z,
                            ptrdiff_t ldz, int accumulate)
 {
-    return DN(fm_dense_run)(m, k, n, A, lda, 0, W, b, tail, act, Z, ldz, accumulate);
+    return DN(fm_dense_run)(m, k, n, A, lda, 0, W, b, tail, act, Z, ldz, accumulate, 0);
 }
 
 FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
-                              ptrdiff_t lda, const T *B, T *C, ptrdiff_t ldc, int accumulate)
+                              ptrdiff_t lda, const T *B, T *C, ptrdiff_t ldc, int accumulate,
+                              int skip_zeros)
 {
-    return DN(fm_dense_run)(m, k, n, A, lda, 1, B, NULL, NULL, FM_IDENTITY, C, ldc, accumulate);
+    return DN(fm_dense_run)(m, k, n, A, lda, 1, B, NULL, NULL, FM_IDENTITY, C, ldc, accumulate,
+                            skip_zeros);
 }
 
 #undef VL
@@ -267,9 +315,10 @@ int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t ld
 }
 
 int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,
-                    const T *B, T *C, ptrdiff_t ldc, int accumulate)
+                    const T *B, T *C, ptrdiff_t ldc, int accumulate, int skip_zeros)
 {
     int ok = 1;
+    (void)skip_zeros; /* skipping changes no bit: these loops skip nothing */
     for (ptrdiff_t i = 0; i < m; i++) {
         T *restrict c = C + i * ldc;
         if (!accumulate)

@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "fm_kernels.h"
 
@@ -42,6 +43,12 @@
 #define FM_DENSE_TAIL_K 256
 #endif
 
+/* Rows of A and B per block of fm_dense_at skipping zero rows, whose tiles read them
+   from a list (on the stack: 1 KB). */
+#ifndef FM_DENSE_LIST_K
+#define FM_DENSE_LIST_K 256
+#endif
+
 /* FM_DENSE_NO_VECTOR builds the plain-C fallback that compilers without GCC's vector
    extensions get (to test it with GCC). */
 #if defined(__GNUC__) && !defined(FM_DENSE_NO_VECTOR)
@@ -67,10 +74,11 @@ int fm_dense_d_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrd
                     const double *W, const double *b, const double *tail, int act,
                     double *Z, ptrdiff_t ldz, int accumulate);
 int fm_dense_at_f_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-                       const float *B, float *C, ptrdiff_t ldc, int accumulate);
+                       const float *B, float *C, ptrdiff_t ldc, int accumulate,
+                       int skip_zeros);
 int fm_dense_at_d_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
                        ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
-                       int accumulate);
+                       int accumulate, int skip_zeros);
 
 #if FM_DENSE_X86
 /* _avx2: AVX2 + FMA, a 6-row x 1-panel tile in 12 of the 16 ymm registers. */
@@ -81,10 +89,11 @@ int fm_dense_d_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrd
                     const double *W, const double *b, const double *tail, int act,
                     double *Z, ptrdiff_t ldz, int accumulate);
 int fm_dense_at_f_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-                       const float *B, float *C, ptrdiff_t ldc, int accumulate);
+                       const float *B, float *C, ptrdiff_t ldc, int accumulate,
+                       int skip_zeros);
 int fm_dense_at_d_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
                        ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
-                       int accumulate);
+                       int accumulate, int skip_zeros);
 
 /* _wide: the AVX-512 tile shape compiled for AVX2, so that the tests run that shape's
    code on machines without AVX-512; never chosen by FM_ISA_AUTO. */
@@ -95,10 +104,11 @@ int fm_dense_d_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrd
                     const double *W, const double *b, const double *tail, int act,
                     double *Z, ptrdiff_t ldz, int accumulate);
 int fm_dense_at_f_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-                       const float *B, float *C, ptrdiff_t ldc, int accumulate);
+                       const float *B, float *C, ptrdiff_t ldc, int accumulate,
+                       int skip_zeros);
 int fm_dense_at_d_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
                        ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
-                       int accumulate);
+                       int accumulate, int skip_zeros);
 
 /* _avx512: AVX-512F, an 8-row x 2-panel tile in 16 of the 32 zmm registers. */
 int fm_dense_f_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
@@ -109,10 +119,10 @@ int fm_dense_d_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
                       int act, double *Z, ptrdiff_t ldz, int accumulate);
 int fm_dense_at_f_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A,
                          ptrdiff_t lda, const float *B, float *C, ptrdiff_t ldc,
-                         int accumulate);
+                         int accumulate, int skip_zeros);
 int fm_dense_at_d_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
                          ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
-                         int accumulate);
+                         int accumulate, int skip_zeros);
 #endif
 
 #endif

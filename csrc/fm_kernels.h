@@ -243,12 +243,17 @@ int fm_dense_d(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t
                ptrdiff_t ldz, int accumulate, int isa);
 
 /* C = A^T @ B (C += with accumulate), a layer's weight gradient with fm_dense's tiles and
-   order of sums, returns 0 if C then holds NaN or inf, else 1.  A: IN k x m (rows lda
-   apart); B: IN k x n (rows n apart); C: INOUT m x n (rows ldc apart). */
+   order of sums, returns 0 if C then holds NaN or inf, else 1. With skip_zeros, each tile
+   of C's rows leaves out the rows of A (and B) whose entries for those rows are all +0
+   (the first layer on images or one-hot columns): the same bits where B is finite.
+   A: IN k x m (rows lda apart); B: IN k x n (rows n apart); C: INOUT m x n (rows ldc
+   apart). */
 int fm_dense_at_f(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-                  const float *B, float *C, ptrdiff_t ldc, int accumulate, int isa);
+                  const float *B, float *C, ptrdiff_t ldc, int accumulate, int skip_zeros,
+                  int isa);
 int fm_dense_at_d(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
-                  const double *B, double *C, ptrdiff_t ldc, int accumulate, int isa);
+                  const double *B, double *C, ptrdiff_t ldc, int accumulate, int skip_zeros,
+                  int isa);
 
 /* fm_sparse (fm_sparse.c): the first layer on a CSR X, in prediction and training. X's row
    i holds data[indptr[i] .. indptr[i+1]) in columns indices[...] (any order, duplicates

@@ -156,10 +156,10 @@ cdef extern from "fm_kernels.h" nogil:
                    int act, double *Z, Py_ssize_t ldz, int accumulate, int isa)
     int fm_dense_at_f(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *A,
                       Py_ssize_t lda, const float *B, float *C, Py_ssize_t ldc,
-                      int accumulate, int isa)
+                      int accumulate, int skip_zeros, int isa)
     int fm_dense_at_d(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *A,
                       Py_ssize_t lda, const double *B, double *C, Py_ssize_t ldc,
-                      int accumulate, int isa)
+                      int accumulate, int skip_zeros, int isa)
 
     void fm_csr_matmul_f(Py_ssize_t m, Py_ssize_t n, const int64_t *indptr,
                          const int32_t *indices, const float *data, const int64_t *rows,
@@ -417,11 +417,11 @@ cdef inline int dense(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floating *
 
 cdef inline int dense_at(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floating *A,
                          Py_ssize_t lda, const floating *B, floating *C, Py_ssize_t ldc,
-                         int accumulate, int isa) noexcept nogil:
+                         int accumulate, int skip_zeros, int isa) noexcept nogil:
     if floating is float:
-        return fm_dense_at_f(m, k, n, A, lda, B, C, ldc, accumulate, isa)
+        return fm_dense_at_f(m, k, n, A, lda, B, C, ldc, accumulate, skip_zeros, isa)
     else:
-        return fm_dense_at_d(m, k, n, A, lda, B, C, ldc, accumulate, isa)
+        return fm_dense_at_d(m, k, n, A, lda, B, C, ldc, accumulate, skip_zeros, isa)
 
 
 cdef inline void csr_matmul(Py_ssize_t m, Py_ssize_t n, const int64_t *indptr,

@@ -461,10 +461,11 @@ def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1
 
 
 def dense_at(const floating[:, ::1] A, const floating[:, ::1] B, Py_ssize_t i0=0,
-             i1=None, C0=None, str isa=None):
+             i1=None, C0=None, str isa=None, bint skip_zeros=False):
     """``(C0 + A[:, i0:i1].T @ B, all finite)`` by fm_dense_at, as a weight gradient is.
 
-    Without `C0` the sum starts from zero. `isa` as in :func:`dense`.
+    Without `C0` the sum starts from zero. `isa` as in :func:`dense`. `skip_zeros`: the
+    tiles leave out the rows of A that are +0 in all their columns (the first layer's).
     """
     cdef Py_ssize_t k = A.shape[0], n = B.shape[1]
     cdef Py_ssize_t stop = A.shape[1] if i1 is None else i1
@@ -480,7 +481,7 @@ def dense_at(const floating[:, ::1] A, const floating[:, ::1] B, Py_ssize_t i0=0
         return C, True
     with nogil:
         ok = fm.dense_at(stop - i0, k, n, &A[0, i0], A.shape[1], &B[0, 0], &c[0, 0], n,
-                         accumulate, code)
+                         accumulate, skip_zeros, code)
     return C, bool(ok)
 
 

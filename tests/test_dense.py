@@ -234,6 +234,44 @@ def test_dense_at_rows_do_not_depend_on_the_split(isa, dtype):
         assert np.array_equal(part, C[start:stop]), (start, stop)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,m,n", [(1, 13, 10), (40, 6, 16), (128, 50, 33), (700, 19, 130)])
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_at_skipping_zero_rows_keeps_every_bit(isa, k, m, n, dtype):
+    """skip_zeros (the first layer's weight gradient) leaves out the rows of A that are +0
+    in all of a tile's columns: the bits of the whole product, with or without C0, over
+    one list block or several (k = 700), in tiles of every height."""
+    rng = rng_for("at_skip", isa, k, m, n, str(dtype))
+    A = rng.standard_normal((k, m)).astype(dtype)
+    A[rng.random(k) < 0.6] = 0  # whole rows
+    A[rng.random(A.shape) < 0.5] = 0
+    A[: k // 2, m // 2 :] = 0  # half the rows in half the columns
+    D = rng.standard_normal((k, n)).astype(dtype)
+    C0 = rng.standard_normal((m, n)).astype(dtype)
+    for start in (None, C0):
+        whole, ok = K.dense_at(A, D, 0, m, start, isa)
+        skipping, ok_skipping = K.dense_at(A, D, 0, m, start, isa, skip_zeros=True)
+        assert ok and ok_skipping and np.array_equal(whole, skipping)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", [isa for isa in ISAS if isa != "base"])  # base skips nothing
+def test_dense_at_skipping_zero_rows_leaves_them_out(isa, dtype):
+    """The rows skipped are not read from B: a NaN on a row of A that is zero throughout
+    (24 columns: whole tiles of 6 and 8 rows) stays out of C, and a NaN on a row in use
+    does not."""
+    rng = rng_for("at_skipped", isa, str(dtype))
+    A = rng.standard_normal((40, 24)).astype(dtype)
+    A[::2] = 0
+    D = rng.standard_normal((40, 16)).astype(dtype)
+    D[4, 3] = np.nan
+    C, ok = K.dense_at(A, D, isa=isa, skip_zeros=True)
+    assert ok and np.isfinite(C).all()
+    assert not K.dense_at(A, D, isa=isa)[1]
+    D[5, 3] = np.nan
+    assert not K.dense_at(A, D, isa=isa, skip_zeros=True)[1]
+
+
 # W rows 2 KB apart or more: fm_dense packs B in blocks once 16 rows or more pass over it.
 WIDE = [(37, 530), (300, 1040), (5, 513)]
 
