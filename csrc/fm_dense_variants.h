@@ -44,7 +44,7 @@
 #endif
 
 /* Rows of A and B per block of fm_dense_at skipping zero rows, whose tiles read them
-   from a list (on the stack: 1 KB). */
+   from a list (on the stack: 1 KB); a multiple of 64 (the bits of rows in use). */
 #ifndef FM_DENSE_LIST_K
 #define FM_DENSE_LIST_K 256
 #endif
