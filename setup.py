@@ -218,12 +218,15 @@ class BuildExt(build_ext):
             for ext in sorted(
                 self.extensions, key=lambda e: -COMPILE_SECONDS.get(c_file[e.name], 0)
             ):
+                # Cython's own check missed a .pxd cimported through another (_int8 through
+                # _network's inline functions from _ckernels): a newer .pxd regenerates.
+                pxds = [d for d in ext.depends if d.endswith(".pxd")]
                 ext.sources = cythonize(
                     [ext],
                     compiler_directives={"language_level": 3},
                     compile_time_env={"FASTMLP_OPENMP": openmp},
                     shared_utility_qualified_name=SHARED_UTILITY,
-                    force=self.force,
+                    force=self.force or newer_group(pxds, c_file[ext.name]),
                 )[0].sources
                 objects = self.compiler.object_filenames(ext.sources, output_dir=self.build_temp)
                 for source, obj in zip(ext.sources, objects):
