@@ -42,6 +42,8 @@ cdef enum:
     # for speed alone (benches/results.md); 256 rows of activations stay in L2.
     PREDICT_BLOCK_ROWS = 256
     PARALLEL_ROWS = 64       # fewer rows make one block, run on the calling thread
+    FINITE_PARALLEL_MIN = 1 << 22   # elements (16 MB of float) a finiteness scan splits
+    FINITE_PARTS = 16
 
 # The names users pass, with their codes; every other module takes them from here.
 ACTIVATIONS = {"identity": FM_IDENTITY, "relu": FM_RELU, "tanh": FM_TANH,
@@ -70,26 +72,32 @@ def openmp_info():
     return bool(fm_openmp_enabled()), fm_openmp_max_threads()
 
 
-def all_finite(x):
+def all_finite(x, int n_threads=1):
     """True if no element of the float32/float64 array x is NaN or infinite.
 
-    One vectorised pass without temporaries; x is read as a flat array.
+    One vectorised pass without temporaries; x is read as a flat array. A large x (a
+    training set) is scanned in parts by up to `n_threads` threads: one core does not
+    reach the memory's bandwidth (MNIST's 188 MB: 12 ms on one Zen 3 core, 7.5 on two).
     """
-    cdef const float[::1] xf
-    cdef const double[::1] xd
-    cdef int ok
     x = np.ascontiguousarray(x).reshape(-1)
     if x.size == 0:
         return True
     if x.dtype == np.float32:
-        xf = x
-        with nogil:
-            ok = fm.all_finite(xf.shape[0], &xf[0])
-    else:
-        xd = x
-        with nogil:
-            ok = fm.all_finite(xd.shape[0], &xd[0])
-    return bool(ok)
+        return bool(_all_finite[float](x, n_threads))
+    return bool(_all_finite[double](x, n_threads))
+
+
+cdef int _all_finite(const floating[::1] x, int n_threads) noexcept:
+    cdef Py_ssize_t n = x.shape[0], part, parts = 1
+    cdef int ok = 1
+    if n_threads > 1 and n >= FINITE_PARALLEL_MIN:
+        parts = FINITE_PARTS   # more parts than threads: a paused thread holds up no one
+    with nogil:
+        for part in prange(parts, num_threads=n_threads if parts > 1 else 1,
+                           schedule="dynamic"):
+            ok &= fm.all_finite(n * (part + 1) // parts - n * part // parts,
+                                &x[n * part // parts])
+    return ok
 
 
 cdef Csr csr_pointers(const floating *like, X) except *:

@@ -116,6 +116,7 @@ def check_X(
     name: str = "X",
     finite: bool = True,
     accept_sparse: bool = False,
+    n_threads: int = 1,
 ) -> np.ndarray | CSR:
     """Validate a feature matrix and return it C-contiguous in ``dtype``.
 
@@ -123,7 +124,8 @@ def check_X(
     Fortran-ordered and strided arrays (copied only when they must be). ``finite=False``
     skips the NaN/inf scan for callers whose kernel scans as it reads. With
     ``accept_sparse``, a ``scipy.sparse`` matrix or array is returned as :class:`CSR` (see
-    :func:`check_sparse_X`); without, it is refused with a hint.
+    :func:`check_sparse_X`); without, it is refused with a hint. ``n_threads``: the
+    threads a large X's scan may use (training's own).
     """
     if is_sparse(X):
         if not accept_sparse:
@@ -156,7 +158,7 @@ def check_X(
         # Aligned too: unaligned buffers (a Dask transfer, a protocol-5 pickle) are copied
         # here, since the kernels read whole elements with aligned loads.
         out = np.require(arr, dtype, ["C", "A"])
-    if finite and arr.dtype.kind == "f" and not all_finite(out):
+    if finite and arr.dtype.kind == "f" and not all_finite(out, n_threads):
         bad = np.argwhere(~np.isfinite(out))[0]
         raise ValueError(
             f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}); "

@@ -380,7 +380,9 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
     """
     if opts.init is not None:
         model = opts.init
-        X = check_X(X, model.dtype, model.layer_sizes[0], accept_sparse=True)
+        X = check_X(
+            X, model.dtype, model.layer_sizes[0], accept_sparse=True, n_threads=opts.threads
+        )
         labels, targets = model._encode_y(y, X.shape[0])
         return model, X, labels if targets is None else targets
     dt = check_dtype(opts.dtype)
@@ -393,7 +395,7 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
         raise ValueError(f"at most {LAYERS_LIMIT - 1} hidden layers; got {len(hidden)}")
     for width in hidden:
         check_positive_int(width, "every hidden layer size")
-    X = check_X(X, dt, accept_sparse=True)
+    X = check_X(X, dt, accept_sparse=True, n_threads=opts.threads)
     loss = opts.loss
     multilabel = loss == MULTILABEL_LOSS or (loss == "cross_entropy" and np.ndim(y) == 2)
     if multilabel:

@@ -655,3 +655,19 @@ def test_all_finite(n, dtype):
             y = x.copy()
             y[pos] = bad
             assert not K.all_finite(y)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_threads(dtype):
+    # Beyond 2**22 elements the scan splits into parts over threads: a bad value in any
+    # part (first, a part's edge, last) is found with 1, 2 or 3 threads.
+    n = (1 << 22) + 5
+    x = np.ones(n, dtype=dtype)
+    for threads in (1, 2, 3):
+        assert K.all_finite(x, threads)
+    for pos in (0, n // 16 - 1, n // 16, n // 2, n - 1):
+        for bad in (np.nan, -np.inf):
+            x[pos] = bad
+            assert not K.all_finite(x, 2), (pos, bad)
+            assert not K.all_finite(x, 3), (pos, bad)
+            x[pos] = 1

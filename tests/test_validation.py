@@ -142,6 +142,17 @@ def test_nonfinite_X(model, call, bad):
         CALLS[call](model, Xb, Y)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_nonfinite_X_large_scanned_by_threads(n_threads):
+    # 2**22 elements and more are scanned in parts over train's threads.
+    Xl = np.zeros((8193, 512), np.float32)
+    Xl[8192, 511] = np.inf
+    with pytest.raises(
+        ValueError, match=r"X contains NaN or infinity \(first at row 8192, column 511\)"
+    ):
+        train(Xl, np.arange(8193) % 2, hidden=(4,), epochs=1, n_threads=n_threads)
+
+
 def test_float64_X_overflowing_float32_is_refused(model):
     Xb = X.astype(np.float64)
     Xb[2, 1] = 1e300
