@@ -4,6 +4,14 @@
    sees what the OS does to the threads (its time slices are milliseconds). */
 #define FM_TUNER_MIN_STEPS 4
 #define FM_TUNER_MIN_SECONDS 8e-3
+/* A new tuner probes after its first window: a fit does not know whether it shares its
+   cores, and each window of a paused thread costs several of one thread's. */
+#define FM_TUNER_FIRST_PROBE 1
+/* A probe that is already FM_TUNER_SLOWDOWN times slower per row than the current level
+   after this many steps has lost without waiting for the window's end (two threads on a
+   shared core ran 9x slower per row: a full window of them cost 7 ms of one thread's
+   8). Two steps, so that waking the threads up is not all the first step measures. */
+#define FM_TUNER_VERDICT_STEPS 2
 /* Probes come after 4 to 64 windows. A probe of fewer threads must be 20% faster per row
    to win, of more threads 5%: a paused thread costs 2-5x, while a quiet VM's windows jitter
    by tens of percent, which must not talk the tuner out of threads that help (at batch 32
@@ -29,7 +37,7 @@ void fm_tuner_init(fm_tuner *t, int n_max, double now)
     t->probe = 0;
     t->up = 0;
     t->period = FM_TUNER_PERIOD_MIN;
-    t->countdown = FM_TUNER_PERIOD_MIN;
+    t->countdown = FM_TUNER_FIRST_PROBE;
     t->rate = 0.0;
     window_reset(t, now);
 }
@@ -52,6 +60,15 @@ static int probe_level(fm_tuner *t)
     return t->up ? up : down;
 }
 
+/* The probe lost: back to the current level; the next probe waits twice as long. */
+static void lost(fm_tuner *t)
+{
+    if (t->period < FM_TUNER_PERIOD_MAX)
+        t->period *= 2;
+    t->probe = 0;
+    t->countdown = t->period;
+}
+
 void fm_tuner_resume(fm_tuner *t, double now)
 {
     window_reset(t, now);
@@ -62,6 +79,12 @@ void fm_tuner_step(fm_tuner *t, double rows, double now)
     double per_row;
     t->steps += 1;
     t->rows += rows;
+    if (t->probe && t->rate > 0.0 && t->steps >= FM_TUNER_VERDICT_STEPS && t->rows > 0.0 &&
+        now - t->start > FM_TUNER_SLOWDOWN * t->rate * t->rows) {
+        lost(t);
+        window_reset(t, now);
+        return;
+    }
     if (t->n_max == 1 || t->steps < FM_TUNER_MIN_STEPS ||
         now - t->start < FM_TUNER_MIN_SECONDS || t->rows <= 0.0)
         return;
@@ -72,11 +95,11 @@ void fm_tuner_step(fm_tuner *t, double rows, double now)
             t->current = t->probe;
             t->rate = per_row;
             t->period = FM_TUNER_PERIOD_MIN;
-        } else if (t->period < FM_TUNER_PERIOD_MAX) {
-            t->period *= 2;
+            t->probe = 0;
+            t->countdown = t->period;
+        } else {
+            lost(t);
         }
-        t->probe = 0;
-        t->countdown = t->period;
     } else {
         /* A slowdown is answered with fewer threads only: more would not help. */
         int slowed = t->current > 1 && t->rate > 0.0 && per_row > FM_TUNER_SLOWDOWN * t->rate;

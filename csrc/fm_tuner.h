@@ -7,8 +7,10 @@
  * so the count may change between any two steps without changing a bit of the result.
  * The tuner times windows of steps and, now and then, runs one window at the next level
  * (half or twice the threads, within 1..n_max); it moves there when that window was
- * faster per row. Probes grow rarer (the period doubles) while they lose; a window much
- * slower than the one before calls a probe of fewer threads at once.
+ * faster per row. The first probe follows the first window; a probe already much slower
+ * than the current level ends after two steps. Probes grow rarer (the period doubles)
+ * while they lose; a window much slower than the one before calls a probe of fewer
+ * threads at once.
  *
  * Plain C, no globals, no clock: the caller passes the time, so tests drive it with their
  * own. One tuner per Trainer, used by one thread (the one that runs the epoch).

@@ -40,6 +40,27 @@ def test_shared_cores_fall_back_to_one_thread():
     assert elapsed < 1.2 * 20_000 * 128 * SHARED[1]  # the "within 20% of 1 thread"
 
 
+def test_a_new_tuner_probes_after_its_first_window():
+    # SHARED: a window lasts 4 steps (20 ms at two threads); one window, then a probe of
+    # one thread, which wins.
+    used, _ = run(_kernels.Tuner(2), SHARED, 100)
+    assert np.all(used[:4] == 2) and used[4] == 1
+    assert np.mean(used[4:] == 1) > 0.9
+
+
+def test_a_losing_probe_ends_after_two_steps():
+    # Steps of 16 rows: 0.16 ms at one thread, 0.64 ms at two, whose windows would last
+    # 13 steps (8 ms). After the switch to one thread every probe of two lasts two steps.
+    tuner = _kernels.Tuner(2)
+    used, _ = run(tuner, SHARED, 20_000, rows=16)
+    assert tuner.threads == 1
+    starts = np.flatnonzero(np.diff(used.astype(int)) == 1) + 1
+    assert len(starts) >= 3
+    for s in starts:
+        assert np.all(used[s : s + 2] == 2) and used[s + 2] == 1
+    assert np.mean(used == 1) > 0.99
+
+
 def test_follows_the_load_as_it_comes_and_goes():
     tuner = _kernels.Tuner(2)
     used, now = run(tuner, QUIET, 2_000)
