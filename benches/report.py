@@ -811,7 +811,7 @@ def main(argv: list[str] | None = None) -> None:
         "test images (the one-row input, the first, is 85% zero pixels; fastmlp's one-row "
         "kernel skips the weights of zero inputs, the peers do not); the dense row is random "
         "pixels in (0, 1), nothing to skip. From 2 rows on fastmlp's first layer skips the "
-        "input features zero in every row of a block (up to 256 rows), so on MNIST it can pass "
+        "input features zero in every row of a group of 32 rows, so on MNIST it can pass "
         "the floor of the whole product: the GEMM floor of 10,000 rows at the sgemm peak is "
         f"{predict_fig['floor_10000'] * 1e3:.2f} ms.",
         predict_md,

@@ -9,7 +9,8 @@ then b_l (fan_out). Gradients and optimizer state (``_trainer.pyx``) share that 
 Prediction: each layer is one ``fm_dense`` call per block of rows (our own GEMM with the
 bias, activation and NaN check fused; no BLAS). Rows go in blocks of at most
 PREDICT_BLOCK_ROWS so a block's activations stay in cache; 64 rows and more make 2 to 4
-blocks at least, so they run in parallel. fm_dense computes every row the same way
+blocks at least, so they run in parallel. The first layer skips the input features zero in
+every row of a group of MARK_ROWS rows (first_layer_runs). fm_dense computes every row the same way
 wherever it falls, so results are bitwise the same for any thread count and block size.
 This module is the one home of the names and limits the Python layer checks against.
 """
@@ -42,6 +43,7 @@ cdef enum:
     # for speed alone (benches/results.md); 256 rows of activations stay in L2.
     PREDICT_BLOCK_ROWS = 256
     PARALLEL_ROWS = 64       # fewer rows make one block, run on the calling thread
+    MARK_ROWS = 32           # rows per group whose used input features are marked
     FINITE_PARALLEL_MIN = 1 << 22   # elements (16 MB of float) a finiteness scan splits
     FINITE_PARTS = 16
 
@@ -435,6 +437,30 @@ cdef double loss_sum(int loss, double delta, floating[:, ::1] out, y,
     return total
 
 
+cdef inline int first_layer_runs(Py_ssize_t nr, Py_ssize_t fan_in, Py_ssize_t fan_out,
+                                 const floating *A, const floating *W, const floating *bias,
+                                 const floating *tail, int act, floating *Z, uint8_t *marks,
+                                 int isa) noexcept nogil:
+    """A block's first layer over the input features its rows use (images, one-hot
+    columns), marked per MARK_ROWS rows: fewer rows leave more features zero in all of
+    them (MNIST). Once a group uses every feature (dense data), the rest of the block is
+    one product. The bits are fm_dense's whatever the split. Returns the finite flag."""
+    cdef Py_ssize_t s = 0, ns, j, used
+    cdef int ok = 1
+    while s < nr:
+        ns = min(<Py_ssize_t> MARK_ROWS, nr - s)
+        mark_active(A + s * fan_in, ns, fan_in, marks)
+        used = 0
+        for j in range(fan_in):
+            used += marks[j]
+        if used == fan_in:
+            ns = nr - s
+        ok &= dense_runs(ns, fan_in, fan_out, A + s * fan_in, W, bias, tail, act,
+                         Z + s * fan_out, marks, isa)
+        s += ns
+    return ok
+
+
 cdef inline Py_ssize_t predict_blocks(Py_ssize_t n, Py_ssize_t max_block_rows) noexcept nogil:
     """Row blocks of a prediction of n rows: at most max_block_rows each, and 2 to 4 at
     least from PARALLEL_ROWS rows on, so they can run in parallel."""
@@ -590,11 +616,9 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
             ok = fm.all_finite(fan_out, z) if l == 1 else 1
             fm.bias_act(1, fan_out, z, params + lay.b_off[l], act)
         elif l == 1 and marks_off >= 0:
-            # Over the input features the block's rows use (images, one-hot columns).
-            mark_active(inp, nr, fan_in, <uint8_t *> (ws + marks_off))
-            ok = dense_runs(nr, fan_in, fan_out, inp, params + lay.w_off[l],
-                            params + lay.b_off[l], tails + t_off[l], act, z,
-                            <const uint8_t *> (ws + marks_off), isa)
+            ok = first_layer_runs(nr, fan_in, fan_out, inp, params + lay.w_off[l],
+                                  params + lay.b_off[l], tails + t_off[l], act, z,
+                                  <uint8_t *> (ws + marks_off), isa)
         else:
             ok = fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
                           params + lay.b_off[l], tails + t_off[l], act, z, fan_out, 0, isa)

@@ -386,6 +386,35 @@ def test_prediction_skips_zero_features_exactly(features, dtype):
         model.predict_proba(X)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prediction_marks_features_per_group_of_rows_exactly(dtype):
+    """Prediction marks the used features per group of 32 rows within a block: groups
+    using few, none or all features (after which the rest of the block is one product),
+    blocks that are not a multiple of 32 rows, give the whole product's bits; NaN in a
+    feature only a late row uses is found."""
+    rng = rng_for("groups", dtype)
+    X = np.zeros((300, 60))
+    X[:32, 40:] = rng.standard_normal((32, 20))  # group 0: the last 20 features
+    # rows 32-63 all zero; row 64 uses every feature, rows 65-95 a few
+    X[64] = rng.standard_normal(60)
+    X[65:96, :5] = rng.standard_normal((31, 5))
+    X[96:, 10:30] = rng.standard_normal((204, 20)) * (rng.random((204, 20)) < 0.3)
+    X = X.astype(dtype)
+    X_all = np.where(X == 0, -0.0, X).astype(dtype)
+    model = random_model(rng_for("groups-model", dtype), (60, 13, 5), dtype, "relu")
+    net = model._network
+    for block in (256, 100, 45):
+        for n_threads in (1, 2):
+            got, want = (np.empty((300, 5), dtype) for _ in range(2))
+            net.forward(X, got, softmax=True, n_threads=n_threads, max_block_rows=block)
+            net.forward(X_all, want, softmax=True, n_threads=n_threads, max_block_rows=block)
+            assert np.array_equal(got, want), (block, n_threads)
+    assert np.array_equal(model.predict_proba(X), model.predict_proba(X_all))
+    X[290, 0] = np.inf  # feature 0: zero in every row of its group but this one
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        model.predict_proba(X)
+
+
 def test_compiled_entry_points_refuse_what_does_not_fit():
     """Error paths of the compiled calls that the public API never reaches."""
     model = random_model(rng_for("misfit"), (4, 6, 3), np.float64)
