@@ -7,10 +7,12 @@
 /* A new tuner probes after its first window: a fit does not know whether it shares its
    cores, and each window of a paused thread costs several of one thread's. */
 #define FM_TUNER_FIRST_PROBE 1
-/* A probe that is already FM_TUNER_SLOWDOWN times slower per row than the current level
-   after this many steps has lost without waiting for the window's end (two threads on a
-   shared core ran 9x slower per row: a full window of them cost 7 ms of one thread's
-   8). Two steps, so that waking the threads up is not all the first step measures. */
+/* After this many steps a probe has lost without waiting for the window's end when it
+   is already slower per row than the current level: FM_TUNER_SLOWDOWN times for more
+   threads (two threads on a shared core ran 9x slower per row: a full window of them cost
+   7 ms of one thread's 8), at all for fewer, which must be faster to win (on quiet cores
+   every fit's first try of one thread cost most of a window). Two steps, so that waking
+   the threads up is not all the first step measures. */
 #define FM_TUNER_VERDICT_STEPS 2
 /* Probes come after 4 to 64 windows. A probe of fewer threads must be 20% faster per row
    to win, of more threads 5%: a paused thread costs 2-5x, while a quiet VM's windows jitter
@@ -80,7 +82,7 @@ void fm_tuner_step(fm_tuner *t, double rows, double now)
     t->steps += 1;
     t->rows += rows;
     if (t->probe && t->rate > 0.0 && t->steps >= FM_TUNER_VERDICT_STEPS && t->rows > 0.0 &&
-        now - t->start > FM_TUNER_SLOWDOWN * t->rate * t->rows) {
+        now - t->start > (t->probe > t->current ? FM_TUNER_SLOWDOWN : 1.0) * t->rate * t->rows) {
         lost(t);
         window_reset(t, now);
         return;

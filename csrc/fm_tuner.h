@@ -7,8 +7,9 @@
  * so the count may change between any two steps without changing a bit of the result.
  * The tuner times windows of steps and, now and then, runs one window at the next level
  * (half or twice the threads, within 1..n_max); it moves there when that window was
- * faster per row. The first probe follows the first window; a probe already much slower
- * than the current level ends after two steps. Probes grow rarer (the period doubles)
+ * faster per row. The first probe follows the first window; a probe already slower than
+ * the current level (twice as slow, for more threads) ends after two steps. Probes grow
+ * rarer (the period doubles)
  * while they lose; a window much slower than the one before calls a probe of fewer
  * threads at once.
  *

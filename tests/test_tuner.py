@@ -61,6 +61,16 @@ def test_a_losing_probe_ends_after_two_steps():
     assert np.mean(used == 1) > 0.99
 
 
+def test_a_losing_probe_of_fewer_threads_ends_after_two_steps():
+    # QUIET: steps of 128 rows, 0.7 ms at two threads (windows of 12 steps), 1.28 ms at
+    # one. Every try of one thread is slower from its first steps: it lasts two.
+    used, _ = run(_kernels.Tuner(2), QUIET, 5_000)
+    starts = np.flatnonzero(np.diff(used.astype(int)) == -1) + 1
+    assert len(starts) >= 3
+    for s in starts:
+        assert np.all(used[s : s + 2] == 1) and used[s + 2] == 2
+
+
 def test_follows_the_load_as_it_comes_and_goes():
     tuner = _kernels.Tuner(2)
     used, now = run(tuner, QUIET, 2_000)
