@@ -9,9 +9,8 @@
  * (half or twice the threads, within 1..n_max); it moves there when that window was
  * faster per row. The first probe follows the first window; a probe already slower than
  * the current level (twice as slow, for more threads) ends after two steps. Probes grow
- * rarer (the period doubles)
- * while they lose; a window much slower than the one before calls a probe of fewer
- * threads at once.
+ * rarer (the period doubles) while they lose; a window much slower than the one before
+ * calls a probe of fewer threads at once.
  *
  * Plain C, no globals, no clock: the caller passes the time, so tests drive it with their
  * own. One tuner per Trainer, used by one thread (the one that runs the epoch).
