@@ -240,8 +240,9 @@ def train(
     shuffle : bool
         Reshuffle the samples every epoch.
     seed : int, optional
-        Seed of initialisation, shuffling, validation split and dropout. The same seed,
-        data and options give bitwise identical weights, whatever ``n_threads``.
+        Seed (an integer >= 0) of initialisation, shuffling, validation split and dropout;
+        None draws a fresh one. The same seed, data and options give bitwise identical
+        weights, whatever ``n_threads``.
     dtype : numpy.float32 or numpy.float64
         Precision of the model and of the computation.
     n_threads : int, optional
@@ -333,6 +334,8 @@ class _Options:
                 f"has no variance; got batch_size={self.batch_size}"
             )
         self.patience = check_positive_int(self.patience, "patience")
+        if self.seed is not None:
+            self.seed = check_positive_int(self.seed, "seed", minimum=0)
         self.lr = check_float(self.lr, "lr", 0.0, math.inf, low_open=True)
         if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2); got {self.betas!r}")
