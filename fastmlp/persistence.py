@@ -352,6 +352,22 @@ def _write_atomically(target: str, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` with numpy.savez to a temporary file, then rename it onto target."""
     directory = os.path.dirname(os.path.abspath(target))
     base = os.path.basename(target)
+    # Checked first: otherwise the whole model is written before the rename fails, and the
+    # error names the temporary file instead of the path the user gave.
+    if os.path.isdir(target):
+        raise IsADirectoryError(
+            errno.EISDIR,
+            "cannot save the model there: it is a directory; give a file path, such as "
+            f"{os.path.join(target, 'model.npz')!r}",
+            target,
+        )
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"cannot save the model there: the directory {directory!r} does not exist; "
+            "create it first",
+            target,
+        )
     # Not tempfile.NamedTemporaryFile: it creates files with mode 0600, which would leave
     # the model unreadable to other users. os.open with 0666 lets the umask decide, as a
     # plain open(target, "wb") would; O_EXCL makes the random name safe to claim.

@@ -263,6 +263,18 @@ def test_save_replaces_an_existing_file_and_keeps_its_mode(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
 
 
+def test_save_to_a_directory_or_into_a_missing_one_names_the_path(tmp_path):
+    model = make_model()
+    (tmp_path / "kept.npz").write_bytes(b"theirs")
+    with pytest.raises(IsADirectoryError, match=r"is a directory; give a file path, such as"):
+        save(model, tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"the directory .*nope.* does not exist"):
+        save(model, tmp_path / "nope" / "m.npz")
+    # No temporary file left behind, and nothing of the user's touched.
+    assert [p.name for p in tmp_path.iterdir()] == ["kept.npz"]
+    assert (tmp_path / "kept.npz").read_bytes() == b"theirs"
+
+
 def test_new_files_get_the_umask_default_mode(tmp_path):
     old = os.umask(0o027)
     try:
