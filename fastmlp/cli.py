@@ -479,6 +479,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise CLIError(f"--out {out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise CLIError(f"--out {out}: is a directory; give a file path, such as {out / 'm.npz'}")
     options = _train_options(args)
     regressor = options.get("loss") in REGRESSION_LOSSES
     X, y, _ = load_data(
@@ -810,12 +812,20 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def _seed(text: str) -> int:
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _int_at_least(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}")
     return value
 
 
@@ -906,7 +916,7 @@ def _train_option_specs() -> tuple[tuple[str, dict], ...]:
         ("--label-smoothing", {"type": float, "metavar": "S",
                                "help": "cross-entropy against (1 - S) onehot(y) + S / "
                                "n_classes, in [0, 1) (default: 0)"}),
-        ("--seed", {"type": int,
+        ("--seed", {"type": _seed,
                     "help": "random seed, for reproducible training (default: unseeded)"}),
         ("--validation-split", {"type": _fraction, "default": 0.0, "metavar": "FRACTION",
                                 "help": "fraction of DATA held out to validate on after "

@@ -244,6 +244,8 @@ def test_errors_exit_2_with_one_line(work, npz_model, tmp_path):
     fastmlp.MLP((7, 1), loss="squared_error").save(tmp_path / "regressor.npz")
     cases = [
         (("train", "missing.npz", "--out", "m.npz"), ("missing.npz", "does not exist")),
+        # --out is checked before the data is read, so before any training.
+        (("train", "missing.npz", "--out", str(tmp_path)), ("is a directory",)),
         (("train", "notes.txt", "--out", "m.npz"), ("unknown data format",)),
         (("train", "bad.csv", "--out", "m.npz"), ("line 3", "'xyz'")),
         (("train", "nolabel.csv", "--out", "m.npz"), ("no column 'label'",)),
@@ -270,6 +272,9 @@ def test_bad_option_is_a_usage_error(work):
     proc = run(work, "train", "blobs.npz", "--hidden", "12,x", "--out", "m.npz")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "--hidden" in proc.stderr
+    proc = run(work, "train", "blobs.npz", "--seed", "-1", "--out", "m.npz")
+    assert proc.returncode == 2
+    assert "--seed" in proc.stderr and "expected an integer >= 0; got '-1'" in proc.stderr
 
 
 def test_help_documents_every_option(work):
