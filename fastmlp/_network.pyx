@@ -29,10 +29,12 @@ from fastmlp._ckernels cimport (FM_IDENTITY, FM_RELU, FM_TANH, FM_SIGMOID, FM_IS
 
 import numpy as np
 
-NOT_FINITE = (
-    "X contains NaN or infinity (or values so large that the first layer overflows); "
-    "remove or impute them first."
-)
+NOT_FINITE = "X contains NaN or infinity; remove or impute them first."
+# predict_block's findings: the first layer's sums are not finite (NaN or infinity in X,
+# or a first layer that overflows), or a later layer's or the output's are (overflow).
+cdef enum:
+    BAD_FIRST = 1
+    BAD_LATER = 2
 
 cdef extern from "fm_openmp.h":
     int fm_openmp_enabled()
@@ -274,9 +276,9 @@ cdef class Network:
         and (n, outputs); or X is a CSR input (``_validation.CSR``, see check_csr), whose
         first layer runs fm_csr_matmul. `isa` picks an fm_dense variant (tests); the
         default is the best this CPU runs. NaN and infinity in X raise ValueError (found in
-        the first layer's products, see fm_dense), as do finite inputs so large that the
-        first layer overflows. BatchNorm uses the running statistics (inference mode): a
-        row's output does not depend on the other rows.
+        the first layer's products, see fm_dense), as do finite inputs for which a layer's
+        sums overflow (weights too large for the dtype). BatchNorm uses the running
+        statistics (inference mode): a row's output does not depend on the other rows.
         """
         cdef int bad
         if max_block_rows < 1:
@@ -292,7 +294,20 @@ cdef class Network:
             bad = predict[float](&self.layout, <const float *> self.params_data, X, out,
                                  softmax, n_threads, max_block_rows, isa)
         if bad:
-            raise ValueError(NOT_FINITE)
+            raise self.not_finite(X, bad)
+
+    def not_finite(self, X, int bad):
+        """The ValueError for what predict_block found (BAD_FIRST, BAD_LATER) in X's rows."""
+        if bad & BAD_FIRST:
+            data = X.data if is_csr(X) else X
+            if not np.isfinite(data).all():
+                return ValueError(NOT_FINITE)
+        return ValueError(
+            f"the network's sums overflow {np.dtype(self.dtype).name} for these inputs, "
+            "which are finite: its parameters are too large (the largest in magnitude is "
+            f"{np.abs(self.params).max():.3g}). Was it trained until it diverged, or is its "
+            "file damaged?"
+        )
 
     def outputs(self, X, bint softmax):
         """The outputs for X in a new array (softmax applied if `softmax`), or None.
@@ -310,11 +325,9 @@ cdef class Network:
             return None
         try:
             if self.is_double:
-                return request[double](&self.layout, <const double *> self.params_data,
-                                       <const double *> view.buf, view.shape[0], self.dtype,
+                return request[double](self, <const double *> view.buf, view.shape[0], X,
                                        softmax)
-            return request[float](&self.layout, <const float *> self.params_data,
-                                  <const float *> view.buf, view.shape[0], self.dtype, softmax)
+            return request[float](self, <const float *> view.buf, view.shape[0], X, softmax)
         finally:
             PyBuffer_Release(&view)
 
@@ -473,7 +486,7 @@ cdef inline Py_ssize_t predict_blocks(Py_ssize_t n, Py_ssize_t max_block_rows) n
 cdef int predict(const Layout *lay, const floating *params, X_obj,
                  floating[:, ::1] out, bint softmax, int n_threads,
                  Py_ssize_t max_block_rows, int isa) except -1:
-    """Network.forward for one dtype; returns 1 if X holds NaN or infinity.
+    """Network.forward for one dtype; returns what predict_block found (0: all finite).
 
     X_obj: a C-contiguous array, or a CSR input check_csr has passed."""
     cdef const floating[:, ::1] X
@@ -500,13 +513,14 @@ cdef int predict(const Layout *lay, const floating *params, X_obj,
                         max_block_rows, isa)
 
 
-cdef object request(const Layout *lay, const floating *params, const floating *xp,
-                    Py_ssize_t n, dtype, bint softmax):
-    """Network.outputs for one dtype: the n checked rows at xp, in a new array."""
+cdef object request(Network net, const floating *xp, Py_ssize_t n, X, bint softmax):
+    """Network.outputs for one dtype: the n checked rows at xp (X's), in a new array."""
     cdef Py_buffer out
     cdef Csr dense
     cdef int bad
-    result = np.empty((n, lay.sizes[lay.n_layers]), dtype)
+    cdef const Layout *lay = &net.layout
+    cdef const floating *params = <const floating *> net.params_data
+    result = np.empty((n, lay.sizes[lay.n_layers]), net.dtype)
     PyObject_GetBuffer(result, &out, PyBUF_WRITABLE)   # new: C-contiguous and aligned
     dense.indptr = NULL
     try:
@@ -515,7 +529,7 @@ cdef object request(const Layout *lay, const floating *params, const floating *x
     finally:
         PyBuffer_Release(&out)
     if bad:
-        raise ValueError(NOT_FINITE)
+        raise net.not_finite(X, bad)
     return result
 
 
@@ -523,7 +537,7 @@ cdef int predict_rows(const Layout *lay, const floating *params, const floating 
                       const Csr *csr, floating *out, Py_ssize_t n, bint softmax,
                       int n_threads, Py_ssize_t max_block_rows, int isa) except -1:
     """The forward pass of n >= 1 checked rows (xp, or csr if csr.indptr) into out;
-    returns 1 if they hold NaN or infinity."""
+    returns what predict_block found in them, or-ed (0: all finite)."""
     cdef Py_ssize_t n_blocks, block_rows, b, tails_size = 0, need
     cdef Py_ssize_t ws_size = 0, h_off[MAX_LAYERS + 1], t_off[MAX_LAYERS + 1]
     cdef Py_ssize_t marks_off
@@ -570,18 +584,18 @@ cdef int predict_rows(const Layout *lay, const floating *params, const floating 
                                        params + lay.b_off[l], tails + t_off[l])
             if n_threads <= 1:
                 for b in range(n_blocks):
-                    bad += predict_block(lay, params, tails, t_off, buf, h_off, marks_off,
+                    bad |= predict_block(lay, params, tails, t_off, buf, h_off, marks_off,
                                          xp, csr, out, n, block_rows, b, softmax, isa)
             else:
                 for b in prange(n_blocks, num_threads=n_threads, schedule="dynamic"):
                     tid = threadid()
-                    bad += predict_block(lay, params, tails, t_off, buf + tid * ws_size,
+                    bad |= predict_block(lay, params, tails, t_off, buf + tid * ws_size,
                                          h_off, marks_off, xp, csr, out, n, block_rows, b,
                                          softmax, isa)
     finally:
         if tails != small_ws:
             free(tails)
-    return bad != 0
+    return bad
 
 
 cdef int predict_block(const Layout *lay, const floating *params, const floating *tails,
@@ -589,9 +603,10 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
                        Py_ssize_t marks_off, const floating *X, const Csr *csr,
                        floating *out, Py_ssize_t n, Py_ssize_t block_rows, Py_ssize_t b,
                        bint softmax, int isa) noexcept nogil:
-    """Forward pass of block b of X (dense, or csr if csr.indptr) into out; 1 if the block
-    holds NaN or infinity. ws: the thread's hidden activations (h_off) and, from
-    marks_off (-1: none), the marks of the features the block uses."""
+    """Forward pass of block b of X (dense, or csr if csr.indptr) into out; 0, or BAD_FIRST
+    if the first layer's sums are not finite, BAD_LATER if a later layer's or the output
+    are not. ws: the thread's hidden activations (h_off) and, from marks_off (-1: none),
+    the marks of the features the block uses."""
     cdef Py_ssize_t r0 = b * block_rows, nr = min(block_rows, n - r0)
     cdef int L = lay.n_layers, k = lay.sizes[L], l, fan_in, fan_out, ok, act
     cdef bint norm
@@ -615,7 +630,7 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
         elif n == 1:
             # One sample: fm_vecmat streams W once and skips the zeros of the input.
             fm.vecmat(fan_in, fan_out, inp, params + lay.w_off[l], z)
-            ok = fm.all_finite(fan_out, z) if l == 1 else 1
+            ok = fm.all_finite(fan_out, z)
             fm.bias_act(1, fan_out, z, params + lay.b_off[l], act)
         elif l == 1 and marks_off >= 0:
             ok = first_layer_runs(nr, fan_in, fan_out, inp, params + lay.w_off[l],
@@ -625,9 +640,10 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
             ok = fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
                           params + lay.b_off[l], tails + t_off[l], act, z, fan_out, 0, isa)
         # NaN/inf in X show in the first layer's products (NaN propagates, inf * w is
-        # inf or NaN): a test on fan_out columns instead of fan_in.
-        if l == 1 and not ok:
-            return 1
+        # inf or NaN): a test on fan_out columns instead of fan_in. Later, only weights
+        # too large for the dtype make them.
+        if not ok:
+            return BAD_FIRST if l == 1 else BAD_LATER
         if norm and lay.norm == NORM_BATCH:   # the running statistics: one affine map
             fm.batch_norm_eval(nr, fan_out, z, stats + lay.s_off[l],
                                stats + lay.s_off[l] + fan_out, params + lay.g_off[l],
@@ -636,6 +652,9 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
             fm.layer_norm(nr, fan_out, z, params + lay.g_off[l], params + lay.g_off[l] + fan_out,
                           lay.norm_eps, lay.acts[l], <floating *> NULL, <floating *> NULL)
         inp = z
+    # A bias near the dtype's limit can still overflow the last layer's sums.
+    if not fm.all_finite(nr * k, out + r0 * k):
+        return BAD_LATER
     if softmax:
         fm.softmax(nr, k, out + r0 * k)
     return 0

@@ -147,7 +147,13 @@ def check_model(model: fastmlp.MLP) -> None:
     model.classes_.tolist()
     for rows in ROW_COUNTS:
         X = np.linspace(-2, 2, rows * n_in).reshape(rows, n_in).astype(model.dtype)
-        labels = model.predict(X)
+        try:
+            labels = model.predict(X)
+        except ValueError as exc:
+            # Finite parameters near the dtype's limit: a documented refusal, not NaN.
+            if "sums overflow" not in str(exc):
+                raise
+            break
         assert labels.shape == (rows,), labels.shape
         assert np.isin(labels, model.classes_).all(), "a predicted label is not a class"
         out = model.decision_function(X)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastmlp._network import Network
 from fastmlp._trainer import Trainer
+from scipy import sparse
 
 import fastmlp
 from fastmlp import MLP
@@ -413,6 +414,36 @@ def test_prediction_marks_features_per_group_of_rows_exactly(dtype):
     X[290, 0] = np.inf  # feature 0: zero in every row of its group but this one
     with pytest.raises(ValueError, match="NaN or infinity"):
         model.predict_proba(X)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("where", ["first layer", "hidden layer", "output bias"])
+def test_weights_that_overflow_are_an_error_not_nan(dtype, where):
+    """Finite inputs whose sums overflow the dtype (weights near its limit, as a diverged
+    or damaged model has) raise an error naming the model, on every path: one row, a
+    request, parallel blocks, a sparse X; NaN in X is still named as X's."""
+    big = np.finfo(dtype).max
+    sizes = (4, 6, 5, 3)
+    weights = [np.full((a, b), 0.5, dtype) for a, b in zip(sizes, sizes[1:])]
+    biases = [np.zeros(b, dtype) for b in sizes[1:]]
+    if where == "first layer":
+        weights[0][:] = big / 4  # 4 inputs >= 1: the sums pass the limit
+    elif where == "hidden layer":
+        weights[1][:] = big / 4
+    else:
+        weights[2][:] = big / 1e6  # finite sums, far above the limit's spacing
+        biases[2][:] = big
+    model = MLP.from_weights(weights, biases, dtype=dtype)
+    X = (1 + rng_for("overflow", dtype).random((600, 4))).astype(dtype)
+    for rows in (1, 5, 600):
+        for n_threads in (1, 2):
+            with pytest.raises(ValueError, match=r"sums overflow .* which are finite: its "):
+                model.predict_proba(X[:rows], n_threads=n_threads)
+    with pytest.raises(ValueError, match=r"sums overflow"):
+        model.predict(sparse.csr_matrix(X))
+    X[3, 2] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity"):
+        model.predict(X)
 
 
 def test_compiled_entry_points_refuse_what_does_not_fit():
