@@ -242,6 +242,17 @@ class QuantizedMLP:
             else np.zeros(W.shape[1], np.int32)
             for i, W in enumerate(self.weights_q)
         ]
+        # Each layer's int8 inputs are bounded, so its float outputs are too: refuse
+        # constants that could take them past float32 (NaN probabilities otherwise).
+        for i, (m, b, W) in enumerate(zip(mults, self.biases, self.weights_q)):
+            reach = 2.0 * W.shape[0] * QMAX * 127 * float(np.abs(m).max(initial=0))
+            reach += float(np.abs(b).max(initial=0))
+            if not reach < np.finfo(np.float32).max:
+                raise ValueError(
+                    f"layer {i + 1}'s outputs could reach {reach:.3g}, beyond float32: its "
+                    "scales or biases are too large (did the float model diverge, or is the "
+                    "file damaged?)"
+                )
         inv = [float(np.float32(1.0 / s)) for s in scales]
         self._network = Int8Network(
             self.weights_q,
@@ -534,6 +545,16 @@ def _read(reader) -> QuantizedMLP:
         weights.append(W)
         w_scales.append(s)
         biases.append(b)
-    return QuantizedMLP(
-        sizes, classes, weights, w_scales, biases, scales, zp, source_dtype=meta["source_dtype"]
-    )
+    try:
+        return QuantizedMLP(
+            sizes,
+            classes,
+            weights,
+            w_scales,
+            biases,
+            scales,
+            zp,
+            source_dtype=meta["source_dtype"],
+        )
+    except ValueError as exc:  # constants whose outputs could pass float32
+        raise reader.error(str(exc)) from None

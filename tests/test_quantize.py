@@ -371,6 +371,7 @@ def test_corrupted_int8_files_are_clear_errors(tmp_path):
         "minus128.npz": dict(W1=W1),
         "nan.npz": dict(w_scale2=np.array([np.nan, 1, 1], np.float32)),
         "scale.npz": dict(input_scales=np.array([0, 1], np.float32)),
+        "huge.npz": dict(w_scale2=np.array([1e37, 1, 1], np.float32)),
         "pickle.npz": dict(classes=np.array([1, "a", None], dtype=object)),
     }
     expected = {
@@ -384,6 +385,7 @@ def test_corrupted_int8_files_are_clear_errors(tmp_path):
         "minus128.npz": "-128",
         "nan.npz": "NaN",
         "scale.npz": "input_scales",
+        "huge.npz": "beyond float32",
         "pickle.npz": "Python objects",
     }
     for name, change in cases.items():
@@ -418,6 +420,17 @@ def test_bad_calibration_data_is_a_clear_error():
         fastmlp.quantize(model, X, percentile=20)
     with pytest.raises(ValueError, match="pair"):
         fastmlp.quantize(model, X, validation_data=X)
+
+
+def test_a_model_whose_outputs_pass_float32_is_refused():
+    """Weights near float32's limit (a diverged model) would give int8 scales whose
+    products overflow: quantize refuses them, where it made a model predicting NaN."""
+    sizes = (4, 6, 5, 3)
+    weights = [np.full((a, b), 0.5, np.float32) for a, b in zip(sizes, sizes[1:])]
+    weights[1][:] = np.finfo(np.float32).max / 4
+    model = MLP.from_weights(weights, [np.zeros(b, np.float32) for b in sizes[1:]])
+    with pytest.raises(ValueError, match=r"layer 2's outputs could reach .* beyond float32"):
+        fastmlp.quantize(model, 1 + inputs(100, 4, signed=False))
 
 
 @pytest.mark.parametrize("n", [1, 5, 63])
