@@ -31,7 +31,13 @@ from fastmlp._validation import (
     check_targets,
     check_X,
 )
-from fastmlp.model import MLP, check_label_smoothing, check_loss_targets, check_multilabel
+from fastmlp.model import (
+    MLP,
+    check_activation,
+    check_label_smoothing,
+    check_loss_targets,
+    check_multilabel,
+)
 
 
 def init_params(model: MLP, rng: np.random.Generator) -> None:
@@ -261,8 +267,9 @@ def train(
         and keeps the best weights so far.
     init : MLP, optional
         Continue training this model (its architecture, dtype, classes and optimizer
-        state are kept; ``hidden``, ``activation``, ``normalization``, ``loss``, ``delta``
-        and ``dtype`` are ignored).
+        state are kept; ``hidden``, ``activation``, ``normalization``, ``loss``,
+        ``delta``, ``dtype`` and ``output_activation`` other than their defaults must
+        match it).
     output_activation : str, optional
         Activation of the output layer for ``loss="mse"`` (e.g. "sigmoid").
 
@@ -376,6 +383,41 @@ class _Options:
             raise ValueError(f"init must be a fastmlp.MLP; got {type(self.init).__name__}")
 
 
+def _as_tuple(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else v
+
+
+def _check_kept(opts: _Options, model: MLP) -> None:
+    """Refuse an architecture option that differs from both its default and ``init``'s.
+
+    ``init`` keeps its architecture; a value the user changed would be silently ignored.
+    """
+    n_hidden = len(model.layer_sizes) - 2
+
+    def layers(a):
+        a = check_activation(a, n_hidden)
+        return (a,) * n_hidden if isinstance(a, str) else tuple(a)
+
+    kept = [  # (name, given, default, init's, how to compare)
+        ("hidden", opts.hidden, (128, 64), model.layer_sizes[1:-1], _as_tuple),
+        ("activation", opts.activation, "relu", model.activation, layers),
+        ("normalization", opts.normalization, None, model.normalization, None),
+        ("loss", opts.loss, "cross_entropy", model.loss, None),
+        ("delta", opts.delta, 1.0, model.delta, None),
+        ("dtype", opts.dtype, np.float32, model.dtype, check_dtype),
+        ("output_activation", opts.output_activation, None, model.output_activation,
+         lambda a: a or "identity"),
+    ]  # fmt: skip
+    for name, given, default, theirs, norm in kept:
+        norm = norm or (lambda v: v)
+        if norm(given) != norm(default) and norm(given) != norm(theirs):
+            given, theirs = (str(norm(v)) if name == "dtype" else repr(v) for v in (given, theirs))
+            raise ValueError(
+                f"{name}={given} differs from init's {name} ({theirs}): training continues "
+                f"init as it is; leave {name} out, or train a new model"
+            )
+
+
 def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndarray, np.ndarray]:
     """The model to train (``init``, or a new one, initialised) and X, y checked for it.
 
@@ -383,6 +425,7 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
     """
     if opts.init is not None:
         model = opts.init
+        _check_kept(opts, model)
         X = check_X(
             X, model.dtype, model.layer_sizes[0], accept_sparse=True, n_threads=opts.threads
         )

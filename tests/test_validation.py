@@ -337,6 +337,31 @@ def test_bad_train_options(options, match):
         train(X, Y, **options)
 
 
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        (dict(hidden=(5,)), r"hidden=\(5,\) differs from init's hidden \(\(4,\)\)"),
+        (dict(activation="tanh"), r"activation='tanh' differs from init's activation"),
+        (dict(normalization="layer"), r"normalization='layer' differs"),
+        (dict(loss="mse"), r"loss='mse' differs from init's loss \('cross_entropy'\)"),
+        (dict(dtype=np.float64), r"dtype=float64 differs from init's dtype \(float32\)"),
+        (dict(delta=2.0), r"delta=2.0 differs"),
+        (dict(output_activation="sigmoid"), r"output_activation='sigmoid' differs"),
+    ],
+)
+def test_init_refuses_a_changed_architecture(model, options, match):
+    """An option init cannot honour is an error, not silently ignored."""
+    with pytest.raises(ValueError, match=match):
+        train(X, Y, init=copy.deepcopy(model), **options)
+
+
+def test_init_accepts_its_own_architecture_and_the_defaults(model):
+    same = dict(hidden=[4], activation=["relu"], dtype="float32", output_activation="identity")
+    defaults = dict(hidden=(128, 64), activation="relu", loss="cross_entropy", delta=1.0)
+    for options in (same, defaults):
+        assert train(X, Y, init=copy.deepcopy(model), **options).layer_sizes == (10, 4, 3)
+
+
 @pytest.mark.parametrize("bad", [0, -2, "2", 1.5])
 @pytest.mark.parametrize("call", ["predict", "predict_proba", "decision_function"])
 def test_bad_n_threads_at_prediction(model, call, bad):
