@@ -546,8 +546,9 @@ class MLP:
     def fit_more(self, X, y, **options) -> MLP:
         """Continue training this model, keeping the optimizer's state (Adam's moments).
 
-        Takes the keyword arguments of :func:`fastmlp.train` except ``hidden``; the
-        history grows by the new epochs. Returns the model itself.
+        Takes the keyword arguments of :func:`fastmlp.train`; those of the architecture
+        (``hidden``, ``activation``, ``dtype``, ...) must match this model, as for its
+        ``init``. The history grows by the new epochs. Returns the model itself.
         """
         from fastmlp.training import train
 
