@@ -683,7 +683,10 @@ class _Reader:
                 f"header declares {expected - header_end}"
             )
         try:
-            arr = self.npz[key]
+            # Through the member checked above: numpy's own lookup (npz[key]) would take
+            # a member named exactly `key` first, which a damaged file can also hold.
+            with self.npz.zip.open(info) as member:
+                arr = npy_format.read_array(member, allow_pickle=False)
         except _DECODE_ERRORS as exc:
             raise self.error(f"array {key!r} is damaged ({exc})") from None
         except OSError as exc:

@@ -370,6 +370,21 @@ def test_foreign_npz_is_not_a_fastmlp_model(tmp_path):
         load(path)
 
 
+def test_a_member_named_like_an_array_is_not_read_in_its_place(tmp_path, saved):
+    """numpy's npz["version"] takes a member named exactly "version" before
+    "version.npy": the loader reads the member it checked, so a damaged file's raw
+    "version" is not read instead (the fuzzer's crash-70591900 had one claiming 2.8 GB)."""
+    path = tmp_path / "twin.npz"
+    newer = io.BytesIO()
+    np.save(newer, np.array(FORMAT_VERSION + 1))
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+        dst.writestr("version", newer.getvalue())
+    with pytest.raises(ValueError, match=r"cannot load .*unexpected arrays \['version'\]"):
+        load(path)
+
+
 @pytest.mark.parametrize(
     "prefix", [b"", b"\x93NUMPY", b"PK\x03\x04", b"\x80\x04\x95", b"\x1f\x8b"]
 )
