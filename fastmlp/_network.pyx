@@ -298,15 +298,14 @@ cdef class Network:
 
     def not_finite(self, X, int bad):
         """The ValueError for what predict_block found (BAD_FIRST, BAD_LATER) in X's rows."""
-        if bad & BAD_FIRST:
-            data = X.data if is_csr(X) else X
-            if not np.isfinite(data).all():
-                return ValueError(NOT_FINITE)
+        data = X.data if is_csr(X) else X
+        if bad & BAD_FIRST and not np.isfinite(data).all():
+            return ValueError(NOT_FINITE)
         return ValueError(
             f"the network's sums overflow {np.dtype(self.dtype).name} for these inputs, "
-            "which are finite: its parameters are too large (the largest in magnitude is "
-            f"{np.abs(self.params).max():.3g}). Was it trained until it diverged, or is its "
-            "file damaged?"
+            f"which are finite (largest |x|: {np.abs(data).max(initial=0):.3g}, largest "
+            f"|parameter|: {np.abs(self.params).max():.3g}): inputs that large need "
+            "scaling; parameters that large mean a diverged model or a damaged file."
         )
 
     def outputs(self, X, bint softmax):

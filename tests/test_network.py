@@ -437,12 +437,20 @@ def test_weights_that_overflow_are_an_error_not_nan(dtype, where):
     X = (1 + rng_for("overflow", dtype).random((600, 4))).astype(dtype)
     for rows in (1, 5, 600):
         for n_threads in (1, 2):
-            with pytest.raises(ValueError, match=r"sums overflow .* which are finite: its "):
+            with pytest.raises(ValueError, match=r"sums overflow .* which are finite \("):
                 model.predict_proba(X[:rows], n_threads=n_threads)
     with pytest.raises(ValueError, match=r"sums overflow"):
         model.predict(sparse.csr_matrix(X))
     X[3, 2] = np.nan
     with pytest.raises(ValueError, match=r"X contains NaN or infinity"):
+        model.predict(X)
+
+
+def test_finite_inputs_that_overflow_the_first_layer_are_named():
+    weights = [np.full((5, 4), 0.5, np.float32), np.full((4, 3), 0.5, np.float32)]
+    model = MLP.from_weights(weights, [np.zeros(4, np.float32), np.zeros(3, np.float32)])
+    X = np.full((3, 5), 3e38, np.float32)
+    with pytest.raises(ValueError, match=r"which are finite \(largest \|x\|: 3e\+38, "):
         model.predict(X)
 
 
