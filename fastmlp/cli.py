@@ -476,11 +476,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     plt = _pyplot() if args.report else None  # fail before training, not after
     report = _report_dir(args.report) if args.report else None
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise CLIError(f"--out {out}: directory {out.parent} does not exist")
-    if out.is_dir():
-        raise CLIError(f"--out {out}: is a directory; give a file path, such as {out / 'm.npz'}")
+    out = _model_out(args.out)
     options = _train_options(args)
     regressor = options.get("loss") in REGRESSION_LOSSES
     X, y, _ = load_data(
@@ -757,6 +753,16 @@ def plot_accuracy_change(plt: Any, report: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def _model_out(path: str) -> Path:
+    """``--out``, checked before any work: a file in a directory that exists."""
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise CLIError(f"--out {out}: directory {out.parent} does not exist")
+    if out.is_dir():
+        raise CLIError(f"--out {out}: is a directory; give a file path, such as {out / 'm.npz'}")
+    return out
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     """``quantize``: an int8 copy of a classifier, calibrated and evaluated on DATA."""
     import fastmlp
@@ -764,9 +770,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     plt = _pyplot() if args.report else None  # fail before the work, not after
     if args.report and Path(args.report).is_dir():
         raise CLIError(f"--report {args.report}: is a directory; give a .png file name")
-    for option, path in (("--out", args.out), ("--report", args.report)):
-        if path and not Path(path).parent.is_dir():
-            raise CLIError(f"{option} {path}: directory {Path(path).parent} does not exist")
+    if args.report and not Path(args.report).parent.is_dir():
+        raise CLIError(
+            f"--report {args.report}: directory {Path(args.report).parent} does not exist"
+        )
+    _model_out(args.out)
     if not Path(args.model).exists():
         raise CLIError(f"model file {args.model} does not exist")
     model = fastmlp.load(args.model)

@@ -454,6 +454,8 @@ def test_quantize_errors_exit_2_with_one_line(npz_model, tmp_path):
             ("at least 32",),
         ),  # fmt: skip
         (("quantize", path, data, "--out", "nodir/x.npz"), ("nodir", "does not exist")),
+        (("quantize", "missing.npz", data, "--out", "."), ("is a directory",)),  # before all
+        (("quantize", path, data, "--out", "x.npz", "--report", "no/r.png"), ("no", "not exist")),
         (("quantize", path, data, "--out", "x.npz", "--report", "."), ("directory",)),
         (("quantize", "missing.npz", data, "--out", "x.npz"), ("missing.npz", "does not exist")),
     ]
