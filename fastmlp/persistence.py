@@ -695,7 +695,11 @@ class _Reader:
         # changed on disk in between).
         if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != got_dtype:
             raise self.error(f"array {key!r} changed while it was being read")
-        return np.require(arr, dtype=got_dtype.newbyteorder("="), requirements=["C", "W"])
+        arr = np.require(arr, dtype=got_dtype.newbyteorder("="), requirements=["C", "W"])
+        # Text is UCS-4: a code point past U+10FFFF makes a str Python cannot use.
+        if arr.dtype.kind == "U" and (np.frombuffer(arr.tobytes(), np.uint32) > 0x10FFFF).any():
+            raise self.error(f"array {key!r} holds characters outside Unicode")
+        return arr
 
     def _meta(self) -> dict[str, Any]:
         """The parsed and fully checked ``meta`` JSON object."""
@@ -840,9 +844,6 @@ class _Reader:
         classes = self._array("classes", limit, dtype.kind, (n_outputs,), dtype)
         if dtype.kind == "f" and not np.isfinite(classes).all():
             raise self.error("the classes contain NaN or infinity")
-        if dtype.kind == "U" and (classes.view(np.uint32) >= 0x110000).any():
-            # Beyond Unicode: numpy holds them, but Python cannot make str of them.
-            raise self.error("the classes hold characters that are not Unicode")
         if len(np.unique(classes)) != n_outputs:
             raise self.error("the classes contain duplicates")
         return classes

@@ -385,6 +385,19 @@ def test_a_member_named_like_an_array_is_not_read_in_its_place(tmp_path, saved):
         load(path)
 
 
+def test_text_outside_unicode_is_refused(saved):
+    """A 'U' array is UCS-4: a code point past U+10FFFF made a str that json's scanner
+    rejected with SystemError (the fuzzer's crash-f51c46b6)."""
+    arrays = arrays_of(saved)
+    meta = str(arrays["meta"][()])
+    codes = np.frombuffer(meta.encode("utf-32-le"), np.uint32).copy()
+    codes[2] = 0x110000  # inside the first key, which the scanner builds as a str
+    arrays["meta"] = np.frombuffer(codes.tobytes(), f"<U{len(meta)}").reshape(())
+    write_npz(saved, arrays)
+    with pytest.raises(ValueError, match="array 'meta' holds characters outside Unicode"):
+        load(saved)
+
+
 @pytest.mark.parametrize(
     "prefix", [b"", b"\x93NUMPY", b"PK\x03\x04", b"\x80\x04\x95", b"\x1f\x8b"]
 )
@@ -763,7 +776,7 @@ def test_classes_beyond_unicode_are_refused(saved):
     bad.view(np.uint32)[0] = 0x110000
     arrays["classes"] = bad
     write_npz(saved, arrays)
-    with pytest.raises(ValueError, match="not Unicode"):
+    with pytest.raises(ValueError, match="array 'classes' holds characters outside Unicode"):
         load(saved)
 
 
