@@ -134,7 +134,10 @@ def check_X(
                 f"array ({name}.toarray())."
             )
         return check_sparse_X(X, dtype, n_features, name)
-    arr = np.asarray(X)
+    try:
+        arr = np.asarray(X)
+    except ValueError as exc:  # rows of different lengths, mostly
+        raise ValueError(f"{name} is not a table of numbers: {exc}") from None
     if arr.dtype.kind not in "biuf":
         raise TypeError(
             f"{name} must hold real numbers (bool, int or float); got dtype {arr.dtype}. "

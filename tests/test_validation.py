@@ -262,6 +262,12 @@ def test_odd_layouts_train_like_a_c_copy(tmp_path, layout):
     np.testing.assert_array_equal(Xo, X)  # not written to
 
 
+@pytest.mark.parametrize("call", ["train", "predict"])
+def test_ragged_rows_are_named(model, call):
+    with pytest.raises(ValueError, match=r"X is not a table of numbers: .*inhomogeneous"):
+        CALLS[call](model, [[1.0] * N_FEATURES, [2.0]], [0, 1])
+
+
 def test_int_and_bool_X_work(model):
     Xi = np.round(X).astype(np.int16)
     np.testing.assert_array_equal(model.predict(Xi), model.predict(Xi.astype(np.float32)))
