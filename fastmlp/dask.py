@@ -190,7 +190,9 @@ def train(
         If ``X`` is not a dask array, or an option is not one :func:`fastmlp.train` takes.
     ValueError
         If the shapes of ``X``, ``y`` and ``sample_weight`` do not agree, or an option is
-        invalid (the messages of :func:`fastmlp.train`).
+        invalid (the messages of :func:`fastmlp.train`). A block's bad data (NaN, a label
+        outside ``y``'s classes) is found when that block is computed, and named by its
+        rows; the blocks before it have trained the model (``init`` too).
     """
     import dask
     import dask.array as da
@@ -223,6 +225,7 @@ def train(
     model, class_weight = _stream_model(X, y, class_weight, opts, rng)
     val = None if validation_data is None else _validation_set(model, validation_data)
 
+    starts = np.concatenate([[0], np.cumsum(row_chunks)])  # the blocks' first rows
     blocks = [
         (xb, yb, None if sample_weight is None else wb)
         for xb, yb, wb in zip(
@@ -263,19 +266,23 @@ def train(
                     stop_reason = "max_time"
                     break
                 sizes = {key: len(values) for key, values in hist.items()}
-                training.train(
-                    Xb,
-                    yb,
-                    init=model,
-                    epochs=1,
-                    lr=float(lr_blocks[j]),
-                    seed=int(seeds[j]),
-                    shuffle=opts.shuffle,
-                    sample_weight=wb,
-                    class_weight=class_weight,
-                    max_time=None if deadline == math.inf else deadline - time.monotonic(),
-                    **options,
-                )
+                try:
+                    training.train(
+                        Xb,
+                        yb,
+                        init=model,
+                        epochs=1,
+                        lr=float(lr_blocks[j]),
+                        seed=int(seeds[j]),
+                        shuffle=opts.shuffle,
+                        sample_weight=wb,
+                        class_weight=class_weight,
+                        max_time=None if deadline == math.inf else deadline - time.monotonic(),
+                        **options,
+                    )
+                except ValueError as exc:  # its row numbers count from the block's start
+                    first, last = starts[order[j]], starts[order[j] + 1] - 1
+                    raise ValueError(f"in the block of rows {first}-{last}: {exc}") from None
                 if len(hist["epoch"]) > sizes["epoch"]:  # the block's figures, folded in
                     block = {k: v.pop() for k, v in hist.items() if len(v) > sizes.get(k, 0)}
                     rows += Xb.shape[0]

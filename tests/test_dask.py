@@ -335,6 +335,9 @@ def test_train_errors():
     model = fastmlp.train(X, y, hidden=(4,), epochs=1, seed=0)
     with pytest.raises(ValueError, match="validation_data's y"):
         train(Xd, y, init=model, validation_data=(X, y + 7), epochs=1)
+    X[70, 3] = np.nan  # row 20 of the second block
+    with pytest.raises(ValueError, match=r"in the block of rows 50-99: X contains NaN .*row 20"):
+        train(da.from_array(X, chunks=(50, N_FEATURES)), y, hidden=(4,), epochs=1)
 
 
 # -- on a distributed cluster ----------------------------------------------------------------
