@@ -301,6 +301,11 @@ cdef class Network:
         data = X.data if is_csr(X) else X
         if bad & BAD_FIRST and not np.isfinite(data).all():
             return ValueError(NOT_FINITE)
+        if not np.isfinite(self.params).all():  # written into the weights' views
+            return ValueError(
+                "the model's parameters contain NaN or infinity; was one written into its "
+                "weights or biases?"
+            )
         return ValueError(
             f"the network's sums overflow {np.dtype(self.dtype).name} for these inputs, "
             f"which are finite (largest |x|: {np.abs(data).max(initial=0):.3g}, largest "

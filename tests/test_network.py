@@ -446,6 +446,13 @@ def test_weights_that_overflow_are_an_error_not_nan(dtype, where):
         model.predict(X)
 
 
+def test_nan_written_into_the_weights_is_named():
+    model = random_model(rng_for("nan w"), (5, 4, 3), np.float32)
+    model.weights[1][2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"parameters contain NaN or infinity; was one"):
+        model.predict(np.ones((3, 5), np.float32))
+
+
 def test_finite_inputs_that_overflow_the_first_layer_are_named():
     weights = [np.full((5, 4), 0.5, np.float32), np.full((4, 3), 0.5, np.float32)]
     model = MLP.from_weights(weights, [np.zeros(4, np.float32), np.zeros(3, np.float32)])
