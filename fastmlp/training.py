@@ -426,6 +426,11 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
     if opts.init is not None:
         model = opts.init
         _check_kept(opts, model)
+        if not np.isfinite(model.params_).all():  # else: "diverged", blaming lr
+            raise ValueError(
+                "init's parameters contain NaN or infinity; was one written into its "
+                "weights, or did the fit that made it diverge?"
+            )
         X = check_X(
             X, model.dtype, model.layer_sizes[0], accept_sparse=True, n_threads=opts.threads
         )

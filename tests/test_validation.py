@@ -361,6 +361,13 @@ def test_init_refuses_a_changed_architecture(model, options, match):
         train(X, Y, init=copy.deepcopy(model), **options)
 
 
+def test_init_with_nan_parameters_is_refused_before_training(model):
+    broken = copy.deepcopy(model)
+    broken.weights[0][1, 2] = np.nan
+    with pytest.raises(ValueError, match=r"init's parameters contain NaN or infinity"):
+        train(X, Y, init=broken)
+
+
 def test_init_accepts_its_own_architecture_and_the_defaults(model):
     same = dict(hidden=[4], activation=["relu"], dtype="float32", output_activation="identity")
     defaults = dict(hidden=(128, 64), activation="relu", loss="cross_entropy", delta=1.0)
