@@ -208,6 +208,10 @@ def _resolve_mnist_dir(path: StrPath | None) -> Path:
     """Directory holding the MNIST files, per the rules in `load_mnist`."""
     if path is not None:
         directory = Path(path)
+        if directory.exists() and not directory.is_dir():
+            raise NotADirectoryError(
+                f"{directory} is a file; load_mnist takes the directory of the MNIST files"
+            )
         if not directory.is_dir():
             raise FileNotFoundError(f"MNIST directory {directory} does not exist")
         return directory

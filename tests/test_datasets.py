@@ -174,6 +174,12 @@ def test_mnist_missing_file(tmp_path):
         load_mnist(tmp_path)
 
 
+def test_mnist_path_that_is_a_file(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="is a file; load_mnist takes the directory"):
+        load_mnist(tmp_path / "train-images-idx3-ubyte")
+
+
 def test_mnist_missing_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_mnist(tmp_path / "nowhere")
