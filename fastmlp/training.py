@@ -370,6 +370,12 @@ class _Options:
                 f"weight_decay={self.weight_decay} is AdamW's decoupled decay: use "
                 f"optimizer='adamw', or l2 for a penalty with optimizer={self.optimizer!r}"
             )
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(
+                f"weight_decay={self.weight_decay} with lr={self.lr}: AdamW multiplies the "
+                f"weights by 1 - lr * weight_decay = {1 - self.lr * self.weight_decay:.3g} "
+                "every step, which must stay above 0 (weight_decay is usually 1e-4 to 0.1)"
+            )
         if self.early_stopping and self.validation_data is None and not self.validation_split:
             raise ValueError("early_stopping needs validation_split > 0 or validation_data")
         self.lr_schedule = _lr_schedule(self.lr_schedule, self.epochs)

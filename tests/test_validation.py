@@ -296,6 +296,8 @@ BAD_OPTIONS = [
     (dict(epochs=0), r"epochs must be an integer >= 1; got 0"),
     (dict(epochs=2.0), r"epochs must be an integer >= 1; got 2.0"),
     (dict(patience=0), r"patience must be an integer >= 1; got 0"),
+    (dict(optimizer="adamw", weight_decay=1e3), r"1 - lr \* weight_decay = 0 every step"),
+    (dict(optimizer="adamw", weight_decay=1e6), r"1 - lr \* weight_decay = -999 every"),
     (dict(seed=-1), r"seed must be an integer >= 0; got -1"),
     (dict(seed=1.5), r"seed must be an integer >= 0; got 1.5"),
     (dict(seed="0"), r"seed must be an integer >= 0; got '0'"),
