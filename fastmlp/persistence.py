@@ -515,8 +515,6 @@ class _Reader:
             return read_int8(self)
         if marker is None or str(marker[()]) != FORMAT_MARKER:
             raise self.error(f"not a fastmlp model file (its 'format' is not {FORMAT_MARKER!r})")
-        if "version" not in self.members:
-            raise self.error("the 'version' array is missing")
         version = int(self._array("version", HEADER_ALLOWANCE + 8, "iu", ())[()])
         if version > FORMAT_VERSION:
             raise self.error(
@@ -630,7 +628,9 @@ class _Reader:
         ``dtype`` may differ in byte order only; the result is native, C-contiguous and
         writeable.
         """
-        info = self.members[key]
+        info = self.members.get(key)
+        if info is None:
+            raise self.error(f"the {key!r} array is missing")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise self.error(f"array {key!r} uses an unsupported compression method")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:

@@ -8,7 +8,8 @@ docstring and the format notes in ``fastmlp/persistence.py``:
 * a file that loads gives a working model: ``predict``, ``decision_function`` and (for
   cross-entropy) ``predict_proba`` run on a few rows, on the serial path (<= 64 rows) and
   the parallel one, and return arrays of the right shapes with labels from ``classes_``;
-* a loaded model saves and loads again to the same layers, parameters, labels and history.
+* a loaded model saves and loads again to the same layers, parameters, labels and history
+  (an int8 model: the same integer weights, scales, biases, zero point and labels).
 
 Any other outcome raises, and atheris reports it as a crash with the input saved to
 ``crash-<sha1>`` under the artifact directory.
@@ -26,8 +27,8 @@ Usage (libFuzzer flags pass through)::
 
 Without a corpus directory, the seeds (small models saved by this script: float32 and
 float64, cross-entropy and MSE, int, uint, float, bool and str labels, with and without
-Adam or SGD state) and the corpus grown from them live in ``$FASTMLP_FUZZ_DIR/model``
-(default ``<tmp>/fastmlp-fuzz/model``), and crash files go to
+Adam or SGD state, and one int8 model) and the corpus grown from them live in
+``$FASTMLP_FUZZ_DIR/model`` (default ``<tmp>/fastmlp-fuzz/model``), and crash files go to
 ``$FASTMLP_FUZZ_DIR/model-artifacts/`` unless ``-artifact_prefix=`` is given.
 """
 
@@ -137,11 +138,40 @@ def write_seeds(directory: str) -> None:
         os.path.join(directory, "f32-xent-no-optimizer.npz"),
         optimizer_state=False,
     )
+    # An int8 model (fastmlp.quantize), read by the same loader.
+    calibration = np.random.default_rng(1).standard_normal((40, 3))
+    fastmlp.quantize(models["f32-xent-adam-int"], calibration).save(
+        os.path.join(directory, "int8.npz")
+    )
 
 
 # -- the target ----------------------------------------------------------------------------
+def check_int8_model(model: fastmlp.QuantizedMLP) -> None:
+    """Raise unless a loaded int8 ``model`` predicts, and saves and loads again, faithfully."""
+    n_in, k = model.layer_sizes[0], model.layer_sizes[-1]
+    model.classes_.tolist()
+    for rows in ROW_COUNTS:
+        X = np.linspace(-2, 2, rows * n_in).reshape(rows, n_in).astype(np.float32)
+        proba = model.predict_proba(X)
+        assert proba.shape == (rows, k) and np.isfinite(proba).all(), "int8 probabilities"
+        assert np.isin(model.predict(X), model.classes_).all(), "a predicted label is not a class"
+    with tempfile.TemporaryDirectory(prefix="fastmlp-fuzz-") as tmp:
+        model.save(os.path.join(tmp, "model.npz"))
+        again = fastmlp.load(os.path.join(tmp, "model.npz"))
+    assert again.layer_sizes == model.layer_sizes, "the layers changed in a round trip"
+    for a, b in zip(again.weights_q + again.weight_scales + again.biases,
+                    model.weights_q + model.weight_scales + model.biases):  # fmt: skip
+        assert np.array_equal(a, b), "an int8 array changed in a round trip"
+    assert np.array_equal(again.input_scales, model.input_scales), "input scales changed"
+    assert again.input_zero_point == model.input_zero_point, "the zero point changed"
+    assert np.array_equal(again.classes_, model.classes_), "the labels changed"
+
+
 def check_model(model: fastmlp.MLP) -> None:
     """Raise unless a loaded ``model`` predicts, and saves and loads again, faithfully."""
+    if isinstance(model, fastmlp.QuantizedMLP):
+        check_int8_model(model)
+        return
     n_in, k = model.layer_sizes[0], model.layer_sizes[-1]
     # Labels must be usable as Python objects (printing a prediction converts them).
     model.classes_.tolist()
