@@ -294,6 +294,8 @@ def load_mnist(
     ------
     FileNotFoundError
         If the directory or one of the files does not exist.
+    NotADirectoryError
+        If `path` is a file.
     ValueError
         If `dtype` is not float32 or float64, a file is malformed, fails its
         checksum, or has an unexpected shape, type or label value.
