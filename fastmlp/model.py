@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from os import PathLike
 
@@ -109,7 +110,19 @@ class MLP:
         delta: float = 1.0,
         normalization: str | None = None,
     ) -> None:
-        sizes = tuple(int(s) for s in layer_sizes)
+        # Integers only: int() would truncate 3.7 to 3, and a str's digits make sizes.
+        try:
+            items = [] if isinstance(layer_sizes, (str, bytes)) else list(layer_sizes)
+        except TypeError:  # not iterable
+            items = []
+        if not items or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in items
+        ):
+            raise ValueError(
+                f"layer_sizes must be a sequence of ints, such as (784, 128, 10); got "
+                f"{layer_sizes!r}"
+            )
+        sizes = tuple(int(s) for s in items)
         if not 2 <= len(sizes) <= LAYERS_LIMIT + 1 or not all(
             1 <= s <= WIDTH_LIMIT for s in sizes
         ):
@@ -165,6 +178,8 @@ class MLP:
         self.normalization = normalization
         self.dtype = check_dtype(dtype)
         self.classes_ = classes
+        if n_threads is not None:
+            effective_n_threads(n_threads)  # refuses 0, "2", 1.5 here, not at a later call
         self.n_threads = n_threads
         check_memory(
             count_params(sizes, normalization) * self.dtype.itemsize,

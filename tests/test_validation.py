@@ -384,6 +384,19 @@ def test_bad_n_threads_at_prediction(model, call, bad):
         getattr(model, call)(X, n_threads=bad)
 
 
+@pytest.mark.parametrize("bad", [0, -2, "2", 1.5])
+def test_bad_n_threads_of_a_model_is_refused_when_it_is_built(bad):
+    # A small request runs on the calling thread, so prediction never read it.
+    with pytest.raises(ValueError, match=r"n_threads must be a positive int"):
+        MLP((4, 3, 2), classes=[0, 1], n_threads=bad)
+
+
+@pytest.mark.parametrize("sizes", [(4, 3.7, 2), (4, 3.0, 2), "432", (4, True, 2), 5, ()])
+def test_layer_sizes_must_be_ints(sizes):
+    with pytest.raises(ValueError, match=r"layer_sizes must be a sequence of ints"):
+        MLP(sizes, classes=[0, 1])
+
+
 @pytest.mark.parametrize("bad", [0, -2, "2"])
 def test_bad_n_threads_in_loss_and_gradients(model, bad):
     # n_threads=0 must not silently mean "all cores" (predict refuses it).
