@@ -754,13 +754,14 @@ def plot_accuracy_change(plt: Any, report: dict, out: Path) -> None:
 
 
 def _model_out(path: str) -> Path:
-    """``--out``, checked before any work: a file in a directory that exists."""
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise CLIError(f"--out {out}: directory {out.parent} does not exist")
-    if out.is_dir():
-        raise CLIError(f"--out {out}: is a directory; give a file path, such as {out / 'm.npz'}")
-    return out
+    """``--out``, checked before any work as saving will check it."""
+    from fastmlp.persistence import check_save_path
+
+    try:
+        check_save_path(path)
+    except OSError as exc:
+        raise CLIError(f"--out {path}: {exc.strerror}") from None
+    return Path(path)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

@@ -348,12 +348,13 @@ def _checked_optimizer(state: Any, params: np.ndarray) -> tuple[str, int, np.nda
     return name, int(t), np.ascontiguousarray(state1), np.ascontiguousarray(state2)
 
 
-def _write_atomically(target: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` with numpy.savez to a temporary file, then rename it onto target."""
+def check_save_path(target: str) -> None:
+    """Raise the OSError a save to ``target`` would meet: a directory, or a missing one.
+
+    Checked before writing (and by the CLI before any work): otherwise the whole model is
+    written before the rename fails, and the error names the temporary file.
+    """
     directory = os.path.dirname(os.path.abspath(target))
-    base = os.path.basename(target)
-    # Checked first: otherwise the whole model is written before the rename fails, and the
-    # error names the temporary file instead of the path the user gave.
     if os.path.isdir(target):
         raise IsADirectoryError(
             errno.EISDIR,
@@ -368,6 +369,13 @@ def _write_atomically(target: str, arrays: dict[str, np.ndarray]) -> None:
             "create it first",
             target,
         )
+
+
+def _write_atomically(target: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` with numpy.savez to a temporary file, then rename it onto target."""
+    check_save_path(target)
+    directory = os.path.dirname(os.path.abspath(target))
+    base = os.path.basename(target)
     # Not tempfile.NamedTemporaryFile: it creates files with mode 0600, which would leave
     # the model unreadable to other users. os.open with 0666 lets the umask decide, as a
     # plain open(target, "wb") would; O_EXCL makes the random name safe to claim.

@@ -7,6 +7,7 @@ stopping).
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 import time
@@ -404,18 +405,21 @@ def _check_kept(opts: _Options, model: MLP) -> None:
         a = check_activation(a, n_hidden)
         return (a,) * n_hidden if isinstance(a, str) else tuple(a)
 
-    kept = [  # (name, given, default, init's, how to compare)
-        ("hidden", opts.hidden, (128, 64), model.layer_sizes[1:-1], _as_tuple),
-        ("activation", opts.activation, "relu", model.activation, layers),
-        ("normalization", opts.normalization, None, model.normalization, None),
-        ("loss", opts.loss, "cross_entropy", model.loss, None),
-        ("delta", opts.delta, 1.0, model.delta, None),
-        ("dtype", opts.dtype, np.float32, model.dtype, check_dtype),
-        ("output_activation", opts.output_activation, None, model.output_activation,
-         lambda a: a or "identity"),
-    ]  # fmt: skip
-    for name, given, default, theirs, norm in kept:
-        norm = norm or (lambda v: v)
+    def same(v):
+        return v
+
+    kept = [  # (name, init's value, how to compare)
+        ("hidden", model.layer_sizes[1:-1], _as_tuple),
+        ("activation", model.activation, layers),
+        ("normalization", model.normalization, same),
+        ("loss", model.loss, same),
+        ("delta", model.delta, same),
+        ("dtype", model.dtype, check_dtype),
+        ("output_activation", model.output_activation, lambda a: a or "identity"),
+    ]
+    defaults = inspect.signature(train).parameters
+    for name, theirs, norm in kept:
+        given, default = getattr(opts, name), defaults[name].default
         if norm(given) != norm(default) and norm(given) != norm(theirs):
             given, theirs = (str(norm(v)) if name == "dtype" else repr(v) for v in (given, theirs))
             raise ValueError(

@@ -146,6 +146,17 @@ def write_seeds(directory: str) -> None:
 
 
 # -- the target ----------------------------------------------------------------------------
+def round_trip(model):
+    """``model`` saved and loaded again, its layers checked."""
+    # fastmlp.save writes a temporary file beside its target and renames it, so the round
+    # trip needs a real directory; removed at once, as libFuzzer's exit skips clean-up.
+    with tempfile.TemporaryDirectory(prefix="fastmlp-fuzz-") as tmp:
+        model.save(os.path.join(tmp, "model.npz"))
+        again = fastmlp.load(os.path.join(tmp, "model.npz"))
+    assert again.layer_sizes == model.layer_sizes, (again.layer_sizes, model.layer_sizes)
+    return again
+
+
 def check_int8_model(model: fastmlp.QuantizedMLP) -> None:
     """Raise unless a loaded int8 ``model`` predicts, and saves and loads again, faithfully."""
     n_in, k = model.layer_sizes[0], model.layer_sizes[-1]
@@ -155,10 +166,7 @@ def check_int8_model(model: fastmlp.QuantizedMLP) -> None:
         proba = model.predict_proba(X)
         assert proba.shape == (rows, k) and np.isfinite(proba).all(), "int8 probabilities"
         assert np.isin(model.predict(X), model.classes_).all(), "a predicted label is not a class"
-    with tempfile.TemporaryDirectory(prefix="fastmlp-fuzz-") as tmp:
-        model.save(os.path.join(tmp, "model.npz"))
-        again = fastmlp.load(os.path.join(tmp, "model.npz"))
-    assert again.layer_sizes == model.layer_sizes, "the layers changed in a round trip"
+    again = round_trip(model)
     for a, b in zip(again.weights_q + again.weight_scales + again.biases,
                     model.weights_q + model.weight_scales + model.biases):  # fmt: skip
         assert np.array_equal(a, b), "an int8 array changed in a round trip"
@@ -191,12 +199,7 @@ def check_model(model: fastmlp.MLP) -> None:
         if model.loss == "cross_entropy":
             proba = model.predict_proba(X)
             assert proba.shape == (rows, k), proba.shape
-    # fastmlp.save writes a temporary file beside its target and renames it, so the round
-    # trip needs a real directory; removed at once, as libFuzzer's exit skips clean-up.
-    with tempfile.TemporaryDirectory(prefix="fastmlp-fuzz-") as tmp:
-        fastmlp.save(model, os.path.join(tmp, "model.npz"))
-        again = fastmlp.load(os.path.join(tmp, "model.npz"))
-    assert again.layer_sizes == model.layer_sizes, (again.layer_sizes, model.layer_sizes)
+    again = round_trip(model)
     assert np.array_equal(again.params_, model.params_), "params changed in a round trip"
     assert again.classes_.dtype == model.classes_.dtype, "the labels' dtype changed"
     assert np.array_equal(again.classes_, model.classes_), "the labels changed"
