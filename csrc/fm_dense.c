@@ -36,12 +36,6 @@ ptrdiff_t fm_dense_tail_size(ptrdiff_t k, ptrdiff_t n, size_t elem)
     return n % panel ? (k + 1) * panel : 0;
 }
 
-ptrdiff_t fm_dense_packed_size(ptrdiff_t k, ptrdiff_t n, size_t elem)
-{
-    const ptrdiff_t cw = fm_dense_pack_width(n, elem);
-    return cw ? (n + cw - 1) / cw * cw * k : 0;
-}
-
 #define T float
 #define S _f
 #include "fm_dense_dispatch_impl.h"

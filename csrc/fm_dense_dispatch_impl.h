@@ -19,38 +19,6 @@ void FN(fm_dense_pack_tail)(ptrdiff_t k, ptrdiff_t n, const T *W, const T *b, T 
     }
 }
 
-void FN(fm_dense_pack)(ptrdiff_t k, ptrdiff_t n, const T *W, ptrdiff_t ldw, ptrdiff_t p0,
-                       ptrdiff_t p1, T *P)
-{
-    const ptrdiff_t cw = fm_dense_pack_width(n, sizeof(T));
-    for (ptrdiff_t j0 = 0; j0 < n; j0 += cw) {
-        const ptrdiff_t nc = n - j0 < cw ? n - j0 : cw;
-        for (ptrdiff_t p = p0; p < p1; p++) {
-            T *dst = P + j0 * k + p * cw;
-            memcpy(dst, W + p * ldw + j0, (size_t)nc * sizeof(T));
-            for (ptrdiff_t j = nc; j < cw; j++) dst[j] = 0;
-        }
-    }
-}
-
-int FN(fm_dense_packed)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,
-                        const T *P, const T *b, int act, T *Z, ptrdiff_t ldz, int isa)
-{
-    if (isa < 0) isa = fm_dense_isa_best();
-    switch (isa) {
-#if FM_DENSE_X86
-    case FM_ISA_AVX2:
-        return VN(fm_dense_packed, _avx2)(m, k, n, A, lda, P, b, act, Z, ldz);
-    case FM_ISA_WIDE:
-        return VN(fm_dense_packed, _wide)(m, k, n, A, lda, P, b, act, Z, ldz);
-    case FM_ISA_AVX512:
-        return VN(fm_dense_packed, _avx512)(m, k, n, A, lda, P, b, act, Z, ldz);
-#endif
-    default:
-        return VN(fm_dense_packed, _base)(m, k, n, A, lda, P, b, act, Z, ldz);
-    }
-}
-
 int FN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const T *W,
                  const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate,
                  int isa)

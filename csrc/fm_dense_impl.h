@@ -175,15 +175,13 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_strip)(
 static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
     ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const int at,
     const T *B, const T *bias, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate,
-    int skip_zeros, const T *prepacked)
+    int skip_zeros)
 {
     DN(ivec) bad = {0};
     const ptrdiff_t panels = (n + PANEL - 1) / PANEL;
     /* A wide B is packed, a block at a time, into a contiguous buffer: read in place,
-       each row of a block would sit on its own page. A B that fm_dense_pack packed
-       (`prepacked`) is read in its blocks as they lie. */
-    const int packed = prepacked != NULL ||
-                       (n * (ptrdiff_t)sizeof(T) >= FM_DENSE_PACK_ROW_BYTES && m >= 2 * MR);
+       each row of a block would sit on its own page. */
+    const int packed = n * (ptrdiff_t)sizeof(T) >= FM_DENSE_PACK_ROW_BYTES && m >= 2 * MR;
     T pack[FM_DENSE_PACK_BYTES / sizeof(T)] __attribute__((aligned(64)));
     /* A block: all panels, unless FM_DENSE_MIN_KBLOCK rows of them would pass the block
        size; then as many (in groups of NP) as fit, over the rows that fill the block. */
@@ -215,22 +213,15 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
             const ptrdiff_t kb = k - p0 < kc ? k - p0 : kc;
             const int first = p0 == 0 && !accumulate, last = p0 + kb == k;
             /* This block of B, and where its last partial panel comes from. */
-            const T *bp, *tp = NULL, *tb = bj ? bj + rem : NULL;
+            const T *bp = B + p0 * n + j0, *tp = NULL, *tb = bj ? bj + rem : NULL;
             ptrdiff_t ldb = n, tld = PANEL;
-            if (prepacked) { /* fm_dense_pack's layout: chunk by chunk, k x chunk rows */
-                bp = prepacked + j0 * k + p0 * chunk * PANEL;
-            } else {
-                bp = B + p0 * n + j0;
-                if (packed) {
-                    for (ptrdiff_t p = 0; p < kb; p++)
-                        for (ptrdiff_t c = 0; c < chunk * PANEL; c++)
-                            pack[p * chunk * PANEL + c] = c < nc ? bp[p * n + c] : 0;
-                    bp = pack;
-                }
-            }
             if (packed) {
+                for (ptrdiff_t p = 0; p < kb; p++)
+                    for (ptrdiff_t c = 0; c < chunk * PANEL; c++)
+                        pack[p * chunk * PANEL + c] = c < nc ? bp[p * n + c] : 0;
+                bp = pack;
                 ldb = tld = chunk * PANEL;
-                tp = bp + rem;
+                tp = pack + rem;
             } else if (tail && j0 + nc == n) {
                 tp = tail + p0 * PANEL;
                 tb = bias ? tail + k * PANEL : NULL;
@@ -284,14 +275,7 @@ FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, pt
                            const T *W, const T *b, const T *tail, int act, T *Z,
                            ptrdiff_t ldz, int accumulate)
 {
-    return DN(fm_dense_run)(m, k, n, A, lda, 0, W, b, tail, act, Z, ldz, accumulate, 0, NULL);
-}
-
-FM_TARGET int DN(fm_dense_packed)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
-                                  ptrdiff_t lda, const T *P, const T *b, int act, T *Z,
-                                  ptrdiff_t ldz)
-{
-    return DN(fm_dense_run)(m, k, n, A, lda, 0, NULL, b, NULL, act, Z, ldz, 0, 0, P);
+    return DN(fm_dense_run)(m, k, n, A, lda, 0, W, b, tail, act, Z, ldz, accumulate, 0);
 }
 
 FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
@@ -299,7 +283,7 @@ FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
                               int skip_zeros)
 {
     return DN(fm_dense_run)(m, k, n, A, lda, 1, B, NULL, NULL, FM_IDENTITY, C, ldc, accumulate,
-                            skip_zeros, NULL);
+                            skip_zeros);
 }
 
 #undef VL
@@ -323,28 +307,6 @@ int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t ld
             const T s = A[i * lda + p];
             const T *restrict w = W + p * n;
             for (ptrdiff_t j = 0; j < n; j++) z[j] += s * w[j];
-        }
-        for (ptrdiff_t j = 0; j < n; j++) ok &= z[j] - z[j] == 0;
-        if (b) FN(fm_bias_act)(1, n, z, b, act);
-    }
-    return ok;
-}
-
-int DN(fm_dense_packed)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,
-                        const T *P, const T *b, int act, T *Z, ptrdiff_t ldz)
-{
-    int ok = 1;
-    const ptrdiff_t cw = fm_dense_pack_width(n, sizeof(T));
-    for (ptrdiff_t i = 0; i < m; i++) {
-        T *restrict z = Z + i * ldz;
-        for (ptrdiff_t j = 0; j < n; j++) z[j] = 0;
-        for (ptrdiff_t p = 0; p < k; p++) {
-            const T s = A[i * lda + p];
-            for (ptrdiff_t j0 = 0; j0 < n; j0 += cw) {
-                const T *restrict w = P + j0 * k + p * cw;
-                const ptrdiff_t nc = n - j0 < cw ? n - j0 : cw;
-                for (ptrdiff_t j = 0; j < nc; j++) z[j0 + j] += s * w[j];
-            }
         }
         for (ptrdiff_t j = 0; j < n; j++) ok &= z[j] - z[j] == 0;
         if (b) FN(fm_bias_act)(1, n, z, b, act);

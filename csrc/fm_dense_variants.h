@@ -36,19 +36,6 @@
 #ifndef FM_DENSE_PACK_K
 #define FM_DENSE_PACK_K 64
 #endif
-/* Panels per packed chunk of columns (the width of a block); a multiple of every tile's
-   NP, so that fm_dense_pack's layout is the same for every variant. */
-#define FM_DENSE_PACK_CHUNK (FM_DENSE_PACK_BYTES / (FM_DENSE_PACK_K * FM_PANEL_BYTES))
-_Static_assert(FM_DENSE_PACK_CHUNK >= 2 && FM_DENSE_PACK_CHUNK % 2 == 0,
-               "a packed chunk holds whole tiles of every variant (NP 1 or 2)");
-
-/* Columns per chunk of a packed W with n columns of elem-byte elements. */
-static inline ptrdiff_t fm_dense_pack_width(ptrdiff_t n, size_t elem)
-{
-    const ptrdiff_t panel = FM_PANEL_BYTES / (ptrdiff_t)elem;
-    const ptrdiff_t panels = (n + panel - 1) / panel;
-    return (panels < FM_DENSE_PACK_CHUNK ? panels : FM_DENSE_PACK_CHUNK) * panel;
-}
 
 /* Rows of the zero-padded copy of B's last columns that fm_dense makes when given no tail
    (on the stack: 16 KB). */
@@ -93,14 +80,6 @@ int fm_dense_at_d_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
                        ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
                        int accumulate, int skip_zeros);
 
-/* fm_dense on a W packed by fm_dense_pack (P), one per variant. */
-int fm_dense_packed_f_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A,
-                           ptrdiff_t lda, const float *P, const float *b, int act, float *Z,
-                           ptrdiff_t ldz);
-int fm_dense_packed_d_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
-                           ptrdiff_t lda, const double *P, const double *b, int act,
-                           double *Z, ptrdiff_t ldz);
-
 #if FM_DENSE_X86
 /* _avx2: AVX2 + FMA, a 6-row x 1-panel tile in 12 of the 16 ymm registers. */
 int fm_dense_f_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
@@ -115,12 +94,6 @@ int fm_dense_at_f_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, pt
 int fm_dense_at_d_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
                        ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
                        int accumulate, int skip_zeros);
-int fm_dense_packed_f_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A,
-                           ptrdiff_t lda, const float *P, const float *b, int act, float *Z,
-                           ptrdiff_t ldz);
-int fm_dense_packed_d_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
-                           ptrdiff_t lda, const double *P, const double *b, int act,
-                           double *Z, ptrdiff_t ldz);
 
 /* _wide: the AVX-512 tile shape compiled for AVX2, so that the tests run that shape's
    code on machines without AVX-512; never chosen by FM_ISA_AUTO. */
@@ -136,12 +109,6 @@ int fm_dense_at_f_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, pt
 int fm_dense_at_d_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
                        ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
                        int accumulate, int skip_zeros);
-int fm_dense_packed_f_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A,
-                           ptrdiff_t lda, const float *P, const float *b, int act, float *Z,
-                           ptrdiff_t ldz);
-int fm_dense_packed_d_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
-                           ptrdiff_t lda, const double *P, const double *b, int act,
-                           double *Z, ptrdiff_t ldz);
 
 /* _avx512: AVX-512F, an 8-row x 2-panel tile in 16 of the 32 zmm registers. */
 int fm_dense_f_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
@@ -156,12 +123,6 @@ int fm_dense_at_f_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A,
 int fm_dense_at_d_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
                          ptrdiff_t lda, const double *B, double *C, ptrdiff_t ldc,
                          int accumulate, int skip_zeros);
-int fm_dense_packed_f_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A,
-                           ptrdiff_t lda, const float *P, const float *b, int act, float *Z,
-                           ptrdiff_t ldz);
-int fm_dense_packed_d_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
-                           ptrdiff_t lda, const double *P, const double *b, int act,
-                           double *Z, ptrdiff_t ldz);
 #endif
 
 #endif

@@ -242,26 +242,6 @@ int fm_dense_d(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t
                const double *W, const double *b, const double *tail, int act, double *Z,
                ptrdiff_t ldz, int accumulate, int isa);
 
-/* W packed once for many fm_dense_packed calls (a wide W of training's forward pass,
-   repacked by the rows each update changes): chunks of up to 8 panels of columns, each
-   chunk k rows of its columns zero-padded to whole panels, in one layout for every
-   variant. fm_dense_packed_size: its elements for a k x n W. fm_dense_pack: rows
-   [p0, p1) of W (IN k x n, rows ldw apart) into P (INOUT, the packed whole). */
-ptrdiff_t fm_dense_packed_size(ptrdiff_t k, ptrdiff_t n, size_t elem);
-void fm_dense_pack_f(ptrdiff_t k, ptrdiff_t n, const float *W, ptrdiff_t ldw, ptrdiff_t p0,
-                     ptrdiff_t p1, float *P);
-void fm_dense_pack_d(ptrdiff_t k, ptrdiff_t n, const double *W, ptrdiff_t ldw, ptrdiff_t p0,
-                     ptrdiff_t p1, double *P);
-
-/* fm_dense (no accumulate, no tail) on W packed by fm_dense_pack: the same bits as
-   fm_dense on W. P: IN fm_dense_packed_size elements; the rest as fm_dense. */
-int fm_dense_packed_f(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-                      const float *P, const float *b, int act, float *Z, ptrdiff_t ldz,
-                      int isa);
-int fm_dense_packed_d(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
-                      const double *P, const double *b, int act, double *Z, ptrdiff_t ldz,
-                      int isa);
-
 /* C = A^T @ B (C += with accumulate), a layer's weight gradient with fm_dense's tiles and
    order of sums, returns 0 if C then holds NaN or inf, else 1. With skip_zeros, each tile
    of C's rows leaves out the rows of A (and B) whose entries for those rows are all +0

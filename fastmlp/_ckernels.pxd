@@ -154,17 +154,6 @@ cdef extern from "fm_kernels.h" nogil:
     int fm_dense_d(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *A,
                    Py_ssize_t lda, const double *W, const double *b, const double *tail,
                    int act, double *Z, Py_ssize_t ldz, int accumulate, int isa)
-    Py_ssize_t fm_dense_packed_size(Py_ssize_t k, Py_ssize_t n, size_t elem)
-    void fm_dense_pack_f(Py_ssize_t k, Py_ssize_t n, const float *W, Py_ssize_t ldw,
-                         Py_ssize_t p0, Py_ssize_t p1, float *P)
-    void fm_dense_pack_d(Py_ssize_t k, Py_ssize_t n, const double *W, Py_ssize_t ldw,
-                         Py_ssize_t p0, Py_ssize_t p1, double *P)
-    int fm_dense_packed_f(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *A,
-                          Py_ssize_t lda, const float *P, const float *b, int act, float *Z,
-                          Py_ssize_t ldz, int isa)
-    int fm_dense_packed_d(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *A,
-                          Py_ssize_t lda, const double *P, const double *b, int act,
-                          double *Z, Py_ssize_t ldz, int isa)
     int fm_dense_at_f(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *A,
                       Py_ssize_t lda, const float *B, float *C, Py_ssize_t ldc,
                       int accumulate, int skip_zeros, int isa)
@@ -424,23 +413,6 @@ cdef inline int dense(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floating *
         return fm_dense_f(m, k, n, A, lda, W, b, tail, act, Z, ldz, accumulate, isa)
     else:
         return fm_dense_d(m, k, n, A, lda, W, b, tail, act, Z, ldz, accumulate, isa)
-
-
-cdef inline void dense_pack(Py_ssize_t k, Py_ssize_t n, const floating *W, Py_ssize_t ldw,
-                            Py_ssize_t p0, Py_ssize_t p1, floating *P) noexcept nogil:
-    if floating is float:
-        fm_dense_pack_f(k, n, W, ldw, p0, p1, P)
-    else:
-        fm_dense_pack_d(k, n, W, ldw, p0, p1, P)
-
-
-cdef inline int dense_packed(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floating *A,
-                             Py_ssize_t lda, const floating *P, const floating *b, int act,
-                             floating *Z, Py_ssize_t ldz, int isa) noexcept nogil:
-    if floating is float:
-        return fm_dense_packed_f(m, k, n, A, lda, P, b, act, Z, ldz, isa)
-    else:
-        return fm_dense_packed_d(m, k, n, A, lda, P, b, act, Z, ldz, isa)
 
 
 cdef inline int dense_at(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floating *A,

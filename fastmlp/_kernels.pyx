@@ -14,7 +14,7 @@ from fastmlp._blas cimport gemm as _gemm
 from fastmlp._network cimport Network
 from fastmlp._ckernels cimport (FM_ISA_AUTO, FM_ISA_AVX2, FM_ISA_AVX512, FM_ISA_BASE,
                                 FM_ISA_WIDE, fm_dense_isa_available, fm_dense_isa_best,
-                                fm_dense_packed_size, fm_dense_tail_size)
+                                fm_dense_tail_size)
 
 cdef extern from "fm_dispatch.h":
     int FM_VECMAT_DENSE_BITS
@@ -457,42 +457,6 @@ def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1
             fm.dense_pack_tail(k, n, wp, bp, &t[0])
         ok = fm.dense(m, k, n, ap, k, wp, bp, &t[0] if pack_tail and k > 0 and bp != NULL
                       else NULL, act, &z[0, 0], n, accumulate, code)
-    return Z, bool(ok)
-
-
-def dense_packed(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
-                 str activation, str isa=None, Py_ssize_t pack_parts=1):
-    """``(activation(A @ W + b), the sums are all finite)`` by fm_dense_packed on W
-    packed by fm_dense_pack, in `pack_parts` calls over parts of W's rows (as training's
-    parameter parts repack the rows they update). `b` and `isa` as in :func:`dense`."""
-    cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[1], part
-    _check(W.shape[0] == k and (b is None or b.shape[0] == n), "shapes do not match")
-    _check(n > 0 and pack_parts >= 1, "empty W or no parts")
-    cdef int code = FM_ISA_AUTO if isa is None else DENSE_ISAS[isa]
-    _check(isa is None or fm_dense_isa_available(code), f"this CPU cannot run {isa}")
-    cdef int act = _ACT[activation]
-    _check(b is not None or activation == "identity", "b=None needs activation='identity'")
-    dtype = np.asarray(W).dtype
-    Z = np.empty((m, n), dtype=dtype)
-    # NaN everywhere the packing must overwrite (padding included).
-    packed = np.full(fm_dense_packed_size(k, n, sizeof(floating)) + 1, np.nan, dtype=dtype)
-    cdef floating[:, ::1] z = Z
-    cdef floating[::1] pk = packed
-    cdef const floating *bp = NULL
-    cdef const floating *ap = NULL
-    cdef const floating *wp = NULL
-    if b is not None:
-        bp = &b[0]
-    if k > 0:
-        ap = &A[0, 0]
-        wp = &W[0, 0]
-    cdef int ok = 1
-    with nogil:
-        for part in range(pack_parts):
-            fm.dense_pack(k, n, wp, n, part * k // pack_parts, (part + 1) * k // pack_parts,
-                          &pk[0])
-        if m > 0:
-            ok = fm.dense_packed(m, k, n, ap, k, &pk[0], bp, act, &z[0, 0], n, code)
     return Z, bool(ok)
 
 

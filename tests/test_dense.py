@@ -174,33 +174,6 @@ def test_dense_variants_agree(dtype):
         np.testing.assert_allclose(Z, results[0], rtol=TOL[np.dtype(dtype)], atol=1e-6)
 
 
-# (fan_in, fan_out) of packed W: one chunk or several (8 panels: 128 floats, 64 doubles),
-# with a partial last panel or chunk, and k of several blocks (64 rows each).
-PACKED_LAYERS = [(1, 1), (5, 17), (64, 33), (130, 200), (300, 129), (97, 700)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k,n", PACKED_LAYERS)
-@pytest.mark.parametrize("isa", ISAS)
-def test_dense_packed_gives_the_bits_of_dense(isa, k, n, dtype):
-    """W packed once (whole, or by parts of its rows as the parameter phase repacks it)
-    gives fm_dense's bits on W itself, for every row count, and so the reference's values."""
-    rng = rng_for("packed", isa, k, n, str(dtype))
-    W, b = layer(rng, k, n, dtype)
-    for m, act in [(1, "relu"), (5, "identity"), (13, "tanh"), (130, "relu")]:
-        A = rng.standard_normal((m, k)).astype(dtype)
-        expected, _ = K.dense(A, W, b, act, isa)
-        for parts in (1, 3):
-            Z, ok = K.dense_packed(A, W, b, act, isa, pack_parts=parts)
-            assert ok
-            assert np.array_equal(Z, expected), (m, act, parts)
-        exact = R.bias_act(A.astype(np.float64) @ W.astype(np.float64), b, act)
-        t = TOL[np.dtype(dtype)]
-        np.testing.assert_allclose(Z, exact, rtol=t, atol=t * max(np.abs(exact).max(), 1))
-    A[-1, -1] = np.nan
-    assert not K.dense_packed(A, W, b, "relu", isa)[1]  # the NaN flag sees packed sums too
-
-
 def test_dense_rejects_bad_arguments():
     W = np.ones((3, 4), np.float32)
     with pytest.raises(ValueError):
