@@ -51,6 +51,9 @@ MIN_CALIBRATION_ROWS = 32
 # calibration rows maps to 127; larger values saturate. On MNIST 784-256-128-10 it lost
 # less accuracy than the maximum (one outlier stretches the maximum's scale).
 DEFAULT_PERCENTILE = 99.99
+# The largest float32, as a Python float: compared with float64 bounds, which a float32
+# scalar would first round (and overflow) to its own type.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 META_KEYS = frozenset(
     {
         "layer_sizes",
@@ -231,11 +234,13 @@ class QuantizedMLP:
         self.n_threads = n_threads
         self.report: QuantizationReport | None = None
         scales = self.input_scales.astype(np.float64)
-        # The derived constants, as reference.quantized_forward computes them.
-        mults = [
-            (scales[i] * s.astype(np.float64)).astype(np.float32)
-            for i, s in enumerate(self.weight_scales)
-        ]
+        # The derived constants, as reference.quantized_forward computes them. One that
+        # overflows float32 is refused below, with the layer named: no numpy warning here.
+        with np.errstate(over="ignore"):
+            mults = [
+                (scales[i] * s.astype(np.float64)).astype(np.float32)
+                for i, s in enumerate(self.weight_scales)
+            ]
         offsets = [
             (-self.input_zero_point * W.sum(axis=0, dtype=np.int64)).astype(np.int32)
             if i == 0
@@ -247,7 +252,7 @@ class QuantizedMLP:
         for i, (m, b, W) in enumerate(zip(mults, self.biases, self.weights_q)):
             reach = 2.0 * W.shape[0] * QMAX * 127 * float(np.abs(m).max(initial=0))
             reach += float(np.abs(b).max(initial=0))
-            if not reach < np.finfo(np.float32).max:
+            if not reach < FLOAT32_MAX:
                 raise ValueError(
                     f"layer {i + 1}'s outputs could reach {reach:.3g}, beyond float32: its "
                     "scales or biases are too large (did the float model diverge, or is the "

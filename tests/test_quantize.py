@@ -344,6 +344,8 @@ def _rewrite(src: Path, dst: Path, **changes) -> None:
         np.savez(fh, **arrays)
 
 
+# The error is the whole report: no numpy RuntimeWarning (an overflowing cast) before it.
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_corrupted_int8_files_are_clear_errors(tmp_path):
     q = fastmlp.quantize(random_model((9, 7, 3)), inputs(40, 9, signed=False))
     assert q.input_zero_point == 0
@@ -424,6 +426,7 @@ def test_bad_calibration_data_is_a_clear_error():
         fastmlp.quantize(model, X, validation_data=X)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_a_model_whose_outputs_pass_float32_is_refused():
     """Weights near float32's limit (a diverged model) would give int8 scales whose
     products overflow: quantize refuses them, where it made a model predicting NaN."""
