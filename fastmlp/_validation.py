@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import sys
@@ -252,7 +253,10 @@ def encode_labels(y: np.ndarray, classes: np.ndarray, name: str = "y") -> np.nda
 
 
 def check_sample_weight(sample_weight, n_samples: int, dtype: np.dtype) -> np.ndarray | None:
-    """Validate per-sample weights: finite, non-negative, not all zero."""
+    """Validate per-sample weights: finite, non-negative, not all zero.
+
+    Returns them in `dtype`, scaled by :func:`unit_scale`.
+    """
     if sample_weight is None:
         return None
     w = np.asarray(sample_weight)
@@ -261,12 +265,24 @@ def check_sample_weight(sample_weight, n_samples: int, dtype: np.dtype) -> np.nd
             f"sample_weight must be a 1-D array of {n_samples} real numbers; got "
             f"dtype {w.dtype}, shape {w.shape}."
         )
-    w = np.require(w, dtype, ["C", "A"])
+    w = w.astype(np.float64)
     if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError("sample_weight must be finite and non-negative.")
     if not w.any():
         raise ValueError("sample_weight is zero everywhere: nothing to learn from.")
-    return w
+    return np.require(unit_scale(w), dtype, ["C", "A"])
+
+
+def unit_scale(w: np.ndarray) -> np.ndarray:
+    """Non-negative weights times the power of two that puts the largest in [1, 2).
+
+    Every use of sample and class weights is a weighted mean (the loss, its gradient,
+    a score), so a power of two changes no bit of it, while weights near a dtype's limits
+    would not survive unscaled: float32 weights of 1e36 make 1 / sum(w) subnormal, which
+    the kernels flush to 0 (no gradient), 1e-40 is subnormal itself, 1e300 is no float32.
+    """
+    top = float(w.max(initial=0))
+    return np.ldexp(w, -(math.frexp(top)[1] - 1)) if top > 0 else w
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:

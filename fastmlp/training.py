@@ -31,6 +31,7 @@ from fastmlp._validation import (
     check_sample_weight,
     check_targets,
     check_X,
+    unit_scale,
 )
 from fastmlp.model import (
     MLP,
@@ -514,9 +515,12 @@ def _prepare(model: MLP, X, codes, opts: _Options, rng: np.random.Generator) -> 
         raise ValueError("class_weight is for one label per sample; weight samples instead")
     cw = class_weights(opts.class_weight, model.classes_, codes)
     if cw is not None:
-        w = (np.ones(X.shape[0], model.dtype) if w is None else w) * cw[codes].astype(model.dtype)
+        # In float64, both scaled to ~1 first: 1e38 times 1e38 (or 1e-30 times 1e-30)
+        # would leave float32 in the product.
+        w = unit_scale(cw)[codes] * (1.0 if w is None else w.astype(np.float64))
         if not w.any():
             raise ValueError("class_weight gives every sample a weight of zero")
+        w = np.require(unit_scale(w), model.dtype, ["C", "A"])
     return _Data(*_split(X, codes, w, opts.validation_split, opts.validation_data, model, rng))
 
 

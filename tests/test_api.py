@@ -474,6 +474,60 @@ def test_sample_weight_changes_training(data):
     )
 
 
+# Powers of two that take sample weights near each dtype's limits: 1 / sum(w) subnormal
+# (flushed to 0 in the kernels: no gradient), weights subnormal themselves, sums past the
+# largest float.
+WEIGHT_SCALES = {np.float32: (-140, -126, 100, 126), np.float64: (-1020, -1000, 1000, 1022)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sample_weights_of_any_scale_train_alike(data, dtype):
+    """The loss and its gradient are weighted means: weights scaled by a power of two train
+    the same bits, however close to the dtype's limits (in float32 they trained no, or
+    another, model), and weights like 1e300 train as their ratios say."""
+    X, y, _, _ = data
+    w = np.random.default_rng(3).uniform(0.5, 2.0, len(y))
+    expected = fit(X, y, epochs=2, dtype=dtype, sample_weight=w).params_
+    for k in WEIGHT_SCALES[dtype]:
+        got = fit(X, y, epochs=2, dtype=dtype, sample_weight=np.ldexp(w, k)).params_
+        assert np.array_equal(got, expected), k
+    t = 1e-6 if dtype == np.float32 else 1e-12
+    for scale in (1e-300, 1e300):
+        got = fit(X, y, epochs=2, dtype=dtype, sample_weight=w * scale).params_
+        np.testing.assert_allclose(got, expected, rtol=t, atol=t)
+
+
+def test_class_and_sample_weights_near_the_limits_multiply_in_range(data):
+    """1e38 x 1e38 and 1e-30 x 1e-30 leave float32 as products, not as weights: they
+    train as the same ratios of ordinary sizes (and are not 'zero everywhere')."""
+    X, y, _, _ = data
+    w = np.where(np.arange(len(y)) % 2 == 0, 2.0, 1.0)
+    cw = {0: 3.0, 1: 1.0, 2: 0.5}
+    expected = fit(X, y, epochs=2, sample_weight=w, class_weight=cw).params_
+    for scale in (2.0**126, 2.0**-100):
+        got = fit(
+            X,
+            y,
+            epochs=2,
+            sample_weight=w * scale,
+            class_weight={c: v * scale for c, v in cw.items()},
+        ).params_
+        assert np.array_equal(got, expected), scale
+
+
+def test_scores_and_gradients_read_weights_of_any_scale(data):
+    X, y, _, _ = data
+    model = fit(X, y, epochs=1)
+    w = np.random.default_rng(4).uniform(0.5, 2.0, len(y))
+    for scale in (2.0**-1020, 2.0**1020):
+        assert model.score(X, y, sample_weight=w * scale) == model.score(X, y, sample_weight=w)
+        got = model.loss_and_gradients(X, y, sample_weight=w * scale)
+        want = model.loss_and_gradients(X, y, sample_weight=w)
+        assert got[0] == want[0]
+        for a, b in zip(got[1] + got[2], want[1] + want[2]):
+            assert np.array_equal(a, b)
+
+
 def test_balanced_class_weight_raises_minority_recall():
     X, y = blobs(5, 600, k=2, spread=3.0, proportions=[0.92, 0.08])
     Xt, yt = blobs(5, 3000, k=2, spread=3.0, proportions=[0.5, 0.5])
