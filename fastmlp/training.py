@@ -87,7 +87,8 @@ def class_weights(class_weight, classes: np.ndarray, codes: np.ndarray) -> np.nd
     for label, value in class_weight.items():
         hit = np.flatnonzero(classes == label)
         if hit.size == 0:
-            raise ValueError(f"class_weight names label {label!r}, which is not in y")
+            shown = label.item() if isinstance(label, np.generic) else label
+            raise ValueError(f"class_weight names label {shown!r}, which is not in y")
         weights[hit[0]] = check_float(value, f"class_weight[{label!r}]", 0.0, math.inf)
     return weights
 
@@ -475,7 +476,7 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
         classes = np.unique(labels)
         if len(classes) < 2:
             raise ValueError(
-                f"y has a single class ({classes[0]!r}); a classifier needs two (for "
+                f"y has a single class ({classes[:1].tolist()[0]!r}); a classifier needs two (for "
                 f"real-valued targets use loss={REGRESSION_LOSS!r})"
             )
         n_outputs = len(classes)

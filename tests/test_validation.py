@@ -124,10 +124,19 @@ def test_one_sample_continues_an_existing_model(model):
     assert m.score(X[:1], Y[:1]) in (0.0, 1.0)
 
 
-@pytest.mark.parametrize("labels", [np.zeros(90, int), np.full(90, "cat")])
-def test_one_class_only(labels):
-    with pytest.raises(ValueError, match=r"single class.*needs two"):
+@pytest.mark.parametrize(
+    "labels,shown", [(np.zeros(90, int), "(0)"), (np.full(90, "cat"), "('cat')")]
+)
+def test_one_class_only(labels, shown):
+    # The label as users write it, not numpy's repr (np.int64(0), np.str_('cat')).
+    with pytest.raises(ValueError, match=r"single class .*needs two") as info:
         train(X, labels)
+    assert shown in str(info.value) and "np." not in str(info.value)
+
+
+def test_an_unknown_class_weight_label_is_shown_as_written():
+    with pytest.raises(ValueError, match=r"class_weight names label 'dog', which is not in y"):
+        train(X, np.array(["cat", "cow"])[Y % 2], class_weight={np.str_("dog"): 2.0})
 
 
 # -- values ------------------------------------------------------------------------------
