@@ -622,11 +622,7 @@ def _loop(model: MLP, trainer: Trainer, data: _Data, opts: _Options, rng) -> MLP
             "seconds": time.perf_counter() - tic,
         }
         if status == Status.STATUS_NONFINITE:
-            raise FloatingPointError(
-                f"training diverged in epoch {epoch}: the loss became {loss_sum}. The "
-                f"learning rate lr={opts.lr:g} is likely too high (try lr={opts.lr / 10:g}); "
-                "unscaled inputs can do this too."
-            )
+            raise FloatingPointError(_diverged(model, data, opts, epoch, loss_sum))
         if not model.is_regressor:
             figures["accuracy"] = correct / seen if seen else math.nan
         if val_out is not None:
@@ -663,6 +659,29 @@ def _loop(model: MLP, trainer: Trainer, data: _Data, opts: _Options, rng) -> MLP
     if opts.verbose:
         print(f"Training time: {time.perf_counter() - start_all:.2f} s")
     return model
+
+
+def _diverged(model: MLP, data: _Data, opts: _Options, epoch: int, loss_sum: float) -> str:
+    """Why the loss became NaN or inf: targets whose squares pass the dtype's range, or
+    else the learning rate or the inputs, with their largest magnitudes."""
+    head = f"training diverged in epoch {epoch}: the loss became {loss_sum}. "
+    big = float(np.finfo(model.dtype).max)
+    values = data.X.data if isinstance(data.X, CSR) else data.X
+    x_max = float(np.abs(values).max(initial=0))
+    sizes = f"largest |x|: {x_max:.3g}"
+    if model.is_regressor:
+        y_max = float(np.abs(data.codes).max(initial=0))
+        sizes += f", largest |y|: {y_max:.3g}"
+        if model.loss == "squared_error" and y_max > math.sqrt(big):
+            return head + (
+                f"The targets reach {y_max:.3g}, whose squared error passes {model.dtype}'s "
+                f"range ({big:.3g}): scale y (e.g. divide it by its standard deviation) or "
+                "train with dtype=numpy.float64."
+            )
+    return head + (
+        f"The learning rate lr={opts.lr:g} is likely too high (try lr={opts.lr / 10:g}); "
+        f"unscaled inputs can do this too ({sizes})."
+    )
 
 
 def _lr_schedule(lr_schedule, epochs: int) -> Callable[[int, int], float | np.ndarray]:

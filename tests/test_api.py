@@ -587,6 +587,19 @@ def test_divergence_raises_and_names_the_learning_rate(data):
     with pytest.raises(FloatingPointError, match=r"epoch \d+") as info:
         fit(X, y, epochs=5, optimizer="sgd", lr=1e6)
     assert "learning rate" in str(info.value)
+    assert f"largest |x|: {np.abs(X).max():.3g}" in str(info.value)
+
+
+def test_divergence_from_targets_too_large_to_square_names_them(data):
+    """Regression targets of 1e30 overflow float32's squared error at once: the error
+    says so, not that the learning rate is too high."""
+    X, _, _, _ = data
+    y = np.linspace(-3e30, 3e30, len(X))
+    with pytest.raises(FloatingPointError, match=r"targets reach 3e\+30") as info:
+        fit(X, y, loss="squared_error", epochs=1)
+    assert "float64" in str(info.value) and "learning rate" not in str(info.value)
+    model = fit(X, y, loss="squared_error", epochs=1, dtype=np.float64)  # as it says
+    assert np.isfinite(model.params_).all()
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------
