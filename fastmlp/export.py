@@ -19,6 +19,7 @@ import numpy as np
 
 from fastmlp._network import NORM_EPS
 from fastmlp.model import MLP
+from fastmlp.persistence import check_save_path
 
 OPSET = 13  # Softmax over one axis, as the model computes it, is defined from opset 13
 OPSET_NORM = 17  # LayerNormalization is defined from opset 17
@@ -39,7 +40,17 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
     ------
     ImportError
         If the ``onnx`` package is missing (``pip install 'fastmlp[onnx]'``).
+    ValueError
+        If the model holds NaN or infinite parameters (a graph that answers NaN).
+    OSError
+        If ``path`` is a directory or its directory does not exist (before any work).
     """
+    stats = [*model.running_means, *model.running_vars]
+    if not (np.isfinite(model.params_).all() and all(np.isfinite(s).all() for s in stats)):
+        raise ValueError(
+            "the model holds NaN or infinite parameters; a model that diverged cannot be exported"
+        )
+    check_save_path(os.fspath(path))
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper

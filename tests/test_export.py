@@ -66,3 +66,21 @@ def test_onnx_regressor_gives_its_predictions(tmp_path, n_outputs):
     (out,) = session.run(None, {"X": X})
     assert out.shape == (80, n_outputs)
     np.testing.assert_allclose(out.reshape(model.predict(X).shape), model.predict(X), atol=1e-5)
+
+
+def test_a_model_holding_nan_is_refused_and_nothing_is_written(tmp_path):
+    """Its graph would answer NaN: refused, as save and to_c refuse it."""
+    model, _ = _model("relu", "cross_entropy", np.float32, (7,))
+    model.weights[1][3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite parameters"):
+        model.to_onnx(tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_or_a_missing_one_is_refused_before_any_work(tmp_path):
+    model, _ = _model("relu", "cross_entropy", np.float32, (7,))
+    with pytest.raises(IsADirectoryError, match="it is a directory"):
+        model.to_onnx(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model.to_onnx(tmp_path / "nowhere" / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
