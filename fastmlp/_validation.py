@@ -142,7 +142,7 @@ def check_X(
     if arr.dtype.kind not in "biuf":
         raise TypeError(
             f"{name} must hold real numbers (bool, int or float); got dtype {arr.dtype}. "
-            "Convert it, e.g. X.astype(numpy.float32)."
+            f"Convert it, e.g. {name}.astype(numpy.float32)."
         )
     if arr.ndim != 2:
         hint = " For a single sample use X.reshape(1, -1)." if arr.ndim == 1 else ""

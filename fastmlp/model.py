@@ -359,10 +359,19 @@ class MLP:
             dtype = mats[0].dtype if mats[0].dtype in (np.float32, np.float64) else np.float32
         sizes = [mats[0].shape[0] if mats[0].ndim == 2 else -1]
         for i, (W, b) in enumerate(zip(mats, vecs)):
-            if W.ndim != 2 or W.shape[0] != sizes[-1] or b.shape != (W.shape[1],):
+            if W.ndim != 2:
                 raise ValueError(
-                    f"layer {i}: weights must chain as (fan_in, fan_out) with biases of "
-                    f"shape (fan_out,); got W {W.shape} after width {sizes[-1]}, b {b.shape}"
+                    f"weights[{i}] must be 2-D (fan_in, fan_out); got shape {W.shape}"
+                )
+            if W.shape[0] != sizes[-1]:
+                raise ValueError(
+                    f"weights[{i}] has shape {W.shape}, but weights[{i - 1}] has {sizes[-1]} "
+                    "outputs: the matrices must chain, each (fan_in, fan_out)"
+                )
+            if b.shape != (W.shape[1],):
+                raise ValueError(
+                    f"biases[{i}] must have shape ({W.shape[1]},), one per output of "
+                    f"weights[{i}]; got {b.shape}"
                 )
             sizes.append(W.shape[1])
         if classes is None and loss not in REGRESSION_LOSSES:
@@ -379,9 +388,22 @@ class MLP:
         )
         for gamma in model.norm_weights:
             gamma[...] = 1
-        for W, b, dst_W, dst_b in zip(mats, vecs, model.weights, model.biases):
-            dst_W[...] = check_X(W, model.dtype, name="weights")
-            dst_b[...] = check_X(b[None, :], model.dtype, name="biases")[0]
+        for i, (W, b, dst_W, dst_b) in enumerate(zip(mats, vecs, model.weights, model.biases)):
+            dst_W[...] = check_X(W, model.dtype, name=f"weights[{i}]", finite=False)
+            dst_b[...] = check_X(b[None, :], model.dtype, name=f"biases[{i}]", finite=False)[0]
+            for got, given, name in ((dst_W, W, f"weights[{i}]"), (dst_b, b, f"biases[{i}]")):
+                if not np.isfinite(got).all():
+                    at = tuple(int(k) for k in np.argwhere(~np.isfinite(got))[0])
+                    where = at if len(at) > 1 else at[0]
+                    if np.isfinite(given[at]):
+                        raise ValueError(
+                            f"{name} holds {float(given[at]):.3g} at {where}, beyond "
+                            f"{model.dtype}'s range; pass dtype=numpy.float64"
+                        )
+                    raise ValueError(
+                        f"{name} holds NaN or infinity (first at {where}); a model needs "
+                        "finite parameters"
+                    )
         return model
 
     # -- prediction -------------------------------------------------------------------

@@ -522,14 +522,14 @@ def test_from_weights_good_input_works():
         (
             [W[0], np.ones((4, 3))],
             B,
-            r"layer 1: weights must chain .*got W \(4, 3\) after width 5",
+            r"weights\[1\] has shape \(4, 3\), but weights\[0\] has 5 outputs",
         ),
-        (W, [np.zeros(4), B[1]], r"layer 0: .*biases of shape \(fan_out,\).*b \(4,\)"),
-        (W, [B[0], np.zeros((1, 3))], r"layer 1: .*b \(1, 3\)"),
+        (W, [np.zeros(4), B[1]], r"biases\[0\] must have shape \(5,\).*got \(4,\)"),
+        (W, [B[0], np.zeros((1, 3))], r"biases\[1\] must have shape \(3,\).*got \(1, 3\)"),
         (W, B[:1], r"one bias per weight matrix"),
         ([], [], r"at least one layer"),
-        ([np.ones(N_FEATURES), W[1]], B, r"layer 0: weights must chain"),
-        ([W[0][..., None], W[1]], B, r"layer 0: weights must chain"),
+        ([np.ones(N_FEATURES), W[1]], B, r"weights\[0\] must be 2-D .*got shape \(\d+,\)"),
+        ([W[0][..., None], W[1]], B, r"weights\[0\] must be 2-D"),
         ([np.ones((N_FEATURES, 0)), np.ones((0, 3))], [np.zeros(0), B[1]], r"positive ints"),
         ([W[0], np.ones((5, 1))], [B[0], np.zeros(1)], r"at least 2 classes"),
     ],
@@ -543,16 +543,30 @@ def test_from_weights_bad_shapes(weights, biases, match):
 def test_from_weights_nonfinite(bad):
     Wb = [W[0].copy(), W[1]]
     Wb[0][2, 3] = bad
-    with pytest.raises(ValueError, match=r"weights contains NaN or infinity \(first at row 2"):
+    with pytest.raises(
+        ValueError, match=r"weights\[0\] holds NaN or infinity \(first at \(2, 3\)"
+    ):
         MLP.from_weights(Wb, B)
     Bb = [B[0].copy(), B[1]]
     Bb[0][1] = bad
-    with pytest.raises(ValueError, match=r"biases contains NaN or infinity"):
+    with pytest.raises(ValueError, match=r"biases\[0\] holds NaN or infinity \(first at 1\)"):
         MLP.from_weights(W, Bb)
 
 
+def test_from_weights_beyond_float32_names_the_value_and_the_way_out():
+    Wb = [W[0].copy(), W[1]]
+    Wb[0][1, 2] = 1e300
+    with pytest.raises(
+        ValueError, match=r"weights\[0\] holds 1e\+300 at \(1, 2\), beyond float32"
+    ):
+        MLP.from_weights(Wb, B, dtype=np.float32)
+    assert MLP.from_weights(Wb, B, dtype=np.float64).weights[0][1, 2] == 1e300
+
+
 def test_from_weights_bad_types():
-    with pytest.raises(TypeError, match=r"weights must hold real numbers"):
+    with pytest.raises(
+        TypeError, match=r"weights\[0\] must hold real numbers.*weights\[0\]\.astype"
+    ):
         MLP.from_weights([W[0].astype(str), W[1]], B)
     with pytest.raises(ValueError, match=r"dtype must be numpy.float32 or numpy.float64"):
         MLP.from_weights(W, B, dtype=np.int32)
