@@ -166,7 +166,8 @@ class MLP:
                 raise TypeError("classes must be labels of one sortable type") from exc
             if not distinct or len(classes) != sizes[-1]:
                 raise ValueError(
-                    f"classes must be {sizes[-1]} distinct labels, one per output; got {classes!r}"
+                    f"classes must be {sizes[-1]} distinct labels, one per output; got "
+                    f"{classes.tolist()!r}"
                 )
             if len(classes) < 2:
                 raise ValueError("a classifier needs at least 2 classes")

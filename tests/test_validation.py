@@ -574,10 +574,11 @@ def test_from_weights_bad_types():
         MLP.from_weights(W, B, activation="gelu")
 
 
-@pytest.mark.parametrize("classes", [[1, 2], [1, 1, 2], [[0, 1, 2]]])
+@pytest.mark.parametrize("classes", [[1, 2], [1, 1, 2], [[0, 1, 2]], np.array(["a", "a", "b"])])
 def test_from_weights_bad_classes(classes):
-    with pytest.raises(ValueError, match=r"classes must be 3 distinct labels"):
+    with pytest.raises(ValueError, match=r"classes must be 3 distinct labels") as info:
         MLP.from_weights(W, B, classes=classes)
+    assert str(np.asarray(classes).tolist()) in str(info.value)  # as written, no numpy repr
 
 
 # -- sample weights ----------------------------------------------------------------------
