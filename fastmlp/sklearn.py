@@ -29,7 +29,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d
 
 from fastmlp._network import HIDDEN_ACTIVATIONS, MULTILABEL_LOSS, REGRESSION_LOSSES
 from fastmlp._trainer import OPTIMIZERS
-from fastmlp._validation import check_dtype
+from fastmlp._validation import check_dtype, check_float
 from fastmlp.model import MLP
 from fastmlp.training import init_params, train
 
@@ -235,7 +235,24 @@ class _BaseMLP(BaseEstimator):
 
     # -- parameter checks ----------------------------------------------------------------
     def _check_params(self) -> None:
-        """Check the parameters fastmlp.train does not check itself, with sklearn names."""
+        """Check the parameters fastmlp.train does not check itself, or checks under its
+        own names (lr, betas, eps, l2), with sklearn's."""
+        lr = check_float(
+            self.learning_rate_init, "learning_rate_init", 0.0, math.inf, low_open=True
+        )
+        check_float(self.beta_1, "beta_1", 0.0, 1.0)
+        check_float(self.beta_2, "beta_2", 0.0, 1.0)
+        check_float(self.epsilon, "epsilon", 0.0, math.inf, low_open=True)
+        check_float(self.alpha, "alpha", 0.0, math.inf)
+        decay = self.weight_decay
+        if decay is None:  # fastmlp.train's default
+            decay = 0.01 if self.solver == "adamw" else 0.0
+        if _is_real(decay) and lr * decay >= 1:
+            raise ValueError(
+                f"weight_decay={decay} with learning_rate_init={lr}: AdamW "
+                "multiplies the weights by 1 - learning_rate_init * weight_decay every step, "
+                "which must stay above 0 (weight_decay is usually 1e-4 to 0.1)"
+            )
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}; got {self.solver!r}")
         names = [self.activation] if isinstance(self.activation, str) else self.activation

@@ -220,7 +220,17 @@ def test_warm_start_continues(blobs):
         ({"batch_size": 0}, "batch_size"),
         ({"max_iter": 0}, "max_iter"),
         ({"dtype": np.int32}, "dtype"),
-        ({"learning_rate_init": -1.0}, "lr"),
+        # Named as scikit-learn names them, not as fastmlp.train does (lr, l2, betas, eps).
+        ({"learning_rate_init": -1.0}, r"^learning_rate_init must lie in \(0.0, inf\)"),
+        ({"alpha": -1.0}, r"^alpha must lie in \[0.0, inf\)"),
+        ({"beta_1": 1.0}, r"^beta_1 must lie in \[0.0, 1.0\)"),
+        ({"beta_2": -0.5}, r"^beta_2 must lie"),
+        ({"epsilon": 0.0}, r"^epsilon must lie"),
+        ({"learning_rate_init": "fast"}, r"^learning_rate_init must be a finite number"),
+        (
+            {"solver": "adamw", "weight_decay": 20.0, "learning_rate_init": 0.1},
+            r"weight_decay=20.0 with learning_rate_init=0.1",
+        ),
     ],
 )
 def test_bad_parameters_raise_at_fit(blobs, params, match):
