@@ -68,6 +68,11 @@ def init_params(model: MLP, rng: np.random.Generator) -> None:
         b[...] = 0
 
 
+def _shown(label):
+    """A label as users write it in an error: 2 or 'cat', not np.int64(2) or np.str_('cat')."""
+    return label.item() if isinstance(label, np.generic) else label
+
+
 def class_weights(class_weight, classes: np.ndarray, codes: np.ndarray) -> np.ndarray | None:
     """Per-class weights from ``"balanced"``, a dict ``{label: weight}`` or None."""
     if class_weight is None:
@@ -87,9 +92,8 @@ def class_weights(class_weight, classes: np.ndarray, codes: np.ndarray) -> np.nd
     for label, value in class_weight.items():
         hit = np.flatnonzero(classes == label)
         if hit.size == 0:
-            shown = label.item() if isinstance(label, np.generic) else label
-            raise ValueError(f"class_weight names label {shown!r}, which is not in y")
-        weights[hit[0]] = check_float(value, f"class_weight[{label!r}]", 0.0, math.inf)
+            raise ValueError(f"class_weight names label {_shown(label)!r}, which is not in y")
+        weights[hit[0]] = check_float(value, f"class_weight[{_shown(label)!r}]", 0.0, math.inf)
     return weights
 
 
@@ -476,7 +480,7 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
         classes = np.unique(labels)
         if len(classes) < 2:
             raise ValueError(
-                f"y has a single class ({classes[:1].tolist()[0]!r}); a classifier needs two (for "
+                f"y has a single class ({_shown(classes[0])!r}); a classifier needs two (for "
                 f"real-valued targets use loss={REGRESSION_LOSS!r})"
             )
         n_outputs = len(classes)
