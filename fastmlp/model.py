@@ -692,7 +692,12 @@ def check_multilabel(
         )
     if n_labels is not None and arr.shape[1] != n_labels:
         raise ValueError(f"{name} has {arr.shape[1]} labels but the model has {n_labels}")
-    if arr.shape[1] == 0 or arr.dtype.kind not in "biuf":
+    if arr.shape[1] < 2:
+        raise ValueError(
+            f"a multilabel {name} needs 2 label columns or more; got {arr.shape[1]}. For one "
+            f"label per sample pass a 1-D {name} ({name}.ravel())."
+        )
+    if arr.dtype.kind not in "biuf":
         raise ValueError(f"a multilabel {name} holds 0 or 1 per label; got dtype {arr.dtype}")
     bad = (arr != 0) & (arr != 1)
     if bad.any():

@@ -1063,6 +1063,12 @@ def test_multilabel_bad_values():
         model.score(X, Y[:, 0])
     with pytest.raises(ValueError, match="label_smoothing smooths the targets"):
         fastmlp.train(X, Y, label_smoothing=0.1)
+    # One column is one label per sample: said so (it was "needs at least 2 classes").
+    for loss in ("cross_entropy", "binary_cross_entropy"):
+        with pytest.raises(ValueError, match=r"needs 2 label columns or more; got 1.*y\.ravel"):
+            fastmlp.train(X, Y[:, :1], loss=loss)
+    with pytest.raises(ValueError, match=r"needs 2 label columns or more; got 0"):
+        fastmlp.train(X, Y[:, :0])
     with pytest.raises(ValueError, match="class_weight is for one label per sample"):
         fastmlp.train(X, Y, class_weight="balanced")
 
