@@ -18,7 +18,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastmlp._network import LAYERS_LIMIT, MULTILABEL_LOSS, REGRESSION_LOSS, REGRESSION_LOSSES
+from fastmlp._network import (
+    LAYERS_LIMIT,
+    MULTILABEL_LOSS,
+    REGRESSION_LOSS,
+    REGRESSION_LOSSES,
+    all_finite,
+)
 from fastmlp._threads import adaptive_threads, blas_guard, effective_n_threads
 from fastmlp._trainer import ADAM_FAMILY, OPTIMIZERS, Status, Trainer
 from fastmlp._validation import (
@@ -626,7 +632,14 @@ def _loop(model: MLP, trainer: Trainer, data: _Data, opts: _Options, rng) -> MLP
             "seconds": time.perf_counter() - tic,
         }
         if status == Status.STATUS_NONFINITE:
-            raise FloatingPointError(_diverged(model, data, opts, epoch, loss_sum))
+            raise FloatingPointError(
+                _diverged(model, data, opts, epoch, f"the loss became {loss_sum}")
+            )
+        if not all_finite(model.params_):  # with a finite loss: ReLU outputs 0 for NaN
+            what = "the parameters hold NaN or infinity"
+            if opts.callbacks:
+                what += " (unless a callback wrote them)"
+            raise FloatingPointError(_diverged(model, data, opts, epoch, what))
         if not model.is_regressor:
             figures["accuracy"] = correct / seen if seen else math.nan
         if val_out is not None:
@@ -665,10 +678,10 @@ def _loop(model: MLP, trainer: Trainer, data: _Data, opts: _Options, rng) -> MLP
     return model
 
 
-def _diverged(model: MLP, data: _Data, opts: _Options, epoch: int, loss_sum: float) -> str:
-    """Why the loss became NaN or inf: targets whose squares pass the dtype's range, or
-    else the learning rate or the inputs, with their largest magnitudes."""
-    head = f"training diverged in epoch {epoch}: the loss became {loss_sum}. "
+def _diverged(model: MLP, data: _Data, opts: _Options, epoch: int, what: str) -> str:
+    """Why training diverged (`what` it shows): targets whose squares pass the dtype's
+    range, or else the learning rate or the inputs, with their largest magnitudes."""
+    head = f"training diverged in epoch {epoch}: {what}. "
     big = float(np.finfo(model.dtype).max)
     values = data.X.data if isinstance(data.X, CSR) else data.X
     x_max = float(np.abs(values).max(initial=0))

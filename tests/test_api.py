@@ -590,6 +590,21 @@ def test_divergence_raises_and_names_the_learning_rate(data):
     assert f"largest |x|: {np.abs(X).max():.3g}" in str(info.value)
 
 
+def test_parameters_turned_nan_under_a_finite_loss_are_divergence(data):
+    """NaN in the first layer's weights leaves the loss finite (ReLU outputs 0 for NaN), so
+    the loss alone would let training return a NaN model: the parameters are checked after
+    every epoch, before validation reads them."""
+    X, y, _, _ = data
+
+    def corrupt(figures):
+        if figures["epoch"] == 1:
+            figures["model"].weights[0][0, 0] = np.nan
+
+    with pytest.raises(FloatingPointError, match=r"epoch 2: the parameters hold NaN") as info:
+        fit(X, y, epochs=3, callbacks=[corrupt], validation_split=0.2)
+    assert "unless a callback wrote them" in str(info.value)
+
+
 def test_divergence_from_targets_too_large_to_square_names_them(data):
     """Regression targets of 1e30 overflow float32's squared error at once: the error
     says so, not that the learning rate is too high."""
