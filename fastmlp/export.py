@@ -17,7 +17,7 @@ from os import PathLike
 
 import numpy as np
 
-from fastmlp._network import NORM_EPS
+from fastmlp._network import NORM_EPS, all_finite
 from fastmlp.model import MLP
 from fastmlp.persistence import check_save_path
 
@@ -45,8 +45,7 @@ def to_onnx(model: MLP, path: str | PathLike[str]) -> None:
     OSError
         If ``path`` is a directory or its directory does not exist (before any work).
     """
-    stats = [*model.running_means, *model.running_vars]
-    if not (np.isfinite(model.params_).all() and all(np.isfinite(s).all() for s in stats)):
+    if not (all_finite(model.params_) and all_finite(model._network.stats)):
         raise ValueError(
             "the model holds NaN or infinite parameters; a model that diverged cannot be exported"
         )

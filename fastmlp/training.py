@@ -448,7 +448,7 @@ def _build(X, y, opts: _Options, rng: np.random.Generator) -> tuple[MLP, np.ndar
     if opts.init is not None:
         model = opts.init
         _check_kept(opts, model)
-        if not np.isfinite(model.params_).all():  # else: "diverged", blaming lr
+        if not all_finite(model.params_):  # else: "diverged", blaming lr
             raise ValueError(
                 "init's parameters contain NaN or infinity; was one written into its "
                 "weights, or did the fit that made it diverge?"

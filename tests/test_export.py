@@ -77,6 +77,18 @@ def test_a_model_holding_nan_is_refused_and_nothing_is_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_batch_norm_model_with_nan_running_statistics_is_refused(tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((60, 5)).astype(np.float32)
+    model = fastmlp.train(
+        X, rng.integers(0, 3, 60), hidden=(6,), normalization="batch", epochs=1, seed=0
+    )
+    model.running_vars[0][2] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite parameters"):
+        model.to_onnx(tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_directory_or_a_missing_one_is_refused_before_any_work(tmp_path):
     model, _ = _model("relu", "cross_entropy", np.float32, (7,))
     with pytest.raises(IsADirectoryError, match="it is a directory"):
