@@ -27,9 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from paired import paired_ratio
 from threadpoolctl import threadpool_limits
 
 import fastmlp
+
+# The paired races of this session (benches/paired.py), for the summary at the end.
+RACES = pytest.StashKey[list]()
 
 # The network every suite races: 784-128-64-10, ReLU, softmax + cross-entropy.
 LAYER_SIZES = (784, 128, 64, 10)
@@ -125,6 +129,33 @@ def pytest_report_header(config):
         f"fastmlp benchmarks: {bench_threads()} threads for fastmlp and every peer",
         f"fastmlp {fastmlp.__version__} from {Path(fastmlp.__file__).parent}",
     ]
+
+
+@pytest.fixture(scope="session")
+def races(request) -> list:
+    """Where a paired race appends ``(workload, seconds by name, missing peers)``."""
+    return request.config.stash.setdefault(RACES, [])
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    # The ratios of the paired races: pytest-benchmark's tables show fastmlp's epochs only.
+    found = config.stash.get(RACES, [])
+    if not found:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("paired rounds: a peer's epoch over fastmlp's, per round")
+    write("median (least-greatest) over the rounds; above 1x fastmlp was faster")
+    for workload, seconds, missing in found:
+        cells = []
+        for peer, times in seconds.items():
+            ratio = paired_ratio(times, seconds["fastmlp"]) if peer != "fastmlp" else None
+            if ratio is not None:
+                cells.append(f"{peer} {ratio[0]:.2f}x ({ratio[1]:.2f}-{ratio[2]:.2f})")
+        cells += [f"{peer}: skipped" for peer in missing]
+        write(f"{workload:>26}  " + ", ".join(cells))
+    reasons = {reason for _, _, missing in found for reason in missing.values()}
+    for reason in sorted(reasons):
+        write(f"skipped: {reason}")
 
 
 # -- threads -----------------------------------------------------------------------------

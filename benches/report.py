@@ -37,6 +37,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from paired import paired_ratio
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastmlp
@@ -399,19 +401,13 @@ def training_table(m: dict, threads: int, peak: float) -> tuple[str, dict]:
     return table(header, rows), figures
 
 
-def grid_table(data: dict, m: dict, threads: int, peak: float) -> tuple[str, list[dict]]:
+def grid_table(data: dict, peak: float) -> tuple[str, list[dict]]:
     """test_bench_grid.py: one epoch per shape, ratios to PyTorch and JAX, share of the peak.
 
-    The shapes and row counts come from the benchmarks' extra_info, in the order they ran.
+    The shapes, row counts and each round's seconds come from the benchmarks' extra_info,
+    in the order they ran. A ratio is the median over the paired rounds (benches/paired.py)
+    of the peer's epoch over fastmlp's, with the least and greatest in brackets.
     """
-    cases = []
-    for bench in data["benchmarks"]:
-        info = bench.get("extra_info", {})
-        if info.get("suite") == "grid" and info.get("impl") == "fastmlp":
-            cases.append(
-                (tuple(info["layer_sizes"]), info["batch_size"], info["rows"],
-                 bench["stats"]["rounds"])
-            )  # fmt: skip
     header = [
         "shape",
         "batch",
@@ -427,37 +423,44 @@ def grid_table(data: dict, m: dict, threads: int, peak: float) -> tuple[str, lis
         "faster than JAX",
     ]
     rows, figures = [], []
-    for sizes, bs, n_rows, rounds in cases:
-        shape = "-".join(map(str, sizes))
-        t = {
-            impl: m.get(("grid", f"epoch {shape}", impl, "float32", bs, threads))
-            for impl in ("fastmlp", "torch", "jax")
-        }
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if info.get("suite") != "grid":
+            continue
+        sizes, bs, n_rows = tuple(info["layer_sizes"]), info["batch_size"], info["rows"]
+        seconds = info["seconds"]
+        t = {impl: statistics.median(v) if v else None for impl, v in seconds.items()}
+        fast = t["fastmlp"]
+        ratio = {peer: paired_ratio(seconds.get(peer, []), seconds["fastmlp"])
+                 for peer in ("torch", "jax")}  # fmt: skip
+        vs_torch, vs_jax = (ratio[p][0] if ratio[p] else None for p in ("torch", "jax"))
         flops = training_flops_per_sample(sizes) * n_rows
-        share = flops / t["fastmlp"] / 1e9 / peak if t["fastmlp"] else None
-        vs_torch = t["torch"] / t["fastmlp"] if t["torch"] and t["fastmlp"] else None
-        vs_jax = t["jax"] / t["fastmlp"] if t["jax"] and t["fastmlp"] else None
+        share = flops / fast / 1e9 / peak if fast else None
         goal = None
         if share is not None:
             goal = share >= GRID_PEAK_SHARE or (vs_torch is not None and vs_torch >= GRID_VS_TORCH)
         beats_jax = None if vs_jax is None else vs_jax > 1
+        shape = "-".join(map(str, sizes))
         figures.append(
             {"shape": f"{shape} / {bs}", "share": share, "vs_torch": vs_torch,
              "vs_jax": vs_jax, "goal": goal, "beats_jax": beats_jax, "rows": n_rows,
-             "rounds": rounds}
+             "rounds": len(seconds["fastmlp"])}
         )  # fmt: skip
 
         def status(ok):
             return "—" if ok is None else "met" if ok else "**not met**"
+
+        def fmt_paired(r):
+            return "—" if r is None else f"{r[0]:.2f}x ({r[1]:.2f}-{r[2]:.2f})"
 
         rows.append(
             [
                 shape,
                 str(bs),
                 f"{flops / 1e9:.2f}",
-                *(fmt_time(t[i], "s") for i in ("fastmlp", "torch", "jax")),
-                fmt_ratio(t["torch"], t["fastmlp"]),
-                fmt_ratio(t["jax"], t["fastmlp"]),
+                *(fmt_time(t.get(i), "s") for i in ("fastmlp", "torch", "jax")),
+                fmt_paired(ratio["torch"]),
+                fmt_paired(ratio["jax"]),
                 "—" if share is None else f"{share * peak:.0f}",
                 "—" if share is None else f"{share:.0%}",
                 status(goal),
@@ -718,7 +721,7 @@ def main(argv: list[str] | None = None) -> None:
 
     m = medians(data)
     train_md, train_fig = training_table(m, threads, peak)
-    grid_md, grid_fig = grid_table(data, m, threads, peak)
+    grid_md, grid_fig = grid_table(data, peak)
     predict_md, predict_fig = predict_table(m, threads, peak)
     latency_md, concurrency_md = serving_table(data)
     shared_md, shared_missed = shared_table(m, threads)
@@ -786,10 +789,13 @@ def main(argv: list[str] | None = None) -> None:
         "## Training: one epoch at every shape of the grid (`benches/test_bench_grid.py`)",
         "float32, ReLU, softmax + cross-entropy, Adam lr 1e-3, on "
         f"{' or '.join(f'{n:,}' for n in sorted({g['rows'] for g in grid_fig})) or '—'} "
-        "random rows (standard normal features, uniform labels, a fixed seed). The median "
-        f"of {' or '.join(str(n) for n in sorted({g['rounds'] for g in grid_fig})) or '—'} "
-        "epochs after one warm-up epoch for every implementation, each continuing from the "
-        "last: fastmlp's whole "
+        "random rows (standard normal features, uniform labels, a fixed seed), in paired "
+        f"rounds: {' or '.join(str(n) for n in sorted({g['rounds'] for g in grid_fig})) or '—'} "
+        "rounds after one warm-up round, each running one epoch of every implementation in "
+        "turn (10 ms apart), each epoch continuing from the last. Times are medians over "
+        "the rounds; a ratio is the median of the per-round ratios (least-greatest in "
+        "brackets), so that the machine's drift over minutes cancels. Epochs: fastmlp's "
+        "whole "
         "`fastmlp.train(..., epochs=1, init=model)` call; PyTorch's `nn.Sequential` of "
         "`Linear` + `ReLU` with `torch.optim.Adam`; JAX's whole epoch as one jitted "
         "`jax.lax.scan` with `optax.adam` (compiled in the warm-up). GEMM FLOPs counted as "

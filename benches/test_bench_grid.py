@@ -2,7 +2,7 @@
 
 The grid of issue 15 (features-hidden...-classes / batch), float32, ReLU, softmax +
 cross-entropy, Adam with lr 1e-3, on ``N_ROWS`` random rows (standard normal features,
-uniform labels; a fixed seed, no download). One group per shape, each holding:
+uniform labels; a fixed seed, no download). One benchmark per shape races:
 
 - fastmlp: ``fastmlp.train(X, y, epochs=1, init=model, ...)``, the whole public call
   (validation, workspace, the epoch), continuing the same model from round to round;
@@ -13,18 +13,23 @@ uniform labels; a fixed seed, no download). One group per shape, each holding:
   ``optax.softmax_cross_entropy_with_integer_labels``.
 
 Every implementation starts from the same He-normal weights, shuffles once per epoch, sees
-all rows and is timed alike: ``WARMUP_ROUNDS`` untimed epochs (JAX compiles in the first,
-so compile time is excluded; the others start their threads and touch their buffers), then
-the median of ``ROUNDS`` epochs, each continuing from the last (Adam's state included).
-``benches/report.py`` turns the medians into ratios and shares of the sgemm peak.
+all rows and is timed alike, in paired rounds (``paired.race``): each round runs one epoch
+of every installed peer, then fastmlp's, which pytest-benchmark reports. ``WARMUP_ROUNDS``
+untimed rounds come first (JAX compiles in the first, so compile time is excluded; the
+others start their threads and touch their buffers), then ``ROUNDS`` timed rounds, each
+epoch continuing from the last (Adam's state included). The seconds of every round go to
+``extra_info["seconds"]``; ``benches/report.py`` and the summary at the end of the run
+give each peer's time over fastmlp's as the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
+from paired import race
 
 import fastmlp
 
@@ -41,13 +46,11 @@ GRID = (
     ((784, 128, 64, 10), 128),
     ((784, 128, 64, 10), 512),
 )
-# The same for every implementation. The epochs are short (8,192 rows), so five timed
-# rounds cost little and steady the median on a shared machine.
+# The same for every implementation. The epochs are short (8,192 rows), so seven timed
+# rounds cost little and steady the median of the ratios on a shared machine.
 WARMUP_ROUNDS = 1
-ROUNDS = 5
+ROUNDS = 7
 LR = 1e-3
-# One shape's implementations run back to back (conftest.workload_order).
-WORKLOAD_PARAMS = ("case",)
 
 
 def shape_name(sizes: tuple[int, ...]) -> str:
@@ -74,26 +77,10 @@ def random_data(n_features: int, n_classes: int) -> tuple[np.ndarray, np.ndarray
     return _DATA[key]
 
 
-def _label(benchmark, impl: str, sizes: tuple[int, ...], batch_size: int, threads: int) -> None:
-    benchmark.group = f"grid {shape_name(sizes)} batch {batch_size}"
-    benchmark.extra_info.update(
-        suite="grid",
-        # The shape is part of the workload: report.py keys medians by workload and batch.
-        workload=f"epoch {shape_name(sizes)}",
-        impl=impl,
-        dtype="float32",
-        batch_size=batch_size,
-        threads=threads,
-        layer_sizes=list(sizes),
-        rows=N_ROWS,
-    )
-
-
-def test_fastmlp(benchmark, he_init_for, case, n_threads):
-    sizes, batch_size = case
-    _label(benchmark, "fastmlp", sizes, batch_size, n_threads)
+def fastmlp_epoch(sizes, batch_size: int, n_threads: int, he_init) -> Callable[[], None]:
+    """One epoch of fastmlp per call, continuing the same model."""
     X, y = random_data(sizes[0], sizes[-1])
-    weights, biases = he_init_for("float32", sizes=sizes)
+    weights, biases = he_init("float32", sizes=sizes)
     model = fastmlp.MLP.from_weights(weights, biases, classes=np.arange(sizes[-1]))
     seeds = itertools.count()
 
@@ -110,23 +97,20 @@ def test_fastmlp(benchmark, he_init_for, case, n_threads):
             init=model,
         )
 
-    benchmark.pedantic(epoch, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
-    benchmark.extra_info["epoch_seconds"] = model.history["seconds"][-1]
+    return epoch
 
 
-def test_torch(benchmark, torch, torch_mlp, torch_epoch, he_init_for, case, n_threads):
-    sizes, batch_size = case
-    _label(benchmark, "torch", sizes, batch_size, n_threads)
+def torch_epoch_of(request, sizes, batch_size: int, he_init) -> Callable[[], None]:
+    """One epoch of the PyTorch peer per call; skips when PyTorch is not installed."""
+    torch = request.getfixturevalue("torch")
+    torch_mlp = request.getfixturevalue("torch_mlp")
+    torch_epoch = request.getfixturevalue("torch_epoch")
     X_np, y_np = random_data(sizes[0], sizes[-1])
     X, y = torch.from_numpy(X_np), torch.from_numpy(y_np)
-    net = torch_mlp(*he_init_for("float32", sizes=sizes), "float32")
+    net = torch_mlp(*he_init("float32", sizes=sizes), "float32")
     optimizer = torch.optim.Adam(net.parameters(), lr=LR)
     generator = torch.Generator().manual_seed(0)
-
-    def epoch():
-        torch_epoch(net, optimizer, X, y, batch_size, generator)
-
-    benchmark.pedantic(epoch, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
+    return lambda: torch_epoch(net, optimizer, X, y, batch_size, generator)
 
 
 def jax_epoch(jax, batch_size: int):
@@ -162,19 +146,55 @@ def jax_epoch(jax, batch_size: int):
     return epoch, optimizer
 
 
-def test_jax(benchmark, jax, he_init_for, case, n_threads):
-    sizes, batch_size = case
-    _label(benchmark, "jax", sizes, batch_size, n_threads)
+def jax_epoch_of(request, sizes, batch_size: int, he_init) -> Callable[[], None]:
+    """One epoch of the JAX peer per call (compiled in the first); skips when JAX cannot
+    run (conftest's ``jax`` fixture)."""
+    jax = request.getfixturevalue("jax")
     X_np, y_np = random_data(sizes[0], sizes[-1])
     X, y = jax.device_put(X_np), jax.device_put(y_np.astype(np.int32))
     epoch_fn, optimizer = jax_epoch(jax, batch_size)
-    weights, biases = he_init_for("float32", sizes=sizes)
+    weights, biases = he_init("float32", sizes=sizes)
     params = [(jax.device_put(W), jax.device_put(b)) for W, b in zip(weights, biases)]
     state = (params, optimizer.init(params))
-    keys = iter(jax.random.split(jax.random.key(0), WARMUP_ROUNDS + ROUNDS))
+    keys = iter(jax.random.split(jax.random.key(0), 1 << 10))
 
     def epoch():
         nonlocal state
         state = jax.block_until_ready(epoch_fn(*state, X, y, next(keys)))
 
-    benchmark.pedantic(epoch, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
+    return epoch
+
+
+PEERS = {"torch": torch_epoch_of, "jax": jax_epoch_of}
+
+
+def test_epoch(benchmark, request, races, he_init_for, case, n_threads):
+    sizes, batch_size = case
+    peers, missing = {}, {}
+    for name, build in PEERS.items():
+        try:
+            peers[name] = build(request, sizes, batch_size, he_init_for)
+        except pytest.skip.Exception as why:  # not installed: fastmlp races the others
+            missing[name] = str(why)
+    seconds = race(
+        benchmark,
+        ("fastmlp", fastmlp_epoch(sizes, batch_size, n_threads, he_init_for)),
+        peers,
+        rounds=ROUNDS,
+        warmup_rounds=WARMUP_ROUNDS,
+    )
+    benchmark.group = "grid: fastmlp's epoch per shape (peers in the same rounds)"
+    benchmark.extra_info.update(
+        suite="grid",
+        # The shape is part of the workload: report.py keys medians by workload and batch.
+        workload=f"epoch {shape_name(sizes)}",
+        impl="fastmlp",
+        dtype="float32",
+        batch_size=batch_size,
+        threads=n_threads,
+        layer_sizes=list(sizes),
+        rows=N_ROWS,
+        seconds=seconds,
+        missing=missing,
+    )
+    races.append((f"{shape_name(sizes)} / {batch_size}", seconds, missing))

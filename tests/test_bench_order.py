@@ -1,11 +1,13 @@
-"""The benchmark suite runs one workload's implementations back to back (benches/conftest.py).
+"""How the benchmark suite races implementations: one workload's back to back
+(benches/conftest.py), and the grid's in paired rounds (benches/paired.py).
 
-Collected, not run: ``pytest --collect-only`` of benches/ lists the order the benchmarks
-would run in.
+The order is collected, not run: ``pytest --collect-only`` of benches/ lists the order the
+benchmarks would run in.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import subprocess
@@ -65,14 +67,43 @@ def order() -> dict[str, list[tuple[str, str]]]:
     return {m: [(f, p) for module, f, p in rows if module == m] for m in modules}
 
 
-def test_grid_shapes_run_their_implementations_back_to_back(order):
+def test_grid_races_every_shape_in_one_benchmark(order):
+    # Each shape is one benchmark, whose rounds run every implementation (paired.race).
     rows = order["test_bench_grid.py"]
-    shapes = [param for _, param in rows]
-    assert len(set(shapes)) >= 8
-    # Each shape is one run of consecutive benchmarks, holding every implementation.
-    assert len(runs(shapes)) == len(set(shapes))
-    for _, group in itertools.groupby(rows, key=lambda row: row[1]):
-        assert [function for function, _ in group] == ["test_fastmlp", "test_torch", "test_jax"]
+    assert len(rows) >= 8
+    assert {function for function, _ in rows} == {"test_epoch"}
+    assert len({param for _, param in rows}) == len(rows)
+
+
+def load_paired():
+    spec = importlib.util.spec_from_file_location("paired", ROOT / "benches" / "paired.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_race_runs_the_peers_and_main_in_turn_each_round(benchmark):
+    paired = load_paired()
+    log = []
+    main = ("main", lambda: log.append("main"))
+    peers = {name: (lambda name=name: log.append(name)) for name in ("torch", "jax")}
+    seconds = paired.race(benchmark, main, peers, rounds=3, warmup_rounds=2, pause=0)
+    assert log == ["torch", "jax", "main"] * 5
+    # The warm-up rounds are not timed; every timed round holds one epoch of each.
+    assert {name: len(times) for name, times in seconds.items()} == {
+        "main": 3,
+        "torch": 3,
+        "jax": 3,
+    }
+    assert len(benchmark.stats.stats.data) == 3
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    paired = load_paired()
+    # The peer's 2x slower rounds happen while the machine is 3x slower for both.
+    peer, main = [2.0, 6.0, 2.0, 6.0, 2.2], [1.0, 3.0, 1.0, 3.0, 1.0]
+    assert paired.paired_ratio(peer, main) == (2.0, 2.0, 2.2)
+    assert paired.paired_ratio([], main) is None
 
 
 def test_training_groups_by_dtype_and_batch(order):

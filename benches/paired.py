@@ -1,0 +1,94 @@
+"""Paired rounds: fastmlp and its peers timed in turn, one epoch each per round.
+
+The shared machines these figures come from drift by 30% and more within minutes, in
+phases several epochs long (benches/results.md, 2026-12-02). Timed one implementation after
+the other, two runs of the grid put PyTorch / fastmlp on one shape at 1.22x and 1.64x on
+the same day. In paired rounds each ratio compares epochs run seconds apart; the median of
+the per-round ratios, with their range, is the figure reported.
+
+``race`` is used by benches/test_bench_grid.py, ``paired_ratio`` by benches/report.py and
+the summary benches/conftest.py prints.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+# Seconds of rest before each implementation's epoch, so that the last one's threads no
+# longer spin on the cores (PyTorch's took a fifth of a CPU in the first 5 ms after an
+# epoch, none after 10 ms). Not longer: after 0.1 s of rest a short epoch of fastmlp ran
+# 7-13% slower, on 1 thread too (a cold core), which back-to-back epochs never see.
+PAUSE = 0.01
+
+
+def race(
+    benchmark,
+    main: tuple[str, Callable[[], None]],
+    peers: dict[str, Callable[[], None]],
+    rounds: int,
+    warmup_rounds: int,
+    pause: float = PAUSE,
+) -> dict[str, list[float]]:
+    """Time ``main`` with pytest-benchmark, and every peer once in each of its rounds.
+
+    Each round runs the peers in turn, then ``main`` (which pytest-benchmark times), each
+    after ``pause`` seconds of rest. Warm-up rounds run everything untimed.
+
+    Parameters
+    ----------
+    benchmark : pytest_benchmark.fixture.BenchmarkFixture
+        The test's ``benchmark`` fixture.
+    main : (str, callable)
+        The name and one epoch of the implementation pytest-benchmark reports.
+    peers : dict of str to callable
+        One epoch of each peer, by name.
+    rounds, warmup_rounds : int
+        Timed and untimed rounds.
+    pause : float
+        Seconds of rest before each epoch.
+
+    Returns
+    -------
+    dict of str to list of float
+        Seconds of each timed round, by name (``main``'s name included), in round order.
+    """
+    name, run = main
+    seconds: dict[str, list[float]] = {name: [], **{peer: [] for peer in peers}}
+    done = 0  # rounds begun
+
+    def timed(key: str, epoch: Callable[[], None]) -> None:
+        time.sleep(pause)
+        tic = time.perf_counter()
+        epoch()
+        if done > warmup_rounds:
+            seconds[key].append(time.perf_counter() - tic)
+
+    def setup() -> None:
+        nonlocal done
+        done += 1
+        for peer, epoch in peers.items():
+            timed(peer, epoch)
+        time.sleep(pause)
+
+    def target() -> None:
+        tic = time.perf_counter()
+        run()
+        if done > warmup_rounds:
+            seconds[name].append(time.perf_counter() - tic)
+
+    benchmark.pedantic(target, setup=setup, rounds=rounds, warmup_rounds=warmup_rounds)
+    # pytest-benchmark's profiling option runs one more round: pair the rounds main ran.
+    return {key: values[: len(seconds[name])] for key, values in seconds.items()}
+
+
+def paired_ratio(peer: list[float], main: list[float]) -> tuple[float, float, float] | None:
+    """Median, least and greatest of ``peer[i] / main[i]`` over the rounds both ran.
+
+    Above 1: ``main`` was faster. None when no round holds both.
+    """
+    ratios = [p / m for p, m in zip(peer, main) if m > 0]
+    if not ratios:
+        return None
+    return statistics.median(ratios), min(ratios), max(ratios)
