@@ -133,27 +133,28 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def races(request) -> list:
-    """Where a paired race appends ``(workload, seconds by name, missing peers)``."""
+    """Where a paired race appends ``(workload, main's name, seconds by name, missing
+    peers)``."""
     return request.config.stash.setdefault(RACES, [])
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    # The ratios of the paired races: pytest-benchmark's tables show fastmlp's epochs only.
+    # The ratios of the paired races: pytest-benchmark's tables show one run of each.
     found = config.stash.get(RACES, [])
     if not found:
         return
     write = terminalreporter.write_line
-    terminalreporter.section("paired rounds: a peer's epoch over fastmlp's, per round")
-    write("median (least-greatest) over the rounds; above 1x fastmlp was faster")
-    for workload, seconds, missing in found:
+    terminalreporter.section("paired rounds: each epoch over the reported one's, per round")
+    write("median (least-greatest) over the rounds; above 1x the reported one was faster")
+    for workload, main, seconds, missing in found:
         cells = []
-        for peer, times in seconds.items():
-            ratio = paired_ratio(times, seconds["fastmlp"]) if peer != "fastmlp" else None
+        for name, times in seconds.items():
+            ratio = paired_ratio(times, seconds[main]) if name != main else None
             if ratio is not None:
-                cells.append(f"{peer} {ratio[0]:.2f}x ({ratio[1]:.2f}-{ratio[2]:.2f})")
-        cells += [f"{peer}: skipped" for peer in missing]
-        write(f"{workload:>26}  " + ", ".join(cells))
-    reasons = {reason for _, _, missing in found for reason in missing.values()}
+                cells.append(f"{name} {ratio[0]:.2f}x ({ratio[1]:.2f}-{ratio[2]:.2f})")
+        cells += [f"{name}: skipped" for name in missing]
+        write(f"{workload:>26} over {main}:  " + ", ".join(cells))
+    reasons = {reason for *_, missing in found for reason in missing.values()}
     for reason in sorted(reasons):
         write(f"skipped: {reason}")
 

@@ -6,8 +6,8 @@ the other, two runs of the grid put PyTorch / fastmlp on one shape at 1.22x and 
 the same day. In paired rounds each ratio compares epochs run seconds apart; the median of
 the per-round ratios, with their range, is the figure reported.
 
-``race`` is used by benches/test_bench_grid.py, ``paired_ratio`` by benches/report.py and
-the summary benches/conftest.py prints.
+``race`` is used by benches/test_bench_grid.py and benches/test_bench_shared_cores.py,
+``paired_ratio`` by benches/report.py and the summary benches/conftest.py prints.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ def race(
     rounds: int,
     warmup_rounds: int,
     pause: float = PAUSE,
+    before: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
     """Time ``main`` with pytest-benchmark, and every peer once in each of its rounds.
 
     Each round runs the peers in turn, then ``main`` (which pytest-benchmark times), each
-    after ``pause`` seconds of rest. Warm-up rounds run everything untimed.
+    after ``pause`` seconds of rest and then ``before`` (untimed). Warm-up rounds run
+    everything untimed.
 
     Parameters
     ----------
@@ -48,6 +50,8 @@ def race(
         Timed and untimed rounds.
     pause : float
         Seconds of rest before each epoch.
+    before : callable, optional
+        Run untimed right before each epoch, after the rest.
 
     Returns
     -------
@@ -58,8 +62,13 @@ def race(
     seconds: dict[str, list[float]] = {name: [], **{peer: [] for peer in peers}}
     done = 0  # rounds begun
 
-    def timed(key: str, epoch: Callable[[], None]) -> None:
+    def prepare() -> None:
         time.sleep(pause)
+        if before is not None:
+            before()
+
+    def timed(key: str, epoch: Callable[[], None]) -> None:
+        prepare()
         tic = time.perf_counter()
         epoch()
         if done > warmup_rounds:
@@ -70,7 +79,7 @@ def race(
         done += 1
         for peer, epoch in peers.items():
             timed(peer, epoch)
-        time.sleep(pause)
+        prepare()
 
     def target() -> None:
         tic = time.perf_counter()

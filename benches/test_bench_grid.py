@@ -197,4 +197,4 @@ def test_epoch(benchmark, request, races, he_init_for, case, n_threads):
         seconds=seconds,
         missing=missing,
     )
-    races.append((f"{shape_name(sizes)} / {batch_size}", seconds, missing))
+    races.append((f"{shape_name(sizes)} / {batch_size}", "fastmlp", seconds, missing))

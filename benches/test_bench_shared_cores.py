@@ -11,22 +11,29 @@ Servers share their cores. Two situations, each at batch 32 and 128:
 fastmlp runs at 1 thread, at all threads pinned (``FASTMLP_ADAPTIVE_THREADS=0``) and at
 all threads adaptive (the default: ``csrc/fm_tuner.h`` picks the threads step by step).
 The goal (issue 15): the adaptive run never slower than 1 thread, pinned or adaptive
-within 20% of it at worst. Timed like the training suite: a warm-up epoch, then the
-median of three.
+within 20% of it at worst. The three run in paired rounds (``paired.race``: a warm-up
+round, then ``ROUNDS``), pinned, adaptive, then 1 thread, which pytest-benchmark reports;
+the seconds of every round go to ``extra_info["seconds"]``, and the ratios to 1 thread are
+medians of the per-round ratios (benches/report.py, and the summary at the end of the run).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import pytest
+from paired import race
 
 import fastmlp
 
-ROUNDS = 3
+ROUNDS = 5
 BUSY_LOOP = "while True:\n    pass\n"
+# The races' names of the three runs; the 1-thread run is the one ratios are taken to.
+ONE_THREAD, PINNED, ADAPTIVE = "fastmlp", "fastmlp pinned", "fastmlp adaptive"
 
 
 @pytest.fixture(scope="module")
@@ -38,43 +45,59 @@ def competitor():
     proc.wait()
 
 
-@pytest.fixture(params=["pinned", "adaptive", "1thr"])
-def mode(request, n_threads, monkeypatch) -> tuple[str, int]:
-    """(impl label, threads); sets FASTMLP_ADAPTIVE_THREADS for the run."""
-    threads = 1 if request.param == "1thr" else n_threads
-    monkeypatch.setenv("FASTMLP_ADAPTIVE_THREADS", "1" if request.param == "adaptive" else "0")
-    return ("fastmlp" if request.param == "1thr" else f"fastmlp {request.param}"), threads
-
-
-def _run(benchmark, mnist, situation, impl, threads, batch_size, setup=None):
-    benchmark.group = f"shared cores: {situation}, epoch batch {batch_size}"
-    benchmark.extra_info.update(
-        suite="shared",
-        workload=situation,
-        impl=impl,
-        dtype="float32",
-        batch_size=batch_size,
-        threads=threads,
-    )
+def mnist_epoch(mnist, batch_size: int, threads: int, adaptive: bool) -> Callable[[], None]:
+    """One MNIST epoch of a fresh fit at `threads`, adaptive or pinned."""
     X, y = mnist.X["float32"], mnist.y
 
     def epoch():
-        return fastmlp.train(
-            X, y, hidden=(128, 64), epochs=1, batch_size=batch_size, seed=0, n_threads=threads
-        )
+        saved = os.environ.get("FASTMLP_ADAPTIVE_THREADS")
+        os.environ["FASTMLP_ADAPTIVE_THREADS"] = "1" if adaptive else "0"
+        try:
+            fastmlp.train(
+                X, y, hidden=(128, 64), epochs=1, batch_size=batch_size, seed=0, n_threads=threads
+            )
+        finally:
+            if saved is None:
+                del os.environ["FASTMLP_ADAPTIVE_THREADS"]
+            else:
+                os.environ["FASTMLP_ADAPTIVE_THREADS"] = saved
 
-    kwargs = {} if setup is None else {"setup": setup}
-    benchmark.pedantic(epoch, rounds=ROUNDS, warmup_rounds=1, **kwargs)
+    return epoch
+
+
+def _run(benchmark, races, mnist, situation, batch_size, n_threads, before=None):
+    seconds = race(
+        benchmark,
+        (ONE_THREAD, mnist_epoch(mnist, batch_size, 1, adaptive=False)),
+        {
+            PINNED: mnist_epoch(mnist, batch_size, n_threads, adaptive=False),
+            ADAPTIVE: mnist_epoch(mnist, batch_size, n_threads, adaptive=True),
+        },
+        rounds=ROUNDS,
+        warmup_rounds=1,
+        before=before,
+    )
+    benchmark.group = f"shared cores: {situation}, 1-thread epoch batch {batch_size}"
+    benchmark.extra_info.update(
+        suite="shared",
+        workload=situation,
+        impl=ONE_THREAD,
+        dtype="float32",
+        batch_size=batch_size,
+        threads=n_threads,
+        seconds=seconds,
+    )
+    races.append((f"{situation} / {batch_size}", ONE_THREAD, seconds, {}))
 
 
 @pytest.mark.parametrize("batch_size", [32, 128], ids=lambda bs: f"bs{bs}")
-def test_competing_process(benchmark, mnist, competitor, mode, batch_size):
+def test_competing_process(benchmark, races, mnist, competitor, batch_size, n_threads):
     assert competitor.poll() is None, "the competing process has stopped"
-    _run(benchmark, mnist, "competing process", *mode, batch_size)
+    _run(benchmark, races, mnist, "competing process", batch_size, n_threads)
 
 
 @pytest.mark.parametrize("batch_size", [32, 128], ids=lambda bs: f"bs{bs}")
-def test_after_peers(benchmark, mnist, mode, batch_size, n_threads):
+def test_after_peers(benchmark, races, mnist, batch_size, n_threads):
     try:
         import torch
     except ImportError:
@@ -87,4 +110,4 @@ def test_after_peers(benchmark, mnist, mode, batch_size, n_threads):
             t = torch.from_numpy(a)
             torch.mm(t, t)
 
-    _run(benchmark, mnist, "after peers", *mode, batch_size, setup=peers_run)
+    _run(benchmark, races, mnist, "after peers", batch_size, n_threads, before=peers_run)
