@@ -7,6 +7,7 @@ stopping).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import threading
@@ -406,6 +407,13 @@ def _as_tuple(v):
     return tuple(v) if isinstance(v, (tuple, list)) else v
 
 
+@functools.cache
+def _train_defaults() -> dict[str, Any]:
+    """The defaults of :func:`train`'s keywords, read once (inspecting the signature took
+    0.1 ms, 1.5% of a one-epoch call of a small tabular network)."""
+    return {name: p.default for name, p in inspect.signature(train).parameters.items()}
+
+
 def _check_kept(opts: _Options, model: MLP) -> None:
     """Refuse an architecture option that differs from both its default and ``init``'s.
 
@@ -429,9 +437,9 @@ def _check_kept(opts: _Options, model: MLP) -> None:
         ("dtype", model.dtype, check_dtype),
         ("output_activation", model.output_activation, lambda a: a or "identity"),
     ]
-    defaults = inspect.signature(train).parameters
+    defaults = _train_defaults()
     for name, theirs, norm in kept:
-        given, default = getattr(opts, name), defaults[name].default
+        given, default = getattr(opts, name), defaults[name]
         if norm(given) != norm(default) and norm(given) != norm(theirs):
             given, theirs = (str(norm(v)) if name == "dtype" else repr(v) for v in (given, theirs))
             raise ValueError(
