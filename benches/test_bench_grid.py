@@ -27,8 +27,8 @@ per-round ratios.
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -164,11 +164,12 @@ def jax_epoch_of(request, sizes, batch_size: int, he_init) -> Callable[[], None]
     weights, biases = he_init("float32", sizes=sizes)
     params = [(jax.device_put(W), jax.device_put(b)) for W, b in zip(weights, biases)]
     state = (params, optimizer.init(params))
-    keys = iter(jax.random.split(jax.random.key(0), 1 << 10))
+    key, epochs = jax.random.key(0), itertools.count()
 
     def epoch():
         nonlocal state
-        state = jax.block_until_ready(epoch_fn(*state, X, y, next(keys)))
+        epoch_key = jax.random.fold_in(key, next(epochs))
+        state = jax.block_until_ready(epoch_fn(*state, X, y, epoch_key))
 
     return epoch
 
@@ -186,12 +187,9 @@ def sgemm_of(n_threads: int) -> Callable[[], None]:
     ]
 
     def products():
-        with _threads.single_threaded_blas():
-            workers = [threading.Thread(target=_kernels.gemm, args=abc) for abc in operands]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
+        with _threads.single_threaded_blas(), ThreadPoolExecutor(n_threads) as pool:
+            for done in [pool.submit(_kernels.gemm, *abc) for abc in operands]:
+                done.result()  # raises what a product raised
 
     return products
 
@@ -218,7 +216,6 @@ def test_epoch(benchmark, request, races, he_init_for, case, n_threads):
     benchmark.group = "grid: fastmlp's epoch per shape (peers in the same rounds)"
     benchmark.extra_info.update(
         suite="grid",
-        # The shape is part of the workload: report.py keys medians by workload and batch.
         workload=f"epoch {shape_name(sizes)}",
         impl="fastmlp",
         dtype="float32",

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -50,17 +51,10 @@ def mnist_epoch(mnist, batch_size: int, threads: int, adaptive: bool) -> Callabl
     X, y = mnist.X["float32"], mnist.y
 
     def epoch():
-        saved = os.environ.get("FASTMLP_ADAPTIVE_THREADS")
-        os.environ["FASTMLP_ADAPTIVE_THREADS"] = "1" if adaptive else "0"
-        try:
+        with mock.patch.dict(os.environ, FASTMLP_ADAPTIVE_THREADS="1" if adaptive else "0"):
             fastmlp.train(
                 X, y, hidden=(128, 64), epochs=1, batch_size=batch_size, seed=0, n_threads=threads
             )
-        finally:
-            if saved is None:
-                del os.environ["FASTMLP_ADAPTIVE_THREADS"]
-            else:
-                os.environ["FASTMLP_ADAPTIVE_THREADS"] = saved
 
     return epoch
 
