@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,12 +89,6 @@ def pytest_configure(config):
     for flag, (dest, value) in _DEFAULT_OPTIONS.items():
         if not any(str(arg).startswith(flag) for arg in given) and hasattr(config.option, dest):
             setattr(config.option, dest, value)
-
-
-def pytest_generate_tests(metafunc):
-    # The thread counts depend on the machine, so they are generated, not hard-coded.
-    if "fastmlp_threads" in metafunc.fixturenames:
-        metafunc.parametrize("fastmlp_threads", thread_counts(), ids=lambda t: f"{t}thr")
 
 
 def workload_order(items: list) -> list:
@@ -168,12 +164,62 @@ def n_threads() -> int:
     return bench_threads()
 
 
+@pytest.fixture(scope="session")
+def scaling_threads() -> list[int]:
+    """fastmlp's thread counts for the scaling figures (``thread_counts``)."""
+    return thread_counts()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _peers_use_the_same_threads(n_threads):
     # NumPy's BLAS (the reference, scikit-learn) would otherwise take every core, whatever
     # FASTMLP_BENCH_THREADS says. fastmlp sets BLAS to one thread itself while it trains.
     with threadpool_limits(limits=n_threads, user_api="blas"):
         yield
+
+
+# -- the sgemm peak of a round ------------------------------------------------------------
+
+# One float32 PEAK_N^3 product per thread, all at once, each on one thread of SciPy's
+# OpenBLAS (as fastmlp runs BLAS). NumPy's matmul on its own thread pool would leave a
+# worker spinning for 0.1 s on the cores the next epoch needs.
+PEAK_N = 2048
+
+
+@dataclass(frozen=True)
+class Yardstick:
+    """The sgemm peak timed in every round of a paired race, beside the epochs.
+
+    Attributes
+    ----------
+    run : callable
+        One call: ``n_threads`` float32 ``PEAK_N``³ products at once, one per thread.
+    flops : int
+        The FLOPs of one call.
+    """
+
+    run: Callable[[], None]
+    flops: int
+
+
+@pytest.fixture(scope="session")
+def sgemm_round(n_threads) -> Yardstick:
+    """The yardstick of the share of the sgemm peak in paired races (benches/paired.py)."""
+    from fastmlp import _kernels, _threads
+
+    rng = np.random.default_rng(0)
+    operands = [
+        [rng.standard_normal((PEAK_N, PEAK_N), dtype=np.float32) for _ in range(2)]
+        + [np.empty((PEAK_N, PEAK_N), dtype=np.float32)]
+        for _ in range(n_threads)
+    ]
+
+    def products():
+        with _threads.single_threaded_blas(), ThreadPoolExecutor(n_threads) as pool:
+            for done in [pool.submit(_kernels.gemm, *abc) for abc in operands]:
+                done.result()  # raises what a product raised
+
+    return Yardstick(products, 2 * PEAK_N**3 * n_threads)
 
 
 # -- data and parameters -----------------------------------------------------------------

@@ -371,40 +371,65 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def training_table(m: dict, threads: int, peak: float) -> tuple[str, dict]:
-    """One MNIST epoch per batch size and dtype, and the figures the targets need."""
-    counts = sorted({1, 2, threads})
+def peak_share(info: dict, flops: float) -> tuple[float, float, float] | None:
+    """The share of the sgemm peak of an epoch of `flops` FLOPs in a paired race: per
+    round, the epoch's GFLOP/s over the yardstick's (conftest's ``sgemm_round``); the
+    median, least and greatest over the rounds."""
+    ratio = paired_ratio(info["seconds"].get("sgemm", []), info["seconds"]["fastmlp"])
+    return None if ratio is None else tuple(r * flops / info["sgemm_flops"] for r in ratio)
+
+
+def fmt_share(share: tuple[float, float, float] | None) -> str:
+    """A paired share of the peak as "66% (56%-77%)", or a dash."""
+    return "—" if share is None else "{:.0%} ({:.0%}-{:.0%})".format(*share)
+
+
+def training_table(data: dict) -> tuple[str, dict]:
+    """One MNIST epoch per batch size and dtype, and the figures the targets need.
+
+    Times are medians over the paired rounds; ratios and shares of the peak are medians of
+    the per-round figures (least-greatest in brackets)."""
     flops = training_flops_per_sample() * N_TRAIN
+    runs = [b["extra_info"] for b in data["benchmarks"]
+            if b.get("extra_info", {}).get("suite") == "training"]  # fmt: skip
+    threads = runs[0]["threads"] if runs else 1
+    # fastmlp's thread counts: "fastmlp" is the session's count, "fastmlp {t} thr" the others.
+    counts = sorted({threads} | {int(k.split()[1]) for r in runs for k in r["seconds"]
+                                 if k.startswith("fastmlp ")})  # fmt: skip
+    peers = ("numpy", "torch", "sklearn")
     header = (
         ["dtype", "batch"]
         + [f"fastmlp {t} thr (s)" for t in counts]
-        + [f"{PEER_NAMES[p]} (s)" for p in ("numpy", "torch", "sklearn")]
-        + [f"vs {PEER_NAMES[p]}" for p in ("numpy", "torch", "sklearn")]
-        + [f"scaling 1→{threads} thr", "GFLOP/s", "% of sgemm peak"]
+        + [f"{PEER_NAMES[p]} (s)" for p in peers]
+        + [f"vs {PEER_NAMES[p]}" for p in peers]
+        + [f"scaling 1→{threads} thr", "GFLOP/s", "% of the rounds' sgemm peak"]
     )
     rows, figures = [], {}
-    for dtype in ("float32", "float64"):
-        for bs in (32, 128, 512):
+    for info in runs:
+        seconds = info["seconds"]
 
-            def get(impl, t=threads, dtype=dtype, bs=bs):
-                return m.get(("training", "epoch", impl, dtype, bs, t))
+        def at(t, seconds=seconds):
+            return seconds.get("fastmlp" if t == threads else f"fastmlp {t} thr", [])
 
-            fast = get("fastmlp")
-            peers = [get(p) for p in ("numpy", "torch", "sklearn")]
-            figures[(dtype, bs)] = {"fastmlp": fast, "numpy": peers[0], "torch": peers[1]}
-            figures[(dtype, bs)].update({f"fastmlp_{t}": get("fastmlp", t) for t in counts})
-            gflops = flops / fast / 1e9 if fast else None
-            rows.append(
-                [dtype, str(bs)]
-                + [fmt_time(get("fastmlp", t), "s") for t in counts]
-                + [fmt_time(p, "s") for p in peers]
-                + [fmt_ratio(p, fast) for p in peers]
-                + [
-                    fmt_ratio(get("fastmlp", 1), fast),
-                    "—" if gflops is None else f"{gflops:.0f}",
-                    "—" if gflops is None else f"{100 * gflops / peak:.0f}%",
-                ]
-            )
+        fast = statistics.median(seconds["fastmlp"])
+        vs = {p: paired_ratio(seconds.get(p, []), seconds["fastmlp"]) for p in peers}
+        scaling = {t: paired_ratio(at(t), seconds["fastmlp"]) for t in counts}
+        share = peak_share(info, flops)
+        figures[(info["dtype"], info["batch_size"])] = {
+            "fastmlp": fast,
+            "vs_torch": vs["torch"] and vs["torch"][0],
+            "share": share and share[0],
+            # Per count: its epoch over the session's count's, per round (median).
+            "scaling": {t: r[0] for t, r in scaling.items() if r},
+        }
+        rows.append(
+            [info["dtype"], str(info["batch_size"])]
+            + [fmt_time(statistics.median(at(t)) if at(t) else None, "s") for t in counts]
+            + [fmt_time(statistics.median(seconds[p]) if seconds.get(p) else None, "s")
+               for p in peers]
+            + [fmt_paired(vs[p]) for p in peers]
+            + [fmt_paired(scaling.get(1)), f"{flops / fast / 1e9:.0f}", fmt_share(share)]
+        )  # fmt: skip
     return table(header, rows), figures
 
 
@@ -414,8 +439,8 @@ def grid_table(data: dict) -> tuple[str, list[dict]]:
     The shapes, row counts and each round's seconds come from the benchmarks' extra_info,
     in the order they ran. A ratio is the median over the paired rounds (benches/paired.py)
     of the peer's epoch over fastmlp's, with the least and greatest in brackets; so is the
-    share of the sgemm peak, against the products each round timed (test_bench_grid's
-    ``sgemm_of``).
+    share of the sgemm peak, against the products each round timed (conftest's
+    ``sgemm_round``).
     """
     header = [
         "shape",
@@ -444,13 +469,8 @@ def grid_table(data: dict) -> tuple[str, list[dict]]:
                  for peer in ("torch", "jax")}  # fmt: skip
         vs_torch, vs_jax = (ratio[p][0] if ratio[p] else None for p in ("torch", "jax"))
         flops = training_flops_per_sample(sizes) * n_rows
-        # The share of the sgemm peak timed in the same rounds: per round, the epoch's
-        # GFLOP/s over the products', the median over the rounds.
-        peak_ratio = paired_ratio(seconds.get("sgemm", []), seconds["fastmlp"])
-        share = None
-        if peak_ratio is not None:
-            share_range = tuple(r * flops / info["sgemm_flops"] for r in peak_ratio)
-            share = share_range[0]
+        share_range = peak_share(info, flops)
+        share = share_range and share_range[0]
         goal = None
         if share is not None:
             goal = share >= GRID_PEAK_SHARE or (vs_torch is not None and vs_torch >= GRID_VS_TORCH)
@@ -474,7 +494,7 @@ def grid_table(data: dict) -> tuple[str, list[dict]]:
                 fmt_paired(ratio["torch"]),
                 fmt_paired(ratio["jax"]),
                 "—" if fast is None else f"{flops / fast / 1e9:.0f}",
-                "—" if share is None else "{:.0%} ({:.0%}-{:.0%})".format(*share_range),
+                fmt_share(share_range),
                 status(goal),
                 status(beats_jax),
             ]
@@ -598,7 +618,6 @@ def targets_table(
     predict: dict,
     grid: list[dict],
     main_job: tuple,
-    peak: float,
     threads: int,
     shared_missed: list[str] | None,
 ) -> str:
@@ -609,29 +628,20 @@ def targets_table(
             return [name, goal, "—", "not measured"]
         return [name, goal, fmt.format(value), "met" if met(value) else "**not met**"]
 
-    def ratio(a, b):
-        return None if a is None or b is None else a / b
-
-    def share_of_peak(seconds):
-        return (
-            None
-            if seconds is None
-            else training_flops_per_sample() * N_TRAIN / seconds / 1e9 / peak
-        )
-
     b128, b32 = train[("float32", 128)], train[("float32", 32)]
     floor = predict["floor_10000"]
     dense, sparse = predict["1 dense row"]["fastmlp"], predict["1 MNIST row"]["fastmlp"]
     big = predict["10,000 MNIST rows"]["fastmlp"]
     name, _, _, accuracy, seconds, _ = main_job
     counts = sorted({1, 2, threads})
+    # More threads slower than fewer: a count's epoch over the session's count's, per round.
     slower = [
         f"{dtype} bs{bs} {t1}→{t2} thr"
         for (dtype, bs), fig in train.items()
         for t1, t2 in zip(counts, counts[1:])
-        if None not in (fig[f"fastmlp_{t1}"], fig[f"fastmlp_{t2}"])
-        and fig[f"fastmlp_{t2}"] > fig[f"fastmlp_{t1}"]
-    ]
+        if t1 in fig["scaling"] and t2 in fig["scaling"]
+        and fig["scaling"][t2] > fig["scaling"][t1]
+    ]  # fmt: skip
 
     def every_shape(name, goal, key, describe):
         measured = [g for g in grid if g[key] is not None]
@@ -650,11 +660,11 @@ def targets_table(
 
     rows = [
         target("epoch, batch 128, float32: vs PyTorch", "≥ 1.5x",
-               ratio(b128["torch"], b128["fastmlp"]), "{:.2f}x", lambda r: r >= 1.5),
+               b128["vs_torch"], "{:.2f}x", lambda r: r >= 1.5),
         target("epoch, batch 128, float32: share of the sgemm peak", "≥ 80%",
-               share_of_peak(b128["fastmlp"]), "{:.0%}", lambda r: r >= 0.8),
+               b128["share"], "{:.0%}", lambda r: r >= 0.8),
         target("epoch, batch 32, float32: share of the sgemm peak", "≥ 50%",
-               share_of_peak(b32["fastmlp"]), "{:.0%}", lambda r: r >= 0.5),
+               b32["share"], "{:.0%}", lambda r: r >= 0.5),
         target(f"98.0% test accuracy, the main job ({accuracy:.2f}%)", "< 1.2 s of training",
                seconds, "{:.2f} s", lambda s: accuracy >= 98.0 and s < 1.2),
         target("predict_proba, 1 dense row", "< 3 us", dense and dense * 1e6, "{:.1f} us",
@@ -734,7 +744,7 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - start
 
     m = medians(data)
-    train_md, train_fig = training_table(m, threads, peak)
+    train_md, train_fig = training_table(data)
     grid_md, grid_fig = grid_table(data)
     predict_md, predict_fig = predict_table(m, threads, peak)
     latency_md, concurrency_md = serving_table(data)
@@ -791,14 +801,18 @@ def main(argv: list[str] | None = None) -> None:
         "`examples/train_mnist.py`; the settings are in `benches/reproduce.py`.",
         reproduce_table(networks),
         "## Training: one MNIST epoch, 784-128-64-10, Adam",
-        "Seconds per epoch over 60,000 images, the median of 3 epochs after one warm-up "
-        "epoch, for every implementation. "
-        f"fastmlp's time is the whole "
-        f"`fastmlp.train(..., epochs=1)` call. GFLOP/s counts the GEMMs only: "
-        f"{training_flops_per_sample():,} FLOP per sample (forward, weight gradient and input "
-        f"gradient of each layer, minus the first layer's input gradient, which nothing "
-        f"needs), {flops / 1e9:.2f} GFLOP per epoch; at the sgemm peak an epoch would take "
-        f"{flops / peak / 1e9:.3f} s.",
+        "Seconds per epoch over 60,000 images, in paired rounds: a warm-up round, then 3, "
+        "each running one epoch of every implementation in turn (fastmlp at every thread "
+        "count, the peers, and a yardstick of the peak: one float32 2048³ product per "
+        "thread, all at once, each on one thread of SciPy's OpenBLAS, as fastmlp runs BLAS), "
+        "each epoch from fresh parameters. Times are medians over the rounds; ratios, the "
+        "thread scaling and the share of the peak (the epoch's GFLOP/s over the products') "
+        "are medians of the per-round figures (least-greatest in brackets). fastmlp's time "
+        "is the whole `fastmlp.train(..., epochs=1)` call. "
+        f"GFLOP/s counts the GEMMs only: {training_flops_per_sample():,} FLOP per sample "
+        "(forward, weight gradient and input gradient of each layer, minus the first "
+        f"layer's input gradient, which nothing needs), {flops / 1e9:.2f} GFLOP per epoch; "
+        f"at the sgemm peak above an epoch would take {flops / peak / 1e9:.3f} s.",
         train_md,
         "## Training: one epoch at every shape of the grid (`benches/test_bench_grid.py`)",
         "float32, ReLU, softmax + cross-entropy, Adam lr 1e-3, on "
@@ -813,10 +827,8 @@ def main(argv: list[str] | None = None) -> None:
         "`fastmlp.train(..., epochs=1, init=model)` call; PyTorch's `nn.Sequential` of "
         "`Linear` + `ReLU` with `torch.optim.Adam`; JAX's whole epoch as one jitted "
         "`jax.lax.scan` with `optax.adam` (compiled in the warm-up). GEMM FLOPs counted as "
-        "for MNIST above. The share of the sgemm peak is paired too: every round also times "
-        "one float32 2048³ product per thread, all at once, each on one thread of SciPy's "
-        "OpenBLAS (as fastmlp runs BLAS), and the share is the median over the rounds of "
-        "the epoch's GFLOP/s over the products'. The goal (issue 15): on every shape at least "
+        "for MNIST above, and the share of the sgemm peak timed in the same rounds, as above. "
+        "The goal (issue 15): on every shape at least "
         f"{GRID_VS_TORCH}x PyTorch's speed or {GRID_PEAK_SHARE:.0%} of the sgemm peak, and "
         "faster than JAX.",
         grid_md,
@@ -856,7 +868,7 @@ def main(argv: list[str] | None = None) -> None:
         "fastmlp's compiled entry points beside `fastmlp.reference` (median us).",
         kernel_table(m, threads),
         "## Targets (shared/BRIEF.md)",
-        targets_table(train_fig, predict_fig, grid_fig, networks[0], peak, threads, shared_missed),
+        targets_table(train_fig, predict_fig, grid_fig, networks[0], threads, shared_missed),
         "## pytest",
         "```\n" + summary + "\n```",
     ]

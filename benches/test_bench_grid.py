@@ -18,24 +18,22 @@ of every installed peer, then fastmlp's, which pytest-benchmark reports. ``WARMU
 untimed rounds come first (JAX compiles in the first, so compile time is excluded; the
 others start their threads and touch their buffers), then ``ROUNDS`` timed rounds, each
 epoch continuing from the last (Adam's state included). Each round also times the
-yardstick of the share of the sgemm peak (``sgemm_of``), so that share is paired too. The
-seconds of every round go to ``extra_info["seconds"]``; ``benches/report.py`` and the
-summary at the end of the run give each peer's time over fastmlp's as the median of the
-per-round ratios.
+yardstick of the share of the sgemm peak (conftest's ``sgemm_round``), so that share is
+paired too. The seconds of every round go to ``extra_info["seconds"]``;
+``benches/report.py`` and the summary at the end of the run give each peer's time over
+fastmlp's as the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from paired import race
 
 import fastmlp
-from fastmlp import _kernels, _threads
 
 N_ROWS = 8192
 # (layer sizes, batch): tabular narrow, 3 x 256, 2 x 1024, 1 x 2048, 3072 inputs, and
@@ -54,10 +52,6 @@ GRID = (
 # rounds cost little and steady the median of the ratios on a shared machine.
 WARMUP_ROUNDS = 1
 ROUNDS = 7
-# The sgemm peak of a round: one float32 PEAK_N^3 product per thread, all at once, each on
-# one thread of SciPy's OpenBLAS (as fastmlp runs BLAS). NumPy's matmul on its own thread
-# pool would leave a worker spinning for 0.1 s on the cores the next epoch needs.
-PEAK_N = 2048
 LR = 1e-3
 
 
@@ -174,30 +168,10 @@ def jax_epoch_of(request, sizes, batch_size: int, he_init) -> Callable[[], None]
     return epoch
 
 
-def sgemm_of(n_threads: int) -> Callable[[], None]:
-    """The round's sgemm peak (``PEAK_N``): ``n_threads`` one-thread products at once."""
-    rng = np.random.default_rng(0)
-    operands = [
-        (
-            rng.standard_normal((PEAK_N, PEAK_N), dtype=np.float32),
-            rng.standard_normal((PEAK_N, PEAK_N), dtype=np.float32),
-            np.empty((PEAK_N, PEAK_N), dtype=np.float32),
-        )
-        for _ in range(n_threads)
-    ]
-
-    def products():
-        with _threads.single_threaded_blas(), ThreadPoolExecutor(n_threads) as pool:
-            for done in [pool.submit(_kernels.gemm, *abc) for abc in operands]:
-                done.result()  # raises what a product raised
-
-    return products
-
-
 PEERS = {"torch": torch_epoch_of, "jax": jax_epoch_of}
 
 
-def test_epoch(benchmark, request, races, he_init_for, case, n_threads):
+def test_epoch(benchmark, request, races, sgemm_round, he_init_for, case, n_threads):
     sizes, batch_size = case
     peers, missing = {}, {}
     for name, build in PEERS.items():
@@ -205,7 +179,7 @@ def test_epoch(benchmark, request, races, he_init_for, case, n_threads):
             peers[name] = build(request, sizes, batch_size, he_init_for)
         except pytest.skip.Exception as why:  # not installed: fastmlp races the others
             missing[name] = str(why)
-    peers["sgemm"] = sgemm_of(n_threads)
+    peers["sgemm"] = sgemm_round.run
     seconds = race(
         benchmark,
         ("fastmlp", fastmlp_epoch(sizes, batch_size, n_threads, he_init_for)),
@@ -225,7 +199,7 @@ def test_epoch(benchmark, request, races, he_init_for, case, n_threads):
         rows=N_ROWS,
         seconds=seconds,
         missing=missing,
-        sgemm_flops=2 * PEAK_N**3 * n_threads,
+        sgemm_flops=sgemm_round.flops,
     )
     implementations = {name: times for name, times in seconds.items() if name != "sgemm"}
     races.append((f"{shape_name(sizes)} / {batch_size}", "fastmlp", implementations, missing))

@@ -1,40 +1,46 @@
 """One MNIST training epoch of 784-128-64-10, fastmlp beside the reference and the peers.
 
-One group per batch size (32, 128, 512) and dtype, each holding:
+One benchmark per batch size (32, 128, 512) and dtype races, in paired rounds
+(``paired.race``: each round runs one epoch of every implementation in turn):
 
 - fastmlp: ``fastmlp.train(X, y, hidden=(128, 64), epochs=1, ...)``, the whole public call
-  (validation, initialisation, workspace, the epoch), at 1, 2 and the session's thread
-  count, for the thread-scaling figures;
+  (validation, initialisation, workspace, the epoch), at the session's thread count (the
+  epoch pytest-benchmark reports, last in each round) and at 1 and 2 threads, for the
+  thread-scaling figures;
 - numpy: ``fastmlp.reference.train_epoch`` with Adam, BLAS at the session's threads. This
   is the readable reference, not a tuned NumPy MLP: it allocates fresh arrays every step,
   computes the L2 penalty even at l2=0 and the softmax's exponential twice;
 - torch: ``nn.Sequential(Linear, ReLU, Linear, ReLU, Linear)``, ``CrossEntropyLoss`` and
   ``torch.optim.Adam``, mini-batches gathered from tensors already in memory;
-- sklearn: ``MLPClassifier(hidden_layer_sizes=(128, 64), solver="adam", max_iter=1)``.
+- sklearn: ``MLPClassifier(hidden_layer_sizes=(128, 64), solver="adam", max_iter=1)``;
+- sgemm: conftest's ``sgemm_round``, the yardstick of the share of the sgemm peak.
 
-Every implementation shuffles once per epoch, uses Adam with lr 1e-3 and sees all 60,000
-images, and every one is timed alike: one untimed warm-up epoch, then the median of
-``ROUNDS`` epochs, each from fresh parameters (set-up not timed).
+Every implementation shuffles once per epoch, uses Adam with lr 1e-3, sees all 60,000
+images and starts each epoch from fresh parameters, set up inside its timed epoch as
+fastmlp's call does (copies of the initial weights, a new module or estimator: well under
+1% of an epoch). A warm-up round, then ``ROUNDS``; the seconds of every round go to
+``extra_info["seconds"]``, and the ratios are medians of the per-round ratios
+(benches/report.py, and the summary at the end of the run).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
+from paired import race
 
 import fastmlp
 from fastmlp import reference
 
 ACTIVATIONS = ("relu", "relu", "identity")  # 784-128-64-10, as in conftest
 BATCH_SIZES = (32, 128, 512)
-# The same for every implementation: a warm-up epoch (first-touch page faults, thread
-# start-up, lazy initialisation), then the median of three timed epochs.
+# The same for every implementation: a warm-up round (first-touch page faults, thread
+# start-up, lazy initialisation), then three timed rounds.
 WARMUP_ROUNDS = 1
 ROUNDS = 3
-# One workload's implementations run back to back (conftest.workload_order).
-WORKLOAD_PARAMS = ("dtype", "batch_size")
 
 
 @pytest.fixture(params=BATCH_SIZES, ids=lambda bs: f"bs{bs}")
@@ -43,82 +49,56 @@ def batch_size(request) -> int:
     return request.param
 
 
-def _label(benchmark, impl: str, dtype: str, batch_size: int, threads: int) -> None:
-    benchmark.group = f"epoch 784-128-64-10 {dtype} batch {batch_size}"
-    benchmark.extra_info.update(
-        suite="training",
-        workload="epoch",
-        impl=impl,
-        dtype=dtype,
-        batch_size=batch_size,
-        threads=threads,
-    )
-
-
-def test_fastmlp(benchmark, mnist, dtype, batch_size, fastmlp_threads):
-    _label(benchmark, "fastmlp", dtype, batch_size, fastmlp_threads)
+def fastmlp_epoch(mnist, dtype: str, batch_size: int, threads: int) -> Callable[[], None]:
+    """One fresh fastmlp fit of one epoch per call."""
     X, y = mnist.X[dtype], mnist.y
-
-    def epoch():
-        return fastmlp.train(
-            X,
-            y,
-            hidden=(128, 64),
-            epochs=1,
-            batch_size=batch_size,
-            dtype=dtype,
-            seed=0,
-            n_threads=fastmlp_threads,
-        )
-
-    model = benchmark.pedantic(epoch, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
-    benchmark.extra_info["epoch_seconds"] = model.history["seconds"][-1]
-    benchmark.extra_info["train_accuracy"] = model.history["accuracy"][-1]
+    return lambda: fastmlp.train(
+        X, y, hidden=(128, 64), epochs=1, batch_size=batch_size, dtype=dtype, seed=0,
+        n_threads=threads,
+    )  # fmt: skip
 
 
-def test_numpy_reference(benchmark, mnist, initial_params, dtype, batch_size, n_threads):
-    _label(benchmark, "numpy", dtype, batch_size, n_threads)
+def numpy_epoch(request, mnist, dtype: str, batch_size: int) -> Callable[[], None]:
+    """One epoch of the NumPy reference per call, from fresh copies of the weights."""
+    initial = request.getfixturevalue("initial_params")[dtype]
     X, y = mnist.X[dtype], mnist.y
     rng = np.random.default_rng(0)
 
-    def setup():
-        weights, biases = ([p.copy() for p in params] for params in initial_params[dtype])
-        return (weights, biases, {}), {}
-
-    def epoch(weights, biases, state):
+    def epoch():
+        weights, biases = ([p.copy() for p in params] for params in initial)
         order = rng.permutation(X.shape[0])
-        return reference.train_epoch(
-            weights, biases, state, X, y, ACTIVATIONS, batch_size, order, optimizer="adam"
+        reference.train_epoch(
+            weights, biases, {}, X, y, ACTIVATIONS, batch_size, order, optimizer="adam"
         )
 
-    benchmark.pedantic(epoch, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
+    return epoch
 
 
-def test_torch(
-    benchmark, torch, torch_mlp, torch_epoch, mnist, initial_params, dtype, batch_size, n_threads
-):
-    _label(benchmark, "torch", dtype, batch_size, n_threads)
+def torch_epoch_of(request, mnist, dtype: str, batch_size: int) -> Callable[[], None]:
+    """One epoch of a fresh PyTorch peer per call; skips when PyTorch is not installed."""
+    torch = request.getfixturevalue("torch")
+    torch_mlp = request.getfixturevalue("torch_mlp")
+    torch_epoch = request.getfixturevalue("torch_epoch")
+    initial = request.getfixturevalue("initial_params")[dtype]
     X, y = torch.from_numpy(mnist.X[dtype]), torch.from_numpy(mnist.y)
     generator = torch.Generator().manual_seed(0)
 
-    def setup():
-        net = torch_mlp(*initial_params[dtype], dtype)
-        return (net, torch.optim.Adam(net.parameters(), lr=1e-3)), {}
+    def epoch():
+        net = torch_mlp(*initial, dtype)
+        torch_epoch(net, torch.optim.Adam(net.parameters(), lr=1e-3), X, y, batch_size, generator)
 
-    def epoch(net, optimizer):
-        torch_epoch(net, optimizer, X, y, batch_size, generator)
-
-    benchmark.pedantic(epoch, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
+    return epoch
 
 
-def test_sklearn(benchmark, mlp_classifier, mnist, dtype, batch_size, n_threads):
+def sklearn_epoch(request, mnist, dtype: str, batch_size: int) -> Callable[[], None]:
+    """One epoch of a fresh MLPClassifier per call; skips when scikit-learn is not installed."""
+    mlp_classifier = request.getfixturevalue("mlp_classifier")
     from sklearn.exceptions import ConvergenceWarning
 
-    _label(benchmark, "sklearn", dtype, batch_size, n_threads)
     # float32 in, float32 all the way through (scikit-learn keeps the input's dtype).
     X, y = mnist.X[dtype], mnist.y
 
-    def setup():
+    def epoch():
         clf = mlp_classifier(
             hidden_layer_sizes=(128, 64),
             solver="adam",
@@ -127,12 +107,52 @@ def test_sklearn(benchmark, mlp_classifier, mnist, dtype, batch_size, n_threads)
             shuffle=True,
             random_state=0,
         )
-        return (clf,), {}
-
-    def epoch(clf):
         with warnings.catch_warnings():
             # max_iter=1 is the point here, not a convergence problem.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return clf.fit(X, y)
+            clf.fit(X, y)
 
-    benchmark.pedantic(epoch, setup=setup, rounds=ROUNDS, warmup_rounds=WARMUP_ROUNDS)
+    return epoch
+
+
+PEERS = {"numpy": numpy_epoch, "torch": torch_epoch_of, "sklearn": sklearn_epoch}
+
+
+def test_epoch(
+    benchmark, request, races, sgemm_round, mnist, dtype, batch_size, n_threads, scaling_threads
+):
+    peers = {
+        f"fastmlp {t} thr": fastmlp_epoch(mnist, dtype, batch_size, t)
+        for t in scaling_threads
+        if t != n_threads
+    }
+    missing = {}
+    for name, build in PEERS.items():
+        try:
+            peers[name] = build(request, mnist, dtype, batch_size)
+        except pytest.skip.Exception as why:  # not installed: fastmlp races the others
+            missing[name] = str(why)
+    peers["sgemm"] = sgemm_round.run
+    seconds = race(
+        benchmark,
+        ("fastmlp", fastmlp_epoch(mnist, dtype, batch_size, n_threads)),
+        peers,
+        rounds=ROUNDS,
+        warmup_rounds=WARMUP_ROUNDS,
+    )
+    benchmark.group = (
+        f"epoch 784-128-64-10: fastmlp at {n_threads} threads (peers in the same rounds)"
+    )
+    benchmark.extra_info.update(
+        suite="training",
+        workload="epoch",
+        impl="fastmlp",
+        dtype=dtype,
+        batch_size=batch_size,
+        threads=n_threads,
+        seconds=seconds,
+        missing=missing,
+        sgemm_flops=sgemm_round.flops,
+    )
+    implementations = {name: times for name, times in seconds.items() if name != "sgemm"}
+    races.append((f"{dtype} / {batch_size}", "fastmlp", implementations, missing))
