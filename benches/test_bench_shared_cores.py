@@ -37,9 +37,10 @@ BUSY_LOOP = "while True:\n    pass\n"
 ONE_THREAD, PINNED, ADAPTIVE = "fastmlp", "fastmlp pinned", "fastmlp adaptive"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def competitor():
-    """A CPU-bound process for the module's duration."""
+    """A CPU-bound process for the duration of one test (not the module's: it would still
+    run beside the after-peers tests that follow)."""
     proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
     yield proc
     proc.kill()
