@@ -38,9 +38,10 @@ from fastmlp import reference
 ACTIVATIONS = ("relu", "relu", "identity")  # 784-128-64-10, as in conftest
 BATCH_SIZES = (32, 128, 512)
 # The same for every implementation: a warm-up round (first-touch page faults, thread
-# start-up, lazy initialisation), then three timed rounds.
+# start-up, lazy initialisation), then five timed rounds (medians of three moved with one
+# bad round).
 WARMUP_ROUNDS = 1
-ROUNDS = 3
+ROUNDS = 5
 
 
 @pytest.fixture(params=BATCH_SIZES, ids=lambda bs: f"bs{bs}")
