@@ -16,11 +16,36 @@ import statistics
 import time
 from collections.abc import Callable
 
+import pytest
+
 # Seconds of rest before each implementation's epoch, so that the last one's threads no
 # longer spin on the cores (PyTorch's took a fifth of a CPU in the first 5 ms after an
 # epoch, none after 10 ms). Not longer: after 0.1 s of rest a short epoch of fastmlp ran
 # 7-13% slower, on 1 thread too (a cold core), which back-to-back epochs never see.
 PAUSE = 0.01
+# The name under which a race times the yardstick of the sgemm peak (conftest's sgemm_round).
+YARDSTICK = "sgemm"
+
+
+def installed(builders: dict[str, Callable], *args) -> tuple[dict, dict]:
+    """``({name: build(*args)}, {name: why})``: the peers whose fixtures do not skip, and
+    the reasons of those that do (not installed), so that fastmlp races the others."""
+    peers, missing = {}, {}
+    for name, build in builders.items():
+        try:
+            peers[name] = build(*args)
+        except pytest.skip.Exception as why:
+            missing[name] = str(why)
+    return peers, missing
+
+
+def record(benchmark, races: list, label: str, seconds: dict, missing: dict, **info) -> None:
+    """Store a race of fastmlp against its peers in the benchmark's extra_info (with
+    `info`), and its epochs (not the yardstick's) under `label` for the summary at the end
+    of the run."""
+    benchmark.extra_info.update(info, impl="fastmlp", seconds=seconds, missing=missing)
+    epochs = {name: times for name, times in seconds.items() if name != YARDSTICK}
+    races.append((label, "fastmlp", epochs, missing))
 
 
 def race(

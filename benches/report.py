@@ -46,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from paired import paired_ratio
+from paired import YARDSTICK, paired_ratio
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastmlp
@@ -381,7 +381,7 @@ def peak_share(info: dict, flops: float) -> tuple[float, float, float] | None:
     which would put the epoch beside it far above the peak, while the drift over minutes
     that pairing follows moves slower than three rounds."""
     seconds = info["seconds"]
-    rates = [info["sgemm_flops"] / t for t in seconds.get("sgemm", [])]
+    rates = [info["sgemm_flops"] / t for t in seconds.get(YARDSTICK, [])]
     shares = [
         flops / t / max(rates[max(i - 1, 0) : i + 2])
         for i, t in enumerate(seconds["fastmlp"][: len(rates)])

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from paired import race
+from paired import YARDSTICK, installed, race, record
 
 import fastmlp
 
@@ -175,12 +175,8 @@ def test_epoch(benchmark, request, races, sgemm_round, he_init_for, case, n_thre
     sizes, batch_size = case
     # The yardstick first: it leaves the caches cold for whoever follows it, so not fastmlp,
     # which runs last.
-    peers, missing = {"sgemm": sgemm_round.run}, {}
-    for name, build in PEERS.items():
-        try:
-            peers[name] = build(request, sizes, batch_size, he_init_for)
-        except pytest.skip.Exception as why:  # not installed: fastmlp races the others
-            missing[name] = str(why)
+    peers, missing = installed(PEERS, request, sizes, batch_size, he_init_for)
+    peers = {YARDSTICK: sgemm_round.run, **peers}
     seconds = race(
         benchmark,
         ("fastmlp", fastmlp_epoch(sizes, batch_size, n_threads, he_init_for)),
@@ -189,18 +185,18 @@ def test_epoch(benchmark, request, races, sgemm_round, he_init_for, case, n_thre
         warmup_rounds=WARMUP_ROUNDS,
     )
     benchmark.group = "grid: fastmlp's epoch per shape (peers in the same rounds)"
-    benchmark.extra_info.update(
+    record(
+        benchmark,
+        races,
+        f"{shape_name(sizes)} / {batch_size}",
+        seconds,
+        missing,
         suite="grid",
         workload=f"epoch {shape_name(sizes)}",
-        impl="fastmlp",
         dtype="float32",
         batch_size=batch_size,
         threads=n_threads,
         layer_sizes=list(sizes),
         rows=N_ROWS,
-        seconds=seconds,
-        missing=missing,
         sgemm_flops=sgemm_round.flops,
     )
-    implementations = {name: times for name, times in seconds.items() if name != "sgemm"}
-    races.append((f"{shape_name(sizes)} / {batch_size}", "fastmlp", implementations, missing))

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from paired import race
+from paired import YARDSTICK, installed, race, record
 
 import fastmlp
 from fastmlp import reference
@@ -128,22 +128,15 @@ AFTER = {"torch": torch_epoch_of}
 def test_epoch(
     benchmark, request, races, sgemm_round, mnist, dtype, batch_size, n_threads, scaling_threads
 ):
-    peers, missing = {"sgemm": sgemm_round.run}, {}
-
-    def add(builders):
-        for name, build in builders.items():
-            try:
-                peers[name] = build(request, mnist, dtype, batch_size)
-            except pytest.skip.Exception as why:  # not installed: fastmlp races the others
-                missing[name] = str(why)
-
-    add(BEFORE)
-    peers.update(
-        (f"fastmlp {t} thr", fastmlp_epoch(mnist, dtype, batch_size, t))
+    before, missing = installed(BEFORE, request, mnist, dtype, batch_size)
+    after, missing_after = installed(AFTER, request, mnist, dtype, batch_size)
+    missing.update(missing_after)
+    others = {
+        f"fastmlp {t} thr": fastmlp_epoch(mnist, dtype, batch_size, t)
         for t in scaling_threads
         if t != n_threads
-    )
-    add(AFTER)
+    }
+    peers = {YARDSTICK: sgemm_round.run, **before, **others, **after}
     seconds = race(
         benchmark,
         ("fastmlp", fastmlp_epoch(mnist, dtype, batch_size, n_threads)),
@@ -154,16 +147,16 @@ def test_epoch(
     benchmark.group = (
         f"epoch 784-128-64-10: fastmlp at {n_threads} threads (peers in the same rounds)"
     )
-    benchmark.extra_info.update(
+    record(
+        benchmark,
+        races,
+        f"{dtype} / {batch_size}",
+        seconds,
+        missing,
         suite="training",
         workload="epoch",
-        impl="fastmlp",
         dtype=dtype,
         batch_size=batch_size,
         threads=n_threads,
-        seconds=seconds,
-        missing=missing,
         sgemm_flops=sgemm_round.flops,
     )
-    implementations = {name: times for name, times in seconds.items() if name != "sgemm"}
-    races.append((f"{dtype} / {batch_size}", "fastmlp", implementations, missing))
