@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from paired import paired_ratio
+from paired import fmt_paired, paired_ratio
 from threadpoolctl import threadpool_limits
 
 import fastmlp
@@ -75,11 +75,6 @@ def bench_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def thread_counts() -> list[int]:
-    """fastmlp thread counts raced for the scaling figures: 1, 2 and the session's count."""
-    return sorted({1, 2, bench_threads()})
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -143,11 +138,11 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.section("paired rounds: each epoch over the reported one's, per round")
     write("median (least-greatest) over the rounds; above 1x the reported one was faster")
     for workload, main, seconds, missing in found:
-        cells = []
-        for name, times in seconds.items():
-            ratio = paired_ratio(times, seconds[main]) if name != main else None
-            if ratio is not None:
-                cells.append(f"{name} {ratio[0]:.2f}x ({ratio[1]:.2f}-{ratio[2]:.2f})")
+        cells = [
+            f"{name} {fmt_paired(paired_ratio(times, seconds[main]))}"
+            for name, times in seconds.items()
+            if name != main
+        ]
         cells += [f"{name}: skipped" for name in missing]
         write(f"{workload:>26} over {main}:  " + ", ".join(cells))
     reasons = {reason for *_, missing in found for reason in missing.values()}
@@ -166,8 +161,8 @@ def n_threads() -> int:
 
 @pytest.fixture(scope="session")
 def scaling_threads() -> list[int]:
-    """fastmlp's thread counts for the scaling figures (``thread_counts``)."""
-    return thread_counts()
+    """fastmlp thread counts raced for the scaling figures: 1, 2 and the session's count."""
+    return sorted({1, 2, bench_threads()})
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -39,13 +39,15 @@ def installed(builders: dict[str, Callable], *args) -> tuple[dict, dict]:
     return peers, missing
 
 
-def record(benchmark, races: list, label: str, seconds: dict, missing: dict, **info) -> None:
-    """Store a race of fastmlp against its peers in the benchmark's extra_info (with
-    `info`), and its epochs (not the yardstick's) under `label` for the summary at the end
-    of the run."""
-    benchmark.extra_info.update(info, impl="fastmlp", seconds=seconds, missing=missing)
+def record(
+    benchmark, races: list, label: str, seconds: dict, missing: dict, main="fastmlp", **info
+) -> None:
+    """Store a race in the benchmark's extra_info (with `info`; `main` is the run
+    pytest-benchmark timed), and its epochs (not the yardstick's) under `label` for the
+    summary at the end of the run."""
+    benchmark.extra_info.update(info, impl=main, seconds=seconds, missing=missing)
     epochs = {name: times for name, times in seconds.items() if name != YARDSTICK}
-    races.append((label, "fastmlp", epochs, missing))
+    races.append((label, main, epochs, missing))
 
 
 def race(
@@ -126,3 +128,10 @@ def paired_ratio(peer: list[float], main: list[float]) -> tuple[float, float, fl
     if not ratios:
         return None
     return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def fmt_paired(ratio: tuple[float, float, float] | None) -> str:
+    """A paired ratio (``paired_ratio``) as "1.52x (1.31-1.70)", or a dash."""
+    if ratio is None:
+        return "—"
+    return f"{ratio[0]:.2f}x ({ratio[1]:.2f}-{ratio[2]:.2f})"

@@ -46,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from paired import YARDSTICK, paired_ratio
+from paired import YARDSTICK, fmt_paired, paired_ratio
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastmlp
@@ -357,13 +357,6 @@ def fmt_ratio(num: float | None, den: float | None) -> str:
     return f"{num / den:.2f}x"
 
 
-def fmt_paired(ratio: tuple[float, float, float] | None) -> str:
-    """A paired ratio (``paired.paired_ratio``) as "1.52x (1.31-1.70)", or a dash."""
-    if ratio is None:
-        return "—"
-    return f"{ratio[0]:.2f}x ({ratio[1]:.2f}-{ratio[2]:.2f})"
-
-
 def table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
@@ -403,9 +396,8 @@ def training_table(data: dict) -> tuple[str, dict]:
     runs = [b["extra_info"] for b in data["benchmarks"]
             if b.get("extra_info", {}).get("suite") == "training"]  # fmt: skip
     threads = runs[0]["threads"] if runs else 1
-    # fastmlp's thread counts: "fastmlp" is the session's count, "fastmlp {t} thr" the others.
-    counts = sorted({threads} | {int(k.split()[1]) for r in runs for k in r["seconds"]
-                                 if k.startswith("fastmlp ")})  # fmt: skip
+    # fastmlp's runs: "fastmlp" at the session's count, "fastmlp {t} thr" at the others.
+    counts = runs[0]["thread_counts"] if runs else [threads]
     peers = ("numpy", "torch", "sklearn")
     header = (
         ["dtype", "batch"]

@@ -27,7 +27,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from paired import race
+from paired import race, record
 
 import fastmlp
 
@@ -73,16 +73,19 @@ def _run(benchmark, races, mnist, situation, batch_size, n_threads, before=None)
         before=before,
     )
     benchmark.group = f"shared cores: {situation}, 1-thread epoch batch {batch_size}"
-    benchmark.extra_info.update(
+    record(
+        benchmark,
+        races,
+        f"{situation} / {batch_size}",
+        seconds,
+        {},
+        main=ONE_THREAD,
         suite="shared",
         workload=situation,
-        impl=ONE_THREAD,
         dtype="float32",
         batch_size=batch_size,
         threads=n_threads,
-        seconds=seconds,
     )
-    races.append((f"{situation} / {batch_size}", ONE_THREAD, seconds, {}))
 
 
 @pytest.mark.parametrize("batch_size", [32, 128], ids=lambda bs: f"bs{bs}")

@@ -158,5 +158,6 @@ def test_epoch(
         dtype=dtype,
         batch_size=batch_size,
         threads=n_threads,
+        thread_counts=scaling_threads,
         sgemm_flops=sgemm_round.flops,
     )
