@@ -6,9 +6,11 @@ Run from the repository root::
     PYTHONPATH=. pytest --benchmark-only    # after python setup.py build_ext --inplace
 
 (with no paths, ``--benchmark-only`` collects benches/: benches/plugins/fastmlp_benchpaths.py).
-Every workload is one pytest-benchmark group, holding fastmlp beside the NumPy reference
-(``fastmlp.reference``) and the peers that are installed (PyTorch, scikit-learn, ONNX
-Runtime, JAX); a peer that is missing is skipped with the reason. All of them get the same
+Every workload races fastmlp against the NumPy reference (``fastmlp.reference``) and the
+peers that are installed (PyTorch, scikit-learn, ONNX Runtime, JAX): the training suites in
+paired rounds within one benchmark (benches/paired.py, their ratios in a summary at the end
+of the run), the others as one pytest-benchmark group; a peer that is missing is skipped
+with the reason. All of them get the same
 data and the same number of threads: ``FASTMLP_BENCH_THREADS`` if set, else every CPU this
 process may run on. NumPy's and scikit-learn's BLAS are held to that count with threadpoolctl
 for the whole session, PyTorch through ``torch.set_num_threads``, fastmlp through its
