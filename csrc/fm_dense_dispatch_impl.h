@@ -20,21 +20,21 @@ void FN(fm_dense_pack_tail)(ptrdiff_t k, ptrdiff_t n, const T *W, const T *b, T 
 }
 
 int FN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const T *W,
-                 const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate,
-                 int isa)
+                 ptrdiff_t ldw, const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz,
+                 int accumulate, int isa)
 {
     if (isa < 0) isa = fm_dense_isa_best();
     switch (isa) {
 #if FM_DENSE_X86
     case FM_ISA_AVX2:
-        return VN(fm_dense, _avx2)(m, k, n, A, lda, W, b, tail, act, Z, ldz, accumulate);
+        return VN(fm_dense, _avx2)(m, k, n, A, lda, W, ldw, b, tail, act, Z, ldz, accumulate);
     case FM_ISA_WIDE:
-        return VN(fm_dense, _wide)(m, k, n, A, lda, W, b, tail, act, Z, ldz, accumulate);
+        return VN(fm_dense, _wide)(m, k, n, A, lda, W, ldw, b, tail, act, Z, ldz, accumulate);
     case FM_ISA_AVX512:
-        return VN(fm_dense, _avx512)(m, k, n, A, lda, W, b, tail, act, Z, ldz, accumulate);
+        return VN(fm_dense, _avx512)(m, k, n, A, lda, W, ldw, b, tail, act, Z, ldz, accumulate);
 #endif
     default:
-        return VN(fm_dense, _base)(m, k, n, A, lda, W, b, tail, act, Z, ldz, accumulate);
+        return VN(fm_dense, _base)(m, k, n, A, lda, W, ldw, b, tail, act, Z, ldz, accumulate);
     }
 }
 

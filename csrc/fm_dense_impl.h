@@ -174,14 +174,14 @@ static inline __attribute__((always_inline)) FM_TARGET void DN(fm_dense_strip)(
    (see the top), then the epilogue of `act`. */
 static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
     ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const int at,
-    const T *B, const T *bias, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate,
-    int skip_zeros)
+    const T *B, ptrdiff_t ldB, const T *bias, const T *tail, int act, T *Z, ptrdiff_t ldz,
+    int accumulate, int skip_zeros)
 {
     DN(ivec) bad = {0};
     const ptrdiff_t panels = (n + PANEL - 1) / PANEL;
     /* A wide B is packed, a block at a time, into a contiguous buffer: read in place,
        each row of a block would sit on its own page. */
-    const int packed = n * (ptrdiff_t)sizeof(T) >= FM_DENSE_PACK_ROW_BYTES && m >= 2 * MR;
+    const int packed = ldB * (ptrdiff_t)sizeof(T) >= FM_DENSE_PACK_ROW_BYTES && m >= 2 * MR;
     T pack[FM_DENSE_PACK_BYTES / sizeof(T)] __attribute__((aligned(64)));
     /* A block: all panels, unless FM_DENSE_MIN_KBLOCK rows of them would pass the block
        size; then as many (in groups of NP) as fit, over the rows that fill the block. */
@@ -213,12 +213,12 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
             const ptrdiff_t kb = k - p0 < kc ? k - p0 : kc;
             const int first = p0 == 0 && !accumulate, last = p0 + kb == k;
             /* This block of B, and where its last partial panel comes from. */
-            const T *bp = B + p0 * n + j0, *tp = NULL, *tb = bj ? bj + rem : NULL;
-            ptrdiff_t ldb = n, tld = PANEL;
+            const T *bp = B + p0 * ldB + j0, *tp = NULL, *tb = bj ? bj + rem : NULL;
+            ptrdiff_t ldb = ldB, tld = PANEL;
             if (packed) {
                 for (ptrdiff_t p = 0; p < kb; p++)
                     for (ptrdiff_t c = 0; c < chunk * PANEL; c++)
-                        pack[p * chunk * PANEL + c] = c < nc ? bp[p * n + c] : 0;
+                        pack[p * chunk * PANEL + c] = c < nc ? bp[p * ldB + c] : 0;
                 bp = pack;
                 ldb = tld = chunk * PANEL;
                 tp = pack + rem;
@@ -228,7 +228,7 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
             } else if (copy_tail && rem < nc) {
                 for (ptrdiff_t p = 0; p < kb; p++)
                     for (ptrdiff_t c = 0; c < PANEL; c++)
-                        tcopy[p * PANEL + c] = rem + c < nc ? bp[p * n + rem + c] : 0;
+                        tcopy[p * PANEL + c] = rem + c < nc ? bp[p * ldB + rem + c] : 0;
                 tp = tcopy;
             }
             for (ptrdiff_t i = 0, rows; i < m; i += rows) {
@@ -272,17 +272,17 @@ static inline __attribute__((always_inline)) FM_TARGET int DN(fm_dense_run)(
 }
 
 FM_TARGET int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda,
-                           const T *W, const T *b, const T *tail, int act, T *Z,
-                           ptrdiff_t ldz, int accumulate)
+                           const T *W, ptrdiff_t ldw, const T *b, const T *tail, int act,
+                           T *Z, ptrdiff_t ldz, int accumulate)
 {
-    return DN(fm_dense_run)(m, k, n, A, lda, 0, W, b, tail, act, Z, ldz, accumulate, 0);
+    return DN(fm_dense_run)(m, k, n, A, lda, 0, W, ldw, b, tail, act, Z, ldz, accumulate, 0);
 }
 
 FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
                               ptrdiff_t lda, const T *B, T *C, ptrdiff_t ldc, int accumulate,
                               int skip_zeros)
 {
-    return DN(fm_dense_run)(m, k, n, A, lda, 1, B, NULL, NULL, FM_IDENTITY, C, ldc, accumulate,
+    return DN(fm_dense_run)(m, k, n, A, lda, 1, B, n, NULL, NULL, FM_IDENTITY, C, ldc, accumulate,
                             skip_zeros);
 }
 
@@ -295,7 +295,8 @@ FM_TARGET int DN(fm_dense_at)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A,
 #else /* no GCC vector extensions: plain loops with the same order of sums */
 
 int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t lda, const T *W,
-                 const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz, int accumulate)
+                 ptrdiff_t ldw, const T *b, const T *tail, int act, T *Z, ptrdiff_t ldz,
+                 int accumulate)
 {
     int ok = 1;
     (void)tail;
@@ -305,7 +306,7 @@ int DN(fm_dense)(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const T *A, ptrdiff_t ld
             for (ptrdiff_t j = 0; j < n; j++) z[j] = 0;
         for (ptrdiff_t p = 0; p < k; p++) { /* axpy form: the j loop vectorises */
             const T s = A[i * lda + p];
-            const T *restrict w = W + p * n;
+            const T *restrict w = W + p * ldw;
             for (ptrdiff_t j = 0; j < n; j++) z[j] += s * w[j];
         }
         for (ptrdiff_t j = 0; j < n; j++) ok &= z[j] - z[j] == 0;

@@ -68,10 +68,10 @@
    fm_kernels.h without `isa`. _base: 16-byte vectors (SSE2 on x86-64), or plain loops
    without vector extensions; built everywhere. */
 int fm_dense_f_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-                    const float *W, const float *b, const float *tail, int act, float *Z,
+                    const float *W, ptrdiff_t ldw, const float *b, const float *tail, int act, float *Z,
                     ptrdiff_t ldz, int accumulate);
 int fm_dense_d_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
-                    const double *W, const double *b, const double *tail, int act,
+                    const double *W, ptrdiff_t ldw, const double *b, const double *tail, int act,
                     double *Z, ptrdiff_t ldz, int accumulate);
 int fm_dense_at_f_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
                        const float *B, float *C, ptrdiff_t ldc, int accumulate,
@@ -83,10 +83,10 @@ int fm_dense_at_d_base(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
 #if FM_DENSE_X86
 /* _avx2: AVX2 + FMA, a 6-row x 1-panel tile in 12 of the 16 ymm registers. */
 int fm_dense_f_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-                    const float *W, const float *b, const float *tail, int act, float *Z,
+                    const float *W, ptrdiff_t ldw, const float *b, const float *tail, int act, float *Z,
                     ptrdiff_t ldz, int accumulate);
 int fm_dense_d_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
-                    const double *W, const double *b, const double *tail, int act,
+                    const double *W, ptrdiff_t ldw, const double *b, const double *tail, int act,
                     double *Z, ptrdiff_t ldz, int accumulate);
 int fm_dense_at_f_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
                        const float *B, float *C, ptrdiff_t ldc, int accumulate,
@@ -98,10 +98,10 @@ int fm_dense_at_d_avx2(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
 /* _wide: the AVX-512 tile shape compiled for AVX2, so that the tests run that shape's
    code on machines without AVX-512; never chosen by FM_ISA_AUTO. */
 int fm_dense_f_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-                    const float *W, const float *b, const float *tail, int act, float *Z,
+                    const float *W, ptrdiff_t ldw, const float *b, const float *tail, int act, float *Z,
                     ptrdiff_t ldz, int accumulate);
 int fm_dense_d_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
-                    const double *W, const double *b, const double *tail, int act,
+                    const double *W, ptrdiff_t ldw, const double *b, const double *tail, int act,
                     double *Z, ptrdiff_t ldz, int accumulate);
 int fm_dense_at_f_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
                        const float *B, float *C, ptrdiff_t ldc, int accumulate,
@@ -112,10 +112,10 @@ int fm_dense_at_d_wide(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
 
 /* _avx512: AVX-512F, an 8-row x 2-panel tile in 16 of the 32 zmm registers. */
 int fm_dense_f_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-                      const float *W, const float *b, const float *tail, int act, float *Z,
+                      const float *W, ptrdiff_t ldw, const float *b, const float *tail, int act, float *Z,
                       ptrdiff_t ldz, int accumulate);
 int fm_dense_d_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A,
-                      ptrdiff_t lda, const double *W, const double *b, const double *tail,
+                      ptrdiff_t lda, const double *W, ptrdiff_t ldw, const double *b, const double *tail,
                       int act, double *Z, ptrdiff_t ldz, int accumulate);
 int fm_dense_at_f_avx512(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A,
                          ptrdiff_t lda, const float *B, float *C, ptrdiff_t ldc,

@@ -231,16 +231,17 @@ void fm_dense_pack_tail_d(ptrdiff_t k, ptrdiff_t n, const double *W, const doubl
    element sums over k in order with the same instructions for any m, so a row does not
    depend on how the caller splits the rows, and Z's sums continue exactly, so A @ W in
    parts of k accumulated in order gives the bits of one call.
-   A: IN m x k (rows lda apart); W: IN k x n; b: IN n, or NULL for none with act
+   A: IN m x k (rows lda apart); W: IN k x n (rows ldw apart: a range of a wider W's
+   columns, as a wide layer's column parts take); b: IN n, or NULL for none with act
    FM_IDENTITY; tail: IN from fm_dense_pack_tail, or NULL to read the last n % panel
    columns from W and b; Z: OUT (INOUT with accumulate) m x n (rows ldz apart, not
    overlapping A). */
 int fm_dense_f(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const float *A, ptrdiff_t lda,
-               const float *W, const float *b, const float *tail, int act, float *Z,
-               ptrdiff_t ldz, int accumulate, int isa);
+               const float *W, ptrdiff_t ldw, const float *b, const float *tail, int act,
+               float *Z, ptrdiff_t ldz, int accumulate, int isa);
 int fm_dense_d(ptrdiff_t m, ptrdiff_t k, ptrdiff_t n, const double *A, ptrdiff_t lda,
-               const double *W, const double *b, const double *tail, int act, double *Z,
-               ptrdiff_t ldz, int accumulate, int isa);
+               const double *W, ptrdiff_t ldw, const double *b, const double *tail, int act,
+               double *Z, ptrdiff_t ldz, int accumulate, int isa);
 
 /* C = A^T @ B (C += with accumulate), a layer's weight gradient with fm_dense's tiles and
    order of sums, returns 0 if C then holds NaN or inf, else 1. With skip_zeros, each tile

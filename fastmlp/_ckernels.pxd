@@ -149,11 +149,12 @@ cdef extern from "fm_kernels.h" nogil:
     void fm_dense_pack_tail_d(Py_ssize_t k, Py_ssize_t n, const double *W, const double *b,
                               double *tail)
     int fm_dense_f(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *A, Py_ssize_t lda,
-                   const float *W, const float *b, const float *tail, int act, float *Z,
-                   Py_ssize_t ldz, int accumulate, int isa)
+                   const float *W, Py_ssize_t ldw, const float *b, const float *tail,
+                   int act, float *Z, Py_ssize_t ldz, int accumulate, int isa)
     int fm_dense_d(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const double *A,
-                   Py_ssize_t lda, const double *W, const double *b, const double *tail,
-                   int act, double *Z, Py_ssize_t ldz, int accumulate, int isa)
+                   Py_ssize_t lda, const double *W, Py_ssize_t ldw, const double *b,
+                   const double *tail, int act, double *Z, Py_ssize_t ldz, int accumulate,
+                   int isa)
     int fm_dense_at_f(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const float *A,
                       Py_ssize_t lda, const float *B, float *C, Py_ssize_t ldc,
                       int accumulate, int skip_zeros, int isa)
@@ -406,13 +407,13 @@ cdef inline void dense_pack_tail(Py_ssize_t k, Py_ssize_t n, const floating *W,
 
 
 cdef inline int dense(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floating *A,
-                      Py_ssize_t lda, const floating *W, const floating *b,
+                      Py_ssize_t lda, const floating *W, Py_ssize_t ldw, const floating *b,
                       const floating *tail, int act, floating *Z, Py_ssize_t ldz,
                       int accumulate, int isa) noexcept nogil:
     if floating is float:
-        return fm_dense_f(m, k, n, A, lda, W, b, tail, act, Z, ldz, accumulate, isa)
+        return fm_dense_f(m, k, n, A, lda, W, ldw, b, tail, act, Z, ldz, accumulate, isa)
     else:
-        return fm_dense_d(m, k, n, A, lda, W, b, tail, act, Z, ldz, accumulate, isa)
+        return fm_dense_d(m, k, n, A, lda, W, ldw, b, tail, act, Z, ldz, accumulate, isa)
 
 
 cdef inline int dense_at(Py_ssize_t m, Py_ssize_t k, Py_ssize_t n, const floating *A,

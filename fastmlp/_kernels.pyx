@@ -418,18 +418,23 @@ def dense_isa_best():
     return next(name for name, isa in DENSE_ISAS.items() if isa == best)
 
 
-def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1] b,
+def dense(const floating[:, ::1] A, const floating[:, :] W, const floating[::1] b,
           str activation, str isa=None, bint pack_tail=True, Z0=None):
     """``(activation(A @ W + b), the sums are all finite)`` by fm_dense.
 
-    `b` None adds no bias (with the identity). `isa` names a variant from
+    W's rows may lie apart (a slice of a wider W's columns, as a wide layer's column
+    parts read it); its columns must be contiguous. `b` None adds no bias (with the
+    identity). `isa` names a variant from
     :func:`dense_isas`; None means the best one. With `pack_tail` the last columns go
     through a zero-padded copy, as prediction does; without, fm_dense reads them from W in
     place (tail NULL), as training does. With `Z0` the sums continue from it:
     ``activation(Z0 + A @ W + b)``.
     """
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1], n = W.shape[1]
+    cdef Py_ssize_t ldw = W.strides[0] // <Py_ssize_t> sizeof(floating)
     _check(W.shape[0] == k and (b is None or b.shape[0] == n), "shapes do not match")
+    _check(W.strides[1] == sizeof(floating) and ldw >= n, "W's columns must be contiguous")
+    _check(not pack_tail or ldw == n, "pack_tail needs a contiguous W")
     _check(n > 0 and (k > 0 or Z0 is not None), "empty matrices")
     cdef int code = FM_ISA_AUTO if isa is None else DENSE_ISAS[isa]
     _check(isa is None or fm_dense_isa_available(code), f"this CPU cannot run {isa}")
@@ -453,9 +458,9 @@ def dense(const floating[:, ::1] A, const floating[:, ::1] W, const floating[::1
     if m == 0:
         return Z, True
     with nogil:
-        if k > 0 and bp != NULL:
+        if pack_tail and k > 0 and bp != NULL:
             fm.dense_pack_tail(k, n, wp, bp, &t[0])
-        ok = fm.dense(m, k, n, ap, k, wp, bp, &t[0] if pack_tail and k > 0 and bp != NULL
+        ok = fm.dense(m, k, n, ap, k, wp, ldw, bp, &t[0] if pack_tail and k > 0 and bp != NULL
                       else NULL, act, &z[0, 0], n, accumulate, code)
     return Z, bool(ok)
 

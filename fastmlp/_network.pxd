@@ -183,11 +183,11 @@ cdef inline int dense_runs(Py_ssize_t nr, Py_ssize_t fan_in, Py_ssize_t fan_out,
     cdef Py_ssize_t runs[2 * MAX_RUNS]
     cdef int n = active_runs(active, 0, fan_in, runs), r, ok = 1
     if n == 0:   # Z = act(bias)
-        return fm.dense(nr, 0, fan_out, A, fan_in, W, bias, <const floating *> NULL, act, Z,
-                        fan_out, 0, isa)
+        return fm.dense(nr, 0, fan_out, A, fan_in, W, fan_out, bias, <const floating *> NULL,
+                        act, Z, fan_out, 0, isa)
     for r in range(n):
         ok &= fm.dense(nr, runs[2 * r + 1] - runs[2 * r], fan_out, A + runs[2 * r], fan_in,
-                       W + runs[2 * r] * fan_out,
+                       W + runs[2 * r] * fan_out, fan_out,
                        bias if r == n - 1 else <const floating *> NULL,
                        tail if runs[2 * r + 1] - runs[2 * r] == fan_in
                        else <const floating *> NULL,

@@ -641,7 +641,7 @@ cdef int predict_block(const Layout *lay, const floating *params, const floating
                                   params + lay.b_off[l], tails + t_off[l], act, z,
                                   <uint8_t *> (ws + marks_off), isa)
         else:
-            ok = fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l],
+            ok = fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l], fan_out,
                           params + lay.b_off[l], tails + t_off[l], act, z, fan_out, 0, isa)
         # NaN/inf in X show in the first layer's products (NaN propagates, inf * w is
         # inf or NaN): a test on fan_out columns instead of fan_in. Later, only weights

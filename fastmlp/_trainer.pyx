@@ -799,7 +799,7 @@ cdef inline void delta_rows(const Layout *lay, const Workspace *wsl, const Buffe
     cdef const floating *mask
     if wsl.wt_off[l] >= 0:   # see transposed_layer
         fm.dense(nr, lay.sizes[l], width, (ws + wsl.d_off[l] + r0 * lay.sizes[l]),
-                 lay.sizes[l], (ws + wsl.wt_off[l]), <const floating *> NULL,
+                 lay.sizes[l], (ws + wsl.wt_off[l]), width, <const floating *> NULL,
                  <const floating *> NULL, FM_IDENTITY, (ws + wsl.d_off[l - 1] + r0 * width),
                  width, 0, FM_ISA_AUTO)
     else:
@@ -872,8 +872,8 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
         dense_runs(nr, fan_in, fan_out, inp, params + lay.w_off[l], params + lay.b_off[l],
                    <const floating *> NULL, act, z, buf.active + block * fan_in, FM_ISA_AUTO)
         return
-    fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l], params + lay.b_off[l],
-             <const floating *> NULL, act, z, fan_out, 0, FM_ISA_AUTO)
+    fm.dense(nr, fan_in, fan_out, inp, fan_in, params + lay.w_off[l], fan_out,
+             params + lay.b_off[l], <const floating *> NULL, act, z, fan_out, 0, FM_ISA_AUTO)
 
 
 cdef inline int row_blocks(const Workspace *wsl, Py_ssize_t n) noexcept nogil:

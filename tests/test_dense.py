@@ -165,6 +165,29 @@ def test_dense_reports_nonfinite_products(isa, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("isa", ISAS)
+def test_dense_reads_a_range_of_columns_of_a_wider_w(isa, dtype):
+    """Columns c0..c1 of a W whose rows lie ldw apart (a wide layer's column part) give
+    the bits of the same columns copied out, whether the rows are far enough apart for
+    fm_dense to pack its blocks (600 floats, 300 doubles: 2400 bytes) or not."""
+    rng = rng_for("ldw", isa, str(dtype))
+    for wide in (40, 600):
+        W, b = layer(rng, 150, wide, dtype)
+        for c0, c1 in [(0, wide // 2), (wide // 2, wide), (7, 30), (wide - 17, wide)]:
+            part = np.ascontiguousarray(W[:, c0:c1])
+            for m in (1, 8, 17, 40):
+                A = rng.standard_normal((m, 150)).astype(dtype)
+                Z, ok = K.dense(A, W[:, c0:c1], b[c0:c1], "relu", isa, pack_tail=False)
+                assert ok
+                copied, _ = K.dense(A, part, b[c0:c1], "relu", isa, pack_tail=False)
+                assert np.array_equal(Z, copied), (wide, c0, c1, m)
+                expected = R.bias_act(A.astype(np.float64) @ part.astype(np.float64),
+                                      b[c0:c1], "relu")
+                t = TOL[np.dtype(dtype)]
+                np.testing.assert_allclose(Z, expected, rtol=t, atol=t * max(expected.max(), 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_variants_agree(dtype):
     rng = rng_for("variants", str(dtype))
     W, b = layer(rng, 100, 70, dtype)
@@ -186,6 +209,12 @@ def test_dense_rejects_bad_arguments():
         K.dense(np.ones((2, 3), np.float32), W, None, "relu")
     with pytest.raises(ValueError, match="Z0"):  # the sums to continue from: (m, n)
         K.dense(np.ones((2, 3), np.float32), W, None, "identity", Z0=np.ones((2, 5)))
+    with pytest.raises(ValueError, match="contiguous"):  # rows may lie apart, columns not
+        K.dense(np.ones((2, 3), np.float32), np.ones((3, 8), np.float32)[:, ::2], None,
+                "identity")
+    with pytest.raises(ValueError, match="pack_tail"):  # the packed tail reads W whole
+        K.dense(np.ones((2, 3), np.float32), np.ones((3, 8), np.float32)[:, :4],
+                np.ones(4, np.float32), "relu")
 
 
 # -- fm_dense_at: the weight gradient C (+)= A[:, i0:i1]^T @ D of training ----------------
