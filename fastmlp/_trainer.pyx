@@ -23,6 +23,8 @@ Design, in three tiers (as scikit-learn's ``_loss.pyx.tp``):
    The leading layers whose W passes L2 (wide_lead of them) run apart from (a), each
    over the whole batch in COLUMN_PARTS of its columns (wide_columns): their forward
    before (a), after the rows are gathered, and the deltas they pass back after it.
+   Their GEMMs run on fm_dense where its AVX-512 variant runs, else on OpenBLAS
+   (wide_on_blas).
 
    The blocks depend on the batch size alone and the parts are a fixed count, never the
    thread count, so the weights are bitwise identical for any number of threads.
@@ -110,6 +112,7 @@ cdef struct Workspace:
     Py_ssize_t size
     bint dropout
     bint sparse                         # X is CSR: no A_0, the first layer reads it
+    bint wide_blas                      # layers beyond L2 run on OpenBLAS (wide_on_blas)
     int wide_lead                       # leading layers run by columns (wide_columns)
     Py_ssize_t block_rows               # rows per block of the row phase
     bint skip_zeros                     # the first layer skips zero input features
@@ -173,27 +176,49 @@ cdef Py_ssize_t block_rows_for(const Layout *lay, Py_ssize_t batch_size,
                                                 (batch_size + 1) // 2))
 
 
-cdef inline bint blas_layer(Py_ssize_t fan_in, Py_ssize_t fan_out, size_t elem) noexcept nogil:
-    """Whether layer fan_in x fan_out trains on OpenBLAS's GEMM rather than fm_dense's tiles.
-
-    A W beyond L2 streams from L3 or memory whatever the kernel; there OpenBLAS's packed
-    panels ran the forward and weight-gradient GEMMs of 784-2048-10 and 3072-512-256-100
-    about 10% faster per epoch on a Zen 3 (AVX2; benches/results.md). A smaller W, read in
-    place by fm_dense, is where OpenBLAS's repacking per block of rows costs (MNIST). The
-    choice reads the shape alone, so the bits still do not depend on the thread count.
-    """
+cdef inline bint wide_layer(Py_ssize_t fan_in, Py_ssize_t fan_out, size_t elem) noexcept nogil:
+    """Whether layer fan_in x fan_out has a W beyond L2 (it streams from L3 or memory)."""
     return fan_in * fan_out * <Py_ssize_t> elem > L2_WEIGHT_BYTES
 
 
-cdef inline bint transposed_layer(const Layout *lay, int l, size_t elem) noexcept nogil:
+# Where the GEMMs of layers beyond L2 run: None chooses by the CPU (wide_on_blas); tests
+# set "blas" or "fm_dense" to run either path on any CPU.
+WIDE_GEMM = None
+
+
+def wide_on_blas():
+    """Whether layers beyond L2 train on OpenBLAS's GEMM rather than fm_dense's tiles.
+
+    Small W stay on fm_dense, which reads them in place where OpenBLAS repacks W for every
+    block of rows (MNIST). Beyond L2, OpenBLAS's packed panels ran the GEMMs of 784-2048-10
+    and 3072-512-256-100 about 10% faster per epoch on a Zen 3 (AVX2), but fm_dense's
+    AVX-512 tiles ran them 1.7-1.9x faster than OpenBLAS on a Zen 5, where this machine's
+    OpenBLAS takes its AVX2 kernels (benches/results.md). The choice reads the CPU and the
+    shapes, never the thread count, so the bits do not depend on it.
+    """
+    if WIDE_GEMM is not None:
+        if WIDE_GEMM not in ("blas", "fm_dense"):
+            raise ValueError(f"WIDE_GEMM must be None, 'blas' or 'fm_dense'; got {WIDE_GEMM!r}")
+        return WIDE_GEMM == "blas"
+    return fm.fm_dense_isa_best() != fm.FM_ISA_AVX512
+
+
+cdef inline bint blas_layer(const Workspace *wsl, Py_ssize_t fan_in, Py_ssize_t fan_out,
+                            size_t elem) noexcept nogil:
+    """Whether layer fan_in x fan_out trains on OpenBLAS's GEMM (see wide_on_blas)."""
+    return wsl.wide_blas and wide_layer(fan_in, fan_out, elem)
+
+
+cdef inline bint transposed_layer(const Workspace *wsl, const Layout *lay, int l,
+                                  size_t elem) noexcept nogil:
     """Whether layer l passes its deltas back by fm_dense on a copy of W_l^T.
 
     OpenBLAS's D @ W^T ran 10-16 GFLOP/s on one Zen 1 core wherever D was 256 or 512 wide
     (fm_dense on W^T 32-36, OpenBLAS's other shapes 30-35), and even elsewhere (Zen 3)
     fm_dense was as fast. The copy costs a transpose of the rows each parameter part
-    updates. A W beyond L2 keeps OpenBLAS, as its forward does; layer 1 passes nothing back.
+    updates. A layer on OpenBLAS keeps it for this too; layer 1 passes nothing back.
     """
-    return l >= 2 and not blas_layer(lay.sizes[l - 1], lay.sizes[l], elem)
+    return l >= 2 and not blas_layer(wsl, lay.sizes[l - 1], lay.sizes[l], elem)
 
 
 cdef void transpose_weights(const Layout *lay, const Workspace *wsl, const floating *params,
@@ -210,6 +235,7 @@ cdef void transpose_weights(const Layout *lay, const Workspace *wsl, const float
 cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dropout,
                                 bint targets, size_t elem, bint sparse=False):
     cdef Workspace w
+    w.wide_blas = wide_on_blas()
     cdef int L = lay.n_layers, l
     # A sparse X is read in place: no gathered A_0.
     cdef Py_ssize_t p = 0 if sparse else capacity * lay.sizes[0], widest = 0
@@ -236,12 +262,12 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
             widest = max(widest, lay.sizes[l])
     w.block_rows = block_rows_for(lay, capacity, elem)
     w.skip_zeros = (not sparse and lay.norm != NORM_BATCH
-                    and not blas_layer(lay.sizes[0], lay.sizes[1], elem))
+                    and not wide_layer(lay.sizes[0], lay.sizes[1], elem))
     # LayerNorm needs whole rows between layers: with it, the first layer at most.
     w.wide_lead = 0
     if not sparse and lay.norm != NORM_BATCH:
         while (w.wide_lead < (1 if lay.norm == NORM_LAYER else L)
-               and blas_layer(lay.sizes[w.wide_lead], lay.sizes[w.wide_lead + 1], elem)):
+               and wide_layer(lay.sizes[w.wide_lead], lay.sizes[w.wide_lead + 1], elem)):
             w.wide_lead += 1
     # BatchNorm's partial sums: 2 rows of the widest hidden layer per row block.
     w.part_off = p
@@ -254,7 +280,7 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
         p += capacity * lay.sizes[L]
     for l in range(1, L + 1):
         w.wt_off[l] = -1
-        if transposed_layer(lay, l, elem):
+        if transposed_layer(&w, lay, l, elem):
             w.wt_off[l] = p
             p += <Py_ssize_t> lay.sizes[l - 1] * lay.sizes[l]
     w.size = p
@@ -847,7 +873,7 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
 
     fm_dense reads W in place (unlike OpenBLAS, which repacks W for every block of a few
     rows), its last n % 16 columns through a padded copy per block (tail NULL: W changes
-    every step); a W beyond L2 goes to OpenBLAS (blas_layer). With skip_zeros, the first
+    every step); a W beyond L2 may go to OpenBLAS (blas_layer). With skip_zeros, the first
     layer runs over the block's runs of input features that are not all zero.
     """
     cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
@@ -862,7 +888,7 @@ cdef inline void linear_rows(const Layout *lay, const Workspace *wsl, const Buff
         return
     inp = (ws + (wsl.ad_off[l - 1] if wsl.dropout and l > 1 else wsl.a_off[l - 1])
            + r0 * fan_in)
-    if blas_layer(fan_in, fan_out, sizeof(floating)):
+    if blas_layer(wsl, fan_in, fan_out, sizeof(floating)):
         gemm(False, False, <int> nr, fan_out, fan_in, <floating> 1, inp, fan_in,
              params + lay.w_off[l], fan_out, <floating> 0, z, fan_out)
         fm.bias_act(nr, fan_out, z, params + lay.b_off[l], act)
@@ -889,9 +915,9 @@ cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *b
     follow in the row phase); backward, D_{l-1}[:, c] = act'(A_{l-1}) mask (D_l W_l[c, :]^T)
     for the columns c of layer l - 1.
 
-    OpenBLAS packs its operands at every call: by row blocks, all of a W beyond L2 (6 MB
-    for 3072 x 512) for each block. By columns, each part packs its share of W once per
-    step, and the batch's rows once.
+    OpenBLAS and fm_dense pack W's blocks at every call: by row blocks, all of a W beyond
+    L2 (6 MB for 3072 x 512) for each block. By columns, each part packs its share of W
+    once per step. fm_dense passes back through the copy of W_l^T (transposed_layer).
     """
     cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
     cdef int width = fan_in if backward else fan_out
@@ -900,6 +926,7 @@ cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *b
     cdef const floating *params = <const floating *> buf.params
     cdef const floating *W = params + lay.w_off[l]
     cdef floating *out
+    cdef const floating *inp
     cdef const floating *act_in
     cdef const floating *mask = NULL
     cdef int act
@@ -907,8 +934,14 @@ cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *b
         return
     if backward:
         out = ws + wsl.d_off[l - 1] + c0
-        gemm(False, True, <int> nb, <int> (c1 - c0), fan_out, <floating> 1,
-             ws + wsl.d_off[l], fan_out, W + c0 * fan_out, fan_out, <floating> 0, out, width)
+        if wsl.wt_off[l] >= 0:
+            fm.dense(nb, fan_out, c1 - c0, ws + wsl.d_off[l], fan_out, ws + wsl.wt_off[l] + c0,
+                     fan_in, <const floating *> NULL, <const floating *> NULL, FM_IDENTITY,
+                     out, width, 0, FM_ISA_AUTO)
+        else:
+            gemm(False, True, <int> nb, <int> (c1 - c0), fan_out, <floating> 1,
+                 ws + wsl.d_off[l], fan_out, W + c0 * fan_out, fan_out, <floating> 0, out,
+                 width)
         act_in = ws + wsl.a_off[l - 1] + c0
         if wsl.dropout:
             mask = ws + wsl.m_off[l - 1] + c0
@@ -918,10 +951,14 @@ cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *b
                             out + r * width, lay.acts[l - 1])
         return
     out = ws + wsl.a_off[l] + c0
-    gemm(False, False, <int> nb, <int> (c1 - c0), fan_in, <floating> 1,
-         ws + (wsl.ad_off[l - 1] if wsl.dropout and l > 1 else wsl.a_off[l - 1]), fan_in,
-         W + c0, fan_out, <floating> 0, out, fan_out)
+    inp = ws + (wsl.ad_off[l - 1] if wsl.dropout and l > 1 else wsl.a_off[l - 1])
     act = FM_IDENTITY if lay.norm == NORM_LAYER and l < lay.n_layers else lay.acts[l]
+    if not wsl.wide_blas:
+        fm.dense(nb, fan_in, c1 - c0, inp, fan_in, W + c0, fan_out, params + lay.b_off[l] + c0,
+                 <const floating *> NULL, act, out, fan_out, 0, FM_ISA_AUTO)
+        return
+    gemm(False, False, <int> nb, <int> (c1 - c0), fan_in, <floating> 1, inp, fan_in,
+         W + c0, fan_out, <floating> 0, out, fan_out)
     for r in range(nb):
         fm.bias_act(1, c1 - c0, out + r * fan_out, params + lay.b_off[l] + c0, act)
 
@@ -1078,9 +1115,9 @@ cdef void param_part(const Layout *lay, const Workspace *wsl, const Hyper *h,
                       <const floating *> buf.csr.data, rows, <int32_t> i0, <int32_t> i1, dz,
                       grads + off, fan_out, accumulate)
         else:
-            # dW_l[i0:i1] (+)= A_{l-1}[:, i0:i1]^T @ D_l: OpenBLAS for a W beyond L2, else
+            # dW_l[i0:i1] (+)= A_{l-1}[:, i0:i1]^T @ D_l: OpenBLAS (blas_layer), or
             # fm_dense's tiles (no repacking).
-            if blas_layer(fan_in, fan_out, sizeof(floating)):
+            if blas_layer(wsl, fan_in, fan_out, sizeof(floating)):
                 gemm(True, False, <int> (i1 - i0), fan_out, <int> nb, <floating> 1,
                      (ws + in_off + i0), fan_in, dz, fan_out,
                      <floating> accumulate, grads + off, fan_out)

@@ -181,8 +181,9 @@ def test_dense_reads_a_range_of_columns_of_a_wider_w(isa, dtype):
                 assert ok
                 copied, _ = K.dense(A, part, b[c0:c1], "relu", isa, pack_tail=False)
                 assert np.array_equal(Z, copied), (wide, c0, c1, m)
-                expected = R.bias_act(A.astype(np.float64) @ part.astype(np.float64),
-                                      b[c0:c1], "relu")
+                expected = R.bias_act(
+                    A.astype(np.float64) @ part.astype(np.float64), b[c0:c1], "relu"
+                )
                 t = TOL[np.dtype(dtype)]
                 np.testing.assert_allclose(Z, expected, rtol=t, atol=t * max(expected.max(), 1))
 
@@ -210,11 +211,14 @@ def test_dense_rejects_bad_arguments():
     with pytest.raises(ValueError, match="Z0"):  # the sums to continue from: (m, n)
         K.dense(np.ones((2, 3), np.float32), W, None, "identity", Z0=np.ones((2, 5)))
     with pytest.raises(ValueError, match="contiguous"):  # rows may lie apart, columns not
-        K.dense(np.ones((2, 3), np.float32), np.ones((3, 8), np.float32)[:, ::2], None,
-                "identity")
+        K.dense(np.ones((2, 3), np.float32), np.ones((3, 8), np.float32)[:, ::2], None, "identity")
     with pytest.raises(ValueError, match="pack_tail"):  # the packed tail reads W whole
-        K.dense(np.ones((2, 3), np.float32), np.ones((3, 8), np.float32)[:, :4],
-                np.ones(4, np.float32), "relu")
+        K.dense(
+            np.ones((2, 3), np.float32),
+            np.ones((3, 8), np.float32)[:, :4],
+            np.ones(4, np.float32),
+            "relu",
+        )
 
 
 # -- fm_dense_at: the weight gradient C (+)= A[:, i0:i1]^T @ D of training ----------------

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import MLP
+from fastmlp import MLP, _trainer
 from fastmlp import reference as R
 
 WIDTHS = (15, 16, 17, 31, 33, 100, 130)
@@ -314,10 +314,11 @@ def test_three_training_steps_match_reference(shape, dtype, batch, optimizer):
 
 # -- layers beyond L2 ---------------------------------------------------------------------
 
-# A W of more than 512 KB trains on OpenBLAS's GEMM (forward and weight gradient) instead
-# of fm_dense's tiles (_trainer.blas_layer). These put such layers first, between narrow
-# ones and last (1,100 classes); float64 crosses the limit at half the size, so the first
-# layer of the second shape runs on fm_dense in float32 and on OpenBLAS in float64.
+# A W of more than 512 KB trains on OpenBLAS's GEMM (forward, weight gradient and deltas)
+# or on fm_dense's tiles, by the CPU (_trainer.wide_on_blas); every test here runs both
+# (the wide_gemm fixture). These put such layers first, between narrow ones and last
+# (1,100 classes); float64 crosses the limit at half the size, so the first layer of the
+# second shape is beyond L2 in float64 alone.
 # 300-450-7: a wide first layer; 300-450-460-7: two wide leading layers (forward and the
 # deltas between them by columns, _trainer.wide_columns); 150-520-530-9: a wide second
 # layer after a narrow one (both wide in float64); 9-130-1100: a wide last layer.
@@ -340,12 +341,26 @@ def blas_id(sizes) -> str:
     return "-".join(map(str, sizes))
 
 
+@pytest.fixture(params=["blas", "fm_dense"])
+def wide_gemm(request, monkeypatch):
+    """Run the layers beyond L2 on OpenBLAS, then on fm_dense, whatever the CPU."""
+    monkeypatch.setattr(_trainer, "WIDE_GEMM", request.param)
+    assert _trainer.wide_on_blas() == (request.param == "blas")
+    return request.param
+
+
+def test_wide_gemm_setting_is_checked(monkeypatch):
+    monkeypatch.setattr(_trainer, "WIDE_GEMM", "mkl")
+    with pytest.raises(ValueError, match="WIDE_GEMM"):
+        _trainer.wide_on_blas()
+
+
 @pytest.mark.parametrize(
     "sizes,dtype,batch",
     BLAS_STEP_CASES,
     ids=[f"{blas_id(c[0])}-{dtype_id(c[1])}-batch{c[2]}" for c in BLAS_STEP_CASES],
 )
-def test_blas_layers_three_training_steps_match_reference(sizes, dtype, batch):
+def test_wide_layers_three_training_steps_match_reference(sizes, dtype, batch, wide_gemm):
     rng = rng_for("blas steps", sizes, dtype_id(dtype), batch)
     model = make_model(rng, sizes, "relu", dtype)
     assert max(W.nbytes for W in model.weights) > 512 * 1024
@@ -359,7 +374,7 @@ def test_blas_layers_three_training_steps_match_reference(sizes, dtype, batch):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("sizes", BLAS_SHAPES, ids=blas_id)
-def test_blas_layers_gradients_match_reference(sizes, dtype):
+def test_wide_layers_gradients_match_reference(sizes, dtype, wide_gemm):
     rng = rng_for("blas gradients", sizes, dtype_id(dtype))
     model = make_model(rng, sizes, "relu", dtype)
     X = draw_rows(rng, model, 37)
@@ -376,7 +391,7 @@ def test_blas_layers_gradients_match_reference(sizes, dtype):
         assert_close(got, want, dtype, f"db[{layer}]")
 
 
-def test_blas_layers_gradients_match_finite_differences():
+def test_wide_layers_gradients_match_finite_differences(wide_gemm):
     """float64, tanh; 300 x 450 and the 450 x 7 after it."""
     rng = rng_for("blas fd")
     model = make_model(rng, (300, 450, 7), "tanh", np.float64)
@@ -397,7 +412,7 @@ BLAS_THREAD_CASES = (
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("case", BLAS_THREAD_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}")
-def test_blas_layers_train_bitwise_for_any_thread_count(case, dtype):
+def test_wide_layers_train_bitwise_for_any_thread_count(case, dtype, wide_gemm):
     n_features, hidden, normalization = case
     rng = rng_for("blas threads", case, dtype_id(dtype))
     X = rng.standard_normal((280, n_features)).astype(dtype)
