@@ -106,6 +106,7 @@ cdef struct Workspace:
     Py_ssize_t rstd_off[MAX_LAYERS + 1]
     Py_ssize_t st_off[MAX_LAYERS + 1]
     Py_ssize_t wt_off[MAX_LAYERS + 1]   # W_l^T for delta_rows (transposed_layer), or -1
+    Py_ssize_t tr_off                   # D_l^T, then D_{l-1}^T, for wide_columns' fm_dense
     Py_ssize_t part_off
     Py_ssize_t w_off
     Py_ssize_t t_off
@@ -216,9 +217,11 @@ cdef inline bint transposed_layer(const Workspace *wsl, const Layout *lay, int l
     OpenBLAS's D @ W^T ran 10-16 GFLOP/s on one Zen 1 core wherever D was 256 or 512 wide
     (fm_dense on W^T 32-36, OpenBLAS's other shapes 30-35), and even elsewhere (Zen 3)
     fm_dense was as fast. The copy costs a transpose of the rows each parameter part
-    updates. A layer on OpenBLAS keeps it for this too; layer 1 passes nothing back.
+    updates. A layer on OpenBLAS keeps it for this too; a wide leading layer passes back
+    by wide_columns; layer 1 passes nothing back.
     """
-    return l >= 2 and not blas_layer(wsl, lay.sizes[l - 1], lay.sizes[l], elem)
+    return (l >= 2 and l > wsl.wide_lead
+            and not blas_layer(wsl, lay.sizes[l - 1], lay.sizes[l], elem))
 
 
 cdef void transpose_weights(const Layout *lay, const Workspace *wsl, const floating *params,
@@ -238,7 +241,7 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
     w.wide_blas = wide_on_blas()
     cdef int L = lay.n_layers, l
     # A sparse X is read in place: no gathered A_0.
-    cdef Py_ssize_t p = 0 if sparse else capacity * lay.sizes[0], widest = 0
+    cdef Py_ssize_t p = 0 if sparse else capacity * lay.sizes[0], widest = 0, tr_width = 0
     w.dropout = dropout
     w.sparse = sparse
     w.a_off[0] = 0
@@ -283,6 +286,11 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
         if transposed_layer(&w, lay, l, elem):
             w.wt_off[l] = p
             p += <Py_ssize_t> lay.sizes[l - 1] * lay.sizes[l]
+    w.tr_off = p
+    if not w.wide_blas:
+        for l in range(2, w.wide_lead + 1):
+            tr_width = max(tr_width, lay.sizes[l - 1] + lay.sizes[l])
+        p += capacity * tr_width
     w.size = p
     return w
 
@@ -722,6 +730,9 @@ cdef double step(const Layout *lay, const Workspace *wsl, const Hyper *h,
             fm_fpu_restore(fpu)
     # The deltas the wide leading layers pass back: D_{l-1} from D_l, for the whole batch.
     for l in range(wsl.wide_lead, 1, -1):
+        if not wsl.wide_blas:
+            for item in prange(COLUMN_PARTS, num_threads=n_threads, schedule="dynamic"):
+                transpose_deltas(lay, wsl, ws, b.n, l, item)
         for item in prange(COLUMN_PARTS, num_threads=n_threads, schedule="dynamic"):
             fpu = fm_denormals_off()
             wide_columns(lay, wsl, buf, ws, b.n, l, item, 1)
@@ -917,7 +928,12 @@ cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *b
 
     OpenBLAS and fm_dense pack W's blocks at every call: by row blocks, all of a W beyond
     L2 (6 MB for 3072 x 512) for each block. By columns, each part packs its share of W
-    once per step. fm_dense passes back through the copy of W_l^T (transposed_layer).
+    once per step.
+
+    fm_dense passes back as D_{l-1}[:, c]^T = W_l[c, :] @ D_l^T, reading W's rows in place:
+    D_l^T (transpose_deltas) and the result's transpose move batch x width elements where
+    a copy of W_l^T kept current would move all of W every step (8% of a 784-1024-1024-10
+    epoch). The products and their order are those of D_l @ W_l^T, so are the bits.
     """
     cdef int fan_in = lay.sizes[l - 1], fan_out = lay.sizes[l]
     cdef int width = fan_in if backward else fan_out
@@ -927,6 +943,7 @@ cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *b
     cdef const floating *W = params + lay.w_off[l]
     cdef floating *out
     cdef const floating *inp
+    cdef floating *dt
     cdef const floating *act_in
     cdef const floating *mask = NULL
     cdef int act
@@ -934,10 +951,12 @@ cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *b
         return
     if backward:
         out = ws + wsl.d_off[l - 1] + c0
-        if wsl.wt_off[l] >= 0:
-            fm.dense(nb, fan_out, c1 - c0, ws + wsl.d_off[l], fan_out, ws + wsl.wt_off[l] + c0,
-                     fan_in, <const floating *> NULL, <const floating *> NULL, FM_IDENTITY,
-                     out, width, 0, FM_ISA_AUTO)
+        if not wsl.wide_blas:
+            dt = ws + wsl.tr_off + fan_out * nb + c0 * nb   # rows c0..c1 of D_{l-1}^T
+            fm.dense(c1 - c0, fan_out, nb, W + c0 * fan_out, fan_out, ws + wsl.tr_off, nb,
+                     <const floating *> NULL, <const floating *> NULL, FM_IDENTITY, dt, nb,
+                     0, FM_ISA_AUTO)
+            fm.transpose(c1 - c0, nb, dt, nb, out, width)
         else:
             gemm(False, True, <int> nb, <int> (c1 - c0), fan_out, <floating> 1,
                  ws + wsl.d_off[l], fan_out, W + c0 * fan_out, fan_out, <floating> 0, out,
@@ -961,6 +980,18 @@ cdef void wide_columns(const Layout *lay, const Workspace *wsl, const Buffers *b
          W + c0, fan_out, <floating> 0, out, fan_out)
     for r in range(nb):
         fm.bias_act(1, c1 - c0, out + r * fan_out, params + lay.b_off[l] + c0, act)
+
+
+cdef inline void transpose_deltas(const Layout *lay, const Workspace *wsl, floating *ws,
+                                  Py_ssize_t nb, int l, int part) noexcept nogil:
+    """Part `part` of COLUMN_PARTS of D_l^T (fan_out x nb, at tr_off), which every part
+    of wide_columns' backward reads."""
+    cdef int fan_out = lay.sizes[l]
+    cdef Py_ssize_t j0 = <Py_ssize_t> part * fan_out // COLUMN_PARTS
+    cdef Py_ssize_t j1 = <Py_ssize_t> (part + 1) * fan_out // COLUMN_PARTS
+    if j1 > j0:
+        fm.transpose(nb, j1 - j0, ws + wsl.d_off[l] + j0, fan_out, ws + wsl.tr_off + j0 * nb,
+                     nb)
 
 
 cdef inline void dropout_rows(const Layout *lay, const Workspace *wsl, const Hyper *h,
