@@ -16,8 +16,8 @@ int fm_int8_isa_available(int isa)
     case FM_INT8_ISA_VNNI_EMULATED:
         return __builtin_cpu_supports("avx2");
     case FM_INT8_ISA_AVX512_VNNI:
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512vnni") &&
-               __builtin_cpu_supports("avx512vl");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512vnni");
     case FM_INT8_ISA_AVX_VNNI:
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni");
 #endif

@@ -24,7 +24,8 @@
  * holds, for every group g of 4 consecutive inputs, 16 columns x 4 inputs (64 bytes, one
  * cache line): P[t][g][c][i] = W[4g + i][16t + c], zero-padded to k4 = round_up(k, 4) rows
  * and n16 = round_up(n, 16) columns. That is the layout VNNI's vpdpbusd reads as well: a
- * broadcast group of 4 activations times one half of a line sums 8 columns' 4 products.
+ * broadcast group of 4 activations times one half of a line sums 8 columns' 4 products
+ * (256 bits), times the whole line 16 columns' (512 bits).
  */
 #ifndef FM_INT8_H
 #define FM_INT8_H
