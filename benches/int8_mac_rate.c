@@ -1,9 +1,9 @@
 /*
  * How many multiply-adds per second one core runs through the int8 steps of the kernels
  * (csrc/fm_int8_avx2.c: vpmaddubsw, vpmaddwd by ones, vpaddd; csrc/fm_int8_vnni.c:
- * vpdpbusd, AVX-VNNI's and AVX512-VNNI's; 32 uint8 x int8 products into int32 each)
- * against float32 FMAs (vfmadd231ps: 8 products), with as many independent sums as the
- * kernels keep. A batch of 10,000 rows is bound by this rate, not by memory, so the ratio
+ * vpdpbusd, AVX-VNNI's and AVX512-VNNI's; 32 uint8 x int8 products into int32 each, 64 on
+ * zmm) against float32 FMAs (vfmadd231ps: 8 products, 16 on zmm), with as many independent
+ * sums as the kernels keep. A batch of 10,000 rows is bound by this rate, not by memory, so the ratio
  * bounds what the int8 model can gain over the float one there on this CPU.
  *
  *     cc -O2 -o /tmp/int8_mac_rate benches/int8_mac_rate.c && /tmp/int8_mac_rate
@@ -22,33 +22,39 @@ static double now(void)
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-/* 12 independent FMA chains: latency 4 at two per cycle needs 8 or more. */
-static double float_macs_per_s(void)
+/* 12 independent FMA chains: latency 4 at two per cycle needs 8 or more. R: ymm or zmm. */
+#define FMA_LOOP(R)                                       \
+    "vxorps %%" R "14, %%" R "14, %%" R "14\n\t"          \
+    "vxorps %%" R "15, %%" R "15, %%" R "15\n"             \
+    "1:\n\t"                                              \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "0\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "1\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "2\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "3\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "4\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "5\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "6\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "7\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "8\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "9\n\t"      \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "10\n\t"     \
+    "vfmadd231ps %%" R "14, %%" R "15, %%" R "11\n\t"     \
+    "dec %0\n\t"                                          \
+    "jnz 1b\n"
+#define FMA_CLOBBERS                                                                    \
+    "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
+        "xmm11", "xmm14", "xmm15"
+
+/* zmm: 16 products per FMA, where the CPU has AVX-512 (vxorps on zmm: AVX512DQ). */
+static double float_macs_per_s(int zmm)
 {
     long n = ITERS;
     double t = now();
-    __asm__ volatile("vxorps %%ymm14, %%ymm14, %%ymm14\n\t"
-                     "vxorps %%ymm15, %%ymm15, %%ymm15\n"
-                     "1:\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm0\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm1\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm2\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm3\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm4\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm5\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm6\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm7\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm8\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm9\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm10\n\t"
-                     "vfmadd231ps %%ymm14, %%ymm15, %%ymm11\n\t"
-                     "dec %0\n\t"
-                     "jnz 1b\n"
-                     : "+r"(n)
-                     :
-                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
-                       "xmm8", "xmm9", "xmm10", "xmm11", "xmm14", "xmm15");
-    return ITERS * 12.0 * 8 / (now() - t);
+    if (zmm)
+        __asm__ volatile(FMA_LOOP("zmm") : "+r"(n) : : FMA_CLOBBERS);
+    else
+        __asm__ volatile(FMA_LOOP("ymm") : "+r"(n) : : FMA_CLOBBERS);
+    return ITERS * 12.0 * (zmm ? 16 : 8) / (now() - t);
 }
 
 /* 6 independent int8 steps, as the kernel's 6 accumulators of a tile. */
@@ -88,34 +94,39 @@ static double int8_macs_per_s(void)
 }
 
 /* vpdpbusd on 8 independent sums, as the VNNI strips keep (4 rows x 2, or one row's 4
-   sets x 2): the sum it adds to is an input, so its latency must be hidden. */
-#define VNNI_LOOP(op)                                       \
-    "vpxor %%ymm14, %%ymm14, %%ymm14\n\t"                   \
-    "vpxor %%ymm15, %%ymm15, %%ymm15\n"                     \
-    "1:\n\t"                                                \
-    op " %%ymm14, %%ymm15, %%ymm0\n\t"                      \
-    op " %%ymm14, %%ymm15, %%ymm1\n\t"                      \
-    op " %%ymm14, %%ymm15, %%ymm2\n\t"                      \
-    op " %%ymm14, %%ymm15, %%ymm3\n\t"                      \
-    op " %%ymm14, %%ymm15, %%ymm4\n\t"                      \
-    op " %%ymm14, %%ymm15, %%ymm5\n\t"                      \
-    op " %%ymm14, %%ymm15, %%ymm6\n\t"                      \
-    op " %%ymm14, %%ymm15, %%ymm7\n\t"                      \
-    "dec %0\n\t"                                            \
+   sets x 2): the sum it adds to is an input, so its latency must be hidden. R: ymm (32
+   products) or zmm (64). */
+#define VNNI_LOOP(op, R, XOR)                             \
+    XOR " %%" R "14, %%" R "14, %%" R "14\n\t"            \
+    XOR " %%" R "15, %%" R "15, %%" R "15\n"               \
+    "1:\n\t"                                              \
+    op " %%" R "14, %%" R "15, %%" R "0\n\t"              \
+    op " %%" R "14, %%" R "15, %%" R "1\n\t"              \
+    op " %%" R "14, %%" R "15, %%" R "2\n\t"              \
+    op " %%" R "14, %%" R "15, %%" R "3\n\t"              \
+    op " %%" R "14, %%" R "15, %%" R "4\n\t"              \
+    op " %%" R "14, %%" R "15, %%" R "5\n\t"              \
+    op " %%" R "14, %%" R "15, %%" R "6\n\t"              \
+    op " %%" R "14, %%" R "15, %%" R "7\n\t"              \
+    "dec %0\n\t"                                          \
     "jnz 1b\n"
 #define VNNI_CLOBBERS \
     "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm14", "xmm15"
 
-static double vnni_macs_per_s(int evex)
+/* encoding: 0 AVX-VNNI (VEX, ymm), 1 AVX512-VNNI on ymm, 2 AVX512-VNNI on zmm (the
+   kernel's). */
+static double vnni_macs_per_s(int encoding)
 {
     long n = ITERS;
     double t = now();
-    if (evex)
-        __asm__ volatile(VNNI_LOOP("vpdpbusd") : "+r"(n) : : VNNI_CLOBBERS);
+    if (encoding == 2)
+        __asm__ volatile(VNNI_LOOP("vpdpbusd", "zmm", "vpxord") : "+r"(n) : : VNNI_CLOBBERS);
+    else if (encoding == 1)
+        __asm__ volatile(VNNI_LOOP("vpdpbusd", "ymm", "vpxor") : "+r"(n) : : VNNI_CLOBBERS);
     else
         /* %{ %}: the braces of {vex}, which inline asm reads as dialect alternatives */
-        __asm__ volatile(VNNI_LOOP("%{vex%} vpdpbusd") : "+r"(n) : : VNNI_CLOBBERS);
-    return ITERS * 8.0 * 32 / (now() - t);
+        __asm__ volatile(VNNI_LOOP("%{vex%} vpdpbusd", "ymm", "vpxor") : "+r"(n) : : VNNI_CLOBBERS);
+    return ITERS * 8.0 * (encoding == 2 ? 64 : 32) / (now() - t);
 }
 
 int main(void)
@@ -124,21 +135,32 @@ int main(void)
         fprintf(stderr, "this CPU has no AVX2 + FMA\n");
         return 1;
     }
-    const int avx512_vnni = __builtin_cpu_supports("avx512vnni") &&
+    const int avx512 = __builtin_cpu_supports("avx512f");
+    const int avx512_vnni = avx512 && __builtin_cpu_supports("avx512vnni") &&
                             __builtin_cpu_supports("avx512vl");
     const int avx_vnni = __builtin_cpu_supports("avxvnni");
     for (int round = 0; round < 3; round++) {
-        double f = float_macs_per_s(), q = int8_macs_per_s();
+        double f = float_macs_per_s(0), q = int8_macs_per_s();
         printf("float32 FMA %.1f G/s, int8 (vpmaddubsw + vpmaddwd + vpaddd) %.1f G/s "
                "multiply-adds per core: int8 / float %.2f\n",
                f / 1e9, q / 1e9, q / f);
         if (avx512_vnni) {
             q = vnni_macs_per_s(1);
-            printf("  AVX512-VNNI vpdpbusd %.1f G/s: int8 / float %.2f\n", q / 1e9, q / f);
+            printf("  AVX512-VNNI vpdpbusd ymm %.1f G/s: int8 / float %.2f\n", q / 1e9, q / f);
         }
         if (avx_vnni) {
             q = vnni_macs_per_s(0);
             printf("  AVX-VNNI {vex} vpdpbusd %.1f G/s: int8 / float %.2f\n", q / 1e9, q / f);
+        }
+        if (avx512) {
+            const double fz = float_macs_per_s(1);
+            printf("  512 bits: float32 FMA zmm %.1f G/s", fz / 1e9);
+            if (avx512_vnni) {
+                q = vnni_macs_per_s(2);
+                printf(", AVX512-VNNI vpdpbusd zmm %.1f G/s: int8 / float %.2f", q / 1e9,
+                       q / fz);
+            }
+            printf("\n");
         }
     }
     if (!avx512_vnni && !avx_vnni) printf("no VNNI on this CPU\n");
