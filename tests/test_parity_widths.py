@@ -401,11 +401,13 @@ def test_wide_layers_gradients_match_finite_differences(wide_gemm):
 
 
 # A wide second layer; a wide first layer (its forward split over its columns), alone and
-# with LayerNorm after it; two wide leading layers.
+# with LayerNorm after it; with BatchNorm (in the row phase, no wide_columns); two wide
+# leading layers.
 BLAS_THREAD_CASES = (
     (150, (520, 530), None),
     (300, (450, 20), None),
     (300, (450, 20), "layer"),
+    (150, (520, 530), "batch"),
     (300, (450, 460), None),
 )
 
