@@ -238,10 +238,10 @@ cdef void transpose_weights(const Layout *lay, const Workspace *wsl, const float
 cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dropout,
                                 bint targets, size_t elem, bint sparse=False):
     cdef Workspace w
-    w.wide_blas = wide_on_blas()
     cdef int L = lay.n_layers, l
     # A sparse X is read in place: no gathered A_0.
     cdef Py_ssize_t p = 0 if sparse else capacity * lay.sizes[0], widest = 0, tr_width = 0
+    w.wide_blas = wide_on_blas()
     w.dropout = dropout
     w.sparse = sparse
     w.a_off[0] = 0
