@@ -3,8 +3,8 @@
  * (csrc/fm_int8_avx2.c: vpmaddubsw, vpmaddwd by ones, vpaddd; csrc/fm_int8_vnni.c:
  * vpdpbusd, AVX-VNNI's and AVX512-VNNI's; 32 uint8 x int8 products into int32 each, 64 on
  * zmm) against float32 FMAs (vfmadd231ps: 8 products, 16 on zmm), with as many independent
- * sums as the kernels keep. A batch of 10,000 rows is bound by this rate, not by memory, so the ratio
- * bounds what the int8 model can gain over the float one there on this CPU.
+ * sums as the kernels keep. A batch of 10,000 rows is bound by this rate, not by memory, so
+ * the ratio bounds what the int8 model can gain over the float one there on this CPU.
  *
  *     cc -O2 -o /tmp/int8_mac_rate benches/int8_mac_rate.c && /tmp/int8_mac_rate
  *
@@ -22,24 +22,21 @@ static double now(void)
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
+/* One instruction of the loops below: `op` on registers R14 and R15 into R<n>; ZERO clears
+   R14 and R15 with `op`. */
+#define STEP(op, R, n) op " %%" R "14, %%" R "15, %%" R #n "\n\t"
+#define ZERO(op, R) \
+    op " %%" R "14, %%" R "14, %%" R "14\n\t" op " %%" R "15, %%" R "15, %%" R "15\n"
+
 /* 12 independent FMA chains: latency 4 at two per cycle needs 8 or more. R: ymm or zmm. */
-#define FMA_LOOP(R)                                       \
-    "vxorps %%" R "14, %%" R "14, %%" R "14\n\t"          \
-    "vxorps %%" R "15, %%" R "15, %%" R "15\n"             \
-    "1:\n\t"                                              \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "0\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "1\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "2\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "3\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "4\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "5\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "6\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "7\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "8\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "9\n\t"      \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "10\n\t"     \
-    "vfmadd231ps %%" R "14, %%" R "15, %%" R "11\n\t"     \
-    "dec %0\n\t"                                          \
+#define FMA(R, n) STEP("vfmadd231ps", R, n)
+#define FMA_LOOP(R)                                        \
+    ZERO("vxorps", R)                                      \
+    "1:\n\t"                                               \
+    FMA(R, 0) FMA(R, 1) FMA(R, 2) FMA(R, 3)                \
+    FMA(R, 4) FMA(R, 5) FMA(R, 6) FMA(R, 7)                \
+    FMA(R, 8) FMA(R, 9) FMA(R, 10) FMA(R, 11)              \
+    "dec %0\n\t"                                           \
     "jnz 1b\n"
 #define FMA_CLOBBERS                                                                    \
     "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", \
@@ -96,19 +93,12 @@ static double int8_macs_per_s(void)
 /* vpdpbusd on 8 independent sums, as the VNNI strips keep (4 rows x 2, or one row's 4
    sets x 2): the sum it adds to is an input, so its latency must be hidden. R: ymm (32
    products) or zmm (64). */
-#define VNNI_LOOP(op, R, XOR)                             \
-    XOR " %%" R "14, %%" R "14, %%" R "14\n\t"            \
-    XOR " %%" R "15, %%" R "15, %%" R "15\n"               \
-    "1:\n\t"                                              \
-    op " %%" R "14, %%" R "15, %%" R "0\n\t"              \
-    op " %%" R "14, %%" R "15, %%" R "1\n\t"              \
-    op " %%" R "14, %%" R "15, %%" R "2\n\t"              \
-    op " %%" R "14, %%" R "15, %%" R "3\n\t"              \
-    op " %%" R "14, %%" R "15, %%" R "4\n\t"              \
-    op " %%" R "14, %%" R "15, %%" R "5\n\t"              \
-    op " %%" R "14, %%" R "15, %%" R "6\n\t"              \
-    op " %%" R "14, %%" R "15, %%" R "7\n\t"              \
-    "dec %0\n\t"                                          \
+#define VNNI_LOOP(op, R, XOR)                                  \
+    ZERO(XOR, R)                                               \
+    "1:\n\t"                                                   \
+    STEP(op, R, 0) STEP(op, R, 1) STEP(op, R, 2) STEP(op, R, 3) \
+    STEP(op, R, 4) STEP(op, R, 5) STEP(op, R, 6) STEP(op, R, 7) \
+    "dec %0\n\t"                                               \
     "jnz 1b\n"
 #define VNNI_CLOBBERS \
     "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm14", "xmm15"
@@ -125,7 +115,10 @@ static double vnni_macs_per_s(int encoding)
         __asm__ volatile(VNNI_LOOP("vpdpbusd", "ymm", "vpxor") : "+r"(n) : : VNNI_CLOBBERS);
     else
         /* %{ %}: the braces of {vex}, which inline asm reads as dialect alternatives */
-        __asm__ volatile(VNNI_LOOP("%{vex%} vpdpbusd", "ymm", "vpxor") : "+r"(n) : : VNNI_CLOBBERS);
+        __asm__ volatile(VNNI_LOOP("%{vex%} vpdpbusd", "ymm", "vpxor")
+                         : "+r"(n)
+                         :
+                         : VNNI_CLOBBERS);
     return ITERS * 8.0 * (encoding == 2 ? 64 : 32) / (now() - t);
 }
 

@@ -6,8 +6,9 @@ the other, two runs of the grid put PyTorch / fastmlp on one shape at 1.22x and 
 the same day. In paired rounds each ratio compares epochs run seconds apart; the median of
 the per-round ratios, with their range, is the figure reported.
 
-``race`` is used by benches/test_bench_grid.py and benches/test_bench_shared_cores.py,
-``paired_ratio`` by benches/report.py and the summary benches/conftest.py prints.
+``race`` is used by benches/test_bench_grid.py, test_bench_training.py and
+test_bench_shared_cores.py, ``paired_ratio`` by benches/report.py and the summary
+benches/conftest.py prints.
 """
 
 from __future__ import annotations

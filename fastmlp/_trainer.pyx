@@ -193,8 +193,9 @@ def wide_on_blas():
     Small W stay on fm_dense, which reads them in place where OpenBLAS repacks W for every
     block of rows (MNIST). Beyond L2, OpenBLAS's packed panels ran the GEMMs of 784-2048-10
     and 3072-512-256-100 about 10% faster per epoch on a Zen 3 (AVX2), but fm_dense's
-    AVX-512 tiles ran them 1.7-1.9x faster than OpenBLAS on a Zen 5, where this machine's
-    OpenBLAS takes its AVX2 kernels (benches/results.md). The choice reads the CPU and the
+    AVX-512 tiles ran those GEMMs 1.6-1.9x as fast as OpenBLAS on one Zen 5 core (the
+    epochs 1.5-1.7x), where this machine's OpenBLAS takes its AVX2 kernels
+    (benches/results.md). The choice reads the CPU and the
     shapes, never the thread count, so the bits do not depend on it.
     """
     if WIDE_GEMM is not None:
