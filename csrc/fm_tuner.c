@@ -44,6 +44,14 @@ void fm_tuner_init(fm_tuner *t, int n_max, double now)
     window_reset(t, now);
 }
 
+void fm_tuner_follow(fm_tuner *t, const fm_tuner *last, int n_max, double now)
+{
+    fm_tuner_init(t, n_max, now);
+    if (last->current < last->n_max && last->current < t->n_max)
+        t->current = last->current;
+    t->period = last->period;
+}
+
 int fm_tuner_threads(const fm_tuner *t)
 {
     return t->probe ? t->probe : t->current;

@@ -14,6 +14,7 @@ cdef extern from "fm_tuner.h" nogil:
         int current
         int probe
     void fm_tuner_init(fm_tuner *t, int n_max, double now)
+    void fm_tuner_follow(fm_tuner *t, const fm_tuner *last, int n_max, double now)
     int fm_tuner_threads(const fm_tuner *t)
     void fm_tuner_step(fm_tuner *t, double rows, double now)
     void fm_tuner_resume(fm_tuner *t, double now)

@@ -384,8 +384,12 @@ cdef class Tuner:
     """csrc/fm_tuner.h's thread tuner, driven by the caller's clock (for tests)."""
     cdef fm.fm_tuner t
 
-    def __init__(self, int n_max, double now=0.0):
-        fm.fm_tuner_init(&self.t, n_max, now)
+    def __init__(self, int n_max, double now=0.0, Tuner after=None):
+        """A new tuner; `after`: the tuner of the process's last fit (fm_tuner_follow)."""
+        if after is None:
+            fm.fm_tuner_init(&self.t, n_max, now)
+        else:
+            fm.fm_tuner_follow(&self.t, &after.t, n_max, now)
 
     @property
     def threads(self):

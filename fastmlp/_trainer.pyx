@@ -44,8 +44,8 @@ from cython cimport floating
 
 from fastmlp cimport _ckernels as fm
 from fastmlp._blas cimport gemm, single_thread_enter, single_thread_exit
-from fastmlp._ckernels cimport (FM_IDENTITY, FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_init,
-                                fm_tuner_resume, fm_tuner_step, fm_tuner_threads)
+from fastmlp._ckernels cimport (FM_IDENTITY, FM_ISA_AUTO, fm_hash64, fm_tuner, fm_tuner_follow,
+                                fm_tuner_init, fm_tuner_resume, fm_tuner_step, fm_tuner_threads)
 from fastmlp._network cimport (LOSS_BINARY_XENT, LOSS_CROSS_ENTROPY, MAX_LAYERS, MAX_RUNS,
                                NORM_BATCH, NORM_LAYER, NORM_NONE, Csr, Layout, Network,
                                active_runs, dense_runs, is_regression, mark_active,
@@ -296,6 +296,18 @@ cdef Workspace workspace_layout(const Layout *lay, Py_ssize_t capacity, bint dro
     return w
 
 
+# The tuner of the process's last adaptive epoch: a fit of another network starts from
+# it (fm_tuner_follow). Read and written with the GIL held.
+cdef fm_tuner last_tuner
+cdef bint has_last_tuner = False
+
+
+def forget_last_tuner():
+    """Start the next fit's thread tuner afresh, not from the last fit's (tests)."""
+    global has_last_tuner
+    has_last_tuner = False
+
+
 cdef class Trainer:
     """Mini-batch training of a Network: workspace, gradients, optimizer state, partition.
 
@@ -323,7 +335,9 @@ cdef class Trainer:
         Label smoothing of the cross-entropy (torch.nn.CrossEntropyLoss's).
     adaptive_threads : bool
         Let csrc/fm_tuner.c choose, step by step, how many of the `n_threads` to use:
-        fewer when they run faster (cores shared with other processes).
+        fewer when they run faster (cores shared with other processes). It starts from
+        what the network's last fit found (with the same `n_threads`), else from the level
+        the process's last fit found.
     """
     cdef readonly Network network
     cdef const Layout *lay
@@ -380,6 +394,8 @@ cdef class Trainer:
         self.adaptive_threads = adaptive_threads
         if network.has_tuner and network.tuner.n_max == n_threads:
             self.tuner = network.tuner   # what the last fit of this network found
+        elif has_last_tuner:
+            fm_tuner_follow(&self.tuner, &last_tuner, n_threads, monotonic())
         else:
             fm_tuner_init(&self.tuner, n_threads, monotonic())
         self.h.loss = network.loss
@@ -607,6 +623,7 @@ cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order,
                      const double[::1] lrs, uint64_t seed, double deadline,
                      bint check_interrupt):
     """Trainer.epoch for one dtype."""
+    global last_tuner, has_last_tuner
     cdef Buffers buf = buffers(tr, params)
     cdef Batch b
     cdef Py_ssize_t n = order.shape[0], start = 0, n_seen = 0
@@ -652,6 +669,8 @@ cdef tuple run_epoch(Trainer tr, floating[::1] params, const int64_t[::1] order,
     if tr.adaptive_threads:
         tr.network.tuner = tr.tuner
         tr.network.has_tuner = True
+        last_tuner = tr.tuner
+        has_last_tuner = True
     if interrupted:
         reraise()
     return loss_sum, weight_sum, n_correct, n_seen, status

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastmlp._trainer import Trainer
+from fastmlp._trainer import Trainer, forget_last_tuner
 
 import fastmlp
 from fastmlp import _kernels, _threads
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_tuner():
+    """Each test's first fit starts afresh, whatever an earlier test's fits found."""
+    forget_last_tuner()
+    yield
+    forget_last_tuner()
 
 
 def run(tuner: _kernels.Tuner, cost: dict, steps: int, now: float = 0.0, rows: int = 128):
@@ -46,6 +54,60 @@ def test_a_new_tuner_probes_after_its_first_window():
     used, _ = run(_kernels.Tuner(2), SHARED, 100)
     assert np.all(used[:4] == 2) and used[4] == 1
     assert np.mean(used[4:] == 1) > 0.9
+
+
+def settled(cost: dict, n_max: int = 2) -> _kernels.Tuner:
+    """A tuner after a long fit at `cost`: its level found, its probes grown rare."""
+    tuner = _kernels.Tuner(n_max)
+    run(tuner, cost, 20_000)
+    return tuner
+
+
+def probes(used: np.ndarray, level: int) -> np.ndarray:
+    """The steps at which a probe away from `level` threads began."""
+    return np.flatnonzero((used[1:] != level) & (used[:-1] == level)) + 1
+
+
+def test_a_fit_after_one_on_shared_cores_starts_at_one_thread():
+    # An epoch of 469 steps (MNIST at batch 128). A fresh tuner spends its first window at
+    # two threads, then probes of two ever further apart. A tuner following the last fit's
+    # starts at one thread and probes after its first window (7 steps of 1.28 ms), then
+    # 64 windows later, as rarely as the last fit did by its end.
+    last = settled(SHARED)
+    assert last.threads == 1
+    fresh, fresh_elapsed = run(_kernels.Tuner(2), SHARED, 469)
+    follows, elapsed = run(_kernels.Tuner(2, after=last), SHARED, 469)
+    assert follows[0] == 1
+    starts = probes(follows, 1)
+    assert starts[0] == 7 and np.all(np.diff(starts) >= 64 * 7)
+    assert np.sum(follows == 2) == 2 * len(starts) < np.sum(fresh == 2)
+    assert elapsed < fresh_elapsed and elapsed < 1.03 * 469 * 128 * SHARED[1]
+
+
+def test_a_fit_after_one_on_shared_cores_finds_quiet_cores_again():
+    # QUIET at one thread: steps of 1.28 ms, a window of 7; then a probe of two, which wins.
+    used, _ = run(_kernels.Tuner(2, after=settled(SHARED)), QUIET, 2_000)
+    assert used[0] == 1 and probes(used, 1)[0] == 7
+    assert np.mean(used[20:] == 2) > 0.95
+
+
+def test_a_fit_after_one_on_quiet_cores_probes_as_rarely():
+    last = settled(QUIET)
+    assert last.threads == 2
+    fresh, _ = run(_kernels.Tuner(2), QUIET, 2_000)
+    follows, _ = run(_kernels.Tuner(2, after=last), QUIET, 2_000)
+    # Probes of one thread after the first window (12 steps of 0.7 ms) for both; then the
+    # fresh tuner's come 8, 16, 32, ... windows apart, and the follower's 64 windows apart.
+    fresh_starts, starts = probes(fresh, 2), probes(follows, 2)
+    assert follows[0] == 2 and starts[0] == fresh_starts[0] == 12
+    assert np.all(np.diff(starts) >= 64 * 12) and len(starts) < len(fresh_starts)
+
+
+@pytest.mark.parametrize(("n_last", "n_max", "start"), [(2, 8, 1), (2, 1, 1), (8, 2, 2)])
+def test_a_fit_after_another_starts_within_its_threads(n_last, n_max, start):
+    # The last fit found 1 of 2 threads, or 4 of 8 (cost below); the next has n_max.
+    cost = SHARED if n_last == 2 else {8: 4e-6, 4: 2e-6, 2: 3e-6, 1: 5e-6}
+    assert _kernels.Tuner(n_max, after=settled(cost, n_last)).threads == start
 
 
 def test_a_losing_probe_ends_after_two_steps():
@@ -167,3 +229,32 @@ def test_next_fit_goes_on_from_the_last_tuner():
     assert threads(2) == 1  # what the last fit found
     assert threads(4) == 4  # found for another thread count: starts afresh
     assert threads(2, adaptive=False) == 2
+
+
+def test_a_fit_of_another_network_goes_on_from_the_process_s_last():
+    X = np.eye(4, dtype=np.float32)
+    y = np.array([0, 1, 0, 1], np.int32)
+    model = fastmlp.train(X, y, hidden=(3,), epochs=1, seed=0)
+    # Two networks without a tuner of their own, in a process where no adaptive epoch ran.
+    models = [fastmlp.MLP.from_weights(model.weights, model.biases) for _ in range(2)]
+    forget_last_tuner()
+    tuner = _kernels.Tuner(2)
+    run(tuner, SHARED, 2_000)
+    tuner.give_to(models[0]._network)
+
+    def trainer(model, n_threads=2):
+        trainer = Trainer(
+            model._network, X, y, batch_size=2, n_threads=n_threads, adaptive_threads=True
+        )
+        trainer.set_optimizer(
+            "sgd", {"t": 0, "state1": np.zeros_like(model.params_), "state2": None}
+        )
+        return trainer
+
+    assert trainer(models[1]).threads == 2
+    # Two steps of microseconds: the epoch ends before any window does.
+    trainer(models[0]).epoch(np.arange(4), 0.01, 0)
+    assert trainer(models[1]).threads == 1
+    assert trainer(models[1], n_threads=8).threads == 1
+    forget_last_tuner()
+    assert trainer(models[1]).threads == 2
